@@ -1,0 +1,200 @@
+"""The ``clsx`` command line. Thin: options -> a config -> one library call.
+
+Heavy libraries (torch, transformers, onnxruntime) are imported inside the commands, so
+``clsx --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from clsx import __version__
+from clsx.errors import ClsxError
+
+# Model loading here never needs the hub's progress bars or advisory logging.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+
+BACKENDS = ("auto", "torch", "onnx")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ClsxGroup(click.Group):
+    """Turns :class:`ClsxError` into ``Error: ...`` and exit 1, Ctrl-C into exit 130."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ClsxError as exc:
+            raise click.ClickException(str(exc)) from exc
+        except KeyboardInterrupt:
+            click.echo("Interrupted; no partial output was left behind.", err=True)
+            sys.exit(130)
+
+
+def _comma_list(_ctx, _param, value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    items = tuple(item.strip() for item in value.split(",") if item.strip())
+    if not items:
+        raise click.BadParameter("give at least one name, separated by commas")
+    return items
+
+
+@click.group(cls=ClsxGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="clsx")
+def main() -> None:
+    """Fine-tuned text classifiers (Qwen2/Qwen3, Llama, BERT) as fast batch inference.
+
+    \b
+    Typical flow:
+      clsx export MODEL_DIR --format onnx --output MODEL_DIR-onnx
+      clsx batch-predict in.parquet out.parquet --model MODEL_DIR-onnx
+      clsx bench --model MODEL_DIR --data sample.parquet
+    """
+
+
+@main.command("export")
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["onnx", "onnx-int8"]), default="onnx",
+              show_default=True, help="onnx: fp32 graph; onnx-int8: dynamic int8 weights.")
+@click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
+              help="Directory to create (model.onnx, tokenizer, config, clsx.json).")
+@click.option("--calibration-data", type=click.Path(path_type=Path),
+              help="Parquet/CSV/JSONL sample whose int8 labels must agree with fp32.")
+@click.option("--text-column", default="text", show_default=True,
+              help="Text column of --calibration-data.")
+@click.option("--calibration-rows", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="Rows of --calibration-data to compare.")
+@click.option("--tolerance", type=click.FloatRange(min=0), default=1e-4, show_default=True,
+              help="Max |logit difference| allowed between fp32 ONNX and PyTorch.")
+@click.option("--min-agreement", type=click.FloatRange(0, 1), default=0.98, show_default=True,
+              help="int8 only: min fraction of labels equal to fp32 (on the calibration data "
+                   "when given, else on the parity batch).")
+@click.option("--overwrite", is_flag=True, help="Replace --output if it exists.")
+def export_command(model_dir: Path, fmt: str, output: Path, calibration_data: Path | None,
+                   text_column: str, calibration_rows: int, tolerance: float,
+                   min_agreement: float, overwrite: bool) -> None:
+    """Export a merged model directory to ONNX, checked against PyTorch.
+
+    The export is written only if its logits match PyTorch fp32 within --tolerance on a
+    batch of mixed lengths (1..max_length); the figures go into OUTPUT/clsx.json.
+    """
+    from clsx.data import read_texts
+    from clsx.export.onnx import export_onnx
+
+    texts = None
+    if calibration_data is not None:
+        texts = [t for t in read_texts(calibration_data, text_column, calibration_rows)
+                 if t is not None]
+    if texts and fmt != "onnx-int8":
+        raise ClsxError("--calibration-data applies to --format onnx-int8 only")
+    click.echo(f"Exporting {model_dir} to {fmt} ...", err=True)
+    result = export_onnx(model_dir, output, int8=fmt == "onnx-int8", calibration_texts=texts,
+                         tolerance=tolerance, min_agreement=min_agreement, overwrite=overwrite)
+    for name, report in result.parity.items():
+        agreement = "n/a" if report.label_agreement is None else f"{report.label_agreement:.2%}"
+        click.echo(f"parity {name}: {report.rows} rows, max |logit diff| "
+                   f"{report.max_abs_diff:.2e}, label agreement {agreement}", err=True)
+    click.echo(f"Wrote {output}")
+
+
+@main.command("batch-predict")
+@click.argument("input_path", metavar="IN")
+@click.argument("output", metavar="OUT", type=click.Path(path_type=Path))
+@click.option("--model", "-m", type=click.Path(path_type=Path), required=True,
+              help="Model directory: merged PyTorch checkpoint or a clsx export.")
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+              help="auto runs the model directory's own format.")
+@click.option("--text-column", default="text", show_default=True)
+@click.option("--keep-columns", callback=_comma_list,
+              help="Comma-separated input columns to copy to OUT (default: all).")
+@click.option("--output-prefix", default="", help="Prefix for the label/score/probs columns.")
+@click.option("--batch-tokens", type=click.IntRange(min=1),
+              help="Padded tokens per model call (default: the backend's).")
+@click.option("--window-rows", type=click.IntRange(min=1), default=4096, show_default=True,
+              help="Rows tokenised and length-sorted together; bounds memory.")
+@click.option("--max-length", type=click.IntRange(min=1),
+              help="Truncate texts to this many tokens (default: the manifest's).")
+@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=0.5, show_default=True, help="Multi-label decision threshold.")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), help="Compute threads (default: cores).")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def batch_predict_command(input_path: str, output: Path, model: Path, backend: str,
+                          text_column: str, keep_columns: tuple[str, ...] | None,
+                          output_prefix: str, batch_tokens: int | None, window_rows: int,
+                          max_length: int | None, threshold: float, device: str,
+                          threads: int | None, overwrite: bool, quiet: bool) -> None:
+    """Classify the texts of IN (a Parquet file, directory or glob) into OUT (Parquet).
+
+    \b
+    OUT holds the input columns (or --keep-columns) plus:
+      label  string   the predicted label (multi-label: labels >= --threshold, comma-joined;
+                      regression: null)
+      score  float32  the probability of that label (multi-label: the highest; regression:
+                      the predicted value)
+      probs  list<float32>  softmax (single-label) or sigmoid (multi-label) per label id
+    Rows keep their input order. A null text keeps its row with null label/score/probs; an
+    empty text is classified; texts longer than max_length are truncated and counted.
+    OUT appears only when complete (written under a temporary name, then renamed).
+    """
+    from clsx.predict import BatchPredictConfig, batch_predict
+
+    config = BatchPredictConfig(
+        input=input_path, output=output, model=model, backend=backend,
+        text_column=text_column, keep_columns=keep_columns, overwrite=overwrite,
+        batch_tokens=batch_tokens, window_rows=window_rows, max_length=max_length,
+        output_prefix=output_prefix, threshold=threshold, device=device, threads=threads,
+        progress=not quiet,
+    )
+    summary = batch_predict(config)
+    click.echo(summary.line(), err=True)
+
+
+@main.command("bench")
+@click.option("--model", "-m", type=click.Path(path_type=Path), required=True,
+              help="Merged PyTorch model directory (the fp32 reference).")
+@click.option("--data", type=click.Path(path_type=Path), required=True,
+              help="Parquet, CSV or JSONL file with a text column.")
+@click.option("--text-column", default="text", show_default=True)
+@click.option("--rows", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="Rows of --data to run through each backend.")
+@click.option("--backends", default="torch,onnx,onnx-int8", show_default=True,
+              callback=_comma_list, help="Comma-separated: torch, onnx, onnx-int8.")
+@click.option("--exports-dir", type=click.Path(path_type=Path),
+              help="Keep (and reuse) the ONNX exports here instead of a temporary directory.")
+@click.option("--batch-tokens", type=click.IntRange(min=1))
+@click.option("--threads", type=click.IntRange(min=1))
+@click.option("--json", "json_path", type=click.Path(path_type=Path),
+              help="Also write the results as JSON to this file.")
+def bench_command(model: Path, data: Path, text_column: str, rows: int,
+                  backends: tuple[str, ...], exports_dir: Path | None,
+                  batch_tokens: int | None, threads: int | None, json_path: Path | None) -> None:
+    """Throughput of each backend on the same rows, against PyTorch fp32.
+
+    Prints rows/s, tokens/s, peak RSS, label agreement and max |logit diff| versus the
+    torch fp32 baseline, which always runs first.
+    """
+    import platform
+
+    from clsx.bench import format_table, run_bench, write_json
+    from clsx.data import read_texts
+    from clsx.runners import RunnerOptions
+
+    texts = read_texts(data, text_column, rows)
+    results = run_bench(
+        model, texts, backends, exports_dir, RunnerOptions(device="cpu", threads=threads),
+        batch_tokens, log=lambda line: click.echo(line, err=True),
+    )
+    click.echo(format_table(results))
+    if json_path is not None:
+        write_json(results, json_path, model=str(model), data=str(data), rows=len(texts),
+                   machine=platform.processor() or platform.machine())
+        click.echo(f"Wrote {json_path}", err=True)

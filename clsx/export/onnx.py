@@ -1,0 +1,179 @@
+"""``clsx export --format onnx|onnx-int8``: torch.onnx.export (dynamo) plus a parity gate.
+
+optimum-onnx is not used: it pins transformers 4.57, which cannot live beside vLLM's
+transformers 5. The exporter in torch has no such pin.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from clsx.artifact import ONNX_FILE, Artifact, fingerprint, open_artifact
+from clsx.errors import ClsxError
+from clsx.export.parity import ParityReport, compare, parity_batch
+from clsx.manifest import Manifest
+from clsx.modeling import LogitsOnly, load_classifier
+from clsx.runners import RunnerOptions
+from clsx.runners.onnx import open_session
+from clsx.scheduler import TextEncoder, predict_window
+from clsx.staging import staged_directory
+
+FP32_TOLERANCE = 1e-4
+INT8_MIN_AGREEMENT = 0.98
+# Protobuf cannot hold more than 2 GiB; larger models keep weights in model.onnx.data.
+EXTERNAL_DATA_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """Where the export went and how it compared with the PyTorch reference."""
+
+    output: Path
+    manifest: Manifest
+    parity: dict[str, ParityReport]
+
+
+def export_onnx(
+    model_dir: Path,
+    output: Path,
+    *,
+    int8: bool = False,
+    calibration_texts: list[str] | None = None,
+    tolerance: float = FP32_TOLERANCE,
+    min_agreement: float = INT8_MIN_AGREEMENT,
+    overwrite: bool = False,
+) -> ExportResult:
+    """Export a torch artifact to ONNX (fp32, or dynamic int8) and gate it on parity.
+
+    fp32 must reproduce the PyTorch logits within ``tolerance`` on a mixed-length batch.
+    int8 must agree with fp32 labels on at least ``min_agreement`` of the calibration texts
+    (or, without them, of the parity batch). Nothing is left at ``output`` on failure.
+    """
+    artifact = open_artifact(model_dir)
+    if artifact.manifest.format != "torch":
+        raise ClsxError(
+            f"{model_dir} is already a {artifact.manifest.format} export; export from the "
+            "merged PyTorch model directory"
+        )
+    fmt = "onnx-int8" if int8 else "onnx"
+    module = load_classifier(artifact, "fp32", "cpu")
+    input_ids, attention_mask = parity_batch(artifact.manifest, artifact.tokenizer, rows=32)
+    reference = _torch_logits(module, input_ids, attention_mask)
+    with staged_directory(output, overwrite) as stage:
+        fp32_path = stage / ("model-fp32.onnx" if int8 else ONNX_FILE)
+        _export_graph(module, fp32_path, input_ids, attention_mask)
+        del module
+        fp32_session = open_session(fp32_path, RunnerOptions(device="cpu"))
+        parity = {"fp32": compare(reference, _run(fp32_session, input_ids, attention_mask),
+                                  artifact.manifest.problem_type)}
+        if parity["fp32"].max_abs_diff > tolerance:
+            raise ClsxError(
+                f"the ONNX graph differs from PyTorch by {parity['fp32'].max_abs_diff:.2e} "
+                f"(> {tolerance:.0e}) on the parity batch; not exporting"
+            )
+        if int8:
+            parity.update(_quantize(fp32_path, stage / ONNX_FILE, artifact, fp32_session,
+                                    input_ids, attention_mask, calibration_texts, min_agreement))
+            del fp32_session
+            for leftover in stage.glob("model-fp32.onnx*"):
+                leftover.unlink()
+        artifact.tokenizer.save_pretrained(stage)
+        shutil.copy2(artifact.path / "config.json", stage / "config.json")
+        manifest = artifact.manifest.replace(
+            format=fmt,
+            parent=os.path.relpath(artifact.path.resolve(), output.resolve()),
+            parent_fingerprint=fingerprint(artifact.path),
+            parity={name: report.to_json() for name, report in parity.items()},
+        )
+        manifest.save(stage)
+    return ExportResult(output=output, manifest=manifest, parity=parity)
+
+
+def _export_graph(
+    module: LogitsOnly, path: Path, input_ids: np.ndarray, attention_mask: np.ndarray
+) -> None:
+    """Trace with dynamic batch and sequence axes; keep the exporter's chatter off stdout."""
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    size = sum(p.numel() * p.element_size() for p in module.parameters())
+    sample = (torch.from_numpy(input_ids[:2]), torch.from_numpy(attention_mask[:2]))
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        try:
+            torch.onnx.export(
+                module, sample, str(path), dynamo=True, verbose=False,
+                input_names=["input_ids", "attention_mask"], output_names=["logits"],
+                dynamic_shapes={"input_ids": {0: batch, 1: sequence},
+                                "attention_mask": {0: batch, 1: sequence}},
+                external_data=size > EXTERNAL_DATA_BYTES,
+            )
+        except Exception as exc:  # the exporter raises many internal error types
+            raise ClsxError(f"torch.onnx.export failed: {str(exc).splitlines()[0]}") from exc
+
+
+def _quantize(
+    fp32_path: Path,
+    int8_path: Path,
+    artifact: Artifact,
+    fp32_session,
+    input_ids: np.ndarray,
+    attention_mask: np.ndarray,
+    calibration_texts: list[str] | None,
+    min_agreement: float,
+) -> dict[str, ParityReport]:
+    """Dynamic int8 (per-channel weights) and its label agreement with the fp32 graph."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # quantize_dynamic logs an unactionable pre-processing hint
+    try:
+        quantize_dynamic(fp32_path, int8_path, weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul"])
+    finally:
+        root.setLevel(level)
+    int8_session = open_session(int8_path, RunnerOptions(device="cpu"))
+    problem_type = artifact.manifest.problem_type
+    reports = {"int8_parity_batch": compare(_run(fp32_session, input_ids, attention_mask),
+                                            _run(int8_session, input_ids, attention_mask),
+                                            problem_type)}
+    gated = "int8_parity_batch"
+    if calibration_texts:
+        encoder = TextEncoder(artifact.tokenizer, artifact.manifest)
+        window = encoder.encode(calibration_texts)
+        manifest = artifact.manifest
+        fp32, int8 = (
+            predict_window(window, lambda i, m, s=session: _run(s, i, m), manifest.num_labels,
+                           manifest.padding_id, 8192)
+            for session in (fp32_session, int8_session)
+        )
+        reports["int8_calibration"] = compare(fp32, int8, problem_type)
+        gated = "int8_calibration"
+    agreement = reports[gated].label_agreement
+    if agreement is not None and agreement < min_agreement:
+        raise ClsxError(
+            f"int8 labels agree with fp32 on {agreement:.2%} of the "
+            f"{reports[gated].rows} {gated.removeprefix('int8_').replace('_', ' ')} rows "
+            f"(< {min_agreement:.2%}); keep the fp32 export or lower --min-agreement"
+        )
+    return reports
+
+
+def _torch_logits(module: LogitsOnly, input_ids: np.ndarray, attention_mask: np.ndarray
+                  ) -> np.ndarray:
+    with torch.inference_mode():
+        return module(torch.from_numpy(input_ids), torch.from_numpy(attention_mask)).numpy()
+
+
+def _run(session, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    return session.run(["logits"], {"input_ids": input_ids, "attention_mask": attention_mask})[0]

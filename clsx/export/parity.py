@@ -1,0 +1,54 @@
+"""Checking an export against the PyTorch fp32 reference: the gate every fast path passes."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from clsx.manifest import Manifest
+from clsx.postprocess import predicted_ids
+from clsx.scheduler import pad
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """How closely one set of logits follows the reference on the same rows."""
+
+    rows: int
+    max_abs_diff: float
+    label_agreement: float | None  # None for regression, which has no labels
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def compare(reference: np.ndarray, logits: np.ndarray, problem_type: str) -> ParityReport:
+    """Max |logit difference| and the fraction of rows whose predicted labels all agree."""
+    agreement = None
+    if problem_type != "regression":
+        same = predicted_ids(reference, problem_type) == predicted_ids(logits, problem_type)
+        agreement = float(same.reshape(len(same), -1).all(axis=1).mean())
+    return ParityReport(
+        rows=len(reference),
+        max_abs_diff=float(np.abs(reference - logits).max()),
+        label_agreement=agreement,
+    )
+
+
+def parity_batch(
+    manifest: Manifest, tokenizer: Any, rows: int = 16, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """A padded batch of random ordinary tokens with lengths spread over 1..max_length.
+
+    Mixed lengths exercise padding and last-token pooling; special tokens are left out so
+    that no row contains the pad id inside its text.
+    """
+    rng = np.random.default_rng(seed)
+    special = set(tokenizer.all_special_ids) | {manifest.padding_id}
+    vocabulary = np.array([i for i in range(len(tokenizer)) if i not in special])
+    lengths = np.unique(np.linspace(1, manifest.max_length, rows).astype(int))
+    lengths = np.resize(lengths, rows)
+    sequences = [rng.choice(vocabulary, size=int(n)).tolist() for n in lengths]
+    return pad(sequences, manifest.padding_id)

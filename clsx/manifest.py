@@ -1,0 +1,129 @@
+"""The ``clsx.json`` manifest written beside every model artifact.
+
+It records what a runner needs to reproduce the training-time behaviour (labels, problem
+type, truncation, pad token, prompt template) and, for exports, where they came from and
+how closely they match the PyTorch reference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clsx.errors import ClsxError
+
+MANIFEST_NAME = "clsx.json"
+MANIFEST_VERSION = 1
+
+FORMATS = ("torch", "onnx", "onnx-int8")
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
+DECODER_FAMILIES = ("qwen2", "qwen3", "llama")
+ENCODER_FAMILIES = ("bert", "roberta", "xlm-roberta", "distilbert", "deberta-v2", "modernbert")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What clsx knows about one model directory.
+
+    ``labels`` is in label-id order (``labels[i]`` is ``id2label[i]``). ``parent`` is the
+    path of the artifact this one was exported from, relative to this directory's parent
+    when possible, and ``parent_fingerprint`` lets a later run notice that it was retrained.
+    """
+
+    family: str
+    labels: tuple[str, ...]
+    problem_type: str
+    max_length: int
+    pad_token_id: int | None
+    format: str = "torch"
+    template: str | None = None
+    parent: str | None = None
+    parent_fingerprint: str | None = None
+    parity: dict[str, Any] = field(default_factory=dict)
+    version: int = MANIFEST_VERSION
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ClsxError(f"manifest format {self.format!r} is not one of {', '.join(FORMATS)}")
+        if self.problem_type not in PROBLEM_TYPES:
+            raise ClsxError(
+                f"manifest problem_type {self.problem_type!r} is not one of "
+                f"{', '.join(PROBLEM_TYPES)}"
+            )
+        if not self.labels:
+            raise ClsxError("manifest has no labels")
+        if self.max_length < 1:
+            raise ClsxError(f"manifest max_length must be >= 1, got {self.max_length}")
+        if self.template is not None and "{text}" not in self.template:
+            raise ClsxError(f"manifest template {self.template!r} has no {{text}} placeholder")
+        if self.is_decoder and self.pad_token_id is None:
+            raise ClsxError(
+                f"a {self.family} classifier needs a pad token (config.pad_token_id is unset)"
+            )
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+    @property
+    def is_decoder(self) -> bool:
+        """Decoder classifiers pool the last non-pad token, so padding must be exact."""
+        return self.family in DECODER_FAMILIES
+
+    @property
+    def padding_id(self) -> int:
+        """The id batches are padded with (masked out; encoders without a pad token use 0)."""
+        return self.pad_token_id if self.pad_token_id is not None else 0
+
+    def replace(self, **changes: Any) -> Manifest:
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["labels"] = list(self.labels)
+        return data
+
+    def save(self, directory: Path) -> Path:
+        path = Path(directory) / MANIFEST_NAME
+        path.write_text(json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, directory: Path) -> Manifest | None:
+        """Read ``clsx.json`` from ``directory``; None when there is none."""
+        path = Path(directory) / MANIFEST_NAME
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ClsxError(f"{path} is not valid JSON ({exc}); re-create the artifact") from exc
+        if not isinstance(data, dict):
+            raise ClsxError(f"{path} does not hold a JSON object; re-create the artifact")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ClsxError(f"{path} has unknown keys {unknown}; it was written by a newer clsx")
+        if data.get("version", MANIFEST_VERSION) > MANIFEST_VERSION:
+            raise ClsxError(f"{path} has version {data['version']}; upgrade clsx to read it")
+        try:
+            data["labels"] = tuple(str(label) for label in data["labels"])
+            return cls(**data)
+        except (KeyError, TypeError) as exc:
+            raise ClsxError(f"{path} is incomplete ({exc}); re-create the artifact") from exc
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], **fields: Any) -> Manifest:
+        """Derive a manifest from a transformers ``config.json`` dict plus explicit fields."""
+        num_labels = int(config.get("num_labels") or len(config.get("id2label") or {}) or 2)
+        id2label = {int(k): str(v) for k, v in (config.get("id2label") or {}).items()}
+        labels = tuple(id2label.get(i, f"LABEL_{i}") for i in range(num_labels))
+        problem_type = config.get("problem_type") or (
+            "regression" if num_labels == 1 else "single_label_classification"
+        )
+        return cls(
+            family=config["model_type"], labels=labels, problem_type=problem_type, **fields
+        )

@@ -1,0 +1,167 @@
+"""Parquet in and out: resolving inputs, checking them up front, streaming, atomic writes."""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from clsx.errors import ClsxError
+
+
+@dataclass(frozen=True)
+class ParquetInput:
+    """Validated input files, read in this order, and the columns they share."""
+
+    files: tuple[Path, ...]
+    schema: pa.Schema
+    num_rows: int
+    text_column: str
+
+
+def resolve_inputs(spec: str | Path) -> list[Path]:
+    """A Parquet file, a directory of ``*.parquet`` files, or a glob, as a sorted file list."""
+    path = Path(spec)
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.parquet") if p.is_file())
+        if not files:
+            raise ClsxError(f"input directory {path} holds no *.parquet files")
+        return files
+    if path.is_file():
+        return [path]
+    files = sorted(Path(p) for p in glob.glob(str(spec), recursive=True) if Path(p).is_file())
+    if not files:
+        what = "glob" if glob.has_magic(str(spec)) else "file"
+        raise ClsxError(f"input {what} {spec} matches no file")
+    return files
+
+
+def is_text_type(arrow_type: pa.DataType) -> bool:
+    """True for string columns, including large and dictionary-encoded ones."""
+    if pa.types.is_dictionary(arrow_type):
+        arrow_type = arrow_type.value_type
+    return pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type) or (
+        hasattr(pa.types, "is_string_view") and pa.types.is_string_view(arrow_type)
+    )
+
+
+def open_input(
+    spec: str | Path, text_column: str, keep_columns: Sequence[str] | None = None
+) -> ParquetInput:
+    """Check every input file's footer and columns before any work starts."""
+    files = resolve_inputs(spec)
+    schema = None
+    num_rows = 0
+    for path in files:
+        try:
+            metadata = pq.read_metadata(path)
+            file_schema = pq.read_schema(path)
+        except (OSError, pa.ArrowException) as exc:
+            raise ClsxError(f"{path} is not a readable Parquet file ({exc})") from exc
+        _check_columns(path, file_schema, text_column, keep_columns)
+        wanted = _kept_names(file_schema, keep_columns)
+        kept = pa.schema([file_schema.field(name) for name in wanted])
+        if schema is None:
+            schema = kept
+        elif not kept.equals(schema):
+            raise ClsxError(
+                f"{path} has columns {kept.names} ({kept.types}) but {files[0]} has "
+                f"{schema.names} ({schema.types}); all input files need the same kept columns"
+            )
+        num_rows += metadata.num_rows
+    return ParquetInput(tuple(files), schema, num_rows, text_column)
+
+
+def iter_batches(source: ParquetInput, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """Stream record batches of the kept columns plus the text column, file after file."""
+    columns = list(dict.fromkeys([*source.schema.names, source.text_column]))
+    for path in source.files:
+        try:
+            yield from pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns)
+        except (OSError, pa.ArrowException) as exc:
+            raise ClsxError(f"reading {path} failed ({exc}); the file is damaged") from exc
+
+
+def text_values(batch: pa.RecordBatch, text_column: str) -> list[str | None]:
+    """The text column as Python strings (dictionary-encoded columns decoded)."""
+    column = batch.column(text_column)
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
+    return column.to_pylist()
+
+
+def check_output(output: Path, source: ParquetInput, overwrite: bool) -> None:
+    """Refuse an output that exists (without overwrite) or that the input would pick up."""
+    if output.exists() and not overwrite:
+        raise ClsxError(f"output {output} exists; pass --overwrite to replace it")
+    if output.is_dir():
+        raise ClsxError(f"output {output} is a directory; give a file path ending in .parquet")
+    resolved = output.resolve()
+    for path in source.files:
+        if path.resolve() == resolved:
+            raise ClsxError(f"output {output} is also an input file; write it elsewhere")
+
+
+class AtomicParquetWriter:
+    """Writes to a hidden temporary file beside ``path`` and renames it only on success.
+
+    On an exception (or Ctrl-C) the temporary file is removed and ``path`` is untouched, so a
+    file at ``path`` is always complete.
+    """
+
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
+        self.path = path
+        self.schema = schema
+        self.temporary = path.with_name(f".{path.name}.clsx-{os.getpid()}.tmp")
+        self.writer: pq.ParquetWriter | None = None
+
+    def __enter__(self) -> AtomicParquetWriter:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.writer = pq.ParquetWriter(self.temporary, self.schema)
+        except OSError as exc:
+            raise ClsxError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+        return self
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        try:
+            self.writer.write_batch(batch)
+        except OSError as exc:
+            raise ClsxError(f"writing {self.path} failed: {exc.strerror or exc}") from exc
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        try:
+            self.writer.close()
+            if exc_type is None:
+                os.replace(self.temporary, self.path)
+        except OSError as error:
+            if exc_type is None:
+                raise ClsxError(f"writing {self.path} failed: {error.strerror or error}") from error
+        finally:
+            self.temporary.unlink(missing_ok=True)
+
+
+def _kept_names(schema: pa.Schema, keep_columns: Sequence[str] | None) -> list[str]:
+    return list(schema.names) if keep_columns is None else list(keep_columns)
+
+
+def _check_columns(
+    path: Path, schema: pa.Schema, text_column: str, keep_columns: Sequence[str] | None
+) -> None:
+    missing = [c for c in [text_column, *(keep_columns or [])] if c not in schema.names]
+    if missing:
+        raise ClsxError(
+            f"{path} has no column {', '.join(map(repr, missing))}; its columns are "
+            f"{', '.join(schema.names)} (choose one with --text-column)"
+        )
+    text_type = schema.field(text_column).type
+    if not is_text_type(text_type):
+        raise ClsxError(
+            f"{path}: column {text_column!r} holds {text_type}, not text; "
+            "cast it to string or pick another --text-column"
+        )

@@ -1,0 +1,70 @@
+"""A classifier ready to run: artifact + backend + encoder, windows of texts in, logits out."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+
+from clsx.artifact import Artifact, open_artifact
+from clsx.runners import RunnerOptions, load_runner
+from clsx.runners.base import Runner
+from clsx.scheduler import EncodedWindow, TextEncoder, predict_window, prefetch
+
+T = TypeVar("T")
+
+
+class Pipeline:
+    """Tokenises windows of texts (one window ahead, in a thread) and predicts their logits."""
+
+    def __init__(
+        self,
+        artifact: Artifact,
+        runner: Runner,
+        batch_tokens: int | None = None,
+        max_length: int | None = None,
+    ) -> None:
+        self.artifact = artifact
+        self.runner = runner
+        self.batch_tokens = batch_tokens or runner.batch_tokens
+        self.encoder = TextEncoder(artifact.tokenizer, artifact.manifest, max_length)
+
+    @classmethod
+    def open(
+        cls,
+        model: str | Path,
+        backend: str = "auto",
+        options: RunnerOptions | None = None,
+        batch_tokens: int | None = None,
+        max_length: int | None = None,
+    ) -> Pipeline:
+        """Open a model directory with the given backend (``auto``: the one for its format)."""
+        artifact = open_artifact(model)
+        return cls(artifact, load_runner(artifact, backend, options), batch_tokens, max_length)
+
+    def logits(self, window: EncodedWindow) -> np.ndarray:
+        """Logits for an encoded window, rows in their original order (NaN for null texts)."""
+        manifest = self.artifact.manifest
+        return predict_window(
+            window, self.runner.predict, manifest.num_labels, manifest.padding_id,
+            self.batch_tokens,
+        )
+
+    def run(
+        self, items: Iterable[tuple[T, Sequence[str | None]]]
+    ) -> Iterator[tuple[T, EncodedWindow, np.ndarray]]:
+        """Encode and predict each ``(payload, texts)`` window; encoding overlaps prediction.
+
+        The payload (e.g. the record batch the texts came from) is handed back unchanged.
+        """
+        encoded = prefetch((payload, self.encoder.encode(texts)) for payload, texts in items)
+        for payload, window in encoded:
+            yield payload, window, self.logits(window)
+
+    def classify(self, texts: Sequence[str | None], window_rows: int = 4096) -> np.ndarray:
+        """Logits for an in-memory list of texts."""
+        chunks = ((None, texts[i : i + window_rows]) for i in range(0, len(texts), window_rows))
+        parts = [logits for _, _, logits in self.run(chunks)]
+        return np.concatenate(parts) if parts else np.empty((0, self.artifact.manifest.num_labels))

@@ -1,0 +1,55 @@
+"""Backends by name. Names map to import paths so that ``clsx --help`` never imports torch."""
+
+from __future__ import annotations
+
+import importlib
+
+from clsx.artifact import Artifact
+from clsx.errors import ClsxError
+from clsx.runners.base import Runner, RunnerOptions
+
+RUNNERS: dict[str, str] = {
+    "torch": "clsx.runners.torch:TorchRunner",
+    "onnx": "clsx.runners.onnx:OnnxRunner",
+}
+
+
+def runner_class(name: str) -> type[Runner]:
+    """Import and return the runner registered as ``name``."""
+    if name not in RUNNERS:
+        raise ClsxError(f"unknown backend {name!r}; known backends: {', '.join(RUNNERS)}")
+    module_name, class_name = RUNNERS[name].split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def backend_for(artifact: Artifact, requested: str) -> str:
+    """Resolve ``auto`` to the backend that runs the artifact, and check an explicit choice."""
+    fmt = artifact.manifest.format
+    if requested == "auto":
+        for name in RUNNERS:
+            if fmt in runner_class(name).formats:
+                return name
+    if fmt not in runner_class(requested).formats:
+        raise ClsxError(
+            f"{artifact.path} holds a {fmt} model, which the {requested} backend cannot run; "
+            f"export it first (`clsx export {artifact.path} --format {requested} --output DIR`) "
+            f"and pass that DIR, or use --backend auto"
+        )
+    return requested
+
+
+def load_runner(artifact: Artifact, backend: str = "auto", options: RunnerOptions | None = None
+                ) -> Runner:
+    """Open the backend that runs ``artifact`` (``auto``: the one matching its format)."""
+    name = backend_for(artifact, backend)
+    return runner_class(name)(artifact, options or RunnerOptions())
+
+
+def physical_cores() -> int:
+    """Intra-op threads default: one per physical core (hyper-threads only add contention)."""
+    import psutil
+
+    return psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
+
+
+__all__ = ["RUNNERS", "Runner", "RunnerOptions", "backend_for", "load_runner", "runner_class"]

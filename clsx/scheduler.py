@@ -1,0 +1,151 @@
+"""Tokenise once, batch by padded-token budget, predict, restore order.
+
+Shared by every backend: a runner only ever sees one padded batch of token ids. Rows are
+sorted by length inside a window so that each batch pads little, and results are written
+back to their original positions.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+
+from clsx.manifest import Manifest
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class EncodedWindow:
+    """Token ids for one window of rows; None where the text was null."""
+
+    ids: list[list[int] | None]
+    truncated: int
+
+    @property
+    def tokens(self) -> int:
+        return sum(len(row) for row in self.ids if row is not None)
+
+
+class TextEncoder:
+    """Applies the manifest's template and truncation, exactly as at training time."""
+
+    def __init__(self, tokenizer: Any, manifest: Manifest, max_length: int | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.template = manifest.template
+        self.max_length = max_length or manifest.max_length
+        # An empty text still needs one position to pool: the pad token, attended to.
+        self.empty = [manifest.padding_id]
+
+    def encode(self, texts: Sequence[str | None]) -> EncodedWindow:
+        """Tokenise a window of texts in one batched call of the fast tokenizer."""
+        present = [i for i, text in enumerate(texts) if text is not None]
+        ids: list[list[int] | None] = [None] * len(texts)
+        if not present:
+            return EncodedWindow(ids, 0)
+        batch = [self._apply_template(texts[i]) for i in present]
+        encoded = self.tokenizer(
+            batch,
+            truncation=True,
+            max_length=self.max_length,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
+        truncated = sum(1 for enc in encoded.encodings if enc.overflowing)
+        for i, row in zip(present, encoded["input_ids"], strict=True):
+            ids[i] = row or self.empty
+        return EncodedWindow(ids, truncated)
+
+    def _apply_template(self, text: str | None) -> str:
+        return self.template.replace("{text}", text) if self.template else text
+
+
+def plan_batches(lengths: np.ndarray, batch_tokens: int) -> list[np.ndarray]:
+    """Group row indices, longest first, so that rows x longest length <= ``batch_tokens``.
+
+    A row longer than the budget still gets a batch of its own.
+    """
+    order = np.argsort(-lengths, kind="stable")
+    batches = []
+    start = 0
+    while start < len(order):
+        longest = int(lengths[order[start]])
+        size = max(1, batch_tokens // max(longest, 1))
+        batches.append(order[start : start + size])
+        start += size
+    return batches
+
+
+def pad(rows: Sequence[list[int]], pad_token_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad token id lists into int64 ``input_ids`` and ``attention_mask`` arrays."""
+    width = max(len(row) for row in rows)
+    input_ids = np.full((len(rows), width), pad_token_id, dtype=np.int64)
+    attention_mask = np.zeros((len(rows), width), dtype=np.int64)
+    for i, row in enumerate(rows):
+        input_ids[i, : len(row)] = row
+        attention_mask[i, : len(row)] = 1
+    return input_ids, attention_mask
+
+
+def predict_window(
+    window: EncodedWindow,
+    predict: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    num_labels: int,
+    pad_token_id: int,
+    batch_tokens: int,
+) -> np.ndarray:
+    """Logits for every row of ``window`` in its original order; NaN rows where text was null."""
+    logits = np.full((len(window.ids), num_labels), np.nan, dtype=np.float32)
+    present = np.array([i for i, row in enumerate(window.ids) if row is not None], dtype=np.int64)
+    if len(present) == 0:
+        return logits
+    lengths = np.array([len(window.ids[i]) for i in present], dtype=np.int64)
+    for batch in plan_batches(lengths, batch_tokens):
+        rows = present[batch]
+        input_ids, attention_mask = pad([window.ids[i] for i in rows], pad_token_id)
+        logits[rows] = predict(input_ids, attention_mask)
+    return logits
+
+
+def prefetch(items: Iterator[T], depth: int = 1) -> Iterator[T]:
+    """Produce ``items`` in a background thread, ``depth`` ahead of the consumer.
+
+    Reading Parquet and tokenising (both release the GIL) then overlap with the model.
+    An exception in the producer is re-raised in the consumer.
+    """
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                slots.put(("item", item))
+            slots.put(("done", done))
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            slots.put(("error", exc))
+
+    thread = threading.Thread(target=produce, name="clsx-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = slots.get()
+            if kind == "error":
+                raise value
+            if kind == "done":
+                return
+            yield value
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                slots.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)

@@ -1,0 +1,42 @@
+"""Build a directory under a hidden name and move it into place only when it is complete."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from clsx.errors import ClsxError
+
+
+@contextmanager
+def staged_directory(target: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty staging directory beside ``target``; rename it to ``target`` on success.
+
+    On any exception (a failed parity gate, Ctrl-C) the staging directory is removed and
+    ``target`` is left as it was. With ``overwrite`` an existing ``target`` is replaced.
+    """
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise ClsxError(f"output {target} exists; pass --overwrite to replace it")
+    if target.exists() and not target.is_dir():
+        raise ClsxError(f"output {target} is a file; give a directory path")
+    stage = target.with_name(f".{target.name}.clsx-{os.getpid()}.tmp")
+    try:
+        shutil.rmtree(stage, ignore_errors=True)
+        stage.mkdir(parents=True)
+    except OSError as exc:
+        raise ClsxError(f"cannot create {target}: {exc.strerror or exc}") from exc
+    try:
+        yield stage
+        if target.exists():
+            retired = target.with_name(f".{target.name}.clsx-{os.getpid()}.old")
+            os.replace(target, retired)
+            os.replace(stage, target)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(stage, target)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
