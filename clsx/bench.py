@@ -112,9 +112,9 @@ def format_table(rows: Sequence[BenchRow]) -> str:
     return "\n".join(lines)
 
 
-def write_json(rows: Sequence[BenchRow], path: Path, **context: object) -> None:
-    """Write the rows and the run's context (model, data, machine) as JSON."""
-    payload = {**context, "results": [asdict(r) for r in rows]}
+def write_json(results: Sequence[BenchRow], path: Path, **context: object) -> None:
+    """Write the results and the run's context (model, data, machine) as JSON."""
+    payload = {**context, "results": [asdict(r) for r in results]}
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
 
 

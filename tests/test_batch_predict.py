@@ -1,0 +1,212 @@
+"""``clsx batch-predict`` end to end through click, and every bad input it must refuse."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from clsx.cli import main
+from clsx.testing import build_tiny_classifier
+from tests.conftest import TEXTS, write_parquet
+
+
+def predict(*args: str):
+    return CliRunner().invoke(main, ["batch-predict", *map(str, args), "--quiet"])
+
+
+def only_files(directory) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
+
+
+@pytest.mark.parametrize("family", ["qwen2", "bert"])
+def test_torch_and_onnx_write_the_same_rows_in_order(family, tiny_models, tiny_exports,
+                                                      texts_parquet, tmp_path):
+    outputs = {}
+    for backend, model in (("torch", tiny_models[family]), ("onnx", tiny_exports[family])):
+        out = tmp_path / f"{backend}.parquet"
+        result = predict(texts_parquet, out, "--model", model, "--backend", backend,
+                         "--window-rows", "7", "--batch-tokens", "64")
+        assert result.exit_code == 0, result.output
+        assert f"41 rows in" in result.output and f"backend {backend}" in result.output
+        assert "1 null texts, 5 truncated" in result.output
+        outputs[backend] = pq.read_table(out)
+    torch_out, onnx_out = outputs["torch"], outputs["onnx"]
+    assert torch_out.schema == onnx_out.schema
+    assert torch_out.schema.names == ["id", "text", "label", "score", "probs"]
+    assert str(torch_out.schema.field("probs").type) == "list<element: float>"
+    assert torch_out["id"].to_pylist() == list(range(41))
+    assert torch_out["text"].equals(pq.read_table(texts_parquet)["text"])
+    assert torch_out["label"].to_pylist() == onnx_out["label"].to_pylist()
+    np.testing.assert_allclose(torch_out["score"].to_numpy(zero_copy_only=False),
+                               onnx_out["score"].to_numpy(zero_copy_only=False), atol=1e-4)
+    last = torch_out.slice(40).to_pylist()[0]
+    assert last["label"] is None and last["score"] is None and last["probs"] is None
+    first = torch_out.slice(0, 1).to_pylist()[0]
+    assert first["label"] in ("negative", "neutral", "positive")
+    assert abs(sum(first["probs"]) - 1) < 1e-5 and max(first["probs"]) == first["score"]
+
+
+def test_window_size_does_not_change_results(tiny_models, tmp_path):
+    texts = [f"review number {i} " + "good " * (i % 13) for i in range(500)]
+    source = write_parquet(tmp_path / "in.parquet", texts)
+    tables = []
+    for window in ("1", "33", "4096"):
+        out = tmp_path / f"w{window}.parquet"
+        assert predict(source, out, "-m", tiny_models["llama"], "--window-rows", window).exit_code == 0
+        tables.append(pq.read_table(out))
+    assert tables[0]["id"].to_pylist() == list(range(500))
+    for table in tables[1:]:
+        assert table["label"].equals(tables[0]["label"])
+        np.testing.assert_allclose(table["score"].to_numpy(), tables[0]["score"].to_numpy(),
+                                   atol=1e-5)
+
+
+def test_directory_and_glob_inputs_are_read_in_sorted_order(tiny_models, tmp_path):
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    write_parquet(folder / "b.parquet", ["second file"], part=["b"])
+    write_parquet(folder / "a.parquet", ["first file", "still first"], part=["a", "a"])
+    for spec in (folder, folder / "*.parquet"):
+        out = tmp_path / "out.parquet"
+        result = predict(spec, out, "-m", tiny_models["bert"], "--keep-columns", "part",
+                         "--overwrite")
+        assert result.exit_code == 0, result.output
+        table = pq.read_table(out)
+        assert table.schema.names == ["part", "label", "score", "probs"]
+        assert table["part"].to_pylist() == ["a", "a", "b"]
+
+
+def test_dictionary_encoded_text_and_output_prefix(tiny_models, tmp_path):
+    texts = pa.array(["good", "bad", "good"]).dictionary_encode()
+    source = tmp_path / "dict.parquet"
+    pq.write_table(pa.table({"text": texts, "label": ["x", "y", "z"]}), source)
+    out = tmp_path / "out.parquet"
+    result = predict(source, out, "-m", tiny_models["qwen2"], "--output-prefix", "pred_")
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(out)
+    assert table.schema.names == ["text", "label", "pred_label", "pred_score", "pred_probs"]
+    assert table["pred_label"][0] == table["pred_label"][2]
+
+
+@pytest.mark.parametrize("problem_type", ["multi_label_classification", "regression"])
+def test_other_problem_types(problem_type, tmp_path):
+    model = build_tiny_classifier(tmp_path / "m", "bert", problem_type=problem_type)
+    source = write_parquet(tmp_path / "in.parquet", TEXTS)
+    out = tmp_path / "out.parquet"
+    assert predict(source, out, "-m", model).exit_code == 0
+    rows = pq.read_table(out).to_pylist()
+    if problem_type == "regression":
+        assert all(r["label"] is None and r["probs"] == [r["score"]] for r in rows)
+    else:
+        for r in rows:
+            chosen = [lab for lab, p in zip(("negative", "neutral", "positive"), r["probs"],
+                                            strict=True) if p >= 0.5]
+            assert r["label"] == ",".join(chosen) and r["score"] == max(r["probs"])
+
+
+# --- bad input: one line, exit 1, no file at OUT ------------------------------------------
+
+def corrupt_copy(source, target):
+    data = source.read_bytes()
+    target.write_bytes(data[: len(data) // 2])
+    return target
+
+
+BAD_INPUTS = {
+    "missing text column": (lambda t, s, m: (s, ["--text-column", "body"]),
+                            "has no column 'body'; its columns are id, text"),
+    "int text column": (lambda t, s, m: (write_parquet(t / "ints.parquet", ["a"], n=[1]),
+                                         ["--text-column", "n"]), "holds int64, not text"),
+    "list text column": (lambda t, s, m: (write_parquet(t / "l.parquet", ["a"], n=[["x"]]),
+                                          ["--text-column", "n"]), "not text"),
+    "parquet cut in half": (lambda t, s, m: (corrupt_copy(s, t / "cut.parquet"), []),
+                            "not a readable Parquet file"),
+    "not parquet": (lambda t, s, m: ((t / "x.parquet").write_text("a,b\n") and t / "x.parquet",
+                                     []), "not a readable Parquet file"),
+    "glob matches nothing": (lambda t, s, m: (t / "nothing-*.parquet", []), "matches no file"),
+    "empty directory": (lambda t, s, m: ((t / "empty").mkdir() or t / "empty", []),
+                        "holds no *.parquet files"),
+    "label column clash": (lambda t, s, m: (write_parquet(t / "c.parquet", ["a"], label=["x"]),
+                                            []), "--output-prefix"),
+    "keep unknown column": (lambda t, s, m: (s, ["--keep-columns", "id,nope"]),
+                            "has no column 'nope'"),
+    "model without config": (lambda t, s, m: ((m / "config.json").unlink() or s, []),
+                             "has no config.json"),
+    "model without tokenizer": (
+        lambda t, s, m: ([p.unlink() for p in m.glob("tokenizer*")] and s, []),
+        "has no tokenizer"),
+    "manifest disagrees with config": (
+        lambda t, s, m: (_edit_manifest(m, labels=["a", "b"]) or s, []),
+        "lists 2 labels but config.json has num_labels=3"),
+    "pickle weights only": (
+        lambda t, s, m: ((m / "model.safetensors").rename(m / "pytorch_model.bin") and s, []),
+        "pickle (.bin) weights"),
+    "not a classifier": (
+        lambda t, s, m: (_edit_config(m, architectures=["Qwen2ForCausalLM"]) or s, []),
+        "not a classifier checkpoint"),
+    "unsupported family": (lambda t, s, m: (_edit_config(m, model_type="gpt2") or s, []),
+                           "model_type 'gpt2' is not supported"),
+    "onnx backend on torch model": (lambda t, s, m: (s, ["--backend", "onnx"]),
+                                    "export it first"),
+}
+
+
+def _edit_manifest(model, **changes):
+    path = model / "clsx.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def _edit_config(model, **changes):
+    path = model / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_gets_one_line_and_no_output(case, qwen2_copy, texts_parquet, tmp_path):
+    make, expected = BAD_INPUTS[case]
+    source, extra = make(tmp_path, texts_parquet, qwen2_copy)
+    out = tmp_path / "out" / "result.parquet"
+    result = predict(source, out, "-m", qwen2_copy, *extra)
+    assert result.exit_code == 1, result.output
+    assert expected in result.output
+    assert result.output.startswith("Error: ") and len(result.output.strip().splitlines()) == 1
+    assert not out.exists() and not (tmp_path / "out").exists()
+
+
+def test_existing_output_is_kept_without_overwrite(tiny_models, texts_parquet, tmp_path):
+    out = tmp_path / "out.parquet"
+    out.write_bytes(b"precious")
+    result = predict(texts_parquet, out, "-m", tiny_models["bert"])
+    assert result.exit_code == 1 and "--overwrite" in result.output
+    assert out.read_bytes() == b"precious"
+
+
+def test_output_equal_to_input_is_refused(tiny_models, texts_parquet):
+    result = predict(texts_parquet, texts_parquet, "-m", tiny_models["bert"], "--overwrite")
+    assert result.exit_code == 1 and "also an input file" in result.output
+
+
+def test_failure_midway_leaves_no_output(tiny_models, texts_parquet, tmp_path, monkeypatch):
+    from clsx.runners.torch import TorchRunner
+
+    def explode(self, input_ids, attention_mask):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(TorchRunner, "predict", explode)
+    result = predict(texts_parquet, tmp_path / "out.parquet", "-m", tiny_models["bert"])
+    assert result.exit_code == 130 and "no partial output" in result.output
+    assert only_files(tmp_path) == ["in.parquet"]
+
+
+def test_export_without_parent_still_runs(tiny_exports, texts_parquet, tmp_path):
+    moved = shutil.copytree(tiny_exports["bert"], tmp_path / "shipped")
+    (tmp_path / "shipped" / "clsx.json").write_text(
+        (tiny_exports["bert"] / "clsx.json").read_text().replace('"parent": "', '"parent": "gone/')
+    )
+    assert predict(texts_parquet, tmp_path / "o.parquet", "-m", moved).exit_code == 0

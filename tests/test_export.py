@@ -1,0 +1,87 @@
+"""ONNX export: parity written to the manifest, gates that refuse, nothing half-written."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from clsx.artifact import open_artifact
+from clsx.cli import main
+from clsx.errors import ClsxError
+from clsx.export.onnx import FP32_TOLERANCE, export_onnx
+from clsx.testing import FAMILIES, build_tiny_classifier
+from tests.conftest import TEXTS, write_parquet
+
+
+def leftovers(directory) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith("."))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_fp32_export_records_parity_and_parent(family, tiny_models, tiny_exports):
+    export = tiny_exports[family]
+    assert {"model.onnx", "config.json", "tokenizer.json", "clsx.json"} <= {
+        p.name for p in export.iterdir()
+    }
+    manifest = json.loads((export / "clsx.json").read_text())
+    assert manifest["format"] == "onnx"
+    assert manifest["parity"]["fp32"]["max_abs_diff"] <= FP32_TOLERANCE
+    assert manifest["parity"]["fp32"]["label_agreement"] == 1.0
+    assert (export / manifest["parent"]).resolve() == tiny_models[family].resolve()
+
+
+def test_cli_export_fails_the_gate_and_leaves_nothing(tiny_models, tmp_path):
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main, ["export", str(tiny_models["llama"]), "-o", str(out), "--tolerance", "0"]
+    )
+    assert result.exit_code == 1
+    assert "differs from PyTorch" in result.output and "Traceback" not in result.output
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_cli_int8_export_with_calibration_data(tiny_models, tmp_path):
+    sample = write_parquet(tmp_path / "sample.parquet", TEXTS * 4)
+    out = tmp_path / "int8"
+    result = CliRunner().invoke(main, [
+        "export", str(tiny_models["bert"]), "--format", "onnx-int8", "-o", str(out),
+        "--calibration-data", str(sample), "--min-agreement", "0.5",
+    ])
+    assert result.exit_code == 0, result.output
+    assert "parity int8_calibration: 32 rows" in result.output
+    manifest = open_artifact(out).manifest
+    assert manifest.format == "onnx-int8"
+    assert set(manifest.parity) == {"fp32", "int8_parity_batch", "int8_calibration"}
+    assert not list(out.glob("model-fp32*"))
+
+
+def test_int8_agreement_gate_refuses(tiny_models, tmp_path):
+    with pytest.raises(ClsxError, match="int8 labels agree with fp32"):
+        export_onnx(tiny_models["qwen2"], tmp_path / "int8", int8=True, min_agreement=1.01)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_needs_overwrite(tiny_models, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    args = ["export", str(tiny_models["bert"]), "-o", str(out)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and "--overwrite" in result.output
+    assert (out / "keep.txt").exists()
+    assert CliRunner().invoke(main, [*args, "--overwrite"]).exit_code == 0
+    assert not (out / "keep.txt").exists() and (out / "model.onnx").exists()
+
+
+def test_export_of_an_export_is_refused(tiny_exports, tmp_path):
+    result = CliRunner().invoke(main, ["export", str(tiny_exports["bert"]), "-o", str(tmp_path / "x")])
+    assert result.exit_code == 1 and "already a onnx export" in result.output
+
+
+def test_export_whose_parent_was_retrained_is_refused(qwen2_copy, tmp_path):
+    export = export_onnx(qwen2_copy, tmp_path / "export").output
+    build_tiny_classifier(qwen2_copy, "qwen2", seed=1)  # retrain the parent in place
+    with pytest.raises(ClsxError, match="has changed since"):
+        open_artifact(export)
