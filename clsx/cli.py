@@ -198,3 +198,109 @@ def bench_command(model: Path, data: Path, text_column: str, rows: int,
         write_json(results, json_path, model=str(model), data=str(data), rows=len(texts),
                    machine=platform.processor() or platform.machine())
         click.echo(f"Wrote {json_path}", err=True)
+
+
+@main.command("train")
+@click.option("--model", "-m", required=True,
+              help="Base model: a local HF directory, a hub id, or a bundled alias "
+                   "(see `clsx models`).")
+@click.option("--train", "train_path", type=click.Path(path_type=Path), required=True,
+              help="Training data: Parquet, JSONL or CSV.")
+@click.option("--eval", "eval_path", type=click.Path(path_type=Path),
+              help="Evaluation data (default: a stratified split of --train).")
+@click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
+              help="Directory for the merged model, tokenizer, clsx.json and metrics.json.")
+@click.option("--text-column", default="text", show_default=True)
+@click.option("--label-column", default="label", show_default=True)
+@click.option("--problem-type", type=click.Choice(["single_label", "multi_label", "regression"]),
+              default="single_label", show_default=True)
+@click.option("--label-separator", default=",", show_default=True,
+              help="Multi-label: separator inside a string label column.")
+@click.option("--method", type=click.Choice(["lora", "full"]), default="lora", show_default=True)
+@click.option("--epochs", type=float, default=3.0, show_default=True)
+@click.option("--lr", type=float, default=5e-5, show_default=True)
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--eval-batch-size", type=int, default=4, show_default=True)
+@click.option("--max-length", type=int, default=512, show_default=True,
+              help="Truncate inputs to this many tokens (also at predict time).")
+@click.option("--lora-r", type=int, default=64, show_default=True)
+@click.option("--lora-alpha", type=int, default=128, show_default=True)
+@click.option("--lora-dropout", type=float, default=0.1, show_default=True)
+@click.option("--target-modules", callback=_comma_list,
+              help="LoRA targets (default: q/k/v/o/gate/up/down_proj for decoders, "
+                   "query,key,value,dense for BERT).")
+@click.option("--lora-embeddings", is_flag=True, help="Also put LoRA on the embedding layer.")
+@click.option("--eval-fraction", type=float, default=0.1, show_default=True,
+              help="Share of --train held out when no --eval is given.")
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--template", help="Input template with {text} (and optionally {labels}), e.g. "
+                                 "'Review: {text}'. Stored and applied at predict time.")
+@click.option("--label-descriptions", type=click.Path(path_type=Path),
+              help="JSON {label: description} or 'label: description' lines, for {labels}.")
+@click.option("--chat", is_flag=True, help="Wrap the input in the model's chat template.")
+@click.option("--bf16", is_flag=True, help="Train in bf16 mixed precision (AMX CPUs, GPUs).")
+@click.option("--resume", is_flag=True, help="Continue from the last checkpoint of a run.")
+@click.option("--overwrite", is_flag=True, help="Replace --output if it exists.")
+def train_command(**options) -> None:
+    """Fine-tune a classifier (LoRA or full) and save it merged, ready for export.
+
+    Evaluates each epoch and keeps the best one (macro-F1; MSE for regression). Ctrl-C
+    saves a checkpoint; rerun the same command with --resume to continue.
+    """
+    from clsx.metrics import format_report
+    from clsx.train.config import TrainConfig
+    from clsx.train.trainer import train
+
+    options["train"] = options.pop("train_path")
+    options["eval"] = options.pop("eval_path")
+    result = train(TrainConfig(**options))
+    click.echo(format_report(result.best_metrics), err=True)
+    click.echo(f"Trained in {result.seconds / 60:.1f} min; wrote {result.output}")
+
+
+@main.command("eval")
+@click.option("--model", "-m", type=click.Path(path_type=Path), required=True)
+@click.option("--data", type=click.Path(path_type=Path), required=True,
+              help="Labelled data: Parquet, JSONL or CSV.")
+@click.option("--text-column", default="text", show_default=True)
+@click.option("--label-column", default="label", show_default=True)
+@click.option("--label-separator", default=",", show_default=True)
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
+@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=0.5, show_default=True, help="Multi-label decision threshold.")
+@click.option("--tune-threshold", is_flag=True,
+              help="Multi-label: pick the threshold that maximises macro-F1 on --data.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path),
+              help="Write the metrics as JSON (flat keys: accuracy, macro_f1, ...).")
+@click.option("--errors", "errors_path", type=click.Path(path_type=Path),
+              help="Write misclassified rows, most confident first, to this Parquet file.")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+def eval_command(model: Path, data: Path, text_column: str, label_column: str,
+                 label_separator: str, backend: str, threshold: float, tune_threshold: bool,
+                 json_path: Path | None, errors_path: Path | None, device: str) -> None:
+    """Metrics, per-class report and confusion matrix of MODEL on labelled DATA."""
+    import pyarrow.parquet as pq
+
+    from clsx.evaluate import errors_table, evaluate, write_json
+    from clsx.metrics import format_report
+    from clsx.runners import RunnerOptions
+
+    result = evaluate(model, data, text_column, label_column, backend, threshold,
+                      tune_threshold, label_separator, RunnerOptions(device=device))
+    click.echo(format_report(result.metrics))
+    if json_path is not None:
+        write_json(result.metrics, json_path)
+    if errors_path is not None:
+        errors = errors_table(result.predictions)
+        pq.write_table(errors, errors_path)
+        click.echo(f"Wrote {errors.num_rows} misclassified rows to {errors_path}", err=True)
+
+
+@main.command("models")
+def models_command() -> None:
+    """List the bundled model aliases and whether each is installed."""
+    from clsx.models import BUNDLED
+
+    for alias, model in BUNDLED.items():
+        state = "installed" if model.is_installed() else f"installs {model.package} on first use"
+        click.echo(f"{alias:<14} {model.description} [{state}]")

@@ -28,9 +28,11 @@ ENCODER_FAMILIES = ("bert", "roberta", "xlm-roberta", "distilbert", "deberta-v2"
 class Manifest:
     """What clsx knows about one model directory.
 
-    ``labels`` is in label-id order (``labels[i]`` is ``id2label[i]``). ``parent`` is the
-    path of the artifact this one was exported from, relative to this directory's parent
-    when possible, and ``parent_fingerprint`` lets a later run notice that it was retrained.
+    ``labels`` is in label-id order (``labels[i]`` is ``id2label[i]``). ``template`` is the
+    exact input text with a ``{text}`` placeholder, applied identically at training and
+    predict time. ``parent`` is the path of the artifact this one was exported from,
+    relative to this directory, and ``parent_fingerprint`` lets a later run notice that it
+    was retrained. ``base_model`` and ``training`` record how ``clsx train`` made it.
     """
 
     family: str
@@ -43,6 +45,8 @@ class Manifest:
     parent: str | None = None
     parent_fingerprint: str | None = None
     parity: dict[str, Any] = field(default_factory=dict)
+    base_model: str | None = None
+    training: dict[str, Any] = field(default_factory=dict)
     version: int = MANIFEST_VERSION
 
     def __post_init__(self) -> None:

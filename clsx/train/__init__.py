@@ -1,0 +1,1 @@
+"""``clsx train``: LoRA or full fine-tuning on the Hugging Face Trainer, merged output."""

@@ -1,0 +1,303 @@
+"""Fine-tuning with the Hugging Face Trainer (+ peft LoRA), then merge and save an artifact.
+
+Checkpoints live in a hidden work directory beside the output (``.NAME.clsx-train``) so
+that ``--resume`` can continue after a crash or Ctrl-C; the output directory itself appears
+only once the merged model, tokenizer, manifest and metrics are all written.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from clsx.artifact import save_artifact
+from clsx.data import LabelledData, read_labelled
+from clsx.errors import ClsxError
+from clsx.manifest import DECODER_FAMILIES, ENCODER_FAMILIES, Manifest
+from clsx.metrics import compute_metrics, scalar_metrics
+from clsx.models import resolve_model
+from clsx.scheduler import TextEncoder, pad
+from clsx.staging import staged_directory
+from clsx.train.config import TrainConfig
+from clsx.train.prompt import build_template, read_label_descriptions
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Where the model went and the metrics of the kept (best) epoch."""
+
+    output: Path
+    manifest: Manifest
+    best_metrics: dict[str, float]
+    epochs: list[dict[str, float]]
+    seconds: float
+
+
+class EncodedDataset(torch.utils.data.Dataset):
+    """Token ids and targets, encoded once by the same encoder that predicts later."""
+
+    def __init__(self, ids: list[list[int]], targets: np.ndarray) -> None:
+        self.ids = ids
+        self.targets = targets
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {"input_ids": self.ids[index], "labels": self.targets[index]}
+
+
+class Collator:
+    """Dynamic padding with the manifest's pad id, exactly as the predict scheduler pads."""
+
+    def __init__(self, pad_token_id: int, problem_type: str) -> None:
+        self.pad_token_id = pad_token_id
+        self.label_dtype = torch.long if problem_type == "single_label_classification" else (
+            torch.float32)
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        input_ids, attention_mask = pad([row["input_ids"] for row in rows], self.pad_token_id)
+        labels = torch.tensor(np.array([row["labels"] for row in rows]), dtype=self.label_dtype)
+        return {"input_ids": torch.from_numpy(input_ids),
+                "attention_mask": torch.from_numpy(attention_mask), "labels": labels}
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Run one fine-tuning job end to end (see the module docstring for the layout)."""
+    import time
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    started = time.perf_counter()
+    if config.output.exists() and not config.overwrite:
+        raise ClsxError(f"output {config.output} exists; pass --overwrite to replace it")
+    work = config.output.with_name(f".{config.output.name}.clsx-train")
+    checkpoint = _checkpoint_to_resume(work, config.resume)
+    reference = resolve_model(config.model)
+    train_data, eval_data = _load_data(config)
+    labels = train_data.labels
+    tokenizer = AutoTokenizer.from_pretrained(reference)
+    family = _family_of(reference)
+    manifest = _manifest(config, family, labels, tokenizer)
+    num_labels = 1 if config.problem_type == "regression" else len(labels)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        reference, num_labels=num_labels, problem_type=config.problem_type,
+        id2label=dict(enumerate(labels[:num_labels])),
+        label2id={label: i for i, label in enumerate(labels[:num_labels])},
+        dtype=torch.float32, use_safetensors=True,
+    )
+    model.config.pad_token_id = manifest.pad_token_id
+    if config.method == "lora":
+        model = _with_lora(model, config, manifest.is_decoder)
+    encoder = TextEncoder(tokenizer, manifest)
+    train_set = EncodedDataset(encoder.encode(train_data.texts).ids, train_data.targets)
+    eval_set = EncodedDataset(encoder.encode(eval_data.texts).ids, eval_data.targets)
+    trainer = _trainer(model, config, manifest, work, train_set, eval_set)
+    interrupted = _stop_on_interrupt(trainer)
+    previous_handler = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, interrupted.handle)
+    try:
+        trainer.train(resume_from_checkpoint=checkpoint)
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
+    if interrupted.flag:
+        print(f"Interrupted: a checkpoint is saved in {work}; continue with the same command "
+              "and --resume.", file=sys.stderr)
+        raise SystemExit(130)
+    epochs = [scalar_metrics({k.removeprefix("eval_"): v for k, v in entry.items()})
+              for entry in trainer.state.log_history if "eval_loss" in entry]
+    best = _best_epoch(epochs, config.problem_type)
+    manifest = manifest.replace(training={**config.to_json(), "best_epoch": best.get("epoch")})
+    with staged_directory(config.output, config.overwrite) as stage:
+        if config.method == "lora":
+            trainer.model.save_pretrained(stage / "adapter")
+            merged = trainer.model.merge_and_unload()
+        else:
+            merged = trainer.model
+        save_artifact(merged.eval(), tokenizer, stage, manifest)
+        (stage / "metrics.json").write_text(
+            json.dumps({"best": best, "epochs": epochs}, indent=2) + "\n")
+    shutil.rmtree(work, ignore_errors=True)
+    return TrainResult(config.output, manifest, best, epochs, time.perf_counter() - started)
+
+
+def _load_data(config: TrainConfig) -> tuple[LabelledData, LabelledData]:
+    read = dict(text_column=config.text_column, label_column=config.label_column,
+                problem_type=config.problem_type, separator=config.label_separator)
+    train_data = read_labelled(config.train, **read)
+    if config.problem_type != "regression" and len(train_data.labels) < 2:
+        raise ClsxError(f"{config.train}: column {config.label_column!r} has only one class "
+                        f"({train_data.labels[0]!r}); a classifier needs at least two")
+    if config.eval is not None:
+        return train_data, read_labelled(config.eval, labels=train_data.labels, **read)
+    return _split(train_data, config.eval_fraction, config.seed, config.problem_type)
+
+
+def _split(data: LabelledData, fraction: float, seed: int, problem_type: str
+           ) -> tuple[LabelledData, LabelledData]:
+    """A stratified (single-label) or plain random split with a fixed seed."""
+    from sklearn.model_selection import train_test_split
+
+    rows = np.arange(len(data.texts))
+    stratify = None
+    if problem_type == "single_label_classification":
+        counts = np.bincount(data.targets, minlength=len(data.labels))
+        stratify = data.targets if counts.min() >= 2 else None
+    try:
+        train_rows, eval_rows = train_test_split(rows, test_size=fraction, random_state=seed,
+                                                 stratify=stratify)
+    except ValueError as exc:
+        raise ClsxError(f"cannot split {len(rows)} rows for evaluation ({exc}); pass --eval "
+                        "FILE or more data") from exc
+
+    def subset(selected: np.ndarray) -> LabelledData:
+        return LabelledData([data.texts[i] for i in selected], data.targets[selected],
+                            data.labels, data.table.take(selected))
+
+    return subset(np.sort(train_rows)), subset(np.sort(eval_rows))
+
+
+def _family_of(reference: str) -> str:
+    from transformers import AutoConfig
+
+    try:
+        family = AutoConfig.from_pretrained(reference).model_type
+    except (OSError, ValueError) as exc:
+        raise ClsxError(f"cannot load a model config from {reference!r}: "
+                        f"{str(exc).splitlines()[0]}") from exc
+    if family not in DECODER_FAMILIES + ENCODER_FAMILIES:
+        raise ClsxError(f"model_type {family!r} is not supported; clsx handles "
+                        f"{', '.join(DECODER_FAMILIES + ENCODER_FAMILIES)}")
+    return family
+
+
+def _manifest(config: TrainConfig, family: str, labels: tuple[str, ...], tokenizer: Any
+              ) -> Manifest:
+    descriptions = (read_label_descriptions(config.label_descriptions, labels)
+                    if config.label_descriptions else None)
+    template = build_template(config.template, labels, descriptions, config.chat, tokenizer)
+    pad_id = tokenizer.pad_token_id
+    if family in DECODER_FAMILIES and pad_id is None:
+        # Decoders usually ship without a pad token; EOS is the customary stand-in.
+        pad_id = tokenizer.eos_token_id
+    return Manifest(
+        family=family,
+        labels=labels[:1] if config.problem_type == "regression" else labels,
+        problem_type=config.problem_type,
+        max_length=config.max_length,
+        pad_token_id=pad_id,
+        template=template,
+        base_model=config.model,
+    )
+
+
+def _with_lora(model: Any, config: TrainConfig, is_decoder: bool) -> Any:
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    lora = LoraConfig(
+        task_type=TaskType.SEQ_CLS, r=config.lora_r, lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout, target_modules=config.targets_for(is_decoder),
+    )
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as exc:
+        raise ClsxError(f"LoRA setup failed: {str(exc).splitlines()[0]} (check "
+                        "--target-modules)") from exc
+
+
+def _trainer(model: Any, config: TrainConfig, manifest: Manifest, work: Path,
+             train_set: EncodedDataset, eval_set: EncodedDataset) -> Any:
+    from transformers import Trainer, TrainingArguments
+
+    regression = config.problem_type == "regression"
+    args = TrainingArguments(
+        output_dir=str(work),
+        learning_rate=config.lr,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.eval_batch_size,
+        num_train_epochs=config.epochs,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        logging_strategy="epoch",
+        load_best_model_at_end=True,
+        metric_for_best_model="mse" if regression else "macro_f1",
+        greater_is_better=not regression,
+        save_total_limit=2,
+        seed=config.seed,
+        bf16=config.bf16,
+        use_cpu=not torch.cuda.is_available(),
+        report_to="none",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+    )
+
+    def metrics(prediction) -> dict[str, float]:
+        logits = prediction.predictions
+        logits = logits[0] if isinstance(logits, tuple) else logits
+        return scalar_metrics(compute_metrics(np.asarray(logits, dtype=np.float32),
+                                              prediction.label_ids, config.problem_type,
+                                              manifest.labels))
+
+    return Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
+                   data_collator=Collator(manifest.padding_id, config.problem_type),
+                   compute_metrics=metrics)
+
+
+class _Interrupt:
+    """Ctrl-C once: finish the current step, save a checkpoint, stop. Twice: abort."""
+
+    def __init__(self) -> None:
+        self.flag = False
+
+    def handle(self, signum: int, frame: Any) -> None:
+        if self.flag:
+            raise KeyboardInterrupt
+        self.flag = True
+        print("\nStopping after this step to save a checkpoint (Ctrl-C again to abort) ...",
+              file=sys.stderr)
+
+
+def _stop_on_interrupt(trainer: Any) -> _Interrupt:
+    """Register a callback that turns a pending interrupt into save-and-stop."""
+    from transformers import TrainerCallback
+
+    interrupt = _Interrupt()
+
+    class SaveAndStop(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if interrupt.flag:
+                control.should_save = True
+                control.should_training_stop = True
+            return control
+
+    trainer.add_callback(SaveAndStop())
+    return interrupt
+
+
+def _checkpoint_to_resume(work: Path, resume: bool) -> str | None:
+    checkpoints = sorted(work.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    if resume:
+        if not checkpoints:
+            raise ClsxError(f"--resume: no checkpoint in {work}; start without --resume")
+        return str(checkpoints[-1])
+    if checkpoints:
+        raise ClsxError(f"an earlier run left checkpoints in {work}; add --resume to continue "
+                        "it, or delete that directory to start over")
+    shutil.rmtree(work, ignore_errors=True)
+    return None
+
+
+def _best_epoch(epochs: list[dict[str, float]], problem_type: str) -> dict[str, float]:
+    if not epochs:
+        return {}
+    if problem_type == "regression":
+        return min(epochs, key=lambda e: e.get("mse", float("inf")))
+    return max(epochs, key=lambda e: e.get("macro_f1", float("-inf")))
