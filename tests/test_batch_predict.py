@@ -58,7 +58,8 @@ def test_window_size_does_not_change_results(tiny_models, tmp_path):
     tables = []
     for window in ("1", "33", "4096"):
         out = tmp_path / f"w{window}.parquet"
-        assert predict(source, out, "-m", tiny_models["llama"], "--window-rows", window).exit_code == 0
+        result = predict(source, out, "-m", tiny_models["llama"], "--window-rows", window)
+        assert result.exit_code == 0
         tables.append(pq.read_table(out))
     assert tables[0]["id"].to_pylist() == list(range(500))
     for table in tables[1:]:

@@ -76,7 +76,8 @@ def test_existing_output_needs_overwrite(tiny_models, tmp_path):
 
 
 def test_export_of_an_export_is_refused(tiny_exports, tmp_path):
-    result = CliRunner().invoke(main, ["export", str(tiny_exports["bert"]), "-o", str(tmp_path / "x")])
+    args = ["export", str(tiny_exports["bert"]), "-o", str(tmp_path / "x")]
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 1 and "already a onnx export" in result.output
 
 

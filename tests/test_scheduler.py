@@ -82,5 +82,6 @@ def test_encoder_counts_truncation_and_applies_template(tiny_models):
     window = encoder.encode(["short", "a much longer text that will not fit in eight tokens"])
     assert window.truncated == 1 and len(window.ids[1]) == 8
     plain = TextEncoder(artifact.tokenizer, artifact.manifest)
-    templated = TextEncoder(artifact.tokenizer, artifact.manifest.replace(template="Review: {text}"))
+    with_template = artifact.manifest.replace(template="Review: {text}")
+    templated = TextEncoder(artifact.tokenizer, with_template)
     assert templated.encode(["good"]).ids[0] == plain.encode(["Review: good"]).ids[0]
