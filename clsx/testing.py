@@ -113,3 +113,19 @@ def build_tiny_classifier(
     )
     save_artifact(model.eval(), tokenizer, Path(directory), manifest)
     return Path(directory)
+
+
+def build_tiny_base(directory: Path, family: str = "qwen2", seed: int = 0) -> Path:
+    """Save a random tiny *base* model (CausalLM, or BertModel) with its tokenizer.
+
+    This is what ``clsx train`` starts from: no classification head yet.
+    """
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer(family)
+    config = tiny_config(family, len(tokenizer), 2, tokenizer.pad_token_id)
+    model = (AutoModel if family == "bert" else AutoModelForCausalLM).from_config(config)
+    model.save_pretrained(directory, safe_serialization=True)
+    tokenizer.save_pretrained(directory)
+    return Path(directory)

@@ -1,5 +1,6 @@
-"""Exporters by format name, imported lazily: ``clsx export --format NAME``."""
+"""Export stages: a merged model directory turned into another runnable format.
 
-from __future__ import annotations
+Light on purpose (no torch import): the CLI reads the format names from here.
+"""
 
 EXPORT_FORMATS = ("onnx", "onnx-int8")

@@ -11,6 +11,8 @@ import json
 import shutil
 import signal
 import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,11 +74,10 @@ class Collator:
 
 def train(config: TrainConfig) -> TrainResult:
     """Run one fine-tuning job end to end (see the module docstring for the layout)."""
-    import time
-
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
     started = time.perf_counter()
+    set_seed(config.seed)  # the new head's initialisation too, so that runs repeat
     if config.output.exists() and not config.overwrite:
         raise ClsxError(f"output {config.output} exists; pass --overwrite to replace it")
     work = config.output.with_name(f".{config.output.name}.clsx-train")
@@ -102,12 +103,16 @@ def train(config: TrainConfig) -> TrainResult:
     eval_set = EncodedDataset(encoder.encode(eval_data.texts).ids, eval_data.targets)
     trainer = _trainer(model, config, manifest, work, train_set, eval_set)
     interrupted = _stop_on_interrupt(trainer)
+    # Signal handlers can only be installed from the main thread (the CLI's case).
+    in_main_thread = threading.current_thread() is threading.main_thread()
     previous_handler = signal.getsignal(signal.SIGINT)
-    signal.signal(signal.SIGINT, interrupted.handle)
+    if in_main_thread:
+        signal.signal(signal.SIGINT, interrupted.handle)
     try:
         trainer.train(resume_from_checkpoint=checkpoint)
     finally:
-        signal.signal(signal.SIGINT, previous_handler)
+        if in_main_thread:
+            signal.signal(signal.SIGINT, previous_handler)
     if interrupted.flag:
         print(f"Interrupted: a checkpoint is saved in {work}; continue with the same command "
               "and --resume.", file=sys.stderr)

@@ -1,0 +1,141 @@
+"""Throughput of the torch and ONNX backends, Parquet to Parquet, on real SST-2 texts.
+
+For each model: export to ONNX, `clsx batch-predict` a file of N real texts (SST-2
+sentences repeated) with --backend torch and with the ONNX export, compare the labels of the
+two outputs, then `clsx bench` (torch, onnx, onnx-int8) on 2,000 rows. Prints a table and
+writes benchmarks/results/backends.{json,md}.
+
+    python benchmarks/backends.py [--rows 100000] [--model DIR ...]
+
+Without --model it measures a tiny random Qwen2 classifier and a MiniLM-L6 classifier (the
+bundled minilm-l6 with a fresh, untrained head: speed does not depend on the head).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from realdata import repeated, sst2, write  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SUMMARY = re.compile(r"(\d+) rows in ([\d.]+) s: ([\d.]+) rows/s, (\d+) tokens/s")
+
+
+def clsx(*args: object) -> str:
+    """Run a clsx command, echo it, return its stderr+stdout."""
+    command = [sys.executable, "-m", "clsx", *map(str, args)]
+    print("$ clsx " + " ".join(map(str, args)), flush=True)
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"failed:\n{done.stdout}\n{done.stderr}")
+    return done.stdout + done.stderr
+
+
+def default_models(root: Path) -> dict[str, Path]:
+    """A tiny random Qwen2 classifier and MiniLM-L6 with an untrained 2-label head."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from clsx.artifact import save_artifact
+    from clsx.manifest import Manifest
+    from clsx.models import resolve_model
+    from clsx.testing import build_tiny_classifier
+
+    tiny = build_tiny_classifier(root / "tiny-qwen2", "qwen2", labels=("negative", "positive"),
+                                 max_length=128)
+    base = resolve_model("minilm-l6")
+    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=2)
+    manifest = Manifest(family="bert", labels=("negative", "positive"),
+                        problem_type="single_label_classification", max_length=128,
+                        pad_token_id=0, base_model="minilm-l6")
+    save_artifact(model.eval(), AutoTokenizer.from_pretrained(base), root / "minilm", manifest)
+    return {"tiny-qwen2": tiny, "minilm-l6": root / "minilm"}
+
+
+def measure(name: str, model: Path, data: Path, root: Path, bench_rows: int) -> dict:
+    onnx = root / f"{name}-onnx"
+    started = time.perf_counter()
+    clsx("export", model, "--format", "onnx", "--output", onnx, "--overwrite")
+    export_seconds = time.perf_counter() - started
+    runs = {}
+    for backend, directory in (("torch", model), ("onnx", onnx)):
+        out = root / f"{name}-{backend}.parquet"
+        log = clsx("batch-predict", data, out, "--model", directory, "--backend", backend,
+                   "--overwrite", "--quiet")
+        line = log.strip().splitlines()[-1]
+        print("  " + line)
+        rows, seconds, rows_s, tokens_s = SUMMARY.search(line).groups()
+        runs[backend] = {"rows": int(rows), "seconds": float(seconds),
+                         "rows_per_s": float(rows_s), "tokens_per_s": int(tokens_s),
+                         "summary": line}
+    torch_labels = pq.read_table(root / f"{name}-torch.parquet", columns=["label"])["label"]
+    onnx_labels = pq.read_table(root / f"{name}-onnx.parquet", columns=["label"])["label"]
+    agreement = sum(a == b for a, b in zip(torch_labels.to_pylist(), onnx_labels.to_pylist(),
+                                           strict=True)) / len(torch_labels)
+    bench_json = root / f"{name}-bench.json"
+    table = clsx("bench", "--model", model, "--data", data, "--rows", bench_rows,
+                 "--exports-dir", root / f"{name}-exports", "--json", bench_json)
+    print(table)
+    return {"model": name, "export_seconds": round(export_seconds, 1), "batch_predict": runs,
+            "label_agreement_torch_vs_onnx": agreement,
+            "bench": json.loads(bench_json.read_text())["results"]}
+
+
+def markdown(results: list[dict], rows: int) -> str:
+    lines = [
+        f"# Backends on SST-2 texts ({rows:,} rows, Parquet to Parquet)", "",
+        f"Command: `python benchmarks/backends.py --rows {rows}`; machine: "
+        f"{platform.machine()}, {subprocess.getoutput('nproc')} cores.", "",
+        "| model | backend | rows/s | tokens/s | seconds | labels = torch |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        for backend, run in r["batch_predict"].items():
+            agree = 1.0 if backend == "torch" else r["label_agreement_torch_vs_onnx"]
+            lines.append(f"| {r['model']} | {backend} | {run['rows_per_s']:.1f} | "
+                         f"{run['tokens_per_s']} | {run['seconds']:.1f} | {agree:.4%} |")
+    lines += ["", "`clsx bench` (2,000 rows, same process):", "",
+              "| model | variant | rows/s | x torch | agreement | max abs logit diff | "
+              "peak RSS MB |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        for b in r["bench"]:
+            lines.append(f"| {r['model']} | {b['variant']} | {b['rows_per_s']} | {b['speedup']} "
+                         f"| {b['label_agreement']:.2%} | {b['max_abs_diff']:.2e} | "
+                         f"{b['peak_rss_mb']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--bench-rows", type=int, default=2000)
+    parser.add_argument("--model", type=Path, action="append",
+                        help="merged model directory (repeatable); default: tiny + MiniLM")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="clsx-backends-") as temporary:
+        root = Path(temporary)
+        texts = pa.concat_tables([sst2(split) for split in ("train", "dev", "test")])
+        data = write(repeated(texts.drop_columns(["label"]), args.rows), root / "sst2.parquet")
+        models = ({m.name: m for m in args.model} if args.model else default_models(root))
+        results = [measure(name, path, data, root, args.bench_rows)
+                   for name, path in models.items()]
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "backends.json").write_text(json.dumps(results, indent=2) + "\n")
+    report = markdown(results, args.rows)
+    (RESULTS / "backends.md").write_text(report)
+    print(report)
+
+
+if __name__ == "__main__":
+    main()
