@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import tempfile
@@ -20,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow.parquet as pq
+
+from clsx.bench import machine_description
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import realdata  # noqa: E402
@@ -64,8 +65,8 @@ EXPERIMENTS = {e.name: e for e in (
     Experiment("sst2-minilm-full", "sst2", "minilm-l6", (*MINILM, "--lr", "5e-5", "--method",
                                                           "full")),
     Experiment("sst2-smollm2-lora", "sst2", "smollm2-135m",
-               ("--epochs", "1", "--batch-size", "8", "--lr", "1e-4", "--max-length", "128",
-                "--bf16"), train_rows=3000),
+               ("--epochs", "1", "--batch-size", "8", "--lr", "1e-4", "--max-length", "128"),
+               train_rows=3000),
     Experiment("trec-minilm-lora", "trec", "minilm-l6", (*MINILM, "--lr", "5e-4")),
     Experiment("disaster-minilm-lora", "disaster", "minilm-l6", (*MINILM, "--lr", "5e-4")),
     Experiment("bbc-minilm-lora", "bbc", "minilm-l6",
@@ -110,8 +111,7 @@ def run(experiment: Experiment, root: Path) -> dict:
 
 def markdown(results: list[dict], command: str) -> str:
     lines = ["# Accuracy of clsx train on the shared datasets", "",
-             f"Made with `{command}` on {platform.machine()}, "
-             f"{subprocess.getoutput('nproc')} CPU cores (no GPU).", "",
+             f"Made with `{command}` on {machine_description()} (no GPU).", "",
              "| experiment | model | train rows | test rows | accuracy | macro-F1 | "
              "train min | train ex/s |", "|---|---|---|---|---|---|---|---|"]
     for r in results:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import re
 import subprocess
 import sys
@@ -25,6 +24,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from clsx.bench import machine_description
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from realdata import repeated, sst2, write  # noqa: E402
@@ -96,7 +97,7 @@ def markdown(results: list[dict], rows: int) -> str:
     lines = [
         f"# Backends on SST-2 texts ({rows:,} rows, Parquet to Parquet)", "",
         f"Command: `python benchmarks/backends.py --rows {rows}`; machine: "
-        f"{platform.machine()}, {subprocess.getoutput('nproc')} cores.", "",
+        f"{machine_description()}.", "",
         "| model | backend | rows/s | tokens/s | seconds | labels = torch |",
         "|---|---|---|---|---|---|",
     ]

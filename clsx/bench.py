@@ -112,6 +112,23 @@ def format_table(rows: Sequence[BenchRow]) -> str:
     return "\n".join(lines)
 
 
+def machine_description() -> str:
+    """CPU model, core count and the vector extensions that decide CPU speed here."""
+    import os
+    import platform
+
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        cpuinfo = []
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo
+                  if line.startswith("model name")), platform.processor() or platform.machine())
+    flags = next((set(line.split(":", 1)[1].split()) for line in cpuinfo
+                  if line.startswith("flags")), set())
+    vector = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return f"{model}, {os.cpu_count()} cores, {'/'.join(vector) or 'no AVX2'}"
+
+
 def write_json(results: Sequence[BenchRow], path: Path, **context: object) -> None:
     """Write the results and the run's context (model, data, machine) as JSON."""
     payload = {**context, "results": [asdict(r) for r in results]}

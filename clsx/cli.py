@@ -183,9 +183,7 @@ def bench_command(model: Path, data: Path, text_column: str, rows: int,
     Prints rows/s, tokens/s, peak RSS, label agreement and max |logit diff| versus the
     torch fp32 baseline, which always runs first.
     """
-    import platform
-
-    from clsx.bench import format_table, run_bench, write_json
+    from clsx.bench import format_table, machine_description, run_bench, write_json
     from clsx.data import read_texts
     from clsx.runners import RunnerOptions
 
@@ -197,7 +195,7 @@ def bench_command(model: Path, data: Path, text_column: str, rows: int,
     click.echo(format_table(results))
     if json_path is not None:
         write_json(results, json_path, model=str(model), data=str(data), rows=len(texts),
-                   machine=platform.processor() or platform.machine())
+                   machine=machine_description())
         click.echo(f"Wrote {json_path}", err=True)
 
 

@@ -23,8 +23,7 @@ TEST = HERE / "reviews_test.jsonl"
 # Settings that train the small demo set in about a minute on two CPU cores.
 MODEL_SETTINGS = {
     "minilm-l6": ["--epochs", "3", "--batch-size", "16", "--lr", "5e-4", "--max-length", "128"],
-    "smollm2-135m": ["--epochs", "2", "--batch-size", "8", "--lr", "1e-4", "--max-length", "128",
-                     "--bf16"],
+    "smollm2-135m": ["--epochs", "2", "--batch-size", "8", "--lr", "1e-4", "--max-length", "128"],
 }
 
 

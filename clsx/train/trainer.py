@@ -240,6 +240,7 @@ def _trainer(model: Any, config: TrainConfig, manifest: Manifest, work: Path,
         bf16=config.bf16,
         use_cpu=not torch.cuda.is_available(),
         report_to="none",
+        disable_tqdm=False,  # the CLI quiets transformers' logging, which would hide the bar
         remove_unused_columns=False,
         dataloader_num_workers=0,
     )
