@@ -50,12 +50,9 @@ def read_table(path: str | Path, columns: list[str] | None = None) -> pa.Table:
 def read_texts(path: str | Path, text_column: str, limit: int | None = None) -> list[str | None]:
     """The text column of a data file as Python strings, at most ``limit`` rows."""
     table = read_table(path, [text_column])
-    column = table.column(text_column)
-    if not is_text_type(column.type):
-        raise ClsxError(f"{path}: column {text_column!r} holds {column.type}, not text")
     if limit is not None:
-        column = column.slice(0, limit)
-    return column.cast(pa.string()).to_pylist()
+        table = table.slice(0, limit)
+    return _strings(table, text_column, path)
 
 
 @dataclass(frozen=True)
@@ -85,7 +82,7 @@ def read_labelled(
     lists the unknown values.
     """
     table = read_table(path, [text_column, label_column])
-    texts = read_texts_column(table, text_column, path)
+    texts = _non_null_texts(table, text_column, path)
     values = table.column(label_column).to_pylist()
     nulls = [i for i, v in enumerate(values) if v is None or (isinstance(v, float) and v != v)]
     if nulls:
@@ -121,12 +118,9 @@ def read_labelled(
     return LabelledData(texts, np.array([index[s] for s in strings], dtype=np.int64), known, table)
 
 
-def read_texts_column(table: pa.Table, text_column: str, path: str | Path) -> list[str]:
+def _non_null_texts(table: pa.Table, text_column: str, path: str | Path) -> list[str]:
     """The text column of ``table``, refusing non-text types and null texts."""
-    column = table.column(text_column)
-    if not is_text_type(column.type):
-        raise ClsxError(f"{path}: column {text_column!r} holds {column.type}, not text")
-    texts = column.cast(pa.string()).to_pylist()
+    texts = _strings(table, text_column, path)
     missing = [i for i, text in enumerate(texts) if text is None]
     if missing:
         raise ClsxError(
@@ -134,6 +128,14 @@ def read_texts_column(table: pa.Table, text_column: str, path: str | Path) -> li
             f"{missing[0]}); drop them"
         )
     return texts
+
+
+def _strings(table: pa.Table, column_name: str, path: str | Path) -> list[str | None]:
+    """A text column as Python strings (dictionary-encoded decoded); other types refused."""
+    column = table.column(column_name)
+    if not is_text_type(column.type):
+        raise ClsxError(f"{path}: column {column_name!r} holds {column.type}, not text")
+    return column.cast(pa.string()).to_pylist()
 
 
 def _split_labels(value: object, separator: str) -> list[str]:
