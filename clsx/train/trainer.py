@@ -24,7 +24,7 @@ from clsx.artifact import save_artifact
 from clsx.data import LabelledData, read_labelled
 from clsx.errors import ClsxError
 from clsx.manifest import DECODER_FAMILIES, ENCODER_FAMILIES, Manifest
-from clsx.metrics import compute_metrics, scalar_metrics
+from clsx.metrics import compute_metrics, scalar_metrics, tune_threshold
 from clsx.models import resolve_model
 from clsx.scheduler import TextEncoder, pad
 from clsx.staging import staged_directory
@@ -247,10 +247,14 @@ def _trainer(model: Any, config: TrainConfig, manifest: Manifest, work: Path,
 
     def metrics(prediction) -> dict[str, float]:
         logits = prediction.predictions
-        logits = logits[0] if isinstance(logits, tuple) else logits
-        return scalar_metrics(compute_metrics(np.asarray(logits, dtype=np.float32),
-                                              prediction.label_ids, config.problem_type,
-                                              manifest.labels))
+        logits = np.asarray(logits[0] if isinstance(logits, tuple) else logits, np.float32)
+        threshold = 0.5
+        if config.problem_type == "multi_label_classification":
+            # Rare labels stay below 0.5 for a while; judge each epoch at its best threshold
+            # so that the kept epoch is not chosen by an arbitrary cut-off.
+            threshold = tune_threshold(logits, prediction.label_ids)
+        return scalar_metrics(compute_metrics(logits, prediction.label_ids,
+                                              config.problem_type, manifest.labels, threshold))
 
     return Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                    data_collator=Collator(manifest.padding_id, config.problem_type),
