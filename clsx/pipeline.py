@@ -65,6 +65,16 @@ class Pipeline:
 
     def classify(self, texts: Sequence[str | None], window_rows: int = 4096) -> np.ndarray:
         """Logits for an in-memory list of texts."""
+        return self.classify_counting(texts, window_rows)[0]
+
+    def classify_counting(
+        self, texts: Sequence[str | None], window_rows: int = 4096
+    ) -> tuple[np.ndarray, int]:
+        """Logits for an in-memory list of texts, and how many tokens the model saw."""
         chunks = ((None, texts[i : i + window_rows]) for i in range(0, len(texts), window_rows))
-        parts = [logits for _, _, logits in self.run(chunks)]
-        return np.concatenate(parts) if parts else np.empty((0, self.artifact.manifest.num_labels))
+        parts, tokens = [], 0
+        for _, window, logits in self.run(chunks):
+            parts.append(logits)
+            tokens += window.tokens
+        empty = np.empty((0, self.artifact.manifest.num_labels), dtype=np.float32)
+        return (np.concatenate(parts) if parts else empty), tokens
