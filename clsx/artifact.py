@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from clsx.errors import ClsxError
-from clsx.manifest import DECODER_FAMILIES, ENCODER_FAMILIES, Manifest
+from clsx.manifest import DECODER_FAMILIES, Manifest, check_family
 
 DEFAULT_MAX_LENGTH = 512
 ONNX_FILE = "model.onnx"
@@ -97,12 +97,7 @@ def _load_config(path: Path) -> dict[str, Any]:
         config = json.loads(config_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ClsxError(f"{config_path} is not valid JSON ({exc})") from exc
-    model_type = config.get("model_type")
-    if model_type not in DECODER_FAMILIES + ENCODER_FAMILIES:
-        raise ClsxError(
-            f"{config_path}: model_type {model_type!r} is not supported; clsx handles "
-            f"{', '.join(DECODER_FAMILIES + ENCODER_FAMILIES)}"
-        )
+    check_family(config.get("model_type"), config_path)
     architectures = config.get("architectures") or []
     if not any(name.endswith("ForSequenceClassification") for name in architectures):
         raise ClsxError(
@@ -131,12 +126,17 @@ def _load_tokenizer(path: Path) -> Any:
     return tokenizer
 
 
+def pad_token_id(family: str, tokenizer: Any) -> int | None:
+    """The tokenizer's pad id; for decoders without one, EOS (the customary stand-in)."""
+    if tokenizer.pad_token_id is None and family in DECODER_FAMILIES:
+        return tokenizer.eos_token_id
+    return tokenizer.pad_token_id
+
+
 def _derive_manifest(config: dict[str, Any], tokenizer: Any) -> Manifest:
     pad = config.get("pad_token_id")
-    if pad is None and config["model_type"] in DECODER_FAMILIES:
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (
-            tokenizer.eos_token_id
-        )
+    if pad is None:
+        pad = pad_token_id(config["model_type"], tokenizer)
     positions = config.get("max_position_embeddings") or DEFAULT_MAX_LENGTH
     return Manifest.from_config(
         config, max_length=min(DEFAULT_MAX_LENGTH, int(positions)), pad_token_id=pad

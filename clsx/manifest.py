@@ -24,6 +24,16 @@ DECODER_FAMILIES = ("qwen2", "qwen3", "llama")
 ENCODER_FAMILIES = ("bert", "roberta", "xlm-roberta", "distilbert", "deberta-v2", "modernbert")
 
 
+def check_family(model_type: str | None, where: object) -> str:
+    """Return ``model_type`` if clsx supports it, else fail naming ``where`` it came from."""
+    if model_type not in DECODER_FAMILIES + ENCODER_FAMILIES:
+        raise ClsxError(
+            f"{where}: model_type {model_type!r} is not supported; clsx handles "
+            f"{', '.join(DECODER_FAMILIES + ENCODER_FAMILIES)}"
+        )
+    return model_type
+
+
 @dataclass(frozen=True)
 class Manifest:
     """What clsx knows about one model directory.

@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from clsx.artifact import save_artifact
+from clsx.artifact import pad_token_id, save_artifact
 from clsx.data import LabelledData, read_labelled
 from clsx.errors import ClsxError
-from clsx.manifest import DECODER_FAMILIES, ENCODER_FAMILIES, Manifest
+from clsx.manifest import Manifest, check_family
 from clsx.metrics import compute_metrics, scalar_metrics, tune_threshold
 from clsx.models import resolve_model
 from clsx.scheduler import TextEncoder, pad
@@ -178,10 +178,7 @@ def _family_of(reference: str) -> str:
     except (OSError, ValueError) as exc:
         raise ClsxError(f"cannot load a model config from {reference!r}: "
                         f"{str(exc).splitlines()[0]}") from exc
-    if family not in DECODER_FAMILIES + ENCODER_FAMILIES:
-        raise ClsxError(f"model_type {family!r} is not supported; clsx handles "
-                        f"{', '.join(DECODER_FAMILIES + ENCODER_FAMILIES)}")
-    return family
+    return check_family(family, reference)
 
 
 def _manifest(config: TrainConfig, family: str, labels: tuple[str, ...], tokenizer: Any
@@ -189,16 +186,12 @@ def _manifest(config: TrainConfig, family: str, labels: tuple[str, ...], tokeniz
     descriptions = (read_label_descriptions(config.label_descriptions, labels)
                     if config.label_descriptions else None)
     template = build_template(config.template, labels, descriptions, config.chat, tokenizer)
-    pad_id = tokenizer.pad_token_id
-    if family in DECODER_FAMILIES and pad_id is None:
-        # Decoders usually ship without a pad token; EOS is the customary stand-in.
-        pad_id = tokenizer.eos_token_id
     return Manifest(
         family=family,
         labels=labels[:1] if config.problem_type == "regression" else labels,
         problem_type=config.problem_type,
         max_length=config.max_length,
-        pad_token_id=pad_id,
+        pad_token_id=pad_token_id(family, tokenizer),
         template=template,
         base_model=config.model,
     )
@@ -222,7 +215,7 @@ def _trainer(model: Any, config: TrainConfig, manifest: Manifest, work: Path,
              train_set: EncodedDataset, eval_set: EncodedDataset) -> Any:
     from transformers import Trainer, TrainingArguments
 
-    regression = config.problem_type == "regression"
+    metric, greater_is_better = _selection_metric(config.problem_type)
     args = TrainingArguments(
         output_dir=str(work),
         learning_rate=config.lr,
@@ -233,8 +226,8 @@ def _trainer(model: Any, config: TrainConfig, manifest: Manifest, work: Path,
         save_strategy="epoch",
         logging_strategy="epoch",
         load_best_model_at_end=True,
-        metric_for_best_model="mse" if regression else "macro_f1",
-        greater_is_better=not regression,
+        metric_for_best_model=metric,
+        greater_is_better=greater_is_better,
         save_total_limit=2,
         seed=config.seed,
         bf16=config.bf16,
@@ -305,9 +298,15 @@ def _checkpoint_to_resume(work: Path, resume: bool) -> str | None:
     return None
 
 
+def _selection_metric(problem_type: str) -> tuple[str, bool]:
+    """The metric that picks the kept epoch, and whether higher is better."""
+    return ("mse", False) if problem_type == "regression" else ("macro_f1", True)
+
+
 def _best_epoch(epochs: list[dict[str, float]], problem_type: str) -> dict[str, float]:
+    """The logged metrics of the epoch the Trainer kept (same rule as its selection)."""
     if not epochs:
         return {}
-    if problem_type == "regression":
-        return min(epochs, key=lambda e: e.get("mse", float("inf")))
-    return max(epochs, key=lambda e: e.get("macro_f1", float("-inf")))
+    metric, greater_is_better = _selection_metric(problem_type)
+    pick = max if greater_is_better else min
+    return pick(epochs, key=lambda e: e.get(metric, float("-inf" if greater_is_better else "inf")))
