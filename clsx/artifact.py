@@ -28,10 +28,17 @@ class Artifact:
     path: Path
     manifest: Manifest
     tokenizer: Any
+    allow_pickle: bool = False
 
 
-def open_artifact(path: str | Path, *, check_parent: bool = True) -> Artifact:
-    """Open and validate a model directory, failing with the fix when something is off."""
+def open_artifact(path: str | Path, *, check_parent: bool = True, allow_pickle: bool = False
+                  ) -> Artifact:
+    """Open and validate a model directory, failing with the fix when something is off.
+
+    Weights load from safetensors only, unless ``allow_pickle`` accepts ``.bin`` files
+    (unpickling can run code). Nothing in the directory is ever executed: remote code stays
+    off, and the manifest's ``parent`` link is only read to fingerprint the parent.
+    """
     path = Path(path)
     if not path.is_dir():
         raise ClsxError(f"model directory {path} does not exist")
@@ -45,10 +52,10 @@ def open_artifact(path: str | Path, *, check_parent: bool = True) -> Artifact:
             f"{path}: clsx.json lists {manifest.num_labels} labels but config.json has "
             f"num_labels={config['num_labels']}; re-export the model"
         )
-    _check_weights(path, manifest)
+    _check_weights(path, manifest, allow_pickle)
     if check_parent:
         _check_parent(path, manifest)
-    return Artifact(path=path, manifest=manifest, tokenizer=tokenizer)
+    return Artifact(path=path, manifest=manifest, tokenizer=tokenizer, allow_pickle=allow_pickle)
 
 
 def save_artifact(model: Any, tokenizer: Any, directory: Path, manifest: Manifest) -> None:
@@ -143,14 +150,17 @@ def _derive_manifest(config: dict[str, Any], tokenizer: Any) -> Manifest:
     )
 
 
-def _check_weights(path: Path, manifest: Manifest) -> None:
+def _check_weights(path: Path, manifest: Manifest, allow_pickle: bool) -> None:
     if manifest.format == "torch":
         if any(path.glob("*.safetensors")):
             return
         if any(path.glob("*.bin")):
+            if allow_pickle:
+                return
             raise ClsxError(
                 f"{path} holds only pickle (.bin) weights, which can run code when loaded; "
-                "convert them to safetensors (model.save_pretrained(DIR))"
+                "convert them to safetensors (model.save_pretrained(DIR)) or, if you trust "
+                "them, pass --allow-pickle"
             )
         raise ClsxError(f"{path} has no model weights (*.safetensors)")
     if not (path / ONNX_FILE).is_file():

@@ -33,9 +33,15 @@ class ClsxGroup(click.Group):
             return super().invoke(ctx)
         except ClsxError as exc:
             raise click.ClickException(str(exc)) from exc
-        except KeyboardInterrupt:
-            click.echo("Interrupted; no partial output was left behind.", err=True)
+        except KeyboardInterrupt as exc:
+            click.echo(str(exc) or "Interrupted; no partial output was left behind.", err=True)
             sys.exit(130)
+
+
+allow_pickle_option = click.option(
+    "--allow-pickle", is_flag=True,
+    help="Accept pickle (.bin) weights, which can run code when loaded (default: safetensors "
+         "only).")
 
 
 def _comma_list(_ctx, _param, value: str | None) -> tuple[str, ...] | None:
@@ -126,13 +132,19 @@ def export_command(model_dir: Path, fmt: str, output: Path, calibration_data: Pa
               default=0.5, show_default=True, help="Multi-label decision threshold.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), help="Compute threads (default: cores).")
-@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--output-format", type=click.Choice(["file", "dataset"]), default="file",
+              show_default=True,
+              help="file: one Parquet file; dataset: OUT is a directory of Parquet parts "
+                   "(for Spark, Ray, DuckDB), with no final assembly.")
+@click.option("--resume", is_flag=True,
+              help="Continue a killed or interrupted run of the same command from its saved "
+                   "parts; exits 0 at once when OUT is already complete.")
+@click.option("--part-rows", type=click.IntRange(min=1), default=100_000, show_default=True,
+              help="Rows per saved part (a part is also saved every 2 minutes).")
+@click.option("--overwrite", is_flag=True, help="Replace OUT (and any saved parts).")
+@allow_pickle_option
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def batch_predict_command(input_path: str, output: Path, model: Path, backend: str,
-                          text_column: str, keep_columns: tuple[str, ...] | None,
-                          output_prefix: str, batch_tokens: int | None, window_rows: int,
-                          max_length: int | None, threshold: float, device: str,
-                          threads: int | None, overwrite: bool, quiet: bool) -> None:
+def batch_predict_command(input_path: str, output: Path, quiet: bool, **options) -> None:
     """Classify the texts of IN (a Parquet file, directory or glob) into OUT (Parquet).
 
     \b
@@ -144,17 +156,15 @@ def batch_predict_command(input_path: str, output: Path, model: Path, backend: s
       probs  list<float32>  softmax (single-label) or sigmoid (multi-label) per label id
     Rows keep their input order. A null text keeps its row with null label/score/probs; an
     empty text is classified; texts longer than max_length are truncated and counted.
-    OUT appears only when complete (written under a temporary name, then renamed).
+
+    \b
+    Work is saved in parts in OUT.parts/ as it goes; if the run is killed (even kill -9),
+    the same command with --resume continues where it stopped and gives the same OUT.
+    OUT appears only when complete (assembled under a temporary name, then renamed).
     """
     from clsx.predict import BatchPredictConfig, batch_predict
 
-    config = BatchPredictConfig(
-        input=input_path, output=output, model=model, backend=backend,
-        text_column=text_column, keep_columns=keep_columns, overwrite=overwrite,
-        batch_tokens=batch_tokens, window_rows=window_rows, max_length=max_length,
-        output_prefix=output_prefix, threshold=threshold, device=device, threads=threads,
-        progress=not quiet,
-    )
+    config = BatchPredictConfig(input=input_path, output=output, progress=not quiet, **options)
     summary = batch_predict(config)
     click.echo(summary.line(), err=True)
 

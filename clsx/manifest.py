@@ -71,6 +71,9 @@ class Manifest:
             raise ClsxError("manifest has no labels")
         if self.max_length < 1:
             raise ClsxError(f"manifest max_length must be >= 1, got {self.max_length}")
+        if self.parent is not None and Path(self.parent).is_absolute():
+            raise ClsxError(f"manifest parent {self.parent!r} must be a path relative to the "
+                            "model directory")
         if self.template is not None and "{text}" not in self.template:
             raise ClsxError(f"manifest template {self.template!r} has no {{text}} placeholder")
         if self.is_decoder and self.pad_token_id is None:

@@ -35,7 +35,8 @@ def load_classifier(
 
     manifest = artifact.manifest
     model: Any = AutoModelForSequenceClassification.from_pretrained(
-        artifact.path, dtype=DTYPES[dtype], use_safetensors=True
+        artifact.path, dtype=DTYPES[dtype], use_safetensors=None if artifact.allow_pickle else True,
+        trust_remote_code=False,
     )
     # The manifest is authoritative for padding: the pooled token is found by comparing
     # input_ids with this id, in torch and in every export.

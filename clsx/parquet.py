@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import glob
 import os
 from collections.abc import Iterator, Sequence
@@ -11,7 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from clsx.errors import ClsxError
+from clsx.errors import ClsxError, os_error
 
 
 @dataclass(frozen=True)
@@ -95,16 +96,26 @@ def text_values(batch: pa.RecordBatch, text_column: str) -> list[str | None]:
     return column.to_pylist()
 
 
-def check_output(output: Path, source: ParquetInput, overwrite: bool) -> None:
-    """Refuse an output that exists (without overwrite) or that the input would pick up."""
-    if output.exists() and not overwrite:
-        raise ClsxError(f"output {output} exists; pass --overwrite to replace it")
-    if output.is_dir():
-        raise ClsxError(f"output {output} is a directory; give a file path ending in .parquet")
+def check_output_location(output: Path, spec: str | Path, source: ParquetInput) -> None:
+    """Refuse an OUT that is an input file or that a later run over ``spec`` would read.
+
+    That is OUT (or the part files kept beside it while it is written) inside an input
+    directory or matching an input glob.
+    """
     resolved = output.resolve()
-    for path in source.files:
-        if path.resolve() == resolved:
-            raise ClsxError(f"output {output} is also an input file; write it elsewhere")
+    if any(path.resolve() == resolved for path in source.files):
+        raise ClsxError(f"output {output} is also an input file; write it elsewhere")
+    spec_path = Path(spec)
+    if spec_path.is_dir():
+        if resolved.is_relative_to(spec_path.resolve()):
+            raise ClsxError(f"output {output} is inside the input directory {spec}, so the next "
+                            "run would read it as input; write it elsewhere")
+    elif glob.has_magic(str(spec)):
+        pattern = os.path.abspath(spec)
+        part = resolved.with_name(f"{resolved.name}.parts") / "part-0.parquet"
+        if fnmatch.fnmatch(str(resolved), pattern) or fnmatch.fnmatch(str(part), pattern):
+            raise ClsxError(f"output {output} matches the input pattern {spec}, so the next run "
+                            "would read it as input; write it elsewhere")
 
 
 class AtomicParquetWriter:
@@ -125,14 +136,14 @@ class AtomicParquetWriter:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.writer = pq.ParquetWriter(self.temporary, self.schema)
         except OSError as exc:
-            raise ClsxError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+            raise os_error("writing", self.path, exc) from exc
         return self
 
     def write(self, batch: pa.RecordBatch) -> None:
         try:
             self.writer.write_batch(batch)
         except OSError as exc:
-            raise ClsxError(f"writing {self.path} failed: {exc.strerror or exc}") from exc
+            raise os_error("writing", self.path, exc) from exc
 
     def __exit__(self, exc_type, exc, traceback) -> None:
         try:
@@ -141,7 +152,7 @@ class AtomicParquetWriter:
                 os.replace(self.temporary, self.path)
         except OSError as error:
             if exc_type is None:
-                raise ClsxError(f"writing {self.path} failed: {error.strerror or error}") from error
+                raise os_error("writing", self.path, error) from error
         finally:
             self.temporary.unlink(missing_ok=True)
 

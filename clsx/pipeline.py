@@ -39,9 +39,13 @@ class Pipeline:
         options: RunnerOptions | None = None,
         batch_tokens: int | None = None,
         max_length: int | None = None,
+        allow_pickle: bool = False,
     ) -> Pipeline:
-        """Open a model directory with the given backend (``auto``: the one for its format)."""
-        artifact = open_artifact(model)
+        """Open a model directory with the given backend (``auto``: the one for its format).
+
+        ``allow_pickle`` permits pickle (``.bin``) weights, which can run code when loaded.
+        """
+        artifact = open_artifact(model, allow_pickle=allow_pickle)
         return cls(artifact, load_runner(artifact, backend, options), batch_tokens, max_length)
 
     def logits(self, window: EncodedWindow) -> np.ndarray:

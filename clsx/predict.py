@@ -6,18 +6,20 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
+from clsx.artifact import fingerprint
 from clsx.errors import ClsxError
 from clsx.parquet import (
-    AtomicParquetWriter,
     ParquetInput,
-    check_output,
+    check_output_location,
     iter_batches,
     open_input,
     text_values,
 )
+from clsx.parts import PartStore, PartWriter
 from clsx.pipeline import Pipeline
 from clsx.postprocess import DEFAULT_THRESHOLD, prediction_columns
 from clsx.runners import RunnerOptions
@@ -27,6 +29,10 @@ PREDICTION_FIELDS = (
     ("score", pa.float32()),
     ("probs", pa.list_(pa.float32())),
 )
+
+
+OUTPUT_FORMATS = ("file", "dataset")
+PART_SECONDS = 120.0  # a part is committed at least this often, whatever --part-rows says
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,9 @@ class BatchPredictConfig:
     text_column: str = "text"
     keep_columns: tuple[str, ...] | None = None
     overwrite: bool = False
+    resume: bool = False
+    output_format: str = "file"
+    part_rows: int = 100_000
     batch_tokens: int | None = None
     window_rows: int = 4096
     max_length: int | None = None
@@ -47,15 +56,29 @@ class BatchPredictConfig:
     threshold: float = DEFAULT_THRESHOLD
     device: str = "auto"
     threads: int | None = None
+    allow_pickle: bool = False
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("batch_tokens", "window_rows", "max_length", "threads"):
+        for name in ("batch_tokens", "window_rows", "max_length", "threads", "part_rows"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ClsxError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
         if not 0.0 < self.threshold < 1.0:
             raise ClsxError(f"--threshold must be between 0 and 1, got {self.threshold}")
+        if self.output_format not in OUTPUT_FORMATS:
+            raise ClsxError(f"--output-format must be one of {', '.join(OUTPUT_FORMATS)}")
+
+    def job(self, source: ParquetInput, model_fingerprint: str) -> dict[str, Any]:
+        """Everything that decides OUT's content: a resume must match it exactly."""
+        inputs = [[str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns]
+                  for path in source.files]
+        options = ("backend", "text_column", "keep_columns", "window_rows", "batch_tokens",
+                   "max_length", "output_prefix", "threshold", "device", "threads",
+                   "output_format")
+        return {"inputs": inputs, "model": str(self.model.resolve()),
+                "model_fingerprint": model_fingerprint,
+                **{name: _json_value(getattr(self, name)) for name in options}}
 
 
 @dataclass(frozen=True)
@@ -69,52 +92,144 @@ class Summary:
     seconds: float
     backend: str
     output: Path
+    resumed_rows: int = 0
+    already_complete: bool = False
 
     def line(self) -> str:
+        if self.already_complete:
+            return f"{self.output} is already complete; nothing to do"
         seconds = max(self.seconds, 1e-9)
+        resumed = f" (continued after {self.resumed_rows} rows)" if self.resumed_rows else ""
         return (
-            f"{self.rows} rows in {self.seconds:.1f} s: {self.rows / seconds:.1f} rows/s, "
-            f"{self.tokens / seconds:.0f} tokens/s, backend {self.backend}; "
+            f"{self.rows} rows in {self.seconds:.1f} s{resumed}: {self.rows / seconds:.1f} "
+            f"rows/s, {self.tokens / seconds:.0f} tokens/s, backend {self.backend}; "
             f"{self.null_rows} null texts, {self.truncated} truncated; wrote {self.output}"
         )
 
 
+@dataclass
+class _Counts:
+    rows: int = 0
+    null_rows: int = 0
+    truncated: int = 0
+    tokens: int = 0
+
+
 def batch_predict(config: BatchPredictConfig) -> Summary:
-    """Classify ``config.input`` into ``config.output``; the output appears only when complete."""
+    """Classify ``config.input`` into ``config.output``; the output appears only when complete.
+
+    Work is committed in part files beside OUT (see :mod:`clsx.parts`), so a killed run
+    continues with ``resume`` where it stopped.
+    """
     source = open_input(config.input, config.text_column, config.keep_columns)
+    if source.num_rows == 0:
+        raise ClsxError(f"input {config.input} has 0 rows; there is nothing to classify")
     output_schema = _output_schema(source, config.output_prefix)
-    check_output(config.output, source, config.overwrite)
+    check_output_location(config.output, config.input, source)
+    store = PartStore(config.output)
+    if not _claim_output(config, store):
+        return Summary(0, 0, 0, 0, 0.0, config.backend, config.output, already_complete=True)
     pipeline = Pipeline.open(
         config.model,
         config.backend,
         RunnerOptions(device=config.device, threads=config.threads),
         config.batch_tokens,
         config.max_length,
+        allow_pickle=config.allow_pickle,
     )
-    manifest = pipeline.artifact.manifest
-    batches = iter_batches(source, config.window_rows)
-    kept = source.schema.names
-    rows = null_rows = truncated = tokens = 0
+    store.start(config.job(source, fingerprint(pipeline.artifact.path)))
+    parts = store.parts()
+    resumed_rows = store.committed_rows()
     started = time.perf_counter()
-    progress = _progress_bar(source.num_rows, config.progress)
+    counts = _Counts()
+    if not store.is_done():
+        next_window = parts[-1].last + 1 if parts else 0
+        _predict_into_parts(config, source, pipeline, store, output_schema, next_window,
+                            resumed_rows, counts)
+        store.mark_done(resumed_rows + counts.rows)
+    if config.output_format == "dataset":
+        store.publish_dataset()
+    else:
+        store.assemble(output_schema)
+    return Summary(counts.rows, counts.null_rows, counts.truncated, counts.tokens,
+                   time.perf_counter() - started, pipeline.runner.description, config.output,
+                   resumed_rows)
+
+
+def _claim_output(config: BatchPredictConfig, store: PartStore) -> bool:
+    """Decide what to do with an existing OUT or parts; False when OUT is already complete."""
+    output = config.output
+    if config.output_format == "file" and output.is_dir():
+        raise ClsxError(f"output {output} is a directory; give a file path ending in .parquet "
+                        "(or pass --output-format dataset)")
+    if config.output_format == "dataset" and output.is_file():
+        raise ClsxError(f"output {output} is a file; --output-format dataset writes a directory")
+    if store.exists():
+        if config.resume:
+            return True
+        if not config.overwrite:
+            rows = store.committed_rows()
+            raise ClsxError(
+                f"an interrupted run left {rows} classified rows in {store.directory}; rerun "
+                "the same command with --resume to continue it, or add --overwrite to start over"
+            )
+        store.remove()
+    if output.exists():
+        if config.resume:
+            return False
+        if not config.overwrite:
+            raise ClsxError(f"output {output} exists; pass --overwrite to replace it")
+    return True
+
+
+def _predict_into_parts(config: BatchPredictConfig, source: ParquetInput, pipeline: Pipeline,
+                        store: PartStore, schema: pa.Schema, next_window: int,
+                        resumed_rows: int, counts: _Counts) -> None:
+    """Classify windows ``next_window..`` and commit them as parts; counts what it did."""
+    manifest = pipeline.artifact.manifest
+    kept = source.schema.names
+    pending = ((index, batch) for index, batch in enumerate(iter_batches(source,
+               config.window_rows)) if index >= next_window)
+    items = (((index, batch), text_values(batch, config.text_column))
+             for index, batch in pending)
+    progress = _progress_bar(source.num_rows, resumed_rows, config.progress)
+    writer: PartWriter | None = None
+    part_started = time.monotonic()
     try:
-        with AtomicParquetWriter(config.output, output_schema) as writer:
-            items = ((batch, text_values(batch, config.text_column)) for batch in batches)
-            for batch, window, logits in pipeline.run(items):
-                columns = prediction_columns(logits, manifest, config.threshold)
-                arrays = [batch.column(name) for name in kept] + list(columns.values())
-                writer.write(pa.RecordBatch.from_arrays(arrays, schema=output_schema))
-                rows += batch.num_rows
-                null_rows += sum(1 for ids in window.ids if ids is None)
-                truncated += window.truncated
-                tokens += window.tokens
-                progress.update(batch.num_rows)
+        for (index, batch), window, logits in pipeline.run(items):
+            if writer is None:
+                writer, part_started = store.writer(index, schema), time.monotonic()
+            columns = prediction_columns(logits, manifest, config.threshold)
+            arrays = [batch.column(name) for name in kept] + list(columns.values())
+            writer.write(pa.RecordBatch.from_arrays(arrays, schema=schema))
+            counts.rows += batch.num_rows
+            counts.null_rows += sum(1 for ids in window.ids if ids is None)
+            counts.truncated += window.truncated
+            counts.tokens += window.tokens
+            progress.update(batch.num_rows)
+            if (writer.rows >= config.part_rows
+                    or time.monotonic() - part_started >= PART_SECONDS):
+                writer.commit(index)
+                writer = None
+        if writer is not None:
+            writer.commit(index)
+            writer = None
+    except BaseException as exc:
+        if writer is not None:
+            writer.discard()
+        saved = resumed_rows + counts.rows - (writer.rows if writer is not None else 0)
+        if not isinstance(exc, (ClsxError, KeyboardInterrupt)):
+            raise
+        if saved == 0:
+            store.remove()
+            raise
+        hint = (f"{saved} classified rows are saved in {store.directory}; rerun the same "
+                "command with --resume to continue")
+        if isinstance(exc, KeyboardInterrupt):
+            raise KeyboardInterrupt(f"Interrupted; {hint}.") from exc
+        raise ClsxError(f"{exc}; {hint}") from exc
     finally:
         progress.close()
-    return Summary(
-        rows, null_rows, truncated, tokens, time.perf_counter() - started,
-        pipeline.runner.description, config.output,
-    )
 
 
 def _output_schema(source: ParquetInput, prefix: str) -> pa.Schema:
@@ -128,10 +243,14 @@ def _output_schema(source: ParquetInput, prefix: str) -> pa.Schema:
     return pa.schema(list(source.schema) + fields)
 
 
-def _progress_bar(total: int, enabled: bool):
+def _json_value(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _progress_bar(total: int, done: int, enabled: bool):
     from tqdm import tqdm
 
     return tqdm(
-        total=total, unit=" rows", file=sys.stderr, disable=not enabled, mininterval=1.0,
-        dynamic_ncols=True, smoothing=0.1,
+        total=total, initial=done, unit=" rows", file=sys.stderr, disable=not enabled,
+        mininterval=1.0, dynamic_ncols=True, smoothing=0.1,
     )
