@@ -84,9 +84,10 @@ def main() -> None:
               help="int8 only: min fraction of labels equal to fp32 (on the calibration data "
                    "when given, else on the parity batch).")
 @click.option("--overwrite", is_flag=True, help="Replace --output if it exists.")
+@allow_pickle_option
 def export_command(model_dir: Path, fmt: str, output: Path, calibration_data: Path | None,
                    text_column: str, calibration_rows: int, tolerance: float,
-                   min_agreement: float, overwrite: bool) -> None:
+                   min_agreement: float, overwrite: bool, allow_pickle: bool) -> None:
     """Export a merged model directory to ONNX, checked against PyTorch.
 
     The export is written only if its logits match PyTorch fp32 within --tolerance on a
@@ -103,7 +104,8 @@ def export_command(model_dir: Path, fmt: str, output: Path, calibration_data: Pa
         raise ClsxError("--calibration-data applies to --format onnx-int8 only")
     click.echo(f"Exporting {model_dir} to {fmt} ...", err=True)
     result = export_onnx(model_dir, output, int8=fmt == "onnx-int8", calibration_texts=texts,
-                         tolerance=tolerance, min_agreement=min_agreement, overwrite=overwrite)
+                         tolerance=tolerance, min_agreement=min_agreement, overwrite=overwrite,
+                         allow_pickle=allow_pickle)
     for name, report in result.parity.items():
         agreement = "n/a" if report.label_agreement is None else f"{report.label_agreement:.2%}"
         click.echo(f"parity {name}: {report.rows} rows, max |logit diff| "
@@ -248,6 +250,9 @@ def bench_command(model: Path, data: Path, text_column: str, rows: int,
               help="JSON {label: description} or 'label: description' lines, for {labels}.")
 @click.option("--chat", is_flag=True, help="Wrap the input in the model's chat template.")
 @click.option("--bf16", is_flag=True, help="Train in bf16 mixed precision (AMX CPUs, GPUs).")
+@allow_pickle_option
+@click.option("--trust-remote-code", is_flag=True,
+              help="Let a hub base model run its own Python code (off by default).")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint of a run.")
 @click.option("--overwrite", is_flag=True, help="Replace --output if it exists.")
 def train_command(**options) -> None:
@@ -284,9 +289,11 @@ def train_command(**options) -> None:
 @click.option("--errors", "errors_path", type=click.Path(path_type=Path),
               help="Write misclassified rows, most confident first, to this Parquet file.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@allow_pickle_option
 def eval_command(model: Path, data: Path, text_column: str, label_column: str,
                  label_separator: str, backend: str, threshold: float, tune_threshold: bool,
-                 json_path: Path | None, errors_path: Path | None, device: str) -> None:
+                 json_path: Path | None, errors_path: Path | None, device: str,
+                 allow_pickle: bool) -> None:
     """Metrics, per-class report and confusion matrix of MODEL on labelled DATA."""
     import pyarrow.parquet as pq
 
@@ -295,7 +302,8 @@ def eval_command(model: Path, data: Path, text_column: str, label_column: str,
     from clsx.runners import RunnerOptions
 
     result = evaluate(model, data, text_column, label_column, backend, threshold,
-                      tune_threshold, label_separator, RunnerOptions(device=device))
+                      tune_threshold, label_separator, RunnerOptions(device=device),
+                      allow_pickle=allow_pickle)
     click.echo(format_report(result.metrics))
     if json_path is not None:
         write_json(result.metrics, json_path)

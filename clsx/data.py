@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 
 from clsx.errors import ClsxError
-from clsx.parquet import is_text_type
+from clsx.parquet import is_text_type, python_strings
 
 SUFFIXES = (".parquet", ".csv", ".jsonl", ".json")
 
@@ -82,6 +82,8 @@ def read_labelled(
     lists the unknown values.
     """
     table = read_table(path, [text_column, label_column])
+    if table.num_rows == 0:
+        raise ClsxError(f"{path} has 0 rows; it needs labelled examples")
     texts = _non_null_texts(table, text_column, path)
     values = table.column(label_column).to_pylist()
     nulls = [i for i, v in enumerate(values) if v is None or (isinstance(v, float) and v != v)]
@@ -135,7 +137,10 @@ def _strings(table: pa.Table, column_name: str, path: str | Path) -> list[str | 
     column = table.column(column_name)
     if not is_text_type(column.type):
         raise ClsxError(f"{path}: column {column_name!r} holds {column.type}, not text")
-    return column.cast(pa.string()).to_pylist()
+    try:
+        return python_strings(column, column_name)
+    except ClsxError as exc:
+        raise ClsxError(f"{path}: {exc}") from None
 
 
 def _split_labels(value: object, separator: str) -> list[str]:

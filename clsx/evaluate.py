@@ -36,9 +36,10 @@ def evaluate(
     tune: bool = False,
     label_separator: str = ",",
     options: RunnerOptions | None = None,
+    allow_pickle: bool = False,
 ) -> EvalResult:
     """Classify ``data`` with ``model`` and score the predictions against its labels."""
-    pipeline = Pipeline.open(model, backend, options)
+    pipeline = Pipeline.open(model, backend, options, allow_pickle=allow_pickle)
     manifest = pipeline.artifact.manifest
     labelled = read_labelled(data, text_column, label_column, manifest.problem_type,
                              labels=manifest.labels, separator=label_separator)

@@ -89,11 +89,33 @@ def iter_batches(source: ParquetInput, batch_rows: int) -> Iterator[pa.RecordBat
 
 
 def text_values(batch: pa.RecordBatch, text_column: str) -> list[str | None]:
-    """The text column as Python strings (dictionary-encoded columns decoded)."""
-    column = batch.column(text_column)
-    if pa.types.is_dictionary(column.type):
-        column = column.dictionary_decode()
-    return column.to_pylist()
+    """The text column of a record batch as Python strings."""
+    return python_strings(batch.column(text_column), text_column)
+
+
+def python_strings(column: pa.Array | pa.ChunkedArray, name: str) -> list[str | None]:
+    """A text column (plain, large, view or dictionary-encoded) as Python strings.
+
+    Text that is not valid UTF-8 (which Parquet writers should never produce) is an error
+    naming the first bad row, rather than a decoding traceback.
+    """
+    column = column.cast(pa.string())
+    try:
+        return column.to_pylist()
+    except UnicodeDecodeError:
+        row = next(i for i in range(len(column)) if not _decodes(column[i]))
+        raise ClsxError(
+            f"column {name!r} holds text that is not valid UTF-8 (row {row} of the batch); "
+            "repair the file, e.g. re-encode it with errors='replace'"
+        ) from None
+
+
+def _decodes(value: pa.Scalar) -> bool:
+    try:
+        value.as_py()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def check_output_location(output: Path, spec: str | Path, source: ParquetInput) -> None:

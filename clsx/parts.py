@@ -50,6 +50,8 @@ class PartStore:
     def __init__(self, output: Path) -> None:
         self.output = output
         self.directory = parts_directory(output)
+        # Directories above OUT that this job created, removed again if it leaves nothing.
+        self.created = [p for p in output.parents if not p.exists()]
 
     def exists(self) -> bool:
         return self.directory.is_dir()
@@ -117,7 +119,11 @@ class PartStore:
         os.replace(self.directory, self.output)
 
     def remove(self) -> None:
+        """Delete the store, and the directories made for OUT if they are left empty."""
         shutil.rmtree(self.directory, ignore_errors=True)
+        for directory in self.created:
+            if directory.is_dir() and not any(directory.iterdir()):
+                directory.rmdir()
 
     def _check_same_job(self, recorded: dict[str, Any], job: dict[str, Any]) -> None:
         changed = sorted(key for key in set(recorded) | set(job)

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from clsx.testing import FAMILIES, build_tiny_classifier
+from clsx.testing import FAMILIES, build_tiny_base, build_tiny_classifier
 
 TEXTS = [
     "the delivery was fast and the food arrived hot",
@@ -28,6 +28,13 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     """One tiny single-label classifier per family (qwen2, llama, bert), never modified."""
     root = tmp_path_factory.mktemp("tiny")
     return {family: build_tiny_classifier(root / family, family) for family in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def tiny_bases(tmp_path_factory) -> dict[str, Path]:
+    """One tiny base model (no classification head) per family, for training tests."""
+    root = tmp_path_factory.mktemp("bases")
+    return {family: build_tiny_base(root / family, family) for family in FAMILIES}
 
 
 @pytest.fixture(scope="session")

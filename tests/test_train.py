@@ -14,7 +14,7 @@ from transformers import AutoModelForSequenceClassification, set_seed
 
 from clsx.cli import main
 from clsx.pipeline import Pipeline
-from clsx.testing import FAMILIES, build_tiny_base
+from clsx.testing import FAMILIES
 from clsx.train import trainer as trainer_module
 
 POSITIVE = ["great food", "lovely staff", "fast delivery", "works perfectly", "very happy",
@@ -26,12 +26,6 @@ NEGATIVE = ["cold food", "rude staff", "late delivery", "broke in a day", "very 
 def write_jsonl(path, rows):
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
-
-
-@pytest.fixture(scope="session")
-def tiny_bases(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bases")
-    return {family: build_tiny_base(root / family, family) for family in FAMILIES}
 
 
 @pytest.fixture
@@ -148,35 +142,6 @@ def test_interrupted_training_resumes(tiny_bases, sentiment, tmp_path, monkeypat
     result = train(*args, "--resume")
     assert result.exit_code == 0, result.output
     assert out.is_dir() and not (tmp_path / ".model.clsx-train").exists()
-
-
-BAD_TRAINING = {
-    "missing label column": ({"text": "x", "y": "a"}, [], "has no column 'label'"),
-    "one class only": ({"text": "x", "label": "a"}, [], "only one class"),
-    "nan regression target": ({"text": "x", "label": float("nan")},
-                              ["--problem-type", "regression"], "NaN or null"),
-    "template without text": ({"text": "x", "label": "a"}, ["--template", "Review:"],
-                              "no {text} placeholder"),
-    "chat without chat template": ({"text": "x", "label": "a"}, ["--chat"],
-                                   "needs a tokenizer with a chat template"),
-    "unknown base model": ({"text": "x", "label": "a"}, ["--model", "./nowhere"],
-                           "neither a model directory nor a bundled alias"),
-}
-
-
-@pytest.mark.parametrize("case", sorted(BAD_TRAINING))
-def test_bad_training_input(case, tiny_bases, tmp_path):
-    row, extra, expected = BAD_TRAINING[case]
-    other = dict(row, label="b") if "label" in row and case != "one class only" else row
-    if case == "nan regression target":
-        other = dict(row, label=1.0)
-    data = write_jsonl(tmp_path / "bad.jsonl", [row, other] * 4)
-    out = tmp_path / "model"
-    result = train("--model", tiny_bases["bert"], "--train", data, "--output", out,
-                   "--eval-fraction", "0.5", *extra)
-    assert result.exit_code == 1, result.output
-    assert expected in result.output and "Traceback" not in result.output
-    assert not out.exists()
 
 
 def test_eval_refuses_labels_the_model_does_not_know(tiny_bases, sentiment, tmp_path):

@@ -52,6 +52,7 @@ def export_onnx(
     tolerance: float = FP32_TOLERANCE,
     min_agreement: float = INT8_MIN_AGREEMENT,
     overwrite: bool = False,
+    allow_pickle: bool = False,
 ) -> ExportResult:
     """Export a torch artifact to ONNX (fp32, or dynamic int8) and gate it on parity.
 
@@ -59,7 +60,7 @@ def export_onnx(
     int8 must agree with fp32 labels on at least ``min_agreement`` of the calibration texts
     (or, without them, of the parity batch). Nothing is left at ``output`` on failure.
     """
-    artifact = open_artifact(model_dir)
+    artifact = open_artifact(model_dir, allow_pickle=allow_pickle)
     if artifact.manifest.format != "torch":
         raise ClsxError(
             f"{model_dir} is already a {artifact.manifest.format} export; export from the "

@@ -52,6 +52,8 @@ class TrainConfig:
     label_descriptions: Path | None = None
     chat: bool = False
     bf16: bool = False
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
     resume: bool = False
     overwrite: bool = False
 

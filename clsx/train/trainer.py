@@ -85,15 +85,16 @@ def train(config: TrainConfig) -> TrainResult:
     reference = resolve_model(config.model)
     train_data, eval_data = _load_data(config)
     labels = train_data.labels
-    tokenizer = AutoTokenizer.from_pretrained(reference)
-    family = _family_of(reference)
+    trust = {"trust_remote_code": config.trust_remote_code}
+    tokenizer = AutoTokenizer.from_pretrained(reference, **trust)
+    family = _family_of(reference, trust)
     manifest = _manifest(config, family, labels, tokenizer)
     num_labels = 1 if config.problem_type == "regression" else len(labels)
     model = AutoModelForSequenceClassification.from_pretrained(
         reference, num_labels=num_labels, problem_type=config.problem_type,
         id2label=dict(enumerate(labels[:num_labels])),
         label2id={label: i for i, label in enumerate(labels[:num_labels])},
-        dtype=torch.float32, use_safetensors=True,
+        dtype=torch.float32, use_safetensors=None if config.allow_pickle else True, **trust,
     )
     model.config.pad_token_id = manifest.pad_token_id
     if config.method == "lora":
@@ -138,6 +139,10 @@ def _load_data(config: TrainConfig) -> tuple[LabelledData, LabelledData]:
     read = dict(text_column=config.text_column, label_column=config.label_column,
                 problem_type=config.problem_type, separator=config.label_separator)
     train_data = read_labelled(config.train, **read)
+    blank = [i for i, text in enumerate(train_data.texts) if not text.strip()]
+    if blank:
+        raise ClsxError(f"{config.train}: {len(blank)} rows have an empty or whitespace-only "
+                        f"{config.text_column!r} (first at row {blank[0]}); drop them")
     if config.problem_type != "regression" and len(train_data.labels) < 2:
         raise ClsxError(f"{config.train}: column {config.label_column!r} has only one class "
                         f"({train_data.labels[0]!r}); a classifier needs at least two")
@@ -170,11 +175,11 @@ def _split(data: LabelledData, fraction: float, seed: int, problem_type: str
     return subset(np.sort(train_rows)), subset(np.sort(eval_rows))
 
 
-def _family_of(reference: str) -> str:
+def _family_of(reference: str, trust: dict[str, bool]) -> str:
     from transformers import AutoConfig
 
     try:
-        family = AutoConfig.from_pretrained(reference).model_type
+        family = AutoConfig.from_pretrained(reference, **trust).model_type
     except (OSError, ValueError) as exc:
         raise ClsxError(f"cannot load a model config from {reference!r}: "
                         f"{str(exc).splitlines()[0]}") from exc
