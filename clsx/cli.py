@@ -134,10 +134,9 @@ def export_command(model_dir: Path, fmt: str, output: Path, calibration_data: Pa
               default=0.5, show_default=True, help="Multi-label decision threshold.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), help="Compute threads (default: cores).")
-@click.option("--output-format", type=click.Choice(["file", "dataset"]), default="file",
-              show_default=True,
-              help="file: one Parquet file; dataset: OUT is a directory of Parquet parts "
-                   "(for Spark, Ray, DuckDB), with no final assembly.")
+@click.option("--output-format", type=click.Choice(["file", "dataset"]),
+              help="file (local default): one Parquet file; dataset (always with --engine "
+                   "ray): OUT is a directory of Parquet parts, for Spark, Ray, DuckDB.")
 @click.option("--resume", is_flag=True,
               help="Continue a killed or interrupted run of the same command from its saved "
                    "parts; exits 0 at once when OUT is already complete.")
@@ -145,8 +144,19 @@ def export_command(model_dir: Path, fmt: str, output: Path, calibration_data: Pa
               help="Rows per saved part (a part is also saved every 2 minutes).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT (and any saved parts).")
 @allow_pickle_option
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local",
+              show_default=True, help="ray: run on Ray Data (pip install 'clsx[ray]').")
+@click.option("--address", help="Ray: cluster address (default: start a local Ray).")
+@click.option("--num-workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Ray: model replicas (actors), each with --threads CPU threads.")
+@click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0.0,
+              show_default=True, help="Ray: GPUs per replica (1 = one replica per GPU).")
+@click.option("--preserve-order", is_flag=True,
+              help="Ray: keep input order (part files sort in input order); slower.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def batch_predict_command(input_path: str, output: Path, quiet: bool, **options) -> None:
+def batch_predict_command(input_path: str, output: Path, quiet: bool, engine: str,
+                          address: str | None, num_workers: int, gpus_per_worker: float,
+                          preserve_order: bool, **options) -> None:
     """Classify the texts of IN (a Parquet file, directory or glob) into OUT (Parquet).
 
     \b
@@ -163,11 +173,24 @@ def batch_predict_command(input_path: str, output: Path, quiet: bool, **options)
     Work is saved in parts in OUT.parts/ as it goes; if the run is killed (even kill -9),
     the same command with --resume continues where it stopped and gives the same OUT.
     OUT appears only when complete (assembled under a temporary name, then renamed).
+
+    \b
+    --engine ray runs the same pipeline on Ray Data (one model per actor) and writes OUT
+    as a directory of Parquet parts; row order is kept only with --preserve-order.
     """
     from clsx.predict import BatchPredictConfig, batch_predict
 
     config = BatchPredictConfig(input=input_path, output=output, progress=not quiet, **options)
-    summary = batch_predict(config)
+    if engine == "ray":
+        from clsx.ray_engine import RayOptions, ray_batch_predict
+
+        summary = ray_batch_predict(config, RayOptions(address, num_workers, gpus_per_worker,
+                                                       preserve_order))
+    else:
+        if address or num_workers != 1 or gpus_per_worker or preserve_order:
+            raise ClsxError("--address, --num-workers, --gpus-per-worker and --preserve-order "
+                            "apply to --engine ray only")
+        summary = batch_predict(config)
     click.echo(summary.line(), err=True)
 
 

@@ -8,10 +8,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from clsx.artifact import fingerprint
 from clsx.errors import ClsxError
+from clsx.manifest import Manifest
 from clsx.parquet import (
     ParquetInput,
     check_output_location,
@@ -47,7 +49,7 @@ class BatchPredictConfig:
     keep_columns: tuple[str, ...] | None = None
     overwrite: bool = False
     resume: bool = False
-    output_format: str = "file"
+    output_format: str | None = None  # file (local engine default) or dataset
     part_rows: int = 100_000
     batch_tokens: int | None = None
     window_rows: int = 4096
@@ -66,7 +68,7 @@ class BatchPredictConfig:
                 raise ClsxError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
         if not 0.0 < self.threshold < 1.0:
             raise ClsxError(f"--threshold must be between 0 and 1, got {self.threshold}")
-        if self.output_format not in OUTPUT_FORMATS:
+        if self.output_format is not None and self.output_format not in OUTPUT_FORMATS:
             raise ClsxError(f"--output-format must be one of {', '.join(OUTPUT_FORMATS)}")
 
     def job(self, source: ParquetInput, model_fingerprint: str) -> dict[str, Any]:
@@ -94,11 +96,15 @@ class Summary:
     output: Path
     resumed_rows: int = 0
     already_complete: bool = False
+    counted: bool = True  # False where tokens, nulls and truncation were not counted (Ray)
 
     def line(self) -> str:
         if self.already_complete:
             return f"{self.output} is already complete; nothing to do"
         seconds = max(self.seconds, 1e-9)
+        if not self.counted:
+            return (f"{self.rows} rows in {self.seconds:.1f} s: {self.rows / seconds:.1f} "
+                    f"rows/s, backend {self.backend}; wrote {self.output}")
         resumed = f" (continued after {self.resumed_rows} rows)" if self.resumed_rows else ""
         return (
             f"{self.rows} rows in {self.seconds:.1f} s{resumed}: {self.rows / seconds:.1f} "
@@ -124,7 +130,7 @@ def batch_predict(config: BatchPredictConfig) -> Summary:
     source = open_input(config.input, config.text_column, config.keep_columns)
     if source.num_rows == 0:
         raise ClsxError(f"input {config.input} has 0 rows; there is nothing to classify")
-    output_schema = _output_schema(source, config.output_prefix)
+    schema = output_schema(source, config.output_prefix)
     check_output_location(config.output, config.input, source)
     store = PartStore(config.output)
     if not _claim_output(config, store):
@@ -144,13 +150,13 @@ def batch_predict(config: BatchPredictConfig) -> Summary:
     counts = _Counts()
     if not store.is_done():
         next_window = parts[-1].last + 1 if parts else 0
-        _predict_into_parts(config, source, pipeline, store, output_schema, next_window,
+        _predict_into_parts(config, source, pipeline, store, schema, next_window,
                             resumed_rows, counts)
         store.mark_done(resumed_rows + counts.rows)
     if config.output_format == "dataset":
         store.publish_dataset()
     else:
-        store.assemble(output_schema)
+        store.assemble(schema)
     return Summary(counts.rows, counts.null_rows, counts.truncated, counts.tokens,
                    time.perf_counter() - started, pipeline.runner.description, config.output,
                    resumed_rows)
@@ -159,7 +165,7 @@ def batch_predict(config: BatchPredictConfig) -> Summary:
 def _claim_output(config: BatchPredictConfig, store: PartStore) -> bool:
     """Decide what to do with an existing OUT or parts; False when OUT is already complete."""
     output = config.output
-    if config.output_format == "file" and output.is_dir():
+    if config.output_format != "dataset" and output.is_dir():
         raise ClsxError(f"output {output} is a directory; give a file path ending in .parquet "
                         "(or pass --output-format dataset)")
     if config.output_format == "dataset" and output.is_file():
@@ -187,7 +193,6 @@ def _predict_into_parts(config: BatchPredictConfig, source: ParquetInput, pipeli
                         resumed_rows: int, counts: _Counts) -> None:
     """Classify windows ``next_window..`` and commit them as parts; counts what it did."""
     manifest = pipeline.artifact.manifest
-    kept = source.schema.names
     pending = ((index, batch) for index, batch in enumerate(iter_batches(source,
                config.window_rows)) if index >= next_window)
     items = (((index, batch), text_values(batch, config.text_column))
@@ -199,8 +204,8 @@ def _predict_into_parts(config: BatchPredictConfig, source: ParquetInput, pipeli
         for (index, batch), window, logits in pipeline.run(items):
             if writer is None:
                 writer, part_started = store.writer(index, schema), time.monotonic()
-            columns = prediction_columns(logits, manifest, config.threshold)
-            arrays = [batch.column(name) for name in kept] + list(columns.values())
+            arrays = output_arrays(batch, source.schema.names, logits, manifest,
+                                   config.threshold)
             writer.write(pa.RecordBatch.from_arrays(arrays, schema=schema))
             counts.rows += batch.num_rows
             counts.null_rows += sum(1 for ids in window.ids if ids is None)
@@ -232,7 +237,8 @@ def _predict_into_parts(config: BatchPredictConfig, source: ParquetInput, pipeli
         progress.close()
 
 
-def _output_schema(source: ParquetInput, prefix: str) -> pa.Schema:
+def output_schema(source: ParquetInput, prefix: str) -> pa.Schema:
+    """The kept input columns followed by the (prefixed) prediction columns."""
     fields = [pa.field(prefix + name, arrow_type) for name, arrow_type in PREDICTION_FIELDS]
     clashes = [f.name for f in fields if f.name in source.schema.names]
     if clashes:
@@ -241,6 +247,13 @@ def _output_schema(source: ParquetInput, prefix: str) -> pa.Schema:
             "--output-prefix pred_ (or --keep-columns without it) to keep both"
         )
     return pa.schema(list(source.schema) + fields)
+
+
+def output_arrays(batch: pa.RecordBatch | pa.Table, kept: list[str], logits: np.ndarray,
+                  manifest: Manifest, threshold: float) -> list:
+    """The columns of one output batch: the kept input columns, then the predictions."""
+    columns = prediction_columns(logits, manifest, threshold)
+    return [batch.column(name) for name in kept] + list(columns.values())
 
 
 def _json_value(value: Any) -> Any:

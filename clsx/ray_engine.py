@@ -1,0 +1,148 @@
+"""``clsx batch-predict --engine ray``: the same pipeline on Ray Data, one model per actor.
+
+``ray.data.read_parquet`` -> ``map_batches`` with :class:`Predictor` (an actor pool, one
+model replica per actor, ``num_gpus`` each) -> ``write_parquet`` into a dataset directory.
+The predictor reuses the local engine's encoder, scheduler, runner and output columns, so
+the values are the same; Ray does the distribution, clsx adds no scheduler of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from clsx.errors import ClsxError
+from clsx.parquet import ParquetInput, check_output_location, open_input, python_strings
+from clsx.pipeline import Pipeline
+from clsx.predict import BatchPredictConfig, Summary, output_arrays, output_schema
+from clsx.runners import RunnerOptions, physical_cores
+from clsx.staging import staged_directory
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how wide to run: cluster address, model replicas, GPUs per replica."""
+
+    address: str | None = None
+    num_workers: int = 1
+    gpus_per_worker: float = 0.0
+    preserve_order: bool = False
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 1:
+            raise ClsxError(f"--num-workers must be >= 1, got {self.num_workers}")
+        if self.gpus_per_worker < 0:
+            raise ClsxError(f"--gpus-per-worker must be >= 0, got {self.gpus_per_worker}")
+
+
+class Predictor:
+    """One model replica (a Ray actor): an Arrow batch in, its kept columns plus predictions out."""
+
+    def __init__(self, config: BatchPredictConfig, kept: list[str], schema: pa.Schema) -> None:
+        self.pipeline = Pipeline.open(
+            config.model, config.backend,
+            RunnerOptions(device=config.device, threads=config.threads or 1),
+            config.batch_tokens, config.max_length, allow_pickle=config.allow_pickle,
+        )
+        self.config = config
+        self.kept = kept
+        self.schema = schema
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        texts = python_strings(batch.column(self.config.text_column), self.config.text_column)
+        logits = self.pipeline.logits(self.pipeline.encoder.encode(texts))
+        arrays = output_arrays(batch, self.kept, logits, self.pipeline.artifact.manifest,
+                               self.config.threshold)
+        return pa.Table.from_arrays(arrays, schema=self.schema)
+
+
+def ray_batch_predict(config: BatchPredictConfig, options: RayOptions) -> Summary:
+    """Classify ``config.input`` on Ray into the dataset directory ``config.output``."""
+    ray = _import_ray()
+    if config.resume:
+        raise ClsxError("--resume works with the local engine only; Ray retries failed tasks "
+                        "itself, and a failed Ray job leaves nothing at OUT")
+    if config.output_format == "file":
+        raise ClsxError("--engine ray writes OUT as a dataset directory of Parquet parts; drop "
+                        "--output-format file")
+    source = open_input(config.input, config.text_column, config.keep_columns)
+    if source.num_rows == 0:
+        raise ClsxError(f"input {config.input} has 0 rows; there is nothing to classify")
+    schema = output_schema(source, config.output_prefix)
+    check_output_location(config.output, config.input, source)
+    if config.output.is_file():
+        raise ClsxError(f"output {config.output} is a file; --engine ray writes a directory")
+    Pipeline.open(config.model, config.backend, RunnerOptions(device="cpu"),
+                  allow_pickle=config.allow_pickle)  # fail here, not inside an actor
+    started = time.perf_counter()
+    _start_ray(ray, options.address, options.num_workers * (config.threads or 1))
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = options.preserve_order
+    context.enable_progress_bars = config.progress
+    columns = list(dict.fromkeys([*source.schema.names, config.text_column]))
+    context.target_max_block_size = _window_bytes(source, config.window_rows)
+    dataset = ray.data.read_parquet([str(path) for path in source.files], columns=columns)
+    predicted = dataset.map_batches(
+        Predictor,
+        fn_constructor_kwargs={"config": config, "kept": source.schema.names, "schema": schema},
+        batch_size=config.window_rows,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=options.num_workers),
+        num_cpus=config.threads or 1,
+        num_gpus=options.gpus_per_worker or None,
+    )
+    with staged_directory(config.output, config.overwrite) as stage:
+        # OVERWRITE: the staging directory is new, and names need no write-uuid in them.
+        predicted.write_parquet(str(stage), filename_provider=_part_names(),
+                                mode=ray.data.SaveMode.OVERWRITE)
+        rows = sum(pq.read_metadata(path).num_rows for path in stage.glob("*.parquet"))
+    return Summary(rows, 0, 0, 0, time.perf_counter() - started,
+                   f"{config.backend} on ray ({options.num_workers} workers)", config.output,
+                   counted=False)
+
+
+def _window_bytes(source: ParquetInput, window_rows: int) -> int:
+    """Blocks of about one window: Ray Data's default (128 MiB blocks) would hand a whole
+    small file to one actor while the others wait."""
+    metadata = pq.read_metadata(source.files[0])
+    size = sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups))
+    return max(1 << 16, size // max(metadata.num_rows, 1) * window_rows)
+
+
+def _start_ray(ray, address: str | None, actor_cpus: int) -> None:
+    """Connect to ``address``, or start a local instance sized for the actors.
+
+    A local instance gets one logical CPU more than the actors take: Ray Data's file listing
+    and read tasks need a CPU slot too, and with every slot held by an actor the job would
+    wait forever. Those tasks are light, so the extra slot hardly oversubscribes the cores.
+    """
+    local = {} if address else {"num_cpus": max(physical_cores(), actor_cpus) + 1}
+    ray.init(address=address, ignore_reinit_error=True, include_dashboard=False,
+             logging_level=logging.WARNING, log_to_driver=False, **local)
+
+
+def _part_names():
+    """File names ``part-000042.parquet`` that sort in write-task order, which is the input
+    order when ``preserve_order`` is on."""
+    from ray.data.datasource import FilenameProvider
+
+    class PartNames(FilenameProvider):
+        def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
+            return f"part-{task_index:06d}.parquet"
+
+    return PartNames()
+
+
+def _import_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as exc:
+        raise ClsxError("--engine ray needs Ray Data: pip install 'clsx[ray]' "
+                        "(or 'ray[data]')") from exc
+    return ray
+

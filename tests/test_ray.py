@@ -1,0 +1,52 @@
+"""``--engine ray`` on a local Ray instance: the same rows and values as the local engine."""
+
+from __future__ import annotations
+
+import random
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import TEXTS, write_parquet
+from tests.test_batch_predict import predict
+
+pytest.importorskip("ray.data", reason="install clsx[ray]")
+pytestmark = pytest.mark.ray
+
+
+def test_two_ray_workers_write_what_the_local_engine_writes(tiny_models, tmp_path):
+    rng = random.Random(0)
+    words = " ".join(TEXTS).split()
+    texts = [" ".join(rng.choices(words, k=rng.randint(0, 40))) for _ in range(3000)] + [None]
+    source = write_parquet(tmp_path / "in.parquet", texts)
+    local, on_ray = tmp_path / "local.parquet", tmp_path / "ray-out"
+    assert predict(source, local, "-m", tiny_models["qwen2"]).exit_code == 0
+    result = predict(source, on_ray, "-m", tiny_models["qwen2"], "--engine", "ray",
+                     "--num-workers", "2", "--preserve-order", "--window-rows", "256")
+    assert result.exit_code == 0, result.output
+    parts = sorted(on_ray.glob("part-*.parquet"))
+    assert len(parts) > 2
+    expected, got = pq.read_table(local), pq.read_table(on_ray)
+    assert got.schema.equals(expected.schema)
+    assert got.column("id").to_pylist() == expected.column("id").to_pylist()
+    assert got.column("label").equals(expected.column("label"))
+    probs = [np.array(t.column("probs").to_pylist()[:-1]) for t in (expected, got)]
+    np.testing.assert_allclose(probs[1], probs[0], atol=1e-5)  # batches differ, not values
+
+
+def test_ray_refuses_what_it_cannot_do(tiny_models, texts_parquet, tmp_path):
+    result = predict(texts_parquet, tmp_path / "o", "-m", tiny_models["qwen2"], "--engine",
+                     "ray", "--resume")
+    assert result.exit_code == 1 and "local engine only" in result.output
+    local = predict(texts_parquet, tmp_path / "o.parquet", "-m", tiny_models["qwen2"],
+                    "--num-workers", "2")
+    assert local.exit_code == 1 and "apply to --engine ray only" in local.output
+
+
+def test_missing_ray_says_how_to_install(tiny_models, texts_parquet, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)
+    result = predict(texts_parquet, tmp_path / "o", "-m", tiny_models["qwen2"], "--engine",
+                     "ray")
+    assert result.exit_code == 1 and "pip install 'clsx[ray]'" in result.output
