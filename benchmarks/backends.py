@@ -29,8 +29,8 @@ from clsx.bench import machine_description
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from realdata import repeated, sst2, write  # noqa: E402
+from report import save  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 SUMMARY = re.compile(r"(\d+) rows in ([\d.]+) s: ([\d.]+) rows/s, (\d+) tokens/s")
 
 
@@ -131,10 +131,8 @@ def main() -> None:
         models = ({m.name: m for m in args.model} if args.model else default_models(root))
         results = [measure(name, path, data, root, args.bench_rows)
                    for name, path in models.items()]
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "backends.json").write_text(json.dumps(results, indent=2) + "\n")
     report = markdown(results, args.rows)
-    (RESULTS / "backends.md").write_text(report)
+    save("backends", results, report)
     print(report)
 
 

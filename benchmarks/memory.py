@@ -14,7 +14,6 @@ not depend on the weights; a small model keeps 10M rows within an hour on 2 core
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -29,8 +28,8 @@ from clsx.bench import machine_description
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from realdata import sst2  # noqa: E402
+from report import save  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 ROW_GROUP = 100_000
 FOOTPRINT = (
     "import sys, psutil; from clsx.pipeline import Pipeline; "
@@ -134,11 +133,8 @@ def main() -> None:
         f"Peak RSS per tenth of the run (MiB): {result['peak_by_tenth_mib']}",
     ])
     print(table)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "memory.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "memory.md").write_text(
-        f"# batch-predict memory on {args.rows:,} rows\n\nMade with `python "
-        f"benchmarks/memory.py --rows {args.rows}` on {result['machine']}.\n\n{table}\n")
+    save("memory", result, f"# batch-predict memory on {args.rows:,} rows\n\nMade with `python "
+         f"benchmarks/memory.py --rows {args.rows}` on {result['machine']}.\n\n{table}\n")
 
 
 if __name__ == "__main__":
