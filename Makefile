@@ -34,11 +34,12 @@ $(VLLM_STAMP): $(STAMP)
 
 setup-vllm: $(VLLM_STAMP)
 
+# CLSX_REQUIRE_VLLM=1: the vLLM tests fail instead of skipping if vLLM is missing.
 test: setup-vllm
-	$(BIN)/python -m pytest -p no:logging
+	CLSX_REQUIRE_VLLM=1 $(BIN)/python -m pytest -p no:logging
 
 test-all: setup-vllm
-	$(BIN)/python -m pytest -p no:logging -m "not gpu"
+	CLSX_REQUIRE_VLLM=1 $(BIN)/python -m pytest -p no:logging -m "not gpu"
 
 lint: setup
 	$(BIN)/ruff check clsx tests benchmarks
