@@ -102,6 +102,11 @@ def export_command(model_dir: Path, fmt: str, output: Path, dtype: str, no_parit
     """
     from clsx.data import read_texts
 
+    if calibration_data is not None and fmt != "onnx-int8":
+        raise ClsxError("--calibration-data applies to --format onnx-int8 only")
+    if no_parity and fmt != "vllm":
+        raise ClsxError("--no-parity applies to --format vllm only; ONNX exports are always "
+                        "checked")
     click.echo(f"Exporting {model_dir} to {fmt} ...", err=True)
     if fmt == "vllm":
         from clsx.export.vllm import export_vllm
@@ -115,8 +120,6 @@ def export_command(model_dir: Path, fmt: str, output: Path, dtype: str, no_parit
         if calibration_data is not None:
             texts = [t for t in read_texts(calibration_data, text_column, calibration_rows)
                      if t is not None]
-        if texts and fmt != "onnx-int8":
-            raise ClsxError("--calibration-data applies to --format onnx-int8 only")
         result = export_onnx(model_dir, output, int8=fmt == "onnx-int8", calibration_texts=texts,
                              tolerance=FP32_TOLERANCE if tolerance is None else tolerance,
                              min_agreement=min_agreement, overwrite=overwrite)

@@ -37,7 +37,7 @@ GPU_MEMORY_FRACTION = 0.9
 
 def import_vllm() -> Any:
     """Import vllm quietly, or fail with the command that installs it."""
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # its warnings are advice for servers
     try:
         import vllm
     except ImportError as exc:
