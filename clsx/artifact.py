@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from clsx.errors import ClsxError
-from clsx.manifest import DECODER_FAMILIES, Manifest, check_family
+from clsx.manifest import DECODER_FAMILIES, HF_FORMATS, Manifest, check_family
 
 DEFAULT_MAX_LENGTH = 512
 ONNX_FILE = "model.onnx"
@@ -151,10 +151,10 @@ def _derive_manifest(config: dict[str, Any], tokenizer: Any) -> Manifest:
 
 
 def _check_weights(path: Path, manifest: Manifest, allow_pickle: bool) -> None:
-    if manifest.format == "torch":
+    if manifest.format in HF_FORMATS:
         if any(path.glob("*.safetensors")):
             return
-        if any(path.glob("*.bin")):
+        if manifest.format == "torch" and any(path.glob("*.bin")):
             if allow_pickle:
                 return
             raise ClsxError(

@@ -21,7 +21,8 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
-BACKENDS = ("auto", "torch", "onnx")
+BACKENDS = ("auto", "torch", "onnx", "vllm")
+DTYPES = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -69,47 +70,69 @@ def main() -> None:
 @main.command("export")
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), default="onnx",
-              show_default=True, help="onnx: fp32 graph; onnx-int8: dynamic int8 weights.")
+              show_default=True, help="onnx: fp32 graph; onnx-int8: dynamic int8 weights; "
+                                      "vllm: a directory vLLM's pooling runner loads.")
 @click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
-              help="Directory to create (model.onnx, tokenizer, config, clsx.json).")
+              help="Directory to create (model.onnx or weights, tokenizer, config, clsx.json).")
+@click.option("--dtype", type=click.Choice(DTYPES), default="bf16", show_default=True,
+              help="vllm only: dtype of the saved weights.")
+@click.option("--no-parity", is_flag=True,
+              help="vllm only: skip loading the export in vLLM to check it (e.g. where vLLM "
+                   "is not installed).")
 @click.option("--calibration-data", type=click.Path(path_type=Path),
               help="Parquet/CSV/JSONL sample whose int8 labels must agree with fp32.")
 @click.option("--text-column", default="text", show_default=True,
               help="Text column of --calibration-data.")
 @click.option("--calibration-rows", type=click.IntRange(min=1), default=2000, show_default=True,
               help="Rows of --calibration-data to compare.")
-@click.option("--tolerance", type=click.FloatRange(min=0), default=1e-4, show_default=True,
-              help="Max |logit difference| allowed between fp32 ONNX and PyTorch.")
+@click.option("--tolerance", type=click.FloatRange(min=0),
+              help="onnx: max |logit difference| from PyTorch fp32 (default 1e-4); vllm: max "
+                   "|probability difference| (default 2e-3 for fp32, 5e-2 for bf16).")
 @click.option("--min-agreement", type=click.FloatRange(0, 1), default=0.98, show_default=True,
               help="int8 only: min fraction of labels equal to fp32 (on the calibration data "
                    "when given, else on the parity batch).")
 @click.option("--overwrite", is_flag=True, help="Replace --output if it exists.")
 @allow_pickle_option
-def export_command(model_dir: Path, fmt: str, output: Path, calibration_data: Path | None,
-                   text_column: str, calibration_rows: int, tolerance: float,
-                   min_agreement: float, overwrite: bool, allow_pickle: bool) -> None:
-    """Export a merged model directory to ONNX, checked against PyTorch.
+def export_command(model_dir: Path, fmt: str, output: Path, dtype: str, no_parity: bool,
+                   calibration_data: Path | None, text_column: str, calibration_rows: int,
+                   tolerance: float | None, min_agreement: float, overwrite: bool,
+                   allow_pickle: bool) -> None:
+    """Export a merged model directory to ONNX or for vLLM, checked against PyTorch.
 
-    The export is written only if its logits match PyTorch fp32 within --tolerance on a
-    batch of mixed lengths (1..max_length); the figures go into OUTPUT/clsx.json.
+    The export is written only if it matches PyTorch fp32 within --tolerance on a batch of
+    mixed lengths (1..max_length); the figures go into OUTPUT/clsx.json.
     """
     from clsx.data import read_texts
-    from clsx.export.onnx import export_onnx
 
-    texts = None
-    if calibration_data is not None:
-        texts = [t for t in read_texts(calibration_data, text_column, calibration_rows)
-                 if t is not None]
-    if texts and fmt != "onnx-int8":
+    if calibration_data is not None and fmt != "onnx-int8":
         raise ClsxError("--calibration-data applies to --format onnx-int8 only")
+    if no_parity and fmt != "vllm":
+        raise ClsxError("--no-parity applies to --format vllm only; ONNX exports are always "
+                        "checked")
     click.echo(f"Exporting {model_dir} to {fmt} ...", err=True)
-    result = export_onnx(model_dir, output, int8=fmt == "onnx-int8", calibration_texts=texts,
-                         tolerance=tolerance, min_agreement=min_agreement, overwrite=overwrite,
-                         allow_pickle=allow_pickle)
+    if fmt == "vllm":
+        from clsx.export.vllm import export_vllm
+
+        result = export_vllm(model_dir, output, dtype=dtype, tolerance=tolerance,
+                             check=not no_parity, overwrite=overwrite, allow_pickle=allow_pickle)
+    else:
+        from clsx.export.onnx import FP32_TOLERANCE, export_onnx
+
+        texts = None
+        if calibration_data is not None:
+            texts = [t for t in read_texts(calibration_data, text_column, calibration_rows)
+                     if t is not None]
+        result = export_onnx(model_dir, output, int8=fmt == "onnx-int8", calibration_texts=texts,
+                             tolerance=FP32_TOLERANCE if tolerance is None else tolerance,
+                             min_agreement=min_agreement, overwrite=overwrite,
+                             allow_pickle=allow_pickle)
     for name, report in result.parity.items():
         agreement = "n/a" if report.label_agreement is None else f"{report.label_agreement:.2%}"
         click.echo(f"parity {name}: {report.rows} rows, max |logit diff| "
-                   f"{report.max_abs_diff:.2e}, label agreement {agreement}", err=True)
+                   f"{report.max_abs_diff:.2e}, max |prob diff| {report.max_prob_diff:.2e}, "
+                   f"label agreement {agreement}", err=True)
+    if not result.parity:
+        click.echo("parity: not checked (--no-parity)", err=True)
     click.echo(f"Wrote {output}")
 
 
@@ -134,6 +157,15 @@ def export_command(model_dir: Path, fmt: str, output: Path, calibration_data: Pa
               default=0.5, show_default=True, help="Multi-label decision threshold.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), help="Compute threads (default: cores).")
+@click.option("--dtype", type=click.Choice(DTYPES),
+              help="vllm backend: compute dtype (default: the weights' dtype).")
+@click.option("--max-num-seqs", type=click.IntRange(min=1),
+              help="vllm backend: most sequences per engine step (default: vLLM's).")
+@click.option("--max-num-batched-tokens", type=click.IntRange(min=1),
+              help="vllm backend: most tokens per engine step (default: vLLM's).")
+@click.option("--memory-fraction", type=click.FloatRange(0, 1, min_open=True),
+              help="vllm backend: share of GPU memory vLLM may take (default 0.9); on CPU, "
+                   "share of host RAM for its KV cache (default 0.05).")
 @click.option("--output-format", type=click.Choice(["file", "dataset"]),
               help="file (local default): one Parquet file; dataset (always with --engine "
                    "ray): OUT is a directory of Parquet parts, for Spark, Ray, DuckDB.")

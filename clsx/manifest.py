@@ -18,7 +18,9 @@ from clsx.errors import ClsxError
 MANIFEST_NAME = "clsx.json"
 MANIFEST_VERSION = 1
 
-FORMATS = ("torch", "onnx", "onnx-int8")
+FORMATS = ("torch", "onnx", "onnx-int8", "vllm")
+# Formats that are Hugging Face weight directories (safetensors), loadable by transformers.
+HF_FORMATS = ("torch", "vllm")
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 DECODER_FAMILIES = ("qwen2", "qwen3", "llama")
 ENCODER_FAMILIES = ("bert", "roberta", "xlm-roberta", "distilbert", "deberta-v2", "modernbert")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -11,7 +12,7 @@ import numpy as np
 from clsx.artifact import Artifact, open_artifact
 from clsx.runners import RunnerOptions, load_runner
 from clsx.runners.base import Runner
-from clsx.scheduler import EncodedWindow, TextEncoder, predict_window, prefetch
+from clsx.scheduler import EncodedWindow, TextEncoder, predict_window_rows, prefetch
 
 T = TypeVar("T")
 
@@ -46,13 +47,13 @@ class Pipeline:
         ``allow_pickle`` permits pickle (``.bin``) weights, which can run code when loaded.
         """
         artifact = open_artifact(model, allow_pickle=allow_pickle)
+        options = dataclasses.replace(options or RunnerOptions(), max_length=max_length)
         return cls(artifact, load_runner(artifact, backend, options), batch_tokens, max_length)
 
     def logits(self, window: EncodedWindow) -> np.ndarray:
         """Logits for an encoded window, rows in their original order (NaN for null texts)."""
-        manifest = self.artifact.manifest
-        return predict_window(
-            window, self.runner.predict, manifest.num_labels, manifest.padding_id,
+        return predict_window_rows(
+            window, self.runner.predict_rows, self.artifact.manifest.num_labels,
             self.batch_tokens,
         )
 

@@ -58,6 +58,10 @@ class BatchPredictConfig:
     threshold: float = DEFAULT_THRESHOLD
     device: str = "auto"
     threads: int | None = None
+    dtype: str | None = None
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    memory_fraction: float | None = None
     allow_pickle: bool = False
     progress: bool = True
 
@@ -77,7 +81,7 @@ class BatchPredictConfig:
                   for path in source.files]
         options = ("backend", "text_column", "keep_columns", "window_rows", "batch_tokens",
                    "max_length", "output_prefix", "threshold", "device", "threads",
-                   "output_format")
+                   "output_format", "dtype")
         return {"inputs": inputs, "model": str(self.model.resolve()),
                 "model_fingerprint": model_fingerprint,
                 **{name: _json_value(getattr(self, name)) for name in options}}
@@ -138,7 +142,10 @@ def batch_predict(config: BatchPredictConfig) -> Summary:
     pipeline = Pipeline.open(
         config.model,
         config.backend,
-        RunnerOptions(device=config.device, threads=config.threads),
+        RunnerOptions(device=config.device, threads=config.threads, dtype=config.dtype,
+                      max_num_seqs=config.max_num_seqs,
+                      max_num_batched_tokens=config.max_num_batched_tokens,
+                      memory_fraction=config.memory_fraction),
         config.batch_tokens,
         config.max_length,
         allow_pickle=config.allow_pickle,

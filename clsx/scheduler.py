@@ -1,8 +1,9 @@
 """Tokenise once, batch by padded-token budget, predict, restore order.
 
-Shared by every backend: a runner only ever sees one padded batch of token ids. Rows are
-sorted by length inside a window so that each batch pads little, and results are written
-back to their original positions.
+Shared by every backend: a runner only ever sees one batch of token ids, padded by
+:meth:`Runner.predict_rows` (or, for vLLM, handed over unpadded). Rows are sorted by length
+inside a window so that each batch pads little, and results are written back to their
+original positions.
 """
 
 from __future__ import annotations
@@ -99,7 +100,26 @@ def predict_window(
     pad_token_id: int,
     batch_tokens: int,
 ) -> np.ndarray:
-    """Logits for every row of ``window`` in its original order; NaN rows where text was null."""
+    """Logits for every row of ``window`` in its original order; NaN rows where text was null.
+
+    ``predict`` takes one padded batch (``input_ids``, ``attention_mask``).
+    """
+    return predict_window_rows(
+        window, lambda rows: predict(*pad(rows, pad_token_id)), num_labels, batch_tokens
+    )
+
+
+def predict_window_rows(
+    window: EncodedWindow,
+    predict_rows: Callable[[list[list[int]]], np.ndarray],
+    num_labels: int,
+    batch_tokens: int,
+) -> np.ndarray:
+    """Like :func:`predict_window`, but ``predict_rows`` takes the unpadded token-id lists.
+
+    Each call gets one length-sorted batch (longest first) of at most ``batch_tokens``
+    padded tokens; padding, where a backend needs it, is the callee's business.
+    """
     logits = np.full((len(window.ids), num_labels), np.nan, dtype=np.float32)
     present = np.array([i for i, row in enumerate(window.ids) if row is not None], dtype=np.int64)
     if len(present) == 0:
@@ -107,8 +127,7 @@ def predict_window(
     lengths = np.array([len(window.ids[i]) for i in present], dtype=np.int64)
     for batch in plan_batches(lengths, batch_tokens):
         rows = present[batch]
-        input_ids, attention_mask = pad([window.ids[i] for i in rows], pad_token_id)
-        logits[rows] = predict(input_ids, attention_mask)
+        logits[rows] = predict_rows([window.ids[i] for i in rows])
     return logits
 
 

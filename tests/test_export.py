@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -86,3 +87,29 @@ def test_export_whose_parent_was_retrained_is_refused(qwen2_copy, tmp_path):
     build_tiny_classifier(qwen2_copy, "qwen2", seed=1)  # retrain the parent in place
     with pytest.raises(ClsxError, match="has changed since"):
         open_artifact(export)
+
+
+def test_vllm_export_without_vllm_says_how_to_install_it(tiny_models, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    result = CliRunner().invoke(main, ["export", str(tiny_models["qwen2"]), "--format", "vllm",
+                                       "-o", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "make setup-vllm" in result.output and "--no-parity" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_vllm_export_without_parity_check(tiny_models, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["export", str(tiny_models["llama"]), "--format", "vllm",
+                                       "-o", str(out), "--no-parity"])
+    assert result.exit_code == 0, result.output
+    manifest = open_artifact(out).manifest
+    assert manifest.format == "vllm" and manifest.parity == {}
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+
+
+def test_vllm_export_refuses_encoders(tiny_models, tmp_path):
+    result = CliRunner().invoke(main, ["export", str(tiny_models["bert"]), "--format", "vllm",
+                                       "-o", str(tmp_path / "out"), "--no-parity"])
+    assert result.exit_code == 1 and "--format onnx" in result.output

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -10,12 +12,14 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from clsx.artifact import open_artifact
 from clsx.errors import ClsxError
 from clsx.pipeline import Pipeline
-from clsx.runners import RUNNERS, backend_for, runner_class
+from clsx.runners import RUNNERS, RunnerOptions, backend_for, runner_class
 from clsx.testing import FAMILIES
 from tests.conftest import TEXTS
 
 # Where a backend needs an export, the fixture that holds it.
 RUNNER_ARTIFACTS = {"torch": "tiny_models", "onnx": "tiny_exports"}
+# Backends whose parity tests live in their own module (each engine start costs ~25 s).
+PARITY_ELSEWHERE = {"vllm": "tests/test_vllm.py"}
 TOLERANCE = 1e-4
 
 
@@ -32,11 +36,11 @@ def reference_logits(model_dir, texts, max_length) -> np.ndarray:
 
 
 def test_every_registered_runner_has_a_parity_test():
-    assert set(RUNNERS) == set(RUNNER_ARTIFACTS)
+    assert set(RUNNERS) == set(RUNNER_ARTIFACTS) | set(PARITY_ELSEWHERE)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("backend", sorted(RUNNERS))
+@pytest.mark.parametrize("backend", sorted(RUNNER_ARTIFACTS))
 def test_runner_matches_unpadded_transformers(backend, family, request, tiny_models):
     model_dir = request.getfixturevalue(RUNNER_ARTIFACTS[backend])[family]
     pipeline = Pipeline.open(model_dir, backend, batch_tokens=256)
@@ -60,3 +64,19 @@ def test_backend_must_match_the_artifact_format(tiny_models, tiny_exports):
     with pytest.raises(ClsxError, match="torch backend cannot run"):
         backend_for(open_artifact(tiny_exports["bert"]), "torch")
     assert backend_for(open_artifact(tiny_exports["bert"]), "auto") == "onnx"
+
+
+def test_engine_options_need_an_engine_that_takes_them(tiny_models):
+    with pytest.raises(ClsxError, match="--max-num-seqs applies to the vllm backend only"):
+        Pipeline.open(tiny_models["qwen2"], "torch", RunnerOptions(max_num_seqs=8))
+
+
+def test_vllm_backend_without_vllm_says_how_to_install_it(tiny_models, monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm now raises ImportError
+    with pytest.raises(ClsxError, match=r"make setup-vllm"):
+        Pipeline.open(tiny_models["qwen2"], "vllm")
+
+
+def test_vllm_backend_refuses_encoders(tiny_models):
+    with pytest.raises(ClsxError, match="decoder classifiers"):
+        Pipeline.open(tiny_models["bert"], "vllm")

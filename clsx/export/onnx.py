@@ -9,20 +9,18 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import shutil
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from clsx.artifact import ONNX_FILE, Artifact, fingerprint, open_artifact
+from clsx.artifact import ONNX_FILE, Artifact
 from clsx.errors import ClsxError
+from clsx.export.common import ExportResult, export_manifest, open_torch_artifact
 from clsx.export.parity import ParityReport, compare, parity_batch
-from clsx.manifest import Manifest
-from clsx.modeling import LogitsOnly, load_classifier
+from clsx.modeling import LogitsOnly, load_classifier, numpy_logits
 from clsx.runners import RunnerOptions
 from clsx.runners.onnx import open_session
 from clsx.scheduler import TextEncoder, predict_window
@@ -32,15 +30,6 @@ FP32_TOLERANCE = 1e-4
 INT8_MIN_AGREEMENT = 0.98
 # Protobuf cannot hold more than 2 GiB; larger models keep weights in model.onnx.data.
 EXTERNAL_DATA_BYTES = 1 << 30
-
-
-@dataclass(frozen=True)
-class ExportResult:
-    """Where the export went and how it compared with the PyTorch reference."""
-
-    output: Path
-    manifest: Manifest
-    parity: dict[str, ParityReport]
 
 
 def export_onnx(
@@ -60,16 +49,11 @@ def export_onnx(
     int8 must agree with fp32 labels on at least ``min_agreement`` of the calibration texts
     (or, without them, of the parity batch). Nothing is left at ``output`` on failure.
     """
-    artifact = open_artifact(model_dir, allow_pickle=allow_pickle)
-    if artifact.manifest.format != "torch":
-        raise ClsxError(
-            f"{model_dir} is already a {artifact.manifest.format} export; export from the "
-            "merged PyTorch model directory"
-        )
+    artifact = open_torch_artifact(model_dir, allow_pickle)
     fmt = "onnx-int8" if int8 else "onnx"
     module = load_classifier(artifact, "fp32", "cpu")
     input_ids, attention_mask = parity_batch(artifact.manifest, artifact.tokenizer, rows=32)
-    reference = _torch_logits(module, input_ids, attention_mask)
+    reference = numpy_logits(module, input_ids, attention_mask)
     with staged_directory(output, overwrite) as stage:
         fp32_path = stage / ("model-fp32.onnx" if int8 else ONNX_FILE)
         _export_graph(module, fp32_path, input_ids, attention_mask)
@@ -90,12 +74,7 @@ def export_onnx(
                 leftover.unlink()
         artifact.tokenizer.save_pretrained(stage)
         shutil.copy2(artifact.path / "config.json", stage / "config.json")
-        manifest = artifact.manifest.replace(
-            format=fmt,
-            parent=os.path.relpath(artifact.path.resolve(), output.resolve()),
-            parent_fingerprint=fingerprint(artifact.path),
-            parity={name: report.to_json() for name, report in parity.items()},
-        )
+        manifest = export_manifest(artifact, output, fmt, parity)
         manifest.save(stage)
     return ExportResult(output=output, manifest=manifest, parity=parity)
 
@@ -168,12 +147,6 @@ def _quantize(
             f"(< {min_agreement:.2%}); keep the fp32 export or lower --min-agreement"
         )
     return reports
-
-
-def _torch_logits(module: LogitsOnly, input_ids: np.ndarray, attention_mask: np.ndarray
-                  ) -> np.ndarray:
-    with torch.inference_mode():
-        return module(torch.from_numpy(input_ids), torch.from_numpy(attention_mask)).numpy()
 
 
 def _run(session, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from clsx.manifest import Manifest
-from clsx.postprocess import predicted_ids
+from clsx.postprocess import predicted_ids, probabilities
 from clsx.scheduler import pad
 
 
@@ -19,13 +19,14 @@ class ParityReport:
     rows: int
     max_abs_diff: float
     label_agreement: float | None  # None for regression, which has no labels
+    max_prob_diff: float | None = None  # of the probs column (softmax / sigmoid / value)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def compare(reference: np.ndarray, logits: np.ndarray, problem_type: str) -> ParityReport:
-    """Max |logit difference| and the fraction of rows whose predicted labels all agree."""
+    """Max |logit| and |probability| differences, and the share of rows whose labels agree."""
     agreement = None
     if problem_type != "regression":
         same = predicted_ids(reference, problem_type) == predicted_ids(logits, problem_type)
@@ -34,6 +35,8 @@ def compare(reference: np.ndarray, logits: np.ndarray, problem_type: str) -> Par
         rows=len(reference),
         max_abs_diff=float(np.abs(reference - logits).max()),
         label_agreement=agreement,
+        max_prob_diff=float(np.abs(probabilities(reference, problem_type)
+                                   - probabilities(logits, problem_type)).max()),
     )
 
 

@@ -6,11 +6,13 @@ import importlib
 
 from clsx.artifact import Artifact
 from clsx.errors import ClsxError
-from clsx.runners.base import Runner, RunnerOptions
+from clsx.runners.base import ENGINE_OPTIONS, Runner, RunnerOptions
 
+# Order matters: ``auto`` picks the first backend whose formats include the artifact's.
 RUNNERS: dict[str, str] = {
     "torch": "clsx.runners.torch:TorchRunner",
     "onnx": "clsx.runners.onnx:OnnxRunner",
+    "vllm": "clsx.runners.vllm:VllmRunner",
 }
 
 
@@ -42,7 +44,15 @@ def load_runner(artifact: Artifact, backend: str = "auto", options: RunnerOption
                 ) -> Runner:
     """Open the backend that runs ``artifact`` (``auto``: the one matching its format)."""
     name = backend_for(artifact, backend)
-    return runner_class(name)(artifact, options or RunnerOptions())
+    options = options or RunnerOptions()
+    cls = runner_class(name)
+    for option in ENGINE_OPTIONS:
+        if getattr(options, option) is not None and option not in cls.engine_options:
+            raise ClsxError(
+                f"--{option.replace('_', '-')} applies to the vllm backend only, not to {name}; "
+                "drop it or pass --backend vllm"
+            )
+    return cls(artifact, options)
 
 
 def physical_cores() -> int:

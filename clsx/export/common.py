@@ -1,0 +1,47 @@
+"""What every export stage shares: its source checkpoint, its result, its manifest."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from clsx.artifact import Artifact, fingerprint, open_artifact
+from clsx.errors import ClsxError
+from clsx.export.parity import ParityReport
+from clsx.manifest import Manifest
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """Where the export went and how it compared with the PyTorch reference."""
+
+    output: Path
+    manifest: Manifest
+    parity: dict[str, ParityReport]
+
+
+def open_torch_artifact(model_dir: Path, allow_pickle: bool = False) -> Artifact:
+    """Open the merged PyTorch checkpoint an export starts from (never another export)."""
+    artifact = open_artifact(model_dir, allow_pickle=allow_pickle)
+    if artifact.manifest.format != "torch":
+        raise ClsxError(
+            f"{model_dir} is already a {artifact.manifest.format} export; export from the "
+            "merged PyTorch model directory"
+        )
+    return artifact
+
+
+def export_manifest(parent: Artifact, output: Path, fmt: str,
+                    parity: dict[str, ParityReport]) -> Manifest:
+    """The parent's manifest re-labelled as a ``fmt`` export of it, with the parity figures.
+
+    ``parent`` is stored relative to ``output`` (the staging directory beside it resolves
+    the same way), with a fingerprint that notices a later retraining of the parent.
+    """
+    return parent.manifest.replace(
+        format=fmt,
+        parent=os.path.relpath(parent.path.resolve(), Path(output).resolve()),
+        parent_fingerprint=fingerprint(parent.path),
+        parity={name: report.to_json() for name, report in parity.items()},
+    )

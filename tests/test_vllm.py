@@ -1,0 +1,132 @@
+"""The vllm backend and export: parity with PyTorch, same output columns, export round trip.
+
+Each ``vllm.LLM`` costs ~20-25 s to start on CPU, so the LLMs are module-scoped and few:
+one export (its parity check starts one), and one runner per (family, problem type).
+Without vLLM these tests skip, except under ``make test`` (CLSX_REQUIRE_VLLM=1), where a
+missing vLLM is a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from clsx.cli import main
+from clsx.pipeline import Pipeline
+from clsx.postprocess import probabilities
+from clsx.predict import BatchPredictConfig, batch_predict
+from clsx.runners import RunnerOptions
+from clsx.testing import build_tiny_classifier
+from tests.conftest import TEXTS, write_parquet
+
+if os.environ.get("CLSX_REQUIRE_VLLM") == "1":
+    import vllm  # noqa: F401  (make test: a missing vLLM must fail, not skip)
+else:
+    pytest.importorskip("vllm", reason="vLLM is not installed (make setup-vllm)")
+
+pytestmark = pytest.mark.vllm
+
+MULTI = "multi_label_classification"
+SINGLE = "single_label_classification"
+# Small engines (on CPU: KV cache of 1% of host RAM), as several live at once here.
+OPTIONS = RunnerOptions(memory_fraction=0.01)
+# The texts, repeated with a window that splits them unevenly, each with a null row.
+WINDOW_TEXTS = [*TEXTS, None] * 3
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[tuple[str, str], Path]:
+    """Tiny classifiers by (family, problem type)."""
+    root = tmp_path_factory.mktemp("vllm-models")
+    return {
+        (family, problem): build_tiny_classifier(
+            root / f"{family}-{problem}", family, problem_type=problem, seed=3
+        )
+        for family in ("qwen2", "llama")
+        for problem in (SINGLE, MULTI)
+    }
+
+
+@pytest.fixture(scope="module")
+def qwen2_export(models, tmp_path_factory) -> Path:
+    """The fp32 vllm export of the single-label Qwen2, made by the CLI (parity checked)."""
+    out = tmp_path_factory.mktemp("vllm-export") / "qwen2-vllm"
+    result = CliRunner().invoke(main, ["export", str(models["qwen2", SINGLE]), "--format",
+                                       "vllm", "--dtype", "fp32", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "parity fp32: 32 rows" in result.output
+    return out
+
+
+@pytest.fixture(scope="module")
+def pipelines(models, qwen2_export):
+    """A vllm Pipeline per (family, problem type), opened lazily and closed at the end.
+
+    The single-label Qwen2 runs from its export, the others straight from the checkpoint.
+    """
+    opened: dict[tuple[str, str], Pipeline] = {}
+
+    def get(key: tuple[str, str]) -> Pipeline:
+        if key not in opened:
+            source = qwen2_export if key == ("qwen2", SINGLE) else models[key]
+            opened[key] = Pipeline.open(source, "vllm", OPTIONS)
+        return opened[key]
+
+    yield get
+    for pipeline in opened.values():
+        pipeline.runner.close()
+
+
+@pytest.mark.parametrize("problem", [SINGLE, MULTI])
+@pytest.mark.parametrize("family", ["qwen2", "llama"])
+def test_vllm_matches_torch(family, problem, models, pipelines):
+    vllm_logits = pipelines((family, problem)).classify(WINDOW_TEXTS, window_rows=7)
+    torch_logits = Pipeline.open(models[family, problem], "torch").classify(
+        WINDOW_TEXTS, window_rows=5)
+    null = np.isnan(torch_logits).any(axis=1)
+    assert (np.isnan(vllm_logits).any(axis=1) == null).all() and null.sum() == 3
+    np.testing.assert_allclose(vllm_logits[~null], torch_logits[~null], atol=1e-4, rtol=0)
+    # Raw logits come back, so probs mean the same as for every other backend.
+    np.testing.assert_allclose(probabilities(vllm_logits[~null], problem),
+                               probabilities(torch_logits[~null], problem), atol=2e-5, rtol=0)
+
+
+def test_export_round_trip(qwen2_export, models, pipelines):
+    config = json.loads((qwen2_export / "config.json").read_text())
+    assert config["architectures"] == ["Qwen2ForSequenceClassification"]
+    assert config["problem_type"] == SINGLE and config["dtype"] == "float32"
+    assert config["id2label"] == {"0": "negative", "1": "neutral", "2": "positive"}
+    assert config["pad_token_id"] is not None
+    manifest = json.loads((qwen2_export / "clsx.json").read_text())
+    assert manifest["format"] == "vllm" and manifest["parent_fingerprint"]
+    assert (qwen2_export / manifest["parent"]).resolve() == models["qwen2", SINGLE].resolve()
+    assert manifest["parity"]["fp32"]["max_prob_diff"] < 2e-3
+    assert manifest["parity"]["fp32"]["label_agreement"] == 1.0
+    assert pipelines(("qwen2", SINGLE)).runner.description == "vllm (fp32, cpu)"
+    assert not [p for p in qwen2_export.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_batch_predict_columns_and_order_equal_torch(models, qwen2_export, pipelines,
+                                                     tmp_path, monkeypatch):
+    source = write_parquet(tmp_path / "in.parquet", WINDOW_TEXTS * 4)
+    torch_out = batch_predict(BatchPredictConfig(
+        input=str(source), output=tmp_path / "torch.parquet", model=models["qwen2", SINGLE],
+        backend="torch", window_rows=9, progress=False)).output
+    # The engine is already running in this module: batch-predict gets that pipeline.
+    cached = pipelines(("qwen2", SINGLE))
+    monkeypatch.setattr(Pipeline, "open", classmethod(lambda cls, *a, **k: cached))
+    vllm_out = batch_predict(BatchPredictConfig(
+        input=str(source), output=tmp_path / "vllm.parquet", model=qwen2_export,
+        backend="vllm", window_rows=9, progress=False)).output
+    expected, actual = pq.read_table(torch_out), pq.read_table(vllm_out)
+    assert actual.schema == expected.schema
+    assert actual["id"].equals(expected["id"]) and actual["label"].equals(expected["label"])
+    np.testing.assert_allclose(actual["score"].to_numpy(zero_copy_only=False),
+                               expected["score"].to_numpy(zero_copy_only=False), atol=2e-5)
+
