@@ -75,6 +75,23 @@ class BatchPredictConfig:
         if self.output_format is not None and self.output_format not in OUTPUT_FORMATS:
             raise ClsxError(f"--output-format must be one of {', '.join(OUTPUT_FORMATS)}")
 
+    def runner_options(self) -> RunnerOptions:
+        """How the backend should run: device, threads and the vLLM engine settings."""
+        return RunnerOptions(device=self.device, threads=self.threads, dtype=self.dtype,
+                             max_num_seqs=self.max_num_seqs,
+                             max_num_batched_tokens=self.max_num_batched_tokens,
+                             memory_fraction=self.memory_fraction)
+
+    def checked_input(self) -> tuple[ParquetInput, pa.Schema]:
+        """The validated input and the output schema; refuses an empty input and an OUT
+        that a later run over the same input would read."""
+        source = open_input(self.input, self.text_column, self.keep_columns)
+        if source.num_rows == 0:
+            raise ClsxError(f"input {self.input} has 0 rows; there is nothing to classify")
+        schema = output_schema(source, self.output_prefix)
+        check_output_location(self.output, self.input, source)
+        return source, schema
+
     def job(self, source: ParquetInput, model_fingerprint: str) -> dict[str, Any]:
         """Everything that decides OUT's content: a resume must match it exactly."""
         inputs = [[str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns]
@@ -131,21 +148,14 @@ def batch_predict(config: BatchPredictConfig) -> Summary:
     Work is committed in part files beside OUT (see :mod:`clsx.parts`), so a killed run
     continues with ``resume`` where it stopped.
     """
-    source = open_input(config.input, config.text_column, config.keep_columns)
-    if source.num_rows == 0:
-        raise ClsxError(f"input {config.input} has 0 rows; there is nothing to classify")
-    schema = output_schema(source, config.output_prefix)
-    check_output_location(config.output, config.input, source)
+    source, schema = config.checked_input()
     store = PartStore(config.output)
     if not _claim_output(config, store):
         return Summary(0, 0, 0, 0, 0.0, config.backend, config.output, already_complete=True)
     pipeline = Pipeline.open(
         config.model,
         config.backend,
-        RunnerOptions(device=config.device, threads=config.threads, dtype=config.dtype,
-                      max_num_seqs=config.max_num_seqs,
-                      max_num_batched_tokens=config.max_num_batched_tokens,
-                      memory_fraction=config.memory_fraction),
+        config.runner_options(),
         config.batch_tokens,
         config.max_length,
         allow_pickle=config.allow_pickle,

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from clsx.artifact import open_artifact
 from clsx.errors import ClsxError
-from clsx.parquet import ParquetInput, check_output_location, open_input, python_strings
+from clsx.parquet import ParquetInput, python_strings
 from clsx.pipeline import Pipeline
-from clsx.predict import BatchPredictConfig, Summary, output_arrays, output_schema
-from clsx.runners import RunnerOptions, physical_cores
+from clsx.predict import BatchPredictConfig, Summary, output_arrays
+from clsx.runners import backend_for, physical_cores
 from clsx.staging import staged_directory
 
 
@@ -45,7 +46,7 @@ class Predictor:
     def __init__(self, config: BatchPredictConfig, kept: list[str], schema: pa.Schema) -> None:
         self.pipeline = Pipeline.open(
             config.model, config.backend,
-            RunnerOptions(device=config.device, threads=config.threads or 1),
+            replace(config.runner_options(), threads=config.threads or 1),
             config.batch_tokens, config.max_length, allow_pickle=config.allow_pickle,
         )
         self.config = config
@@ -69,15 +70,11 @@ def ray_batch_predict(config: BatchPredictConfig, options: RayOptions) -> Summar
     if config.output_format == "file":
         raise ClsxError("--engine ray writes OUT as a dataset directory of Parquet parts; drop "
                         "--output-format file")
-    source = open_input(config.input, config.text_column, config.keep_columns)
-    if source.num_rows == 0:
-        raise ClsxError(f"input {config.input} has 0 rows; there is nothing to classify")
-    schema = output_schema(source, config.output_prefix)
-    check_output_location(config.output, config.input, source)
+    source, schema = config.checked_input()
     if config.output.is_file():
         raise ClsxError(f"output {config.output} is a file; --engine ray writes a directory")
-    Pipeline.open(config.model, config.backend, RunnerOptions(device="cpu"),
-                  allow_pickle=config.allow_pickle)  # fail here, not inside an actor
+    artifact = open_artifact(config.model, allow_pickle=config.allow_pickle)
+    backend_for(artifact, config.backend)  # a bad model or backend fails here, not in an actor
     started = time.perf_counter()
     _start_ray(ray, options.address, options.num_workers * (config.threads or 1))
     context = ray.data.DataContext.get_current()
