@@ -32,11 +32,16 @@ _PART_NAME = re.compile(r"^part-(\d{8})-(\d{8})\.parquet$")
 
 @dataclass(frozen=True)
 class Part:
-    """One committed part: windows ``first..last`` (inclusive) and its row count."""
+    """One committed part: windows ``first..last`` (inclusive)."""
 
     path: Path
     first: int
     last: int
+
+    @property
+    def rows(self) -> int:
+        """Its row count, from the Parquet footer."""
+        return pq.read_metadata(self.path).num_rows
 
 
 def parts_directory(output: Path) -> Path:
@@ -73,7 +78,7 @@ class PartStore:
         return found
 
     def committed_rows(self) -> int:
-        return sum(pq.read_metadata(part.path).num_rows for part in self.parts())
+        return sum(part.rows for part in self.parts())
 
     def start(self, job: dict[str, Any]) -> None:
         """Create the store for a new job, or check that an existing one is the same job."""

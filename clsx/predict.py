@@ -162,7 +162,7 @@ def batch_predict(config: BatchPredictConfig) -> Summary:
     )
     store.start(config.job(source, fingerprint(pipeline.artifact.path)))
     parts = store.parts()
-    resumed_rows = store.committed_rows()
+    resumed_rows = sum(part.rows for part in parts)
     started = time.perf_counter()
     counts = _Counts()
     if not store.is_done():
