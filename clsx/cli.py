@@ -184,7 +184,8 @@ def export_command(model_dir: Path, fmt: str, output: Path, dtype: str, no_parit
 @click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0.0,
               show_default=True, help="Ray: GPUs per replica (1 = one replica per GPU).")
 @click.option("--preserve-order", is_flag=True,
-              help="Ray: keep input order (part files sort in input order); slower.")
+              help="Ray: keep input order (parts of --part-rows rows, written in order by the "
+                   "driver); slower.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def batch_predict_command(input_path: str, output: Path, quiet: bool, engine: str,
                           address: str | None, num_workers: int, gpus_per_worker: float,

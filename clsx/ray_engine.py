@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from clsx.artifact import open_artifact
-from clsx.errors import ClsxError
+from clsx.errors import ClsxError, os_error
 from clsx.parquet import ParquetInput, python_strings
 from clsx.pipeline import Pipeline
 from clsx.predict import BatchPredictConfig, Summary, output_arrays
@@ -93,9 +94,12 @@ def ray_batch_predict(config: BatchPredictConfig, options: RayOptions) -> Summar
         num_gpus=options.gpus_per_worker or None,
     )
     with staged_directory(config.output, config.overwrite) as stage:
-        # OVERWRITE: the staging directory is new, and names need no write-uuid in them.
-        predicted.write_parquet(str(stage), filename_provider=_part_names(),
-                                mode=ray.data.SaveMode.OVERWRITE)
+        if options.preserve_order:
+            _write_in_order(predicted, stage, config.part_rows)
+        else:
+            # OVERWRITE: the staging directory is new, and names need no write-uuid in them.
+            predicted.write_parquet(str(stage), filename_provider=_part_names(),
+                                    mode=ray.data.SaveMode.OVERWRITE)
         rows = sum(pq.read_metadata(path).num_rows for path in stage.glob("*.parquet"))
     return Summary(rows, 0, 0, 0, time.perf_counter() - started,
                    f"{config.backend} on ray ({options.num_workers} workers)", config.output,
@@ -123,8 +127,7 @@ def _start_ray(ray, address: str | None, actor_cpus: int) -> None:
 
 
 def _part_names():
-    """File names ``part-000042.parquet`` that sort in write-task order, which is the input
-    order when ``preserve_order`` is on."""
+    """File names ``part-000042-0.parquet``, one per write task (in no particular order)."""
     from ray.data.datasource import FilenameProvider
 
     class PartNames(FilenameProvider):
@@ -132,6 +135,23 @@ def _part_names():
             return f"part-{task_index:06d}.parquet"
 
     return PartNames()
+
+
+def _write_in_order(predicted, stage: Path, part_rows: int) -> None:
+    """Write ``part-000000.parquet``, ``part-000001.parquet``, ... of ``part_rows`` rows each
+    from the driver, in the order Ray hands the rows out.
+
+    Ray Data documents input order under ``preserve_order`` for a dataset's consumer, not
+    for the names ``write_parquet`` gives its files (which once came out of order in CI),
+    so the ordered output is consumed, and written, here.
+    """
+    batches = predicted.iter_batches(batch_format="pyarrow", batch_size=part_rows)
+    for index, batch in enumerate(batches):
+        path = stage / f"part-{index:06d}.parquet"
+        try:
+            pq.write_table(batch, path)
+        except OSError as exc:
+            raise os_error("writing", path, exc) from exc
 
 
 def _import_ray():

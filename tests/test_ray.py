@@ -24,7 +24,8 @@ def test_two_ray_workers_write_what_the_local_engine_writes(tiny_models, tmp_pat
     local, on_ray = tmp_path / "local.parquet", tmp_path / "ray-out"
     assert predict(source, local, "-m", tiny_models["qwen2"]).exit_code == 0
     result = predict(source, on_ray, "-m", tiny_models["qwen2"], "--engine", "ray",
-                     "--num-workers", "2", "--preserve-order", "--window-rows", "256")
+                     "--num-workers", "2", "--preserve-order", "--window-rows", "256",
+                     "--part-rows", "1000")
     assert result.exit_code == 0, result.output
     parts = sorted(on_ray.glob("part-*.parquet"))
     assert len(parts) > 2
