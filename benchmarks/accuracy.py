@@ -36,6 +36,8 @@ class Experiment:
     train_args: tuple[str, ...]
     train_rows: int | None = None  # subsample the training split to keep minutes, not hours
     tune_threshold: bool = False  # multi-label: pick the threshold on dev, apply it to test
+    eval_args: tuple[str, ...] = ()  # extra `clsx eval` options (e.g. a long-text override)
+    test_rows: int | None = None  # subsample the test split too (bootstrap intervals say so)
 
 
 # Each returns (train, test, dev or None); without dev, clsx train holds out its own split.
@@ -88,6 +90,7 @@ def clsx(*args: object) -> None:
 def run(experiment: Experiment, root: Path) -> dict:
     train_table, test_table, dev_table = DATA[experiment.data]()
     train_table = realdata.sample(train_table, experiment.train_rows)
+    test_table = realdata.sample(test_table, experiment.test_rows)
     paths = {split: root / f"{experiment.name}-{split}.parquet"
              for split in ("train", "test", "dev")}
     pq.write_table(train_table, paths["train"])
@@ -105,10 +108,12 @@ def run(experiment: Experiment, root: Path) -> dict:
     if experiment.tune_threshold:
         dev_metrics = root / f"{experiment.name}-dev-metrics.json"
         clsx("eval", "--model", model, "--data", paths["dev"], "--json", dev_metrics,
-             "--tune-threshold")
+             "--tune-threshold", *experiment.eval_args)
         threshold = ["--threshold", json.loads(dev_metrics.read_text())["threshold"]]
     metrics_path = root / f"{experiment.name}-metrics.json"
-    clsx("eval", "--model", model, "--data", paths["test"], "--json", metrics_path, *threshold)
+    predictions = root / f"{experiment.name}-predictions.parquet"
+    clsx("eval", "--model", model, "--data", paths["test"], "--json", metrics_path,
+         "--predictions", predictions, *threshold, *experiment.eval_args)
     metrics = json.loads(metrics_path.read_text())
     epochs = float(experiment.train_args[experiment.train_args.index("--epochs") + 1])
     return {
@@ -119,6 +124,8 @@ def run(experiment: Experiment, root: Path) -> dict:
         "train_minutes": round(minutes, 2),
         "train_examples_per_s": round(train_table.num_rows * epochs / (minutes * 60), 1),
         "train_args": list(experiment.train_args),
+        "eval_args": list(experiment.eval_args),
+        "predictions": str(predictions),  # in ``root``: read it before ``root`` goes
     }
 
 
@@ -148,6 +155,8 @@ def main() -> None:
     previous = json.loads(results_path.read_text()) if results_path.exists() else []
     with tempfile.TemporaryDirectory(prefix="clsx-accuracy-") as temporary:
         fresh = [run(experiment, Path(temporary)) for experiment in chosen]
+    for result in fresh:
+        del result["predictions"]  # a file of the temporary folder
     names = {r["experiment"] for r in fresh}
     results = [r for r in previous if r["experiment"] not in names] + fresh
     results_path.parent.mkdir(exist_ok=True)

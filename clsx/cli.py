@@ -45,6 +45,35 @@ allow_pickle_option = click.option(
          "only).")
 
 
+def long_text_options(training: bool):
+    """``--long-text``, ``--window-stride``, ``--aggregate``: set by train (into the manifest),
+    overridden by eval and batch-predict (default there: the model's own setting)."""
+    from clsx.long_text import AGGREGATES, STRATEGIES
+
+    given = "" if training else " (default: the model's, from its clsx.json)"
+    options = [
+        click.option("--long-text", type=click.Choice(STRATEGIES),
+                     default="truncate" if training else None, show_default=training,
+                     help="Texts over --max-length tokens: truncate (keep the start), head-tail "
+                          "(keep the first quarter and last three quarters), window (classify "
+                          f"overlapping windows, combine per text){given}."),
+        click.option("--window-stride", type=click.IntRange(min=1),
+                     help=f"window: text tokens between window starts (default: 3/4 of a "
+                          f"window){given}."),
+        click.option("--aggregate", type=click.Choice(AGGREGATES),
+                     default="mean" if training else None, show_default=training,
+                     help=f"window: combine the windows' logits by mean, max or majority "
+                          f"vote{given}."),
+    ]
+
+    def decorate(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
 def _comma_list(_ctx, _param, value: str | None) -> tuple[str, ...] | None:
     if value is None:
         return None
@@ -152,7 +181,11 @@ def export_command(model_dir: Path, fmt: str, output: Path, dtype: str, no_parit
 @click.option("--window-rows", type=click.IntRange(min=1), default=4096, show_default=True,
               help="Rows tokenised and length-sorted together; bounds memory.")
 @click.option("--max-length", type=click.IntRange(min=1),
-              help="Truncate texts to this many tokens (default: the manifest's).")
+              help="Tokens per model input (default: the manifest's).")
+@long_text_options(training=False)
+@click.option("--windows-column", is_flag=True,
+              help="Add a 'windows' column: model inputs per row (>1 only with --long-text "
+                   "window; 0 for a null text).")
 @click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               default=0.5, show_default=True, help="Multi-label decision threshold.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
@@ -289,7 +322,8 @@ def bench_command(model: Path, data: Path, text_column: str, rows: int,
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--eval-batch-size", type=int, default=4, show_default=True)
 @click.option("--max-length", type=int, default=512, show_default=True,
-              help="Truncate inputs to this many tokens (also at predict time).")
+              help="Tokens per model input (also at predict time).")
+@long_text_options(training=True)
 @click.option("--lora-r", type=int, default=64, show_default=True)
 @click.option("--lora-alpha", type=int, default=128, show_default=True)
 @click.option("--lora-dropout", type=float, default=0.1, show_default=True)
@@ -344,11 +378,17 @@ def train_command(**options) -> None:
               help="Write the metrics as JSON (flat keys: accuracy, macro_f1, ...).")
 @click.option("--errors", "errors_path", type=click.Path(path_type=Path),
               help="Write misclassified rows, most confident first, to this Parquet file.")
+@click.option("--predictions", "predictions_path", type=click.Path(path_type=Path),
+              help="Write every row with its prediction and a 'correct' flag to this Parquet "
+                   "file (e.g. for bootstrap intervals).")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@long_text_options(training=False)
 @allow_pickle_option
 def eval_command(model: Path, data: Path, text_column: str, label_column: str,
                  label_separator: str, backend: str, threshold: float, tune_threshold: bool,
-                 json_path: Path | None, errors_path: Path | None, device: str,
+                 json_path: Path | None, errors_path: Path | None,
+                 predictions_path: Path | None, device: str,
+                 long_text: str | None, window_stride: int | None, aggregate: str | None,
                  allow_pickle: bool) -> None:
     """Metrics, per-class report and confusion matrix of MODEL on labelled DATA."""
     import pyarrow.parquet as pq
@@ -359,7 +399,9 @@ def eval_command(model: Path, data: Path, text_column: str, label_column: str,
 
     result = evaluate(model, data, text_column, label_column, backend, threshold,
                       tune_threshold, label_separator, RunnerOptions(device=device),
-                      allow_pickle=allow_pickle)
+                      allow_pickle=allow_pickle,
+                      long_text={"strategy": long_text, "stride": window_stride,
+                                 "aggregate": aggregate})
     click.echo(format_report(result.metrics))
     if json_path is not None:
         write_json(result.metrics, json_path)
@@ -367,6 +409,9 @@ def eval_command(model: Path, data: Path, text_column: str, label_column: str,
         errors = errors_table(result.predictions)
         pq.write_table(errors, errors_path)
         click.echo(f"Wrote {errors.num_rows} misclassified rows to {errors_path}", err=True)
+    if predictions_path is not None:
+        pq.write_table(result.predictions, predictions_path)
+        click.echo(f"Wrote {result.predictions.num_rows} rows to {predictions_path}", err=True)
 
 
 @main.command("models")

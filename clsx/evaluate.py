@@ -37,9 +37,14 @@ def evaluate(
     label_separator: str = ",",
     options: RunnerOptions | None = None,
     allow_pickle: bool = False,
+    long_text: dict[str, Any] | None = None,
 ) -> EvalResult:
-    """Classify ``data`` with ``model`` and score the predictions against its labels."""
-    pipeline = Pipeline.open(model, backend, options, allow_pickle=allow_pickle)
+    """Classify ``data`` with ``model`` and score the predictions against its labels.
+
+    ``long_text`` overrides the manifest's long-text setting (see :meth:`Pipeline.open`).
+    """
+    pipeline = Pipeline.open(model, backend, options, allow_pickle=allow_pickle,
+                             long_text=long_text)
     manifest = pipeline.artifact.manifest
     labelled = read_labelled(data, text_column, label_column, manifest.problem_type,
                              labels=manifest.labels, separator=label_separator)

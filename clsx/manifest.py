@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from clsx.errors import ClsxError
+from clsx.long_text import LongText
 
 MANIFEST_NAME = "clsx.json"
 MANIFEST_VERSION = 1
@@ -42,9 +43,10 @@ class Manifest:
 
     ``labels`` is in label-id order (``labels[i]`` is ``id2label[i]``). ``template`` is the
     exact input text with a ``{text}`` placeholder, applied identically at training and
-    predict time. ``parent`` is the path of the artifact this one was exported from,
-    relative to this directory, and ``parent_fingerprint`` lets a later run notice that it
-    was retrained. ``base_model`` and ``training`` record how ``clsx train`` made it.
+    predict time, as is ``long_text`` (what happens to texts longer than ``max_length``).
+    ``parent`` is the path of the artifact this one was exported from, relative to this
+    directory, and ``parent_fingerprint`` lets a later run notice that it was retrained.
+    ``base_model`` and ``training`` record how ``clsx train`` made it.
     """
 
     family: str
@@ -54,6 +56,7 @@ class Manifest:
     pad_token_id: int | None
     format: str = "torch"
     template: str | None = None
+    long_text: LongText = field(default_factory=LongText)
     parent: str | None = None
     parent_fingerprint: str | None = None
     parity: dict[str, Any] = field(default_factory=dict)
@@ -130,6 +133,7 @@ class Manifest:
             raise ClsxError(f"{path} has version {data['version']}; upgrade clsx to read it")
         try:
             data["labels"] = tuple(str(label) for label in data["labels"])
+            data["long_text"] = LongText(**data.get("long_text", {}))
             return cls(**data)
         except (KeyError, TypeError) as exc:
             raise ClsxError(f"{path} is incomplete ({exc}); re-create the artifact") from exc

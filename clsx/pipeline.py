@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
 from clsx.artifact import Artifact, open_artifact
+from clsx.long_text import LongText, combine
 from clsx.runners import RunnerOptions, load_runner
 from clsx.runners.base import Runner
 from clsx.scheduler import EncodedWindow, TextEncoder, predict_window_rows, prefetch
@@ -26,11 +27,12 @@ class Pipeline:
         runner: Runner,
         batch_tokens: int | None = None,
         max_length: int | None = None,
+        long_text: LongText | None = None,
     ) -> None:
         self.artifact = artifact
         self.runner = runner
         self.batch_tokens = batch_tokens or runner.batch_tokens
-        self.encoder = TextEncoder(artifact.tokenizer, artifact.manifest, max_length)
+        self.encoder = TextEncoder(artifact.tokenizer, artifact.manifest, max_length, long_text)
 
     @classmethod
     def open(
@@ -41,21 +43,30 @@ class Pipeline:
         batch_tokens: int | None = None,
         max_length: int | None = None,
         allow_pickle: bool = False,
+        long_text: dict[str, Any] | None = None,
     ) -> Pipeline:
         """Open a model directory with the given backend (``auto``: the one for its format).
 
         ``allow_pickle`` permits pickle (``.bin``) weights, which can run code when loaded.
+        ``long_text`` overrides fields of the manifest's :class:`LongText` (``strategy``,
+        ``stride``, ``aggregate``; None values keep the manifest's).
         """
         artifact = open_artifact(model, allow_pickle=allow_pickle)
         options = dataclasses.replace(options or RunnerOptions(), max_length=max_length)
-        return cls(artifact, load_runner(artifact, backend, options), batch_tokens, max_length)
+        long = artifact.manifest.long_text.override(**(long_text or {}))
+        return cls(artifact, load_runner(artifact, backend, options), batch_tokens, max_length,
+                   long)
 
     def logits(self, window: EncodedWindow) -> np.ndarray:
-        """Logits for an encoded window, rows in their original order (NaN for null texts)."""
-        return predict_window_rows(
-            window, self.runner.predict_rows, self.artifact.manifest.num_labels,
-            self.batch_tokens,
-        )
+        """Logits for an encoded window, rows in their original order (NaN for null texts);
+        a row cut into several pieces gets its pieces' logits combined."""
+        manifest = self.artifact.manifest
+        logits = predict_window_rows(window, self.runner.predict_rows, manifest.num_labels,
+                                     self.batch_tokens)
+        if window.pieces is None:
+            return logits
+        return combine(logits, window.pieces, self.encoder.long_text.aggregate,
+                       manifest.problem_type)
 
     def run(
         self, items: Iterable[tuple[T, Sequence[str | None]]]

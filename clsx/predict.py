@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ PREDICTION_FIELDS = (
 )
 
 
+WINDOWS_FIELD = "windows"  # --windows-column: model inputs per row
 OUTPUT_FORMATS = ("file", "dataset")
 PART_SECONDS = 120.0  # a part is committed at least this often, whatever --part-rows says
 
@@ -54,6 +55,10 @@ class BatchPredictConfig:
     batch_tokens: int | None = None
     window_rows: int = 4096
     max_length: int | None = None
+    long_text: str | None = None  # None: the manifest's long-text setting, field by field
+    window_stride: int | None = None
+    aggregate: str | None = None
+    windows_column: bool = False
     output_prefix: str = ""
     threshold: float = DEFAULT_THRESHOLD
     device: str = "auto"
@@ -82,13 +87,27 @@ class BatchPredictConfig:
                              max_num_batched_tokens=self.max_num_batched_tokens,
                              memory_fraction=self.memory_fraction)
 
+    def long_text_override(self) -> dict[str, Any]:
+        """The long-text fields given on the command line (None: the manifest's)."""
+        return {"strategy": self.long_text, "stride": self.window_stride,
+                "aggregate": self.aggregate}
+
+    def open_pipeline(self, threads: int | None = None) -> Pipeline:
+        """The model, backend and encoder these options ask for."""
+        options = self.runner_options()
+        if threads is not None:
+            options = replace(options, threads=threads)
+        return Pipeline.open(self.model, self.backend, options, self.batch_tokens,
+                             self.max_length, allow_pickle=self.allow_pickle,
+                             long_text=self.long_text_override())
+
     def checked_input(self) -> tuple[ParquetInput, pa.Schema]:
         """The validated input and the output schema; refuses an empty input and an OUT
         that a later run over the same input would read."""
         source = open_input(self.input, self.text_column, self.keep_columns)
         if source.num_rows == 0:
             raise ClsxError(f"input {self.input} has 0 rows; there is nothing to classify")
-        schema = output_schema(source, self.output_prefix)
+        schema = output_schema(source, self.output_prefix, self.windows_column)
         check_output_location(self.output, self.input, source)
         return source, schema
 
@@ -97,8 +116,8 @@ class BatchPredictConfig:
         inputs = [[str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns]
                   for path in source.files]
         options = ("backend", "text_column", "keep_columns", "window_rows", "batch_tokens",
-                   "max_length", "output_prefix", "threshold", "device", "threads",
-                   "output_format", "dtype")
+                   "max_length", "long_text", "window_stride", "aggregate", "windows_column",
+                   "output_prefix", "threshold", "device", "threads", "output_format", "dtype")
         return {"inputs": inputs, "model": str(self.model.resolve()),
                 "model_fingerprint": model_fingerprint,
                 **{name: _json_value(getattr(self, name)) for name in options}}
@@ -152,14 +171,7 @@ def batch_predict(config: BatchPredictConfig) -> Summary:
     store = PartStore(config.output)
     if not _claim_output(config, store):
         return Summary(0, 0, 0, 0, 0.0, config.backend, config.output, already_complete=True)
-    pipeline = Pipeline.open(
-        config.model,
-        config.backend,
-        config.runner_options(),
-        config.batch_tokens,
-        config.max_length,
-        allow_pickle=config.allow_pickle,
-    )
+    pipeline = config.open_pipeline()
     store.start(config.job(source, fingerprint(pipeline.artifact.path)))
     parts = store.parts()
     resumed_rows = sum(part.rows for part in parts)
@@ -222,10 +234,11 @@ def _predict_into_parts(config: BatchPredictConfig, source: ParquetInput, pipeli
             if writer is None:
                 writer, part_started = store.writer(index, schema), time.monotonic()
             arrays = output_arrays(batch, source.schema.names, logits, manifest,
-                                   config.threshold)
+                                   config.threshold,
+                                   window.inputs_per_row() if config.windows_column else None)
             writer.write(pa.RecordBatch.from_arrays(arrays, schema=schema))
             counts.rows += batch.num_rows
-            counts.null_rows += sum(1 for ids in window.ids if ids is None)
+            counts.null_rows += sum(1 for ids in window.ids if ids is None)  # one input each
             counts.truncated += window.truncated
             counts.tokens += window.tokens
             progress.update(batch.num_rows)
@@ -254,9 +267,11 @@ def _predict_into_parts(config: BatchPredictConfig, source: ParquetInput, pipeli
         progress.close()
 
 
-def output_schema(source: ParquetInput, prefix: str) -> pa.Schema:
+def output_schema(source: ParquetInput, prefix: str, windows_column: bool = False) -> pa.Schema:
     """The kept input columns followed by the (prefixed) prediction columns."""
     fields = [pa.field(prefix + name, arrow_type) for name, arrow_type in PREDICTION_FIELDS]
+    if windows_column:
+        fields.append(pa.field(prefix + WINDOWS_FIELD, pa.int32()))
     clashes = [f.name for f in fields if f.name in source.schema.names]
     if clashes:
         raise ClsxError(
@@ -267,10 +282,14 @@ def output_schema(source: ParquetInput, prefix: str) -> pa.Schema:
 
 
 def output_arrays(batch: pa.RecordBatch | pa.Table, kept: list[str], logits: np.ndarray,
-                  manifest: Manifest, threshold: float) -> list:
-    """The columns of one output batch: the kept input columns, then the predictions."""
-    columns = prediction_columns(logits, manifest, threshold)
-    return [batch.column(name) for name in kept] + list(columns.values())
+                  manifest: Manifest, threshold: float, windows: np.ndarray | None = None
+                  ) -> list:
+    """The columns of one output batch: the kept input columns, then the predictions (and
+    the model inputs per row, where ``windows`` is given)."""
+    columns = list(prediction_columns(logits, manifest, threshold).values())
+    if windows is not None:
+        columns.append(pa.array(windows, pa.int32()))
+    return [batch.column(name) for name in kept] + columns
 
 
 def _json_value(value: Any) -> Any:

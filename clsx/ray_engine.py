@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
@@ -19,7 +19,6 @@ import pyarrow.parquet as pq
 from clsx.artifact import open_artifact
 from clsx.errors import ClsxError, os_error
 from clsx.parquet import ParquetInput, python_strings
-from clsx.pipeline import Pipeline
 from clsx.predict import BatchPredictConfig, Summary, output_arrays
 from clsx.runners import backend_for, physical_cores
 from clsx.staging import staged_directory
@@ -45,20 +44,17 @@ class Predictor:
     """One model replica (a Ray actor): an Arrow batch in, its kept columns plus predictions out."""
 
     def __init__(self, config: BatchPredictConfig, kept: list[str], schema: pa.Schema) -> None:
-        self.pipeline = Pipeline.open(
-            config.model, config.backend,
-            replace(config.runner_options(), threads=config.threads or 1),
-            config.batch_tokens, config.max_length, allow_pickle=config.allow_pickle,
-        )
+        self.pipeline = config.open_pipeline(threads=config.threads or 1)
         self.config = config
         self.kept = kept
         self.schema = schema
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         texts = python_strings(batch.column(self.config.text_column), self.config.text_column)
-        logits = self.pipeline.logits(self.pipeline.encoder.encode(texts))
-        arrays = output_arrays(batch, self.kept, logits, self.pipeline.artifact.manifest,
-                               self.config.threshold)
+        window = self.pipeline.encoder.encode(texts)
+        arrays = output_arrays(batch, self.kept, self.pipeline.logits(window),
+                               self.pipeline.artifact.manifest, self.config.threshold,
+                               window.inputs_per_row() if self.config.windows_column else None)
         return pa.Table.from_arrays(arrays, schema=self.schema)
 
 

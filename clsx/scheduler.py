@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from clsx.errors import ClsxError
+from clsx.long_text import LongText
 from clsx.manifest import Manifest
 
 T = TypeVar("T")
@@ -23,28 +25,52 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class EncodedWindow:
-    """Token ids for one window of rows; None where the text was null."""
+    """Token ids for one window of rows: one model input per row, or several per long row.
+
+    ``ids`` holds the model inputs in row order, None where the text was null. ``pieces[i]``
+    is how many consecutive inputs row ``i`` has (``--long-text window``); None means exactly
+    one each.
+    """
 
     ids: list[list[int] | None]
     truncated: int
+    pieces: np.ndarray | None = None
 
     @property
     def tokens(self) -> int:
         return sum(len(row) for row in self.ids if row is not None)
 
+    @property
+    def rows(self) -> int:
+        return len(self.ids) if self.pieces is None else len(self.pieces)
+
+    def inputs_per_row(self) -> np.ndarray:
+        """How many model inputs each row became: 0 for a null text, else 1 or its windows."""
+        counts = np.ones(self.rows, np.int32) if self.pieces is None else (
+            self.pieces.astype(np.int32))
+        starts = np.cumsum(counts) - counts
+        counts[[self.ids[start] is None for start in starts]] = 0
+        return counts
+
 
 class TextEncoder:
-    """Applies the manifest's template and truncation, exactly as at training time."""
+    """Applies the manifest's template and long-text strategy, exactly as at training time."""
 
-    def __init__(self, tokenizer: Any, manifest: Manifest, max_length: int | None = None) -> None:
+    def __init__(self, tokenizer: Any, manifest: Manifest, max_length: int | None = None,
+                 long_text: LongText | None = None) -> None:
         self.tokenizer = tokenizer
         self.template = manifest.template
         self.max_length = max_length or manifest.max_length
+        self.long_text = long_text or manifest.long_text
+        # Where the text starts in the templated string: tokens from there on are the text's.
+        self.text_start = len(self.template.partition("{text}")[0]) if self.template else 0
         # An empty text still needs one position to pool: the pad token, attended to.
         self.empty = [manifest.padding_id]
 
     def encode(self, texts: Sequence[str | None]) -> EncodedWindow:
         """Tokenise a window of texts in one batched call of the fast tokenizer."""
+        if self.long_text.strategy != "truncate":
+            return self._encode_pieces(texts)
         present = [i for i, text in enumerate(texts) if text is not None]
         ids: list[list[int] | None] = [None] * len(texts)
         if not present:
@@ -61,6 +87,39 @@ class TextEncoder:
         for i, row in zip(present, encoded["input_ids"], strict=True):
             ids[i] = row or self.empty
         return EncodedWindow(ids, truncated)
+
+    def _encode_pieces(self, texts: Sequence[str | None]) -> EncodedWindow:
+        """``head-tail`` and ``window``: tokenise whole, then cut only the text's own tokens,
+        keeping the template's (and the special) tokens around every piece."""
+        present = [i for i, text in enumerate(texts) if text is not None]
+        encoded = self.tokenizer(
+            [self._apply_template(texts[i]) for i in present],
+            return_offsets_mapping=True,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        ) if present else {"input_ids": [], "offset_mapping": []}
+        rows: dict[int, list[list[int]]] = {}
+        truncated = 0
+        for i, row, offsets in zip(present, encoded["input_ids"], encoded["offset_mapping"],
+                                   strict=True):
+            spans = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+            end = self.text_start + len(texts[i])
+            inside = np.flatnonzero((spans[:, 1] > self.text_start) & (spans[:, 0] < end))
+            first, last = (int(inside[0]), int(inside[-1]) + 1) if len(inside) else (len(row),) * 2
+            room = self.max_length - first - (len(row) - last)
+            if room < 1:
+                raise ClsxError(f"the template takes {first + len(row) - last} of the "
+                                f"{self.max_length} tokens of max_length; no room is left for "
+                                "the text")
+            pieces = self.long_text.cut(row[first:last], room)
+            truncated += self.long_text.strategy == "head-tail" and last - first > room
+            rows[i] = [row[:first] + piece + row[last:] or self.empty for piece in pieces]
+        ids: list[list[int] | None] = []
+        counts = np.ones(len(texts), dtype=np.int64)
+        for i in range(len(texts)):
+            ids.extend(rows.get(i, [None]))
+            counts[i] = len(rows.get(i, [None]))
+        return EncodedWindow(ids, truncated, counts if len(ids) != len(texts) else None)
 
     def _apply_template(self, text: str | None) -> str:
         return self.template.replace("{text}", text) if self.template else text

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from clsx.errors import ClsxError
+from clsx.long_text import LongText
 from clsx.manifest import PROBLEM_TYPES
 
 DECODER_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -41,6 +42,9 @@ class TrainConfig:
     batch_size: int = 8
     eval_batch_size: int = 4
     max_length: int = 512
+    long_text: str = "truncate"
+    window_stride: int | None = None
+    aggregate: str = "mean"
     lora_r: int = 64
     lora_alpha: int = 128
     lora_dropout: float = 0.1
@@ -77,8 +81,14 @@ class TrainConfig:
             raise ClsxError(f"--eval-fraction must be in (0, 1), got {self.eval_fraction}")
         if self.template is not None and "{text}" not in self.template:
             raise ClsxError(f"--template {self.template!r} has no {{text}} placeholder")
+        _ = self.long_text_setting  # fails on a bad --long-text, --window-stride, --aggregate
         if self.label_descriptions is not None and not Path(self.label_descriptions).is_file():
             raise ClsxError(f"--label-descriptions file {self.label_descriptions} does not exist")
+
+    @property
+    def long_text_setting(self) -> LongText:
+        """What happens to texts over ``max_length`` tokens, in training and in the manifest."""
+        return LongText(self.long_text, self.window_stride, self.aggregate)
 
     def targets_for(self, is_decoder: bool) -> list[str]:
         """LoRA target modules: the given ones, or the seed's defaults for the family."""

@@ -23,10 +23,11 @@ import torch
 from clsx.artifact import pad_token_id, save_artifact
 from clsx.data import LabelledData, read_labelled
 from clsx.errors import ClsxError
+from clsx.long_text import combine
 from clsx.manifest import Manifest, check_family
 from clsx.metrics import compute_metrics, scalar_metrics, tune_threshold
 from clsx.models import resolve_model
-from clsx.scheduler import TextEncoder, pad
+from clsx.scheduler import EncodedWindow, TextEncoder, pad
 from clsx.staging import staged_directory
 from clsx.train.config import TrainConfig
 from clsx.train.prompt import build_template, read_label_descriptions
@@ -44,11 +45,23 @@ class TrainResult:
 
 
 class EncodedDataset(torch.utils.data.Dataset):
-    """Token ids and targets, encoded once by the same encoder that predicts later."""
+    """Token ids and targets, encoded once by the same encoder that predicts later.
 
-    def __init__(self, ids: list[list[int]], targets: np.ndarray) -> None:
+    With ``--long-text window`` a text is several rows (its windows), each with the text's
+    target; ``pieces`` says how many, so that evaluation can combine them per text.
+    """
+
+    def __init__(self, ids: list[list[int]], targets: np.ndarray,
+                 pieces: np.ndarray | None = None) -> None:
         self.ids = ids
         self.targets = targets
+        self.pieces = pieces
+
+    @classmethod
+    def of(cls, encoded: EncodedWindow, targets: np.ndarray) -> EncodedDataset:
+        if encoded.pieces is None:
+            return cls(encoded.ids, targets)
+        return cls(encoded.ids, np.repeat(targets, encoded.pieces, axis=0), encoded.pieces)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -100,8 +113,8 @@ def train(config: TrainConfig) -> TrainResult:
     if config.method == "lora":
         model = _with_lora(model, config, manifest.is_decoder)
     encoder = TextEncoder(tokenizer, manifest)
-    train_set = EncodedDataset(encoder.encode(train_data.texts).ids, train_data.targets)
-    eval_set = EncodedDataset(encoder.encode(eval_data.texts).ids, eval_data.targets)
+    train_set = EncodedDataset.of(encoder.encode(train_data.texts), train_data.targets)
+    eval_set = EncodedDataset.of(encoder.encode(eval_data.texts), eval_data.targets)
     trainer = _trainer(model, config, manifest, work, train_set, eval_set)
     interrupted = _stop_on_interrupt(trainer)
     # Signal handlers can only be installed from the main thread (the CLI's case).
@@ -198,6 +211,7 @@ def _manifest(config: TrainConfig, family: str, labels: tuple[str, ...], tokeniz
         max_length=config.max_length,
         pad_token_id=pad_token_id(family, tokenizer),
         template=template,
+        long_text=config.long_text_setting,
         base_model=config.model,
     )
 
@@ -246,12 +260,16 @@ def _trainer(model: Any, config: TrainConfig, manifest: Manifest, work: Path,
     def metrics(prediction) -> dict[str, float]:
         logits = prediction.predictions
         logits = np.asarray(logits[0] if isinstance(logits, tuple) else logits, np.float32)
+        targets = prediction.label_ids
+        if eval_set.pieces is not None:  # one row per text, as eval and predict will see it
+            logits = combine(logits, eval_set.pieces, config.aggregate, config.problem_type)
+            targets = targets[np.cumsum(eval_set.pieces) - eval_set.pieces]
         threshold = 0.5
         if config.problem_type == "multi_label_classification":
             # Rare labels stay below 0.5 for a while; judge each epoch at its best threshold
             # so that the kept epoch is not chosen by an arbitrary cut-off.
-            threshold = tune_threshold(logits, prediction.label_ids)
-        return scalar_metrics(compute_metrics(logits, prediction.label_ids,
+            threshold = tune_threshold(logits, targets)
+        return scalar_metrics(compute_metrics(logits, targets,
                                               config.problem_type, manifest.labels, threshold))
 
     return Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
