@@ -233,7 +233,8 @@ def batch_predict_command(input_path: str, output: Path, quiet: bool, engine: st
                       the predicted value)
       probs  list<float32>  softmax (single-label) or sigmoid (multi-label) per label id
     Rows keep their input order. A null text keeps its row with null label/score/probs; an
-    empty text is classified; texts longer than max_length are truncated and counted.
+    empty text is classified; texts longer than max_length are truncated and counted, or
+    cut by --long-text (window: classified window by window, combined per row).
 
     \b
     Work is saved in parts in OUT.parts/ as it goes; if the run is killed (even kill -9),
@@ -319,6 +320,9 @@ def bench_command(model: Path, data: Path, text_column: str, rows: int,
 @click.option("--method", type=click.Choice(["lora", "full"]), default="lora", show_default=True)
 @click.option("--epochs", type=float, default=3.0, show_default=True)
 @click.option("--lr", type=float, default=5e-5, show_default=True)
+@click.option("--warmup", type=float, default=0.1, show_default=True,
+              help="Share of the steps over which the learning rate rises linearly from 0 "
+                   "(full fine-tuning at a high --lr collapses without it).")
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--eval-batch-size", type=int, default=4, show_default=True)
 @click.option("--max-length", type=int, default=512, show_default=True,

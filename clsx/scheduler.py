@@ -114,11 +114,9 @@ class TextEncoder:
             pieces = self.long_text.cut(row[first:last], room)
             truncated += self.long_text.strategy == "head-tail" and last - first > room
             rows[i] = [row[:first] + piece + row[last:] or self.empty for piece in pieces]
-        ids: list[list[int] | None] = []
-        counts = np.ones(len(texts), dtype=np.int64)
-        for i in range(len(texts)):
-            ids.extend(rows.get(i, [None]))
-            counts[i] = len(rows.get(i, [None]))
+        per_row = [rows.get(i, [None]) for i in range(len(texts))]  # a null text: one None
+        ids = [piece for pieces in per_row for piece in pieces]
+        counts = np.array([len(pieces) for pieces in per_row], dtype=np.int64)
         return EncodedWindow(ids, truncated, counts if len(ids) != len(texts) else None)
 
     def _apply_template(self, text: str | None) -> str:

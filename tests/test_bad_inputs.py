@@ -140,6 +140,9 @@ BAD = {
     "predict: OUT matches the input glob": (
         lambda e: ["batch-predict", e.tmp / "*.parquet", e.tmp / "out.parquet", "-m", e.model],
         "matches the input pattern"),
+    "predict: window stride longer than a window": (
+        lambda e: e.predict(e.texts, "--long-text", "window", "--window-stride", "100000"),
+        "longer than a window"),
     # batch-predict: the model directory
     "predict: model without config": (
         lambda e: (e.model / "config.json").unlink() or e.predict(e.texts), "has no config.json"),
@@ -183,6 +186,9 @@ BAD = {
     "train: zero-row file": (lambda e: e.train(labelled(e, [], LABELS)), "has 0 rows"),
     "train: int text column": (lambda e: e.train(labelled(e, [1, 2, 3, 4], LABELS)),
                                "holds int64, not text"),
+    "train: warmup of a whole run": (
+        lambda e: e.train(labelled(e, SENTIMENT, LABELS), "--warmup", "1.5"),
+        "--warmup must be in [0, 1)"),
     "train: unknown file type": (
         lambda e: e.train((e.tmp / "d.txt").write_text("x") and e.tmp / "d.txt"), ".txt"),
     "train: template without text": (

@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from clsx.cli import main
+from clsx.long_text import LongText
 from clsx.pipeline import Pipeline
 from clsx.postprocess import probabilities
 from clsx.predict import BatchPredictConfig, batch_predict
@@ -130,3 +131,14 @@ def test_batch_predict_columns_and_order_equal_torch(models, qwen2_export, pipel
     np.testing.assert_allclose(actual["score"].to_numpy(zero_copy_only=False),
                                expected["score"].to_numpy(zero_copy_only=False), atol=2e-5)
 
+
+
+def test_long_text_windows_on_vllm_equal_torch(models, pipelines):
+    texts = [" ".join(f"word{i % 13}" for i in range(120)), "short", None]
+    window = LongText("window", stride=8)
+    torch = Pipeline.open(models["qwen2", SINGLE], "torch", max_length=16,
+                          long_text={"strategy": "window", "stride": 8})
+    cached = pipelines(("qwen2", SINGLE))
+    on_vllm = Pipeline(cached.artifact, cached.runner, max_length=16, long_text=window)
+    assert on_vllm.encoder.encode(texts).pieces[0] > 5
+    np.testing.assert_allclose(on_vllm.classify(texts), torch.classify(texts), atol=2e-5)

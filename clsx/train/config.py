@@ -39,6 +39,7 @@ class TrainConfig:
     method: str = "lora"
     epochs: float = 3.0
     lr: float = 5e-5
+    warmup: float = 0.1
     batch_size: int = 8
     eval_batch_size: int = 4
     max_length: int = 512
@@ -75,6 +76,8 @@ class TrainConfig:
         for name, value in positive.items():
             if value <= 0:
                 raise ClsxError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+        if not 0 <= self.warmup < 1:
+            raise ClsxError(f"--warmup must be in [0, 1), got {self.warmup}")
         if not 0 <= self.lora_dropout < 1:
             raise ClsxError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
         if not 0 < self.eval_fraction < 1:

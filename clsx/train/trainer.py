@@ -238,6 +238,7 @@ def _trainer(model: Any, config: TrainConfig, manifest: Manifest, work: Path,
     args = TrainingArguments(
         output_dir=str(work),
         learning_rate=config.lr,
+        warmup_steps=config.warmup,  # a float below 1 is a share of the steps
         per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.eval_batch_size,
         num_train_epochs=config.epochs,
