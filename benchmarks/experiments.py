@@ -202,7 +202,6 @@ def _register_pseudo_labelling(root: Path) -> None:
 def run_with_interval(experiment: Experiment, root: Path) -> dict:
     """One run, its bootstrap intervals and the claim it belongs to."""
     train_args = tuple(a.replace("{root}", str(root)) for a in experiment.train_args)
-    (root / "trec-descriptions.json").write_text(json.dumps(TREC_DESCRIPTIONS))
     result = run(replace(experiment, train_args=train_args), root)
     result["train_args"] = list(experiment.train_args)
     multi_label = "multi_label" in experiment.train_args
@@ -272,6 +271,7 @@ def main() -> None:
     (HERE / "EXPERIMENTS.md").write_text(markdown(results))
     with tempfile.TemporaryDirectory(prefix="clsx-experiments-") as temporary:
         root = Path(temporary)
+        (root / "trec-descriptions.json").write_text(json.dumps(TREC_DESCRIPTIONS))
         _register_pseudo_labelling(root)
         for experiment in _with_pseudo_labeller_first(chosen):
             results[experiment.name] = run_with_interval(experiment, root)

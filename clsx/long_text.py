@@ -80,6 +80,11 @@ class LongText:
         return starts
 
 
+def first_inputs(counts: np.ndarray) -> np.ndarray:
+    """Where each text's first input is, given the number of inputs of each text."""
+    return (np.cumsum(counts) - counts).astype(np.int64)
+
+
 def combine(logits: np.ndarray, counts: np.ndarray, how: str, problem_type: str) -> np.ndarray:
     """One row of logits per text from ``counts[i]`` consecutive rows (its windows) each.
 
@@ -87,7 +92,7 @@ def combine(logits: np.ndarray, counts: np.ndarray, how: str, problem_type: str)
     """
     if len(logits) == len(counts):
         return logits
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    starts = first_inputs(counts)
     if how == "max":
         return np.maximum.reduceat(logits, starts, axis=0)
     if how == "mean":

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from clsx.errors import ClsxError
-from clsx.long_text import LongText
+from clsx.long_text import LongText, first_inputs
 from clsx.manifest import Manifest
 
 T = TypeVar("T")
@@ -48,8 +48,7 @@ class EncodedWindow:
         """How many model inputs each row became: 0 for a null text, else 1 or its windows."""
         counts = np.ones(self.rows, np.int32) if self.pieces is None else (
             self.pieces.astype(np.int32))
-        starts = np.cumsum(counts) - counts
-        counts[[self.ids[start] is None for start in starts]] = 0
+        counts[[self.ids[start] is None for start in first_inputs(counts)]] = 0
         return counts
 
 

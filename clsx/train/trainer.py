@@ -23,7 +23,7 @@ import torch
 from clsx.artifact import pad_token_id, save_artifact
 from clsx.data import LabelledData, read_labelled
 from clsx.errors import ClsxError
-from clsx.long_text import combine
+from clsx.long_text import combine, first_inputs
 from clsx.manifest import Manifest, check_family
 from clsx.metrics import compute_metrics, scalar_metrics, tune_threshold
 from clsx.models import resolve_model
@@ -264,7 +264,7 @@ def _trainer(model: Any, config: TrainConfig, manifest: Manifest, work: Path,
         targets = prediction.label_ids
         if eval_set.pieces is not None:  # one row per text, as eval and predict will see it
             logits = combine(logits, eval_set.pieces, config.aggregate, config.problem_type)
-            targets = targets[np.cumsum(eval_set.pieces) - eval_set.pieces]
+            targets = targets[first_inputs(eval_set.pieces)]
         threshold = 0.5
         if config.problem_type == "multi_label_classification":
             # Rare labels stay below 0.5 for a while; judge each epoch at its best threshold
