@@ -322,7 +322,7 @@ def bench_command(model: Path, data: Path, text_column: str, rows: int,
 @click.option("--lr", type=float, default=5e-5, show_default=True)
 @click.option("--warmup", type=float, default=0.1, show_default=True,
               help="Share of the steps over which the learning rate rises linearly from 0 "
-                   "(full fine-tuning at a high --lr collapses without it).")
+                   "(the usual BERT fine-tuning recipe; 0 turns it off).")
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--eval-batch-size", type=int, default=4, show_default=True)
 @click.option("--max-length", type=int, default=512, show_default=True,
