@@ -25,7 +25,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from clsx.bench import machine_description
+from clsx.hardware import machine_description
 from clsx.manifest import DECODER_FAMILIES
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -45,24 +45,39 @@ def clsx(*args: object) -> str:
     return done.stdout + done.stderr
 
 
-def default_models(root: Path) -> dict[str, Path]:
-    """A tiny random Qwen2 classifier and MiniLM-L6 with an untrained 2-label head."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def untrained_classifier(alias: str, directory: Path, max_length: int = 128) -> Path:
+    """A bundled base model (``clsx models``) with an untrained 2-label head, saved as a clsx
+    model directory: speed does not depend on the head."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-    from clsx.artifact import save_artifact
+    from clsx.artifact import pad_token_id, save_artifact
     from clsx.manifest import Manifest
     from clsx.models import resolve_model
+
+    torch.manual_seed(0)
+    base = resolve_model(alias)
+    family = AutoConfig.from_pretrained(base).model_type
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    labels = ("negative", "positive")
+    model = AutoModelForSequenceClassification.from_pretrained(
+        base, num_labels=2, id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)})
+    manifest = Manifest(family=family, labels=labels,
+                        problem_type="single_label_classification", max_length=max_length,
+                        pad_token_id=pad_token_id(family, tokenizer), base_model=alias)
+    model.config.pad_token_id = manifest.pad_token_id
+    save_artifact(model.eval(), tokenizer, directory, manifest)
+    return directory
+
+
+def default_models(root: Path) -> dict[str, Path]:
+    """A tiny random Qwen2 classifier and MiniLM-L6 with an untrained 2-label head."""
     from clsx.testing import build_tiny_classifier
 
     tiny = build_tiny_classifier(root / "tiny-qwen2", "qwen2", labels=("negative", "positive"),
                                  max_length=128)
-    base = resolve_model("minilm-l6")
-    model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=2)
-    manifest = Manifest(family="bert", labels=("negative", "positive"),
-                        problem_type="single_label_classification", max_length=128,
-                        pad_token_id=0, base_model="minilm-l6")
-    save_artifact(model.eval(), AutoTokenizer.from_pretrained(base), root / "minilm", manifest)
-    return {"tiny-qwen2": tiny, "minilm-l6": root / "minilm"}
+    return {"tiny-qwen2": tiny, "minilm-l6": untrained_classifier("minilm-l6", root / "minilm")}
 
 
 def labels(path: Path) -> list:

@@ -24,7 +24,7 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from clsx.bench import machine_description
+from clsx.hardware import machine_description
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from realdata import sst2  # noqa: E402

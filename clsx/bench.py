@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +21,10 @@ from clsx.manifest import Manifest
 from clsx.pipeline import Pipeline
 from clsx.runners import RunnerOptions
 
-VARIANTS = ("torch", "onnx", "onnx-int8")
+VARIANTS = ("torch", "torch-bf16", "onnx", "onnx-int8")
 REFERENCE = "torch"
+# torch variants run the model directory itself in a dtype; the others run an export.
+TORCH_DTYPES = {"torch": "fp32", "torch-bf16": "bf16"}
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,9 @@ def run_bench(
 ) -> list[BenchRow]:
     """Measure each variant on ``texts``; torch fp32 always runs first as the reference.
 
+    ``torch-bf16`` runs the same model directory in bf16 (native with AMX / AVX-512 BF16,
+    emulated and slower than fp32 elsewhere).
+
     ONNX variants are exported on the fly into ``exports_dir`` (a temporary directory when
     None) and reused there when the parent model has not changed.
     """
@@ -63,12 +68,15 @@ def run_bench(
         reference: np.ndarray | None = None
         rows: list[BenchRow] = []
         for variant in ordered:
-            directory = (
-                model_dir if variant == REFERENCE else _export(model_dir, variant, cache, log)
-            )
+            if variant in TORCH_DTYPES:
+                directory, backend = model_dir, "torch"
+                variant_options = replace(options or RunnerOptions(), dtype=TORCH_DTYPES[variant])
+            else:
+                directory, backend = _export(model_dir, variant, cache, log), "onnx"
+                variant_options = options
             log(f"bench: running {variant} on {len(texts)} rows")
             with _peak_rss() as peak:
-                pipeline = Pipeline.open(directory, "auto", options, batch_tokens)
+                pipeline = Pipeline.open(directory, backend, variant_options, batch_tokens)
                 pipeline.classify(texts[:64])  # warm-up: first-call allocations and kernels
                 started = time.perf_counter()
                 logits, tokens = pipeline.classify_counting(texts)
@@ -109,23 +117,6 @@ def format_table(rows: Sequence[BenchRow]) -> str:
              for line in [header, *body]]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
-
-
-def machine_description() -> str:
-    """CPU model, core count and the vector extensions that decide CPU speed here."""
-    import os
-    import platform
-
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines()
-    except OSError:
-        cpuinfo = []
-    model = next((line.split(":", 1)[1].strip() for line in cpuinfo
-                  if line.startswith("model name")), platform.processor() or platform.machine())
-    flags = next((set(line.split(":", 1)[1].split()) for line in cpuinfo
-                  if line.startswith("flags")), set())
-    vector = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{model}, {os.cpu_count()} cores, {'/'.join(vector) or 'no AVX2'}"
 
 
 def write_json(results: Sequence[BenchRow], path: Path, **context: object) -> None:

@@ -22,7 +22,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
 BACKENDS = ("auto", "torch", "onnx", "vllm")
-DTYPES = ("fp32", "bf16")
+DTYPES = ("fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -39,6 +39,10 @@ class ClsxGroup(click.Group):
             sys.exit(130)
 
 
+threshold_option = click.option(
+    "--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    help="Multi-label: one decision threshold for every label (default: the per-label "
+         "thresholds clsx train tuned on its eval split, stored in clsx.json; else 0.5).")
 allow_pickle_option = click.option(
     "--allow-pickle", is_flag=True,
     help="Accept pickle (.bin) weights, which can run code when loaded (default: safetensors "
@@ -103,7 +107,7 @@ def main() -> None:
                                       "vllm: a directory vLLM's pooling runner loads.")
 @click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
               help="Directory to create (model.onnx or weights, tokenizer, config, clsx.json).")
-@click.option("--dtype", type=click.Choice(DTYPES), default="bf16", show_default=True,
+@click.option("--dtype", type=click.Choice(["bf16", "fp32"]), default="bf16", show_default=True,
               help="vllm only: dtype of the saved weights.")
 @click.option("--no-parity", is_flag=True,
               help="vllm only: skip loading the export in vLLM to check it (e.g. where vLLM "
@@ -186,12 +190,14 @@ def export_command(model_dir: Path, fmt: str, output: Path, dtype: str, no_parit
 @click.option("--windows-column", is_flag=True,
               help="Add a 'windows' column: model inputs per row (>1 only with --long-text "
                    "window; 0 for a null text).")
-@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              default=0.5, show_default=True, help="Multi-label decision threshold.")
+@threshold_option
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), help="Compute threads (default: cores).")
 @click.option("--dtype", type=click.Choice(DTYPES),
-              help="vllm backend: compute dtype (default: the weights' dtype).")
+              help="torch and vllm backends: compute dtype. Default for torch: fp32, or with "
+                   "--backend auto the fastest dtype whose probabilities stay within 5e-2 of "
+                   "fp32 on this machine (bf16 where the CPU has AMX / AVX-512 BF16, or on a "
+                   "GPU); for vllm: the weights' dtype. fp16 needs a GPU.")
 @click.option("--max-num-seqs", type=click.IntRange(min=1),
               help="vllm backend: most sequences per engine step (default: vLLM's).")
 @click.option("--max-num-batched-tokens", type=click.IntRange(min=1),
@@ -227,7 +233,7 @@ def batch_predict_command(input_path: str, output: Path, quiet: bool, engine: st
 
     \b
     OUT holds the input columns (or --keep-columns) plus:
-      label  string   the predicted label (multi-label: labels >= --threshold, comma-joined;
+      label  string   the predicted label (multi-label: labels >= their threshold, comma-joined;
                       regression: null)
       score  float32  the probability of that label (multi-label: the highest; regression:
                       the predicted value)
@@ -270,7 +276,9 @@ def batch_predict_command(input_path: str, output: Path, quiet: bool, engine: st
 @click.option("--rows", type=click.IntRange(min=1), default=2000, show_default=True,
               help="Rows of --data to run through each backend.")
 @click.option("--backends", default="torch,onnx,onnx-int8", show_default=True,
-              callback=_comma_list, help="Comma-separated: torch, onnx, onnx-int8.")
+              callback=_comma_list,
+              help="Comma-separated: torch, torch-bf16, onnx, onnx-int8 (torch-bf16 is fast "
+                   "only on CPUs with AMX or AVX-512 BF16, and on GPUs).")
 @click.option("--exports-dir", type=click.Path(path_type=Path),
               help="Keep (and reuse) the ONNX exports here instead of a temporary directory.")
 @click.option("--batch-tokens", type=click.IntRange(min=1))
@@ -285,8 +293,9 @@ def bench_command(model: Path, data: Path, text_column: str, rows: int,
     Prints rows/s, tokens/s, peak RSS, label agreement and max |logit diff| versus the
     torch fp32 baseline, which always runs first.
     """
-    from clsx.bench import format_table, machine_description, run_bench, write_json
+    from clsx.bench import format_table, run_bench, write_json
     from clsx.data import read_texts
+    from clsx.hardware import machine_description
     from clsx.runners import RunnerOptions
 
     texts = read_texts(data, text_column, rows)
@@ -374,8 +383,7 @@ def train_command(**options) -> None:
 @click.option("--label-column", default="label", show_default=True)
 @click.option("--label-separator", default=",", show_default=True)
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
-@click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              default=0.5, show_default=True, help="Multi-label decision threshold.")
+@threshold_option
 @click.option("--tune-threshold", is_flag=True,
               help="Multi-label: pick the threshold that maximises macro-F1 on --data.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path),
@@ -389,7 +397,8 @@ def train_command(**options) -> None:
 @long_text_options(training=False)
 @allow_pickle_option
 def eval_command(model: Path, data: Path, text_column: str, label_column: str,
-                 label_separator: str, backend: str, threshold: float, tune_threshold: bool,
+                 label_separator: str, backend: str, threshold: float | None,
+                 tune_threshold: bool,
                  json_path: Path | None, errors_path: Path | None,
                  predictions_path: Path | None, device: str,
                  long_text: str | None, window_stride: int | None, aggregate: str | None,

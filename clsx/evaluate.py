@@ -32,7 +32,7 @@ def evaluate(
     text_column: str = "text",
     label_column: str = "label",
     backend: str = "auto",
-    threshold: float = 0.5,
+    threshold: float | None = None,
     tune: bool = False,
     label_separator: str = ",",
     options: RunnerOptions | None = None,
@@ -42,6 +42,8 @@ def evaluate(
     """Classify ``data`` with ``model`` and score the predictions against its labels.
 
     ``long_text`` overrides the manifest's long-text setting (see :meth:`Pipeline.open`).
+    Multi-label rows are cut at ``threshold`` (None: the model's tuned per-label thresholds,
+    else 0.5), or with ``tune`` at the one threshold that maximises macro-F1 on ``data``.
     """
     pipeline = Pipeline.open(model, backend, options, allow_pickle=allow_pickle,
                              long_text=long_text)
@@ -51,14 +53,15 @@ def evaluate(
     logits = pipeline.classify(labelled.texts)
     if tune and manifest.problem_type == "multi_label_classification":
         threshold = tune_threshold(logits, labelled.targets)
+    cut = manifest.decision_thresholds(threshold)
     metrics = compute_metrics(logits, labelled.targets, manifest.problem_type,
-                              manifest.labels, threshold)
+                              manifest.labels, cut)
     metrics["rows"] = len(labelled.texts)
     columns = prediction_columns(logits, manifest, threshold)
     predictions = labelled.table.select([text_column, label_column])
     for name, column in columns.items():
         predictions = predictions.append_column(f"predicted_{name}", column)
-    correct = _correct(logits, labelled.targets, manifest.problem_type, threshold)
+    correct = _correct(logits, labelled.targets, manifest.problem_type, cut)
     predictions = predictions.append_column("correct", pa.array(correct))
     return EvalResult(metrics, predictions)
 
@@ -74,8 +77,8 @@ def write_json(metrics: dict[str, Any], path: Path) -> None:
     path.write_text(json.dumps(metrics, indent=2, default=float) + "\n")
 
 
-def _correct(logits: np.ndarray, targets: np.ndarray, problem_type: str, threshold: float
-             ) -> np.ndarray:
+def _correct(logits: np.ndarray, targets: np.ndarray, problem_type: str,
+             threshold: float | np.ndarray) -> np.ndarray:
     if problem_type == "regression":
         return np.ones(len(logits), dtype=bool)
     if problem_type == "multi_label_classification":

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from clsx.errors import ClsxError
 from clsx.long_text import LongText
 
@@ -25,6 +27,7 @@ HF_FORMATS = ("torch", "vllm")
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 DECODER_FAMILIES = ("qwen2", "qwen3", "llama")
 ENCODER_FAMILIES = ("bert", "roberta", "xlm-roberta", "distilbert", "deberta-v2", "modernbert")
+DEFAULT_THRESHOLD = 0.5  # multi-label decision threshold when the model has no tuned ones
 
 
 def check_family(model_type: str | None, where: object) -> str:
@@ -46,7 +49,9 @@ class Manifest:
     predict time, as is ``long_text`` (what happens to texts longer than ``max_length``).
     ``parent`` is the path of the artifact this one was exported from, relative to this
     directory, and ``parent_fingerprint`` lets a later run notice that it was retrained.
-    ``base_model`` and ``training`` record how ``clsx train`` made it.
+    ``base_model`` and ``training`` record how ``clsx train`` made it. ``thresholds``
+    (multi-label only) are the per-label decision thresholds ``clsx train`` tuned on its
+    evaluation split; without them a label is predicted at probability >= 0.5.
     """
 
     family: str
@@ -57,6 +62,7 @@ class Manifest:
     format: str = "torch"
     template: str | None = None
     long_text: LongText = field(default_factory=LongText)
+    thresholds: tuple[float, ...] | None = None
     parent: str | None = None
     parent_fingerprint: str | None = None
     parity: dict[str, Any] = field(default_factory=dict)
@@ -81,6 +87,11 @@ class Manifest:
                             "model directory")
         if self.template is not None and "{text}" not in self.template:
             raise ClsxError(f"manifest template {self.template!r} has no {{text}} placeholder")
+        if self.thresholds is not None and (
+                len(self.thresholds) != len(self.labels)
+                or not all(0 < t < 1 for t in self.thresholds)):
+            raise ClsxError(f"manifest thresholds must be one value in (0, 1) per label "
+                            f"({len(self.labels)}), got {list(self.thresholds)}")
         if self.is_decoder and self.pad_token_id is None:
             raise ClsxError(
                 f"a {self.family} classifier needs a pad token (config.pad_token_id is unset)"
@@ -100,12 +111,21 @@ class Manifest:
         """The id batches are padded with (masked out; encoders without a pad token use 0)."""
         return self.pad_token_id if self.pad_token_id is not None else 0
 
+    def decision_thresholds(self, override: float | None = None) -> float | np.ndarray:
+        """Multi-label cut-off: ``override`` for every label if given, else the tuned
+        per-label thresholds, else 0.5."""
+        if override is not None:
+            return override
+        return np.array(self.thresholds) if self.thresholds else DEFAULT_THRESHOLD
+
     def replace(self, **changes: Any) -> Manifest:
         return dataclasses.replace(self, **changes)
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["labels"] = list(self.labels)
+        if self.thresholds is not None:
+            data["thresholds"] = list(self.thresholds)
         return data
 
     def save(self, directory: Path) -> Path:
@@ -134,6 +154,8 @@ class Manifest:
         try:
             data["labels"] = tuple(str(label) for label in data["labels"])
             data["long_text"] = LongText(**data.get("long_text", {}))
+            if data.get("thresholds") is not None:
+                data["thresholds"] = tuple(float(t) for t in data["thresholds"])
             return cls(**data)
         except (KeyError, TypeError) as exc:
             raise ClsxError(f"{path} is incomplete ({exc}); re-create the artifact") from exc

@@ -78,26 +78,52 @@ def regression_metrics(gold: np.ndarray, predicted: np.ndarray) -> dict[str, Any
 
 
 def compute_metrics(logits: np.ndarray, gold: np.ndarray, problem_type: str,
-                    labels: Sequence[str], threshold: float = 0.5) -> dict[str, Any]:
-    """All metrics for one problem type from raw logits and gold targets."""
+                    labels: Sequence[str], threshold: float | np.ndarray = 0.5
+                    ) -> dict[str, Any]:
+    """All metrics for one problem type from raw logits and gold targets.
+
+    A multi-label ``threshold`` is one cut-off or one per label.
+    """
     if problem_type == "regression":
         return regression_metrics(gold.reshape(-1), logits.reshape(-1))
     if problem_type == "multi_label_classification":
         predicted = (probabilities(logits, problem_type) >= threshold).astype(int)
-        return {**multi_label_metrics(gold.astype(int), predicted, labels),
-                "threshold": threshold}
+        cut = {"threshold": threshold} if np.isscalar(threshold) else {
+            "thresholds": dict(zip(labels, np.asarray(threshold).tolist(), strict=True))}
+        return {**multi_label_metrics(gold.astype(int), predicted, labels), **cut}
     return single_label_metrics(gold, logits.argmax(axis=1), labels)
+
+
+THRESHOLD_GRID = np.round(np.arange(0.05, 0.96, 0.05), 2)
+# A label needs this many positive rows before it gets a threshold of its own; rarer labels
+# keep the global one (a cut-off fitted to two examples is noise).
+MIN_POSITIVES_PER_LABEL = 5
+
+
+def _f1_per_label(probs: np.ndarray, gold: np.ndarray) -> np.ndarray:
+    """F1 of every label at every grid threshold: shape (thresholds, labels)."""
+    predicted = probs[None] >= THRESHOLD_GRID[:, None, None]
+    positive = gold.astype(bool)[None]
+    true_pos = (predicted & positive).sum(axis=1)
+    false_pos = (predicted & ~positive).sum(axis=1)
+    false_neg = (~predicted & positive).sum(axis=1)
+    return 2 * true_pos / np.maximum(2 * true_pos + false_pos + false_neg, 1)
 
 
 def tune_threshold(logits: np.ndarray, gold: np.ndarray) -> float:
     """The multi-label threshold in 0.05..0.95 that maximises macro-F1 on these rows."""
-    from sklearn.metrics import f1_score
+    f1 = _f1_per_label(probabilities(logits, "multi_label_classification"), gold)
+    return float(THRESHOLD_GRID[int(np.argmax(f1.mean(axis=1)))])
 
-    probs = probabilities(logits, "multi_label_classification")
-    grid = np.round(np.arange(0.05, 0.96, 0.05), 2)
-    scores = [f1_score(gold.astype(int), (probs >= t).astype(int), average="macro",
-                       zero_division=0) for t in grid]
-    return float(grid[int(np.argmax(scores))])
+
+def tune_thresholds(logits: np.ndarray, gold: np.ndarray) -> tuple[float, ...]:
+    """One threshold per label (0.05..0.95), each maximising that label's F1 on these rows;
+    labels with fewer than ``MIN_POSITIVES_PER_LABEL`` positives keep the best global one."""
+    f1 = _f1_per_label(probabilities(logits, "multi_label_classification"), gold)
+    best_global = THRESHOLD_GRID[int(np.argmax(f1.mean(axis=1)))]
+    own = THRESHOLD_GRID[f1.argmax(axis=0)]
+    enough = gold.astype(bool).sum(axis=0) >= MIN_POSITIVES_PER_LABEL
+    return tuple(float(t) for t in np.where(enough, own, best_global))
 
 
 TIMING_KEYS = ("runtime", "samples_per_second", "steps_per_second", "step")

@@ -45,7 +45,9 @@ class Pipeline:
         allow_pickle: bool = False,
         long_text: dict[str, Any] | None = None,
     ) -> Pipeline:
-        """Open a model directory with the given backend (``auto``: the one for its format).
+        """Open a model directory with the given backend (``auto``: the one for its format,
+        and for a PyTorch model the fastest dtype that passes parity here; see
+        :mod:`clsx.autoselect`).
 
         ``allow_pickle`` permits pickle (``.bin``) weights, which can run code when loaded.
         ``long_text`` overrides fields of the manifest's :class:`LongText` (``strategy``,
@@ -53,6 +55,10 @@ class Pipeline:
         """
         artifact = open_artifact(model, allow_pickle=allow_pickle)
         options = dataclasses.replace(options or RunnerOptions(), max_length=max_length)
+        if backend == "auto" and artifact.manifest.format == "torch" and options.dtype is None:
+            from clsx.autoselect import choose_dtype
+
+            options = dataclasses.replace(options, dtype=choose_dtype(artifact, options).dtype)
         long = artifact.manifest.long_text.override(**(long_text or {}))
         return cls(artifact, load_runner(artifact, backend, options), batch_tokens, max_length,
                    long)

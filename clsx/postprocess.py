@@ -2,8 +2,8 @@
 
 The meaning is the same for every backend:
 - single-label: ``probs`` = softmax, ``label`` = the most probable label, ``score`` its prob;
-- multi-label: ``probs`` = per-label sigmoid, ``label`` = the labels with prob >= threshold
-  joined by ``,`` (empty string when none), ``score`` = the highest prob;
+- multi-label: ``probs`` = per-label sigmoid, ``label`` = the labels with prob >= their
+  threshold joined by ``,`` (empty string when none), ``score`` = the highest prob;
 - regression: ``probs`` = [value], ``label`` null, ``score`` = the predicted value.
 Rows whose logits are NaN (null input text) get null in all three columns.
 """
@@ -16,7 +16,6 @@ import pyarrow as pa
 from clsx.manifest import Manifest
 
 MULTI_LABEL_SEPARATOR = ","
-DEFAULT_THRESHOLD = 0.5
 
 
 def probabilities(logits: np.ndarray, problem_type: str) -> np.ndarray:
@@ -38,9 +37,13 @@ def predicted_ids(logits: np.ndarray, problem_type: str) -> np.ndarray:
 
 
 def prediction_columns(
-    logits: np.ndarray, manifest: Manifest, threshold: float = DEFAULT_THRESHOLD
+    logits: np.ndarray, manifest: Manifest, threshold: float | None = None
 ) -> dict[str, pa.Array]:
-    """The ``label``, ``score`` and ``probs`` Arrow columns for a window of logits."""
+    """The ``label``, ``score`` and ``probs`` Arrow columns for a window of logits.
+
+    Multi-label ``label`` lists the labels at or above ``threshold`` (None: the model's
+    tuned per-label thresholds, else 0.5).
+    """
     null = np.isnan(logits).any(axis=1)
     probs = probabilities(np.nan_to_num(logits), manifest.problem_type)
     labels = np.array(manifest.labels, dtype=object)
@@ -49,8 +52,9 @@ def prediction_columns(
         label = labels[best]
         score = probs[np.arange(len(probs)), best]
     elif manifest.problem_type == "multi_label_classification":
+        cut = manifest.decision_thresholds(threshold)
         label = np.array(
-            [MULTI_LABEL_SEPARATOR.join(labels[row >= threshold]) for row in probs], dtype=object
+            [MULTI_LABEL_SEPARATOR.join(labels[row >= cut]) for row in probs], dtype=object
         )
         score = probs.max(axis=1)
     else:

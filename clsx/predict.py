@@ -23,7 +23,7 @@ from clsx.parquet import (
 )
 from clsx.parts import PartStore, PartWriter
 from clsx.pipeline import Pipeline
-from clsx.postprocess import DEFAULT_THRESHOLD, prediction_columns
+from clsx.postprocess import prediction_columns
 from clsx.runners import RunnerOptions
 
 PREDICTION_FIELDS = (
@@ -60,7 +60,7 @@ class BatchPredictConfig:
     aggregate: str | None = None
     windows_column: bool = False
     output_prefix: str = ""
-    threshold: float = DEFAULT_THRESHOLD
+    threshold: float | None = None  # None: the model's tuned per-label thresholds, else 0.5
     device: str = "auto"
     threads: int | None = None
     dtype: str | None = None
@@ -75,7 +75,7 @@ class BatchPredictConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ClsxError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-        if not 0.0 < self.threshold < 1.0:
+        if self.threshold is not None and not 0.0 < self.threshold < 1.0:
             raise ClsxError(f"--threshold must be between 0 and 1, got {self.threshold}")
         if self.output_format is not None and self.output_format not in OUTPUT_FORMATS:
             raise ClsxError(f"--output-format must be one of {', '.join(OUTPUT_FORMATS)}")

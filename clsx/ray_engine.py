@@ -18,9 +18,10 @@ import pyarrow.parquet as pq
 
 from clsx.artifact import open_artifact
 from clsx.errors import ClsxError, os_error
+from clsx.hardware import physical_cores
 from clsx.parquet import ParquetInput, python_strings
 from clsx.predict import BatchPredictConfig, Summary, output_arrays
-from clsx.runners import backend_for, physical_cores
+from clsx.runners import backend_for
 from clsx.staging import staged_directory
 
 

@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from clsx.cli import main
+from clsx.manifest import Manifest
 from clsx.testing import build_tiny_classifier
 from tests.conftest import TEXTS, write_parquet
 
@@ -108,6 +109,25 @@ def test_other_problem_types(problem_type, tmp_path):
             chosen = [lab for lab, p in zip(("negative", "neutral", "positive"), r["probs"],
                                             strict=True) if p >= 0.5]
             assert r["label"] == ",".join(chosen) and r["score"] == max(r["probs"])
+
+
+def test_multi_label_uses_the_tuned_thresholds_unless_one_is_given(tmp_path):
+    model = build_tiny_classifier(tmp_path / "m", "bert",
+                                  problem_type="multi_label_classification")
+    manifest = Manifest.load(model)
+    manifest.replace(thresholds=(0.99, 0.01, 0.5)).save(model)
+    source = write_parquet(tmp_path / "in.parquet", ["good", "bad", "fine"])
+    tuned, single = tmp_path / "tuned.parquet", tmp_path / "single.parquet"
+    assert predict(source, tuned, "-m", model).exit_code == 0
+    assert predict(source, single, "-m", model, "--threshold", "0.5").exit_code == 0
+    labels = ("negative", "neutral", "positive")
+    for row in pq.read_table(tuned).to_pylist():
+        expected = [lab for lab, p in zip(labels, row["probs"], strict=True)
+                    if p >= {"negative": 0.99, "neutral": 0.01, "positive": 0.5}[lab]]
+        assert row["label"] == ",".join(expected) and "neutral" in row["label"]
+    for row in pq.read_table(single).to_pylist():
+        expected = [lab for lab, p in zip(labels, row["probs"], strict=True) if p >= 0.5]
+        assert row["label"] == ",".join(expected)
 
 
 def test_existing_output_is_kept_without_overwrite(tiny_models, texts_parquet, tmp_path):

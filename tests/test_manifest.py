@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 
+import numpy as np
 import pytest
 
 from clsx.artifact import open_artifact
@@ -15,7 +17,7 @@ BASE = dict(family="qwen2", labels=("a", "b"), problem_type="single_label_classi
 
 
 def test_round_trip(tmp_path):
-    manifest = Manifest(**BASE, template="Review: {text}")
+    manifest = Manifest(**BASE, template="Review: {text}", thresholds=(0.3, 0.45))
     manifest.save(tmp_path)
     assert Manifest.load(tmp_path) == manifest
 
@@ -27,9 +29,11 @@ def test_round_trip(tmp_path):
     ({"max_length": 0}, "max_length must be >= 1, got 0"),
     ({"template": "no placeholder"}, "no {text} placeholder"),
     ({"pad_token_id": None}, "needs a pad token"),
+    ({"thresholds": (0.5,)}, "one value in (0, 1) per label (2), got [0.5]"),
+    ({"thresholds": (0.5, 1.0)}, "one value in (0, 1) per label (2), got [0.5, 1.0]"),
 ])
 def test_invalid_values_are_quoted(change, message):
-    with pytest.raises(ClsxError, match=message.replace("(", r"\(")):
+    with pytest.raises(ClsxError, match=re.escape(message)):
         Manifest(**{**BASE, **change})
 
 
@@ -53,3 +57,19 @@ def test_directory_without_manifest_gets_one_from_its_config(qwen2_copy):
     assert derived.problem_type == expected.problem_type
     assert derived.pad_token_id == expected.pad_token_id
     assert derived.family == "qwen2" and derived.format == "torch"
+
+
+def test_per_label_thresholds_need_enough_positives_of_their_own():
+    from clsx.metrics import MIN_POSITIVES_PER_LABEL, tune_threshold, tune_thresholds
+
+    rng = np.random.default_rng(0)
+    gold = np.zeros((200, 3), int)
+    gold[:100, 0] = 1  # common label, separable at a high cut-off
+    gold[:2, 2] = 1  # too rare for a threshold of its own
+    probs = np.column_stack([np.where(gold[:, 0], 0.9, 0.52), rng.uniform(0, 1, 200),
+                             np.where(gold[:, 2], 0.2, 0.1)])
+    logits = np.log(probs / (1 - probs))
+    thresholds = tune_thresholds(logits, gold)
+    assert 0.52 < thresholds[0] <= 0.9
+    assert gold[:, 2].sum() < MIN_POSITIVES_PER_LABEL
+    assert thresholds[2] == tune_threshold(logits, gold)

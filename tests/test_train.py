@@ -91,6 +91,9 @@ def test_problem_types_train_eval_and_predict(problem_type, rows, check, tiny_ba
     assert result.exit_code == 0, result.output
     metrics = json.loads(report.read_text())
     assert check in metrics and metrics["rows"] == len(rows)
+    if problem_type == "multi_label":  # cut-offs tuned per label on the eval split
+        thresholds = json.loads((out / "clsx.json").read_text())["thresholds"]
+        assert len(thresholds) == 2 and all(0 < t < 1 for t in thresholds)
     if problem_type == "single_label":
         assert json.loads((out / "clsx.json").read_text())["labels"] == ["0", "1", "2"]
         assert np.array(metrics["confusion_matrix"]["matrix"]).sum() == len(rows)
@@ -152,3 +155,19 @@ def test_eval_refuses_labels_the_model_does_not_know(tiny_bases, sentiment, tmp_
     result = CliRunner().invoke(main, ["eval", "-m", str(out), "--data", str(data)])
     assert result.exit_code == 1
     assert "labels the model does not know: 'meh'; known labels: neg, pos" in result.output
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_multi_label_head_starts_at_the_label_prior(family, tiny_bases):
+    """Rare labels: a head at 0 first drags every output to the prior, which can flatten the
+    encoder; a head with a bias starts there instead (decoders' ``score`` has none)."""
+    model = AutoModelForSequenceClassification.from_pretrained(
+        tiny_bases[family], num_labels=3, problem_type="multi_label_classification")
+    targets = np.array([[1, 0, 0], [0, 0, 0], [0, 0, 0], [1, 1, 0]], np.float32)
+    trainer_module._start_at_label_prior(model, targets)
+    bias = getattr(getattr(model, "classifier", None), "bias", None)
+    if family == "bert":
+        share = np.array([0.5, 0.25, 1e-4])
+        np.testing.assert_allclose(bias.detach().numpy(), np.log(share / (1 - share)), rtol=1e-5)
+    else:
+        assert bias is None and model.score.bias is None

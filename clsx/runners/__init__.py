@@ -48,18 +48,12 @@ def load_runner(artifact: Artifact, backend: str = "auto", options: RunnerOption
     cls = runner_class(name)
     for option in ENGINE_OPTIONS:
         if getattr(options, option) is not None and option not in cls.engine_options:
+            takers = [other for other in RUNNERS if option in runner_class(other).engine_options]
             raise ClsxError(
-                f"--{option.replace('_', '-')} applies to the vllm backend only, not to {name}; "
-                "drop it or pass --backend vllm"
+                f"--{option.replace('_', '-')} applies to the {' and '.join(takers)} backend"
+                f"{'s' if len(takers) > 1 else ''} only, not to {name}; drop it"
             )
     return cls(artifact, options)
-
-
-def physical_cores() -> int:
-    """Intra-op threads default: one per physical core (hyper-threads only add contention)."""
-    import psutil
-
-    return psutil.cpu_count(logical=False) or psutil.cpu_count() or 1
 
 
 __all__ = ["RUNNERS", "Runner", "RunnerOptions", "backend_for", "load_runner", "runner_class"]

@@ -9,7 +9,7 @@ import onnxruntime as ort
 
 from clsx.artifact import ONNX_FILE, Artifact
 from clsx.errors import ClsxError
-from clsx.runners import physical_cores
+from clsx.hardware import physical_cores
 from clsx.runners.base import Runner, RunnerOptions
 
 CUDA_PROVIDER = "CUDAExecutionProvider"

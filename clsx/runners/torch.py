@@ -1,4 +1,5 @@
-"""PyTorch backend: the fp32 reference every other backend is measured against."""
+"""PyTorch backend: the fp32 reference every other backend is measured against, and its
+lower-precision variants (``--dtype bf16``: AMX / AVX-512 BF16 on CPU; bf16 or fp16 on GPU)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import torch
 
 from clsx.artifact import Artifact
 from clsx.errors import ClsxError
+from clsx.hardware import physical_cores
 from clsx.modeling import load_classifier
-from clsx.runners import physical_cores
 from clsx.runners.base import Runner, RunnerOptions
 
 
@@ -16,13 +17,17 @@ class TorchRunner(Runner):
     """Runs a merged Hugging Face checkpoint with ``AutoModelForSequenceClassification``."""
 
     formats = ("torch",)
+    engine_options = ("dtype",)
 
     def __init__(self, artifact: Artifact, options: RunnerOptions) -> None:
         super().__init__(artifact, options)
-        self.device = _resolve_device(options.device)
+        self.device = resolve_device(options.device)
+        self.dtype = options.dtype or "fp32"
+        if self.dtype == "fp16" and self.device == "cpu":
+            raise ClsxError("--dtype fp16 needs a GPU (--device cuda); on CPU use bf16")
         if self.device == "cpu":
             torch.set_num_threads(options.threads or physical_cores())
-        self.model = load_classifier(artifact, "fp32", self.device)
+        self.model = load_classifier(artifact, self.dtype, self.device)
 
     def predict(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
@@ -34,10 +39,11 @@ class TorchRunner(Runner):
 
     @property
     def description(self) -> str:
-        return f"torch (fp32, {self.device})"
+        return f"torch ({self.dtype}, {self.device})"
 
 
-def _resolve_device(requested: str) -> str:
+def resolve_device(requested: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; refuses an absent ``cuda``."""
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if requested == "cuda" and not torch.cuda.is_available():

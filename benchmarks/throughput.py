@@ -1,0 +1,367 @@
+"""Throughput of clsx against what a user would run instead, side by side on the same rows.
+
+    python benchmarks/throughput.py [--model minilm=DIR] [--model smollm2=DIR] [--scale 1.0]
+
+For each model and workload (short: SST-2 sentences + disaster tweets; long: BBC news cut at
+512 tokens) one run measures:
+- the user's baseline, HF ``pipeline("text-classification", batch_size=32)`` in fp32, and the
+  same in bf16;
+- vLLM ``LLM.classify`` used directly on the texts (decoder models, where vllm is installed);
+- ``clsx batch-predict`` Parquet to Parquet with each backend (torch fp32, torch bf16 where the
+  CPU computes bf16 natively, onnx, onnx-int8, vllm fp32 for decoders), and the same backends
+  model-only (texts in memory, ``Pipeline.classify``) for the share that Parquet I/O costs.
+It reports rows/s, tokens/s, the share of the matmul peak measured in the same run
+(2 x non-embedding parameters x tokens/s over the fp32 or bf16 peak), peak RSS, label
+agreement with the fp32 baseline and the ratio to it, and writes
+benchmarks/results/throughput.{json,md,png}.
+
+Without --model, the bundled minilm-l6 and smollm2-135m get untrained 2-label heads (speed
+does not depend on the head; label agreement of int8 is only meaningful on a trained head, so
+pass trained models for that). Row counts (``ROWS``) are scaled by --scale to fit 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from clsx.hardware import machine_description, native_low_precision, physical_cores
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import realdata  # noqa: E402
+from backends import SUMMARY, clsx, untrained_classifier  # noqa: E402
+from report import RESULTS, save  # noqa: E402
+
+ROWS = {("minilm", "short"): 10_000, ("minilm", "long"): 1_000,
+        ("smollm2", "short"): 2_000, ("smollm2", "long"): 100}
+LONG_TOKENS = 512
+BF16_ROWS_WITHOUT_NATIVE = 64  # emulated bf16 is slow: measure it on a few rows only
+HF_BATCH = 32
+
+
+def workload_texts(workload: str, rows: int) -> list[str]:
+    """Real texts: short (SST-2 + disaster tweets, interleaved) or long (BBC news)."""
+    if workload == "short":
+        tables = [realdata.sst2("train"), realdata.disaster_tweets()]
+        texts = [t for pair in zip(*(t.column("text").to_pylist() for t in tables), strict=False)
+                 for t in pair]
+    else:
+        texts = realdata.bbc_news().column("text").to_pylist()
+    return [texts[i % len(texts)] for i in range(rows)]
+
+
+def matmul_peak(dtype: str, size: int = 1024, seconds: float = 3.0) -> float:
+    """GFLOP/s of a large square matmul in torch on all physical cores (emulated bf16 takes
+    seconds per product, hence a size that still saturates the cores but no larger)."""
+    import torch
+
+    torch.set_num_threads(physical_cores())
+    kind = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    a, b = torch.randn(size, size, dtype=kind), torch.randn(size, size, dtype=kind)
+    a @ b
+    runs, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds or runs < 1:
+        a @ b
+        runs += 1
+    return 2 * size**3 * runs / (time.perf_counter() - started) / 1e9
+
+
+def non_embedding_params(model_dir: Path) -> int:
+    """Parameters that take part in per-token matmuls (embedding tables excluded)."""
+    from safetensors import safe_open
+
+    total = 0
+    for path in model_dir.glob("*.safetensors"):
+        with safe_open(path, "pt") as weights:
+            for name in weights.keys():  # noqa: SIM118 (safe_open is not a dict)
+                if "embed" not in name:
+                    total += int(np.prod(weights.get_slice(name).get_shape()))
+    return total
+
+
+@contextlib.contextmanager
+def peak_rss(pid: int | None = None) -> Iterator[list[int]]:
+    """Sample the RSS of a process tree (default: this process) until the block ends."""
+    import psutil
+
+    root = psutil.Process(pid)
+    peak = [0]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(psutil.Error):
+                tree = [root, *root.children(recursive=True)]
+                peak[0] = max(peak[0], sum(p.memory_info().rss for p in tree))
+            stop.wait(0.05)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield peak
+    finally:
+        stop.set()
+        thread.join()
+
+
+def hf_pipeline(model_dir: Path, texts: list[str], dtype: str, max_length: int) -> dict:
+    """The baseline a user writes: transformers' text-classification pipeline."""
+    import torch
+    from transformers import pipeline
+
+    torch.set_num_threads(physical_cores())
+    classifier = pipeline("text-classification", model=str(model_dir), device="cpu",
+                          dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[dtype])
+    label2id = classifier.model.config.label2id
+    run = {"truncation": True, "max_length": max_length, "batch_size": HF_BATCH}
+    classifier(texts[:HF_BATCH], **run)  # warm-up
+    with peak_rss() as peak:
+        started = time.perf_counter()
+        outputs = classifier(texts, **run)
+        seconds = time.perf_counter() - started
+    tokens = sum(len(ids) for ids in classifier.tokenizer(
+        texts, truncation=True, max_length=max_length)["input_ids"])
+    return measurement(len(texts), tokens, seconds, peak[0],
+                       [label2id[o["label"]] for o in outputs])
+
+
+def vllm_direct(model_dir: Path, texts: list[str], max_length: int) -> dict:
+    """vLLM used directly: ``LLM.classify`` on the raw texts, fp32 (bf16 is emulated here)."""
+    import psutil
+    from vllm import LLM
+
+    llm = LLM(model=str(model_dir), runner="pooling", dtype="float32", max_model_len=max_length,
+              enforce_eager=True, seed=0,
+              kv_cache_memory_bytes=int(0.05 * psutil.virtual_memory().total))
+    truncate = {"truncation": True, "max_length": max_length}
+    llm.classify(texts[:16], use_tqdm=False, tokenization_kwargs=truncate)  # warm-up
+    with peak_rss() as peak:
+        started = time.perf_counter()
+        outputs = llm.classify(texts, use_tqdm=False, tokenization_kwargs=truncate)
+        seconds = time.perf_counter() - started
+    tokens = sum(len(out.prompt_token_ids) for out in outputs)
+    labels = [int(np.argmax(out.outputs.probs)) for out in outputs]
+    llm.llm_engine.engine_core.shutdown()
+    return measurement(len(texts), tokens, seconds, peak[0], labels)
+
+
+def clsx_parquet(model_dir: Path, backend: str, data: Path, out: Path, max_length: int,
+                 dtype: str | None) -> dict:
+    """``clsx batch-predict`` Parquet to Parquet in a subprocess (its RSS tree sampled)."""
+    command = [sys.executable, "-m", "clsx", "batch-predict", str(data), str(out), "--model",
+               str(model_dir), "--backend", backend, "--max-length", str(max_length),
+               "--overwrite", "--quiet", *(["--dtype", dtype] if dtype else [])]
+    print("$ " + " ".join(command[2:]), flush=True)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    with peak_rss(process.pid) as peak:
+        log, _ = process.communicate()
+    if process.returncode != 0:
+        raise SystemExit(f"failed:\n{log}")
+    rows, seconds, _, tokens_s = SUMMARY.search(log).groups()
+    table = pq.read_table(out, columns=["label"])
+    return measurement(int(rows), int(tokens_s) * float(seconds), float(seconds), peak[0],
+                       table.column("label").to_pylist())
+
+
+def clsx_model_only(model_dir: Path, backend: str, texts: list[str], max_length: int,
+                    dtype: str | None) -> dict:
+    """The same backend on texts in memory: the model-only throughput of clsx."""
+    from clsx.pipeline import Pipeline
+    from clsx.runners import RunnerOptions
+
+    pipeline = Pipeline.open(model_dir, backend, RunnerOptions(device="cpu", dtype=dtype),
+                             max_length=max_length)
+    pipeline.classify(texts[:64])
+    started = time.perf_counter()
+    logits, tokens = pipeline.classify_counting(texts)
+    seconds = time.perf_counter() - started
+    pipeline.runner.close()
+    return measurement(len(texts), tokens, seconds, 0, logits.argmax(axis=1).tolist())
+
+
+def measurement(rows: int, tokens: float, seconds: float, rss: int, labels: list) -> dict:
+    return {"rows": rows, "tokens": int(tokens), "seconds": round(seconds, 2),
+            "rows_per_s": round(rows / seconds, 1), "tokens_per_s": round(tokens / seconds),
+            "peak_rss_mb": round(rss / 2**20) if rss else None, "labels": labels}
+
+
+def exports(model_dir: Path, root: Path, decoder: bool, vllm: bool) -> dict[str, Path]:
+    """The model directory and its exports, by clsx backend variant."""
+    # int8 is exported whatever its agreement (the gate would refuse it): the table reports it.
+    extra = {"onnx": [], "onnx-int8": ["--min-agreement", "0"], "vllm": ["--dtype", "fp32"]}
+    directories = {"torch": model_dir}
+    for fmt in ("onnx", "onnx-int8", *(["vllm"] if decoder and vllm else [])):
+        target = root / f"{model_dir.name}-{fmt}"
+        clsx("export", model_dir, "--format", fmt, "--output", target, "--overwrite", *extra[fmt])
+        directories[fmt] = target
+    return directories
+
+
+def measure_model(name: str, model_dir: Path, root: Path, scale: float, peaks: dict,
+                  vllm: bool) -> list[dict]:
+    """Every system on both workloads for one model; rows of the result table."""
+    config = json.loads((model_dir / "config.json").read_text())
+    decoder = config["model_type"] != "bert"
+    labels = json.loads((model_dir / "clsx.json").read_text())["labels"]
+    params = non_embedding_params(model_dir)
+    directories = exports(model_dir, root, decoder, vllm)
+    native_bf16 = "bf16" in native_low_precision("cpu")
+    rows: list[dict] = []
+    for workload in ("short", "long"):
+        count = max(32, int(ROWS[(name, workload)] * scale))
+        texts = workload_texts(workload, count)
+        max_length = LONG_TOKENS if workload == "long" else 128
+        data = root / f"{name}-{workload}.parquet"
+        pq.write_table(pa.table({"text": texts}), data)
+
+        def record(system: str, dtype: str, result: dict, p2p: bool = False,
+                   workload: str = workload) -> None:
+            result.update(model=name, workload=workload, system=system, dtype=dtype,
+                          parquet_to_parquet=p2p, params=params)
+            if system.startswith("clsx"):
+                result["labels"] = [labels.index(x) if isinstance(x, str) else x
+                                    for x in result["labels"]]
+            rows.append(result)
+            print(f"  {name} {workload} {system} {dtype}: {result['rows_per_s']} rows/s, "
+                  f"{result['tokens_per_s']} tokens/s", flush=True)
+
+        record("HF pipeline", "fp32", hf_pipeline(model_dir, texts, "fp32", max_length))
+        bf16_texts = texts if native_bf16 else texts[:BF16_ROWS_WITHOUT_NATIVE]
+        record("HF pipeline", "bf16", hf_pipeline(model_dir, bf16_texts, "bf16", max_length))
+        if decoder and vllm:
+            record("vLLM LLM.classify", "fp32", vllm_direct(directories["torch"], texts,
+                                                            max_length))
+        variants = [("torch", "torch", "fp32"), ("onnx", "onnx", None),
+                    ("onnx-int8", "onnx", None)]
+        if native_bf16:
+            variants.insert(1, ("torch", "torch", "bf16"))
+        if "vllm" in directories:
+            variants.append(("vllm", "vllm", "fp32"))
+        for variant, backend, dtype in variants:
+            shown = dtype or ("int8" if variant == "onnx-int8" else "fp32")
+            record(f"clsx {variant}", shown, clsx_parquet(
+                directories[variant], backend, data, root / "out.parquet", max_length, dtype),
+                p2p=True)
+            record(f"clsx {variant}", shown, clsx_model_only(
+                directories[variant], backend, texts, max_length, dtype))
+    return finish(rows, peaks)
+
+
+def finish(rows: list[dict], peaks: dict) -> list[dict]:
+    """Ratios to the HF fp32 baseline, label agreement with it, share of the matmul peak."""
+    for row in rows:
+        base = next(r for r in rows if r["model"] == row["model"]
+                    and r["workload"] == row["workload"] and r["system"] == "HF pipeline"
+                    and r["dtype"] == "fp32")
+        row["x_hf_fp32"] = round(row["rows_per_s"] / base["rows_per_s"], 2)
+        n = len(row["labels"])
+        row["agreement"] = round(float(np.mean(np.array(row["labels"])
+                                               == np.array(base["labels"][:n]))), 4)
+        peak = peaks["bf16" if row["dtype"] == "bf16" else "fp32"]
+        row["peak_share"] = round(2 * row["params"] * row["tokens_per_s"] / (peak * 1e9), 3)
+    for row in rows:  # model-only partner of each Parquet-to-Parquet row
+        if row["parquet_to_parquet"]:
+            alone = next(r for r in rows if not r["parquet_to_parquet"]
+                         and r["model"] == row["model"] and r["workload"] == row["workload"]
+                         and r["system"] == row["system"] and r["dtype"] == row["dtype"])
+            row["share_of_model_only"] = round(row["rows_per_s"] / alone["rows_per_s"], 3)
+    for row in rows:
+        del row["labels"]
+    return rows
+
+
+def markdown(rows: list[dict], peaks: dict, command: str) -> str:
+    lines = ["# Throughput: clsx against the HF pipeline and vLLM", "",
+             f"Command: `{command}`; machine: {machine_description()}, no GPU. Matmul peak "
+             f"measured in the same run: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 "
+             f"{peaks['bf16']:.0f} GFLOP/s. `P2P` = Parquet to Parquet (`clsx batch-predict`); "
+             "without it, texts in memory (model only). `agreement` = labels equal to the HF "
+             "fp32 pipeline's; `% peak` = 2 x non-embedding params x tokens/s over the peak of "
+             "the row's dtype (int8 rows against the fp32 peak).", "",
+             "| model | workload | system | dtype | P2P | rows | rows/s | tokens/s | x HF fp32 "
+             "| agreement | % peak | P2P / model-only | peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        share = r.get("share_of_model_only")
+        lines.append(
+            f"| {r['model']} | {r['workload']} | {r['system']} | {r['dtype']} | "
+            f"{'yes' if r['parquet_to_parquet'] else ''} | {r['rows']} | {r['rows_per_s']} | "
+            f"{r['tokens_per_s']} | {r['x_hf_fp32']} | {r['agreement']:.2%} | "
+            f"{r['peak_share']:.1%} | {'' if share is None else f'{share:.0%}'} | "
+            f"{r['peak_rss_mb'] or ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def chart(rows: list[dict], path: Path) -> None:
+    """Bar chart of rows/s per system, one panel per model and workload."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = sorted({(r["model"], r["workload"]) for r in rows})
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.5), squeeze=False)
+    for axis, (model, workload) in zip(axes[0], panels, strict=True):
+        chosen = [r for r in rows if (r["model"], r["workload"]) == (model, workload)]
+        names = [f"{r['system']} {r['dtype']}{' P2P' if r['parquet_to_parquet'] else ''}"
+                 for r in chosen]
+        axis.barh(names, [r["rows_per_s"] for r in chosen],
+                  color=["tab:gray" if not r["system"].startswith("clsx") else "tab:blue"
+                         for r in chosen])
+        axis.set_title(f"{model}, {workload} texts")
+        axis.set_xlabel("rows/s")
+        axis.invert_yaxis()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", action="append", default=[], metavar="NAME=DIR",
+                        help="minilm=DIR or smollm2=DIR: a trained clsx model (default: the "
+                             "bundled base with an untrained head)")
+    parser.add_argument("--models", default="minilm,smollm2", help="which models to run")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply ROWS by this")
+    parser.add_argument("--no-vllm", action="store_true", help="skip vLLM (direct and clsx)")
+    args = parser.parse_args()
+    given = dict(item.split("=", 1) for item in args.model)
+    try:
+        import vllm  # noqa: F401
+
+        use_vllm = not args.no_vllm
+    except ImportError:
+        use_vllm = False
+        print("vllm is not installed: vLLM rows are skipped", flush=True)
+    peaks = {dtype: matmul_peak(dtype) for dtype in ("fp32", "bf16")}
+    print(f"matmul peak GFLOP/s: {peaks}", flush=True)
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="clsx-throughput-") as temporary:
+        root = Path(temporary)
+        for name in args.models.split(","):
+            alias = {"minilm": "minilm-l6", "smollm2": "smollm2-135m"}[name]
+            model_dir = (Path(given[name]) if name in given
+                         else untrained_classifier(alias, root / name, LONG_TOKENS))
+            rows += measure_model(name, model_dir, root, args.scale, peaks, use_vllm)
+    command = "python benchmarks/throughput.py " + " ".join(sys.argv[1:])
+    report = markdown(rows, peaks, command.strip())
+    save("throughput", {"machine": machine_description(), "peaks_gflops": peaks,
+                        "rows": rows}, report)
+    chart(rows, RESULTS / "throughput.png")
+    print(report)
+
+
+if __name__ == "__main__":
+    main()

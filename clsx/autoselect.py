@@ -1,0 +1,113 @@
+"""``--backend auto`` on a PyTorch model: the fastest dtype whose parity with fp32 passes here.
+
+Only dtypes the device computes natively are tried (bf16 on CPUs with AMX or AVX-512 BF16;
+bf16/fp16 on GPUs): emulated bf16 is slower than fp32, so on other CPUs fp32 is chosen at
+once without measuring. Each candidate runs the parity batch (random tokens, mixed lengths)
+beside fp32; it qualifies when its probabilities stay within
+:data:`~clsx.export.parity.PROB_TOLERANCES` of fp32's, and the fastest qualifying dtype wins.
+The choice is cached per model fingerprint, device, threads and machine, so that every run on
+this machine (a ``--resume`` too) makes the same choice without measuring again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clsx.artifact import Artifact, fingerprint
+from clsx.export.parity import PROB_TOLERANCES, compare, parity_batch
+from clsx.hardware import machine_description, native_low_precision
+from clsx.models import cache_dir
+from clsx.runners import RunnerOptions, load_runner
+
+PROBE_ROWS = 16
+PROBE_MAX_LENGTH = 128
+PROBE_REPEATS = 3
+
+
+@dataclass(frozen=True)
+class DtypeChoice:
+    """The chosen dtype and what was measured for each candidate (empty: nothing to try)."""
+
+    dtype: str
+    measured: dict[str, dict[str, Any]]
+    cached: bool = False
+
+
+def choose_dtype(artifact: Artifact, options: RunnerOptions,
+                 candidates: tuple[str, ...] | None = None,
+                 cache: Path | None = None) -> DtypeChoice:
+    """The torch dtype ``--backend auto`` runs ``artifact`` in on this machine.
+
+    ``candidates`` are the dtypes tried beside fp32 (default: the device's native ones).
+    """
+    from clsx.runners.torch import resolve_device
+
+    device = resolve_device(options.device)
+    candidates = native_low_precision(device) if candidates is None else candidates
+    if not candidates:
+        return DtypeChoice("fp32", {})
+    cache = cache or cache_dir() / "auto-dtype.json"
+    key = "|".join([fingerprint(artifact.path), device, str(options.threads),
+                    machine_description(), ",".join(candidates)])
+    remembered = _read(cache).get(key)
+    if remembered is not None:
+        return DtypeChoice(remembered["dtype"], remembered["measured"], cached=True)
+    measured = _measure(artifact, dataclasses.replace(options, device=device), candidates)
+    qualified = [d for d, m in measured.items() if m["qualifies"]]
+    dtype = max(qualified, key=lambda d: measured[d]["rows_per_s"])
+    _write(cache, key, {"dtype": dtype, "measured": measured})
+    return DtypeChoice(dtype, measured)
+
+
+def _measure(artifact: Artifact, options: RunnerOptions, candidates: tuple[str, ...]
+             ) -> dict[str, dict[str, Any]]:
+    manifest = artifact.manifest
+    probe_manifest = manifest.replace(max_length=min(manifest.max_length, PROBE_MAX_LENGTH))
+    input_ids, attention_mask = parity_batch(probe_manifest, artifact.tokenizer, PROBE_ROWS)
+    measured: dict[str, dict[str, Any]] = {}
+    reference: np.ndarray | None = None
+    for dtype in ("fp32", *candidates):
+        runner = load_runner(artifact, "torch", dataclasses.replace(options, dtype=dtype))
+        logits = runner.predict(input_ids, attention_mask)  # warm-up
+        seconds = float("inf")
+        for _ in range(PROBE_REPEATS):
+            started = time.perf_counter()
+            logits = runner.predict(input_ids, attention_mask)
+            seconds = min(seconds, time.perf_counter() - started)
+        runner.close()
+        del runner
+        reference = logits if reference is None else reference
+        parity = compare(reference, logits, manifest.problem_type)
+        measured[dtype] = {
+            "rows_per_s": round(len(input_ids) / seconds, 1),
+            "max_prob_diff": parity.max_prob_diff,
+            "qualifies": dtype == "fp32" or parity.max_prob_diff <= PROB_TOLERANCES[dtype],
+        }
+    return measured
+
+
+def _read(cache: Path) -> dict[str, Any]:
+    try:
+        return json.loads(cache.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write(cache: Path, key: str, value: dict[str, Any]) -> None:
+    """Remember a choice; a cache that cannot be written only costs a new measurement."""
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        entries = {**_read(cache), key: value}
+        temporary = cache.with_name(f".{cache.name}.{os.getpid()}")
+        temporary.write_text(json.dumps(entries, indent=2) + "\n")
+        temporary.replace(cache)
+    except OSError:
+        pass

@@ -1,0 +1,78 @@
+"""Lower-precision torch (--dtype) and --backend auto's choice of the fastest passing dtype."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from clsx import autoselect
+from clsx.artifact import open_artifact
+from clsx.autoselect import choose_dtype
+from clsx.errors import ClsxError
+from clsx.pipeline import Pipeline
+from clsx.runners import RunnerOptions
+from tests.conftest import TEXTS
+
+CPU = RunnerOptions(device="cpu")
+
+
+def test_torch_bf16_follows_fp32_within_the_low_precision_gate(tiny_models):
+    fp32 = Pipeline.open(tiny_models["qwen2"], "torch", CPU)
+    bf16 = Pipeline.open(tiny_models["qwen2"], "torch", RunnerOptions(device="cpu", dtype="bf16"))
+    assert bf16.runner.description == "torch (bf16, cpu)"
+    reference, logits = fp32.classify(TEXTS), bf16.classify(TEXTS)
+    present = ~np.isnan(reference).any(axis=1)
+    assert np.abs(reference[present] - logits[present]).max() < 0.1
+
+
+def test_fp16_on_cpu_is_refused(tiny_models):
+    with pytest.raises(ClsxError, match="fp16 needs a GPU"):
+        Pipeline.open(tiny_models["bert"], "torch", RunnerOptions(device="cpu", dtype="fp16"))
+
+
+def test_dtype_is_refused_by_a_backend_that_ignores_it(tiny_exports):
+    with pytest.raises(ClsxError, match="--dtype applies to the torch and vllm backends only"):
+        Pipeline.open(tiny_exports["bert"], "onnx", RunnerOptions(dtype="bf16"))
+
+
+def test_without_native_low_precision_auto_runs_fp32_without_measuring(tiny_models, tmp_path):
+    choice = choose_dtype(open_artifact(tiny_models["llama"]), CPU, candidates=(),
+                          cache=tmp_path / "cache.json")
+    assert choice.dtype == "fp32" and choice.measured == {}
+    assert not (tmp_path / "cache.json").exists()
+
+
+def test_auto_picks_the_fastest_passing_dtype_and_remembers_it(tiny_models, tmp_path,
+                                                                 monkeypatch):
+    cache = tmp_path / "cache.json"
+    artifact = open_artifact(tiny_models["llama"])
+    choice = choose_dtype(artifact, CPU, candidates=("bf16",), cache=cache)
+    assert set(choice.measured) == {"fp32", "bf16"} and not choice.cached
+    assert choice.measured["bf16"]["qualifies"]  # tiny random models pass the 5e-2 gate
+    fastest = max(choice.measured, key=lambda d: choice.measured[d]["rows_per_s"])
+    assert choice.dtype == fastest
+    # The same model on the same machine: the remembered choice, without measuring.
+    monkeypatch.setattr(autoselect, "_measure", lambda *args: pytest.fail("measured again"))
+    again = choose_dtype(artifact, CPU, candidates=("bf16",), cache=cache)
+    assert again.cached and again.dtype == choice.dtype
+    assert len(json.loads(cache.read_text())) == 1
+
+
+def test_a_dtype_outside_the_gate_is_never_chosen(tiny_models, tmp_path, monkeypatch):
+    monkeypatch.setitem(autoselect.PROB_TOLERANCES, "bf16", 0.0)
+    choice = choose_dtype(open_artifact(tiny_models["qwen2"]), CPU, candidates=("bf16",),
+                          cache=tmp_path / "cache.json")
+    assert not choice.measured["bf16"]["qualifies"] and choice.dtype == "fp32"
+
+
+def test_pipeline_auto_uses_the_chosen_dtype(tiny_models, monkeypatch):
+    monkeypatch.setattr(autoselect, "native_low_precision", lambda device: ("bf16",))
+    monkeypatch.setenv("CLSX_CACHE", "/nonexistent/cannot-write")  # unwritable: no error
+    monkeypatch.setattr(autoselect, "_measure", lambda artifact, options, candidates: {
+        "fp32": {"rows_per_s": 1.0, "max_prob_diff": 0.0, "qualifies": True},
+        "bf16": {"rows_per_s": 3.0, "max_prob_diff": 1e-3, "qualifies": True}})
+    assert Pipeline.open(tiny_models["bert"]).runner.description == "torch (bf16, cpu)"
+    explicit = Pipeline.open(tiny_models["bert"], options=RunnerOptions(dtype="fp32"))
+    assert explicit.runner.description == "torch (fp32, cpu)"
