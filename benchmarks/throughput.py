@@ -355,11 +355,10 @@ def main() -> None:
             model_dir = (Path(given[name]) if name in given
                          else untrained_classifier(alias, root / name, LONG_TOKENS))
             rows += measure_model(name, model_dir, root, args.scale, peaks, use_vllm)
-    command = "python benchmarks/throughput.py " + " ".join(sys.argv[1:])
-    report = markdown(rows, peaks, command.strip())
-    save("throughput", {"machine": machine_description(), "peaks_gflops": peaks,
-                        "rows": rows}, report)
-    chart(rows, RESULTS / "throughput.png")
+            report = markdown(rows, peaks, " ".join(["python", *sys.argv]))
+            save("throughput", {"machine": machine_description(), "peaks_gflops": peaks,
+                                "rows": rows}, report)  # after each model: nothing lost
+            chart(rows, RESULTS / "throughput.png")
     print(report)
 
 

@@ -282,7 +282,7 @@ def output_schema(source: ParquetInput, prefix: str, windows_column: bool = Fals
 
 
 def output_arrays(batch: pa.RecordBatch | pa.Table, kept: list[str], logits: np.ndarray,
-                  manifest: Manifest, threshold: float, windows: np.ndarray | None = None
+                  manifest: Manifest, threshold: float | None, windows: np.ndarray | None = None
                   ) -> list:
     """The columns of one output batch: the kept input columns, then the predictions (and
     the model inputs per row, where ``windows`` is given)."""
