@@ -49,17 +49,21 @@ ROWS = {("minilm", "short"): 10_000, ("minilm", "long"): 1_000,
 LONG_TOKENS = 512
 BF16_ROWS_WITHOUT_NATIVE = 64  # emulated bf16 is slow: measure it on a few rows only
 HF_BATCH = 32
+WARM_UP_ROWS = 64
 
 
-def workload_texts(workload: str, rows: int) -> list[str]:
-    """Real texts: short (SST-2 + disaster tweets, interleaved) or long (BBC news)."""
+def workload_texts(workload: str, rows: int) -> tuple[list[str], list[str]]:
+    """Real texts, short (SST-2 + disaster tweets, interleaved) or long (BBC news): ``rows``
+    to measure and 64 others to warm up on. Warming up on measured texts would let vLLM's
+    prefix cache serve them again (it did: a long-text run read 3x the fp32 peak)."""
     if workload == "short":
         tables = [realdata.sst2("train"), realdata.disaster_tweets()]
         texts = [t for pair in zip(*(t.column("text").to_pylist() for t in tables), strict=False)
                  for t in pair]
     else:
         texts = realdata.bbc_news().column("text").to_pylist()
-    return [texts[i % len(texts)] for i in range(rows)]
+    chosen = [texts[i % len(texts)] for i in range(rows + WARM_UP_ROWS)]
+    return chosen[:rows], chosen[rows:]
 
 
 def matmul_peak(dtype: str, size: int = 1024, seconds: float = 3.0) -> float:
@@ -116,7 +120,8 @@ def peak_rss(pid: int | None = None) -> Iterator[list[int]]:
         thread.join()
 
 
-def hf_pipeline(model_dir: Path, texts: list[str], dtype: str, max_length: int) -> dict:
+def hf_pipeline(model_dir: Path, texts: list[str], warm_up: list[str], dtype: str,
+                max_length: int) -> dict:
     """The baseline a user writes: transformers' text-classification pipeline."""
     import torch
     from transformers import pipeline
@@ -126,7 +131,7 @@ def hf_pipeline(model_dir: Path, texts: list[str], dtype: str, max_length: int) 
                           dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[dtype])
     label2id = classifier.model.config.label2id
     run = {"truncation": True, "max_length": max_length, "batch_size": HF_BATCH}
-    classifier(texts[:HF_BATCH], **run)  # warm-up
+    classifier(warm_up[:HF_BATCH], **run)
     with peak_rss() as peak:
         started = time.perf_counter()
         outputs = classifier(texts, **run)
@@ -137,7 +142,8 @@ def hf_pipeline(model_dir: Path, texts: list[str], dtype: str, max_length: int) 
                        [label2id[o["label"]] for o in outputs])
 
 
-def vllm_direct(model_dir: Path, texts: list[str], max_length: int) -> dict:
+def vllm_direct(model_dir: Path, texts: list[str], warm_up: list[str], max_length: int
+                ) -> dict:
     """vLLM used directly: ``LLM.classify`` on the raw texts, fp32 (bf16 is emulated here)."""
     import psutil
     from vllm import LLM
@@ -146,7 +152,7 @@ def vllm_direct(model_dir: Path, texts: list[str], max_length: int) -> dict:
               enforce_eager=True, seed=0,
               kv_cache_memory_bytes=int(0.05 * psutil.virtual_memory().total))
     truncate = {"truncation": True, "max_length": max_length}
-    llm.classify(texts[:16], use_tqdm=False, tokenization_kwargs=truncate)  # warm-up
+    llm.classify(warm_up, use_tqdm=False, tokenization_kwargs=truncate)
     with peak_rss() as peak:
         started = time.perf_counter()
         outputs = llm.classify(texts, use_tqdm=False, tokenization_kwargs=truncate)
@@ -176,15 +182,15 @@ def clsx_parquet(model_dir: Path, backend: str, data: Path, out: Path, max_lengt
                        table.column("label").to_pylist())
 
 
-def clsx_model_only(model_dir: Path, backend: str, texts: list[str], max_length: int,
-                    dtype: str | None) -> dict:
+def clsx_model_only(model_dir: Path, backend: str, texts: list[str], warm_up: list[str],
+                    max_length: int, dtype: str | None) -> dict:
     """The same backend on texts in memory: the model-only throughput of clsx."""
     from clsx.pipeline import Pipeline
     from clsx.runners import RunnerOptions
 
     pipeline = Pipeline.open(model_dir, backend, RunnerOptions(device="cpu", dtype=dtype),
                              max_length=max_length)
-    pipeline.classify(texts[:64])
+    pipeline.classify(warm_up)
     started = time.perf_counter()
     logits, tokens = pipeline.classify_counting(texts)
     seconds = time.perf_counter() - started
@@ -222,7 +228,7 @@ def measure_model(name: str, model_dir: Path, root: Path, scale: float, peaks: d
     rows: list[dict] = []
     for workload in ("short", "long"):
         count = max(32, int(ROWS[(name, workload)] * scale))
-        texts = workload_texts(workload, count)
+        texts, warm_up = workload_texts(workload, count)
         max_length = LONG_TOKENS if workload == "long" else 128
         data = root / f"{name}-{workload}.parquet"
         pq.write_table(pa.table({"text": texts}), data)
@@ -238,12 +244,13 @@ def measure_model(name: str, model_dir: Path, root: Path, scale: float, peaks: d
             print(f"  {name} {workload} {system} {dtype}: {result['rows_per_s']} rows/s, "
                   f"{result['tokens_per_s']} tokens/s", flush=True)
 
-        record("HF pipeline", "fp32", hf_pipeline(model_dir, texts, "fp32", max_length))
+        record("HF pipeline", "fp32", hf_pipeline(model_dir, texts, warm_up, "fp32", max_length))
         bf16_texts = texts if native_bf16 else texts[:BF16_ROWS_WITHOUT_NATIVE]
-        record("HF pipeline", "bf16", hf_pipeline(model_dir, bf16_texts, "bf16", max_length))
+        record("HF pipeline", "bf16", hf_pipeline(model_dir, bf16_texts, warm_up, "bf16",
+                                                  max_length))
         if decoder and vllm:
             record("vLLM LLM.classify", "fp32", vllm_direct(directories["torch"], texts,
-                                                            max_length))
+                                                            warm_up, max_length))
         variants = [("torch", "torch", "fp32"), ("onnx", "onnx", None),
                     ("onnx-int8", "onnx", None)]
         if native_bf16:
@@ -256,7 +263,7 @@ def measure_model(name: str, model_dir: Path, root: Path, scale: float, peaks: d
                 directories[variant], backend, data, root / "out.parquet", max_length, dtype),
                 p2p=True)
             record(f"clsx {variant}", shown, clsx_model_only(
-                directories[variant], backend, texts, max_length, dtype))
+                directories[variant], backend, texts, warm_up, max_length, dtype))
     return finish(rows, peaks)
 
 
@@ -270,8 +277,7 @@ def finish(rows: list[dict], peaks: dict) -> list[dict]:
         n = len(row["labels"])
         row["agreement"] = round(float(np.mean(np.array(row["labels"])
                                                == np.array(base["labels"][:n]))), 4)
-        peak = peaks["bf16" if row["dtype"] == "bf16" else "fp32"]
-        row["peak_share"] = round(2 * row["params"] * row["tokens_per_s"] / (peak * 1e9), 3)
+        row["peak_share"] = peak_share(row, peaks)
     for row in rows:  # model-only partner of each Parquet-to-Parquet row
         if row["parquet_to_parquet"]:
             alone = next(r for r in rows if not r["parquet_to_parquet"]
@@ -283,11 +289,20 @@ def finish(rows: list[dict], peaks: dict) -> list[dict]:
     return rows
 
 
+def peak_share(row: dict, peaks: dict) -> float | None:
+    """2 x non-embedding params x tokens/s over the matmul peak of the row's dtype (int8
+    against fp32's); None where that dtype has no native peak here (emulated bf16)."""
+    peak = peaks["bf16" if row["dtype"] == "bf16" else "fp32"]
+    return None if peak is None else round(2 * row["params"] * row["tokens_per_s"] / peak / 1e9, 3)
+
+
 def markdown(rows: list[dict], peaks: dict, command: str) -> str:
+    bf16_peak = ("not measured (no native bf16 on this CPU: torch emulates it)"
+                 if peaks["bf16"] is None else f"{peaks['bf16']:.0f} GFLOP/s")
     lines = ["# Throughput: clsx against the HF pipeline and vLLM", "",
              f"Command: `{command}`; machine: {machine_description()}, no GPU. Matmul peak "
              f"measured in the same run: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 "
-             f"{peaks['bf16']:.0f} GFLOP/s. `P2P` = Parquet to Parquet (`clsx batch-predict`); "
+             f"{bf16_peak}. `P2P` = Parquet to Parquet (`clsx batch-predict`); "
              "without it, texts in memory (model only). `agreement` = labels equal to the HF "
              "fp32 pipeline's; `% peak` = 2 x non-embedding params x tokens/s over the peak of "
              "the row's dtype (int8 rows against the fp32 peak).", "",
@@ -295,12 +310,13 @@ def markdown(rows: list[dict], peaks: dict, command: str) -> str:
              "| agreement | % peak | P2P / model-only | peak RSS MB |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        share = r.get("share_of_model_only")
+        share, of_peak = r.get("share_of_model_only"), r["peak_share"]
         lines.append(
             f"| {r['model']} | {r['workload']} | {r['system']} | {r['dtype']} | "
             f"{'yes' if r['parquet_to_parquet'] else ''} | {r['rows']} | {r['rows_per_s']} | "
             f"{r['tokens_per_s']} | {r['x_hf_fp32']} | {r['agreement']:.2%} | "
-            f"{r['peak_share']:.1%} | {'' if share is None else f'{share:.0%}'} | "
+            f"{'n/a' if of_peak is None else f'{of_peak:.1%}'} | "
+            f"{'' if share is None else f'{share:.0%}'} | "
             f"{r['peak_rss_mb'] or ''} |")
     return "\n".join(lines) + "\n"
 
@@ -336,6 +352,8 @@ def main() -> None:
     parser.add_argument("--models", default="minilm,smollm2", help="which models to run")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply ROWS by this")
     parser.add_argument("--no-vllm", action="store_true", help="skip vLLM (direct and clsx)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite throughput.md and .png from throughput.json; run nothing")
     args = parser.parse_args()
     given = dict(item.split("=", 1) for item in args.model)
     try:
@@ -345,7 +363,12 @@ def main() -> None:
     except ImportError:
         use_vllm = False
         print("vllm is not installed: vLLM rows are skipped", flush=True)
-    peaks = {dtype: matmul_peak(dtype) for dtype in ("fp32", "bf16")}
+    if args.report_only:
+        stored = json.loads((RESULTS / "throughput.json").read_text())
+        report(stored["rows"], stored["peaks_gflops"], stored["command"])
+        return
+    native_bf16 = "bf16" in native_low_precision("cpu")
+    peaks = {"fp32": matmul_peak("fp32"), "bf16": matmul_peak("bf16") if native_bf16 else None}
     print(f"matmul peak GFLOP/s: {peaks}", flush=True)
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="clsx-throughput-") as temporary:
@@ -355,11 +378,18 @@ def main() -> None:
             model_dir = (Path(given[name]) if name in given
                          else untrained_classifier(alias, root / name, LONG_TOKENS))
             rows += measure_model(name, model_dir, root, args.scale, peaks, use_vllm)
-            report = markdown(rows, peaks, " ".join(["python", *sys.argv]))
-            save("throughput", {"machine": machine_description(), "peaks_gflops": peaks,
-                                "rows": rows}, report)  # after each model: nothing lost
-            chart(rows, RESULTS / "throughput.png")
-    print(report)
+            report(rows, peaks, " ".join(["python", *sys.argv]))  # after each model
+
+
+def report(rows: list[dict], peaks: dict, command: str) -> None:
+    """Write throughput.{json,md,png} into benchmarks/results/ and print the table."""
+    for row in rows:
+        row["peak_share"] = peak_share(row, peaks)
+    text = markdown(rows, peaks, command)
+    save("throughput", {"machine": machine_description(), "command": command,
+                        "peaks_gflops": peaks, "rows": rows}, text)
+    chart(rows, RESULTS / "throughput.png")
+    print(text)
 
 
 if __name__ == "__main__":

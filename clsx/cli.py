@@ -361,7 +361,8 @@ def bench_command(model: Path, data: Path, text_column: str, rows: int,
 def train_command(**options) -> None:
     """Fine-tune a classifier (LoRA or full) and save it merged, ready for export.
 
-    Evaluates each epoch and keeps the best one (macro-F1; MSE for regression). Ctrl-C
+    Evaluates each epoch and keeps the best one (macro-F1; MSE for regression). Multi-label:
+    one threshold per label is then tuned on the eval split and stored with the model. Ctrl-C
     saves a checkpoint; rerun the same command with --resume to continue.
     """
     from clsx.metrics import format_report
@@ -372,6 +373,11 @@ def train_command(**options) -> None:
     options["eval"] = options.pop("eval_path")
     result = train(TrainConfig(**options))
     click.echo(format_report(result.best_metrics), err=True)
+    if result.manifest.thresholds:
+        tuned = ", ".join(f"{label} {t:g}" for label, t in zip(
+            result.manifest.labels, result.manifest.thresholds, strict=True))
+        click.echo(f"Per-label thresholds (tuned on the eval split, stored in clsx.json): "
+                   f"{tuned}", err=True)
     click.echo(f"Trained in {result.seconds / 60:.1f} min; wrote {result.output}")
 
 
