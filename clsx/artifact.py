@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from clsx.errors import ClsxError
-from clsx.manifest import DECODER_FAMILIES, HF_FORMATS, Manifest, check_family
+from clsx.manifest import DECODER_FAMILIES, HF_FORMATS, MANIFEST_NAME, Manifest, check_family
 
 DEFAULT_MAX_LENGTH = 512
 ONNX_FILE = "model.onnx"
@@ -76,13 +76,17 @@ def save_artifact(model: Any, tokenizer: Any, directory: Path, manifest: Manifes
 
 
 def fingerprint(path: Path) -> str:
-    """A cheap content fingerprint of a model directory's config and weights.
+    """A cheap content fingerprint of a model directory's config, manifest and weights.
 
-    Hashes config.json whole and, per weight file, its name, size and first and last MiB:
-    enough to notice a retrained model without reading gigabytes of weights.
+    Hashes config.json and clsx.json (labels, template, thresholds) whole and, per weight
+    file, its name, size and first and last MiB: enough to notice a retrained model without
+    reading gigabytes of weights.
     """
     digest = hashlib.sha256()
     digest.update((path / "config.json").read_bytes())
+    manifest = path / MANIFEST_NAME
+    if manifest.is_file():
+        digest.update(manifest.read_bytes())
     for weights in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.onnx*")):
         size = weights.stat().st_size
         digest.update(f"{weights.name}:{size}".encode())

@@ -134,8 +134,8 @@ class PartStore:
         changed = sorted(key for key in set(recorded) | set(job)
                          if recorded.get(key) != job.get(key))
         if changed:
-            details = "; ".join(f"{key}: was {recorded.get(key)!r}, now {job.get(key)!r}"
-                                for key in changed[:3])
+            details = "; ".join(f"{key}: was {_shown(recorded.get(key))}, now "
+                                f"{_shown(job.get(key))}" for key in changed[:3])
             raise ClsxError(
                 f"cannot resume: the job in {self.directory} differs ({details}); rerun the "
                 "original command, or pass --overwrite to start over"
@@ -190,3 +190,8 @@ def _write_atomically(path: Path, text: str) -> None:
     temporary.write_text(text)
     _fsync(temporary)
     os.replace(temporary, path)
+
+
+def _shown(value: Any) -> str:
+    """An option's recorded value as a user typed it; None is an option left at its default."""
+    return "not given" if value is None else repr(value)

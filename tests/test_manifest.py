@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from clsx.artifact import open_artifact
+from clsx.artifact import fingerprint, open_artifact
 from clsx.errors import ClsxError
 from clsx.manifest import MANIFEST_NAME, Manifest
 
@@ -57,6 +57,16 @@ def test_directory_without_manifest_gets_one_from_its_config(qwen2_copy):
     assert derived.problem_type == expected.problem_type
     assert derived.pad_token_id == expected.pad_token_id
     assert derived.family == "qwen2" and derived.format == "torch"
+
+
+def test_fingerprint_notices_a_changed_manifest(qwen2_copy):
+    """Resume and stale-export checks must see new labels or thresholds, not only new weights."""
+    before = fingerprint(qwen2_copy)
+    manifest_path = qwen2_copy / MANIFEST_NAME
+    manifest = json.loads(manifest_path.read_text())
+    manifest["template"] = "Review: {text}"
+    manifest_path.write_text(json.dumps(manifest))
+    assert fingerprint(qwen2_copy) != before
 
 
 def test_per_label_thresholds_need_enough_positives_of_their_own():

@@ -93,7 +93,7 @@ def test_resume_with_other_arguments_or_a_changed_input_is_refused(
     monkeypatch.undo()
     other = predict(many_texts, out, "-m", model, *SMALL_PARTS, "--threshold", "0.3", "--resume")
     assert other.exit_code == 1 and "cannot resume" in other.output
-    assert "threshold: was 0.5, now 0.3" in other.output
+    assert "threshold: was not given, now 0.3" in other.output
     os.utime(many_texts, ns=(0, 0))
     changed = predict(many_texts, out, "-m", model, *SMALL_PARTS, "--resume")
     assert changed.exit_code == 1 and "inputs: was" in changed.output
