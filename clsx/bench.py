@@ -139,8 +139,7 @@ def _export(model_dir: Path, variant: str, cache: Path, log: Callable[[str], Non
         if manifest is not None and manifest.parent_fingerprint == fingerprint(model_dir):
             return target
     log(f"bench: exporting {model_dir} to {variant} in {target}")
-    export_onnx(model_dir, target, int8=variant == "onnx-int8",
-                overwrite=True, min_agreement=0.0)
+    export_onnx(model_dir, target, fmt=variant, overwrite=True, min_agreement=0.0)
     return target
 
 

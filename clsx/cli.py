@@ -21,7 +21,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
-BACKENDS = ("auto", "torch", "onnx", "vllm")
+BACKENDS = ("auto", "torch", "onnx", "vllm", "tensorrt")
 DTYPES = ("fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -104,7 +104,9 @@ def main() -> None:
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), default="onnx",
               show_default=True, help="onnx: fp32 graph; onnx-int8: dynamic int8 weights; "
-                                      "vllm: a directory vLLM's pooling runner loads.")
+                                      "vllm: a directory vLLM's pooling runner loads; "
+                                      "tensorrt: the fp32 graph, run as an fp16 TensorRT "
+                                      "engine on NVIDIA GPUs.")
 @click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
               help="Directory to create (model.onnx or weights, tokenizer, config, clsx.json).")
 @click.option("--dtype", type=click.Choice(["bf16", "fp32"]), default="bf16", show_default=True,
@@ -155,7 +157,7 @@ def export_command(model_dir: Path, fmt: str, output: Path, dtype: str, no_parit
         if calibration_data is not None:
             texts = [t for t in read_texts(calibration_data, text_column, calibration_rows)
                      if t is not None]
-        result = export_onnx(model_dir, output, int8=fmt == "onnx-int8", calibration_texts=texts,
+        result = export_onnx(model_dir, output, fmt=fmt, calibration_texts=texts,
                              tolerance=FP32_TOLERANCE if tolerance is None else tolerance,
                              min_agreement=min_agreement, overwrite=overwrite,
                              allow_pickle=allow_pickle)
@@ -166,6 +168,9 @@ def export_command(model_dir: Path, fmt: str, output: Path, dtype: str, no_parit
                    f"label agreement {agreement}", err=True)
     if not result.parity:
         click.echo("parity: not checked (--no-parity)", err=True)
+    if fmt == "tensorrt" and "tensorrt" not in result.parity:
+        click.echo("TensorRT is not installed here: the engine is built (and cached in the "
+                   "export) on first use on a GPU machine", err=True)
     click.echo(f"Wrote {output}")
 
 
@@ -194,10 +199,11 @@ def export_command(model_dir: Path, fmt: str, output: Path, dtype: str, no_parit
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), help="Compute threads (default: cores).")
 @click.option("--dtype", type=click.Choice(DTYPES),
-              help="torch and vllm backends: compute dtype. Default for torch: fp32, or with "
-                   "--backend auto the fastest dtype whose probabilities stay within 5e-2 of "
-                   "fp32 on this machine (bf16 where the CPU has AMX / AVX-512 BF16, or on a "
-                   "GPU); for vllm: the weights' dtype. fp16 needs a GPU.")
+              help="torch, vllm and tensorrt backends: compute dtype. Default for torch: fp32, "
+                   "or with --backend auto the fastest dtype whose probabilities stay within "
+                   "5e-2 of fp32 on this machine (bf16 where the CPU has AMX / AVX-512 BF16, "
+                   "or on a GPU); for vllm: the weights' dtype; for tensorrt: the engine's "
+                   "(fp16 unless fp32). fp16 needs a GPU.")
 @click.option("--max-num-seqs", type=click.IntRange(min=1),
               help="vllm backend: most sequences per engine step (default: vLLM's).")
 @click.option("--max-num-batched-tokens", type=click.IntRange(min=1),

@@ -68,7 +68,7 @@ class Pipeline:
         a row cut into several pieces gets its pieces' logits combined."""
         manifest = self.artifact.manifest
         logits = predict_window_rows(window, self.runner.predict_rows, manifest.num_labels,
-                                     self.batch_tokens)
+                                     self.batch_tokens, self.runner.max_batch_rows)
         if window.pieces is None:
             return logits
         return combine(logits, window.pieces, self.encoder.long_text.aggregate,

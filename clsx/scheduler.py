@@ -122,8 +122,10 @@ class TextEncoder:
         return self.template.replace("{text}", text) if self.template else text
 
 
-def plan_batches(lengths: np.ndarray, batch_tokens: int) -> list[np.ndarray]:
-    """Group row indices, longest first, so that rows x longest length <= ``batch_tokens``.
+def plan_batches(lengths: np.ndarray, batch_tokens: int, max_rows: int | None = None
+                 ) -> list[np.ndarray]:
+    """Group row indices, longest first, so that rows x longest length <= ``batch_tokens``
+    and, where ``max_rows`` is given, rows <= ``max_rows``.
 
     A row longer than the budget still gets a batch of its own.
     """
@@ -133,6 +135,8 @@ def plan_batches(lengths: np.ndarray, batch_tokens: int) -> list[np.ndarray]:
     while start < len(order):
         longest = int(lengths[order[start]])
         size = max(1, batch_tokens // max(longest, 1))
+        if max_rows is not None:
+            size = min(size, max_rows)
         batches.append(order[start : start + size])
         start += size
     return batches
@@ -170,18 +174,20 @@ def predict_window_rows(
     predict_rows: Callable[[list[list[int]]], np.ndarray],
     num_labels: int,
     batch_tokens: int,
+    max_rows: int | None = None,
 ) -> np.ndarray:
     """Like :func:`predict_window`, but ``predict_rows`` takes the unpadded token-id lists.
 
     Each call gets one length-sorted batch (longest first) of at most ``batch_tokens``
-    padded tokens; padding, where a backend needs it, is the callee's business.
+    padded tokens and ``max_rows`` rows; padding, where a backend needs it, is the callee's
+    business.
     """
     logits = np.full((len(window.ids), num_labels), np.nan, dtype=np.float32)
     present = np.array([i for i, row in enumerate(window.ids) if row is not None], dtype=np.int64)
     if len(present) == 0:
         return logits
     lengths = np.array([len(window.ids[i]) for i in present], dtype=np.int64)
-    for batch in plan_batches(lengths, batch_tokens):
+    for batch in plan_batches(lengths, batch_tokens, max_rows):
         rows = present[batch]
         logits[rows] = predict_rows([window.ids[i] for i in rows])
     return logits

@@ -60,7 +60,8 @@ def test_cli_int8_export_with_calibration_data(tiny_models, tmp_path):
 
 def test_int8_agreement_gate_refuses(tiny_models, tmp_path):
     with pytest.raises(ClsxError, match="int8 labels agree with fp32"):
-        export_onnx(tiny_models["qwen2"], tmp_path / "int8", int8=True, min_agreement=1.01)
+        export_onnx(tiny_models["qwen2"], tmp_path / "int8", fmt="onnx-int8",
+                    min_agreement=1.01)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -113,3 +114,4 @@ def test_vllm_export_refuses_encoders(tiny_models, tmp_path):
     result = CliRunner().invoke(main, ["export", str(tiny_models["bert"]), "--format", "vllm",
                                        "-o", str(tmp_path / "out"), "--no-parity"])
     assert result.exit_code == 1 and "--format onnx" in result.output
+

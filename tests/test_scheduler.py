@@ -17,13 +17,15 @@ def row_signature(input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarr
     return np.stack([sums, attention_mask.sum(axis=1)], axis=1).astype(np.float32)
 
 
-@given(st.lists(st.integers(1, 300), min_size=1, max_size=200), st.integers(1, 2000))
-def test_batches_cover_every_row_once_within_budget(lengths, budget):
+@given(st.lists(st.integers(1, 300), min_size=1, max_size=200), st.integers(1, 2000),
+       st.one_of(st.none(), st.integers(1, 50)))
+def test_batches_cover_every_row_once_within_budget(lengths, budget, max_rows):
     lengths = np.array(lengths)
-    batches = plan_batches(lengths, budget)
+    batches = plan_batches(lengths, budget, max_rows)
     assert sorted(np.concatenate(batches).tolist()) == list(range(len(lengths)))
     for batch in batches:
         assert len(batch) == 1 or len(batch) * lengths[batch].max() <= budget
+        assert max_rows is None or len(batch) <= max_rows
 
 
 def test_pad_right_pads_with_the_pad_id():

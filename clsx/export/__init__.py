@@ -3,4 +3,4 @@
 Light on purpose (no torch import): the CLI reads the format names from here.
 """
 
-EXPORT_FORMATS = ("onnx", "onnx-int8", "vllm")
+EXPORT_FORMATS = ("onnx", "onnx-int8", "vllm", "tensorrt")

@@ -1,4 +1,9 @@
-"""``clsx export --format onnx|onnx-int8``: torch.onnx.export (dynamo) plus a parity gate.
+"""``clsx export --format onnx|onnx-int8|tensorrt``: torch.onnx.export (dynamo) plus a
+parity gate.
+
+A ``tensorrt`` export is the fp32 graph of an ``onnx`` one, run by the TensorRT provider
+(:mod:`clsx.runners.tensorrt`). Where TensorRT is installed, the export builds the engine
+and gates it on parity too; elsewhere, the engine is built on first use on the GPU machine.
 
 optimum-onnx is not used: it pins transformers 4.57, which cannot live beside vLLM's
 transformers 5. The exporter in torch has no such pin.
@@ -19,10 +24,11 @@ import torch
 from clsx.artifact import ONNX_FILE, Artifact
 from clsx.errors import ClsxError
 from clsx.export.common import ExportResult, export_manifest, open_torch_artifact
-from clsx.export.parity import ParityReport, compare, parity_batch
+from clsx.export.parity import PROB_TOLERANCES, ParityReport, compare, parity_batch
 from clsx.modeling import LogitsOnly, load_classifier, numpy_logits
 from clsx.runners import RunnerOptions
 from clsx.runners.onnx import open_session
+from clsx.runners.tensorrt import tensorrt_available
 from clsx.scheduler import TextEncoder, predict_window
 from clsx.staging import staged_directory
 
@@ -36,21 +42,24 @@ def export_onnx(
     model_dir: Path,
     output: Path,
     *,
-    int8: bool = False,
+    fmt: str = "onnx",
     calibration_texts: list[str] | None = None,
     tolerance: float = FP32_TOLERANCE,
     min_agreement: float = INT8_MIN_AGREEMENT,
     overwrite: bool = False,
     allow_pickle: bool = False,
 ) -> ExportResult:
-    """Export a torch artifact to ONNX (fp32, or dynamic int8) and gate it on parity.
+    """Export a torch artifact as ``fmt`` (``onnx``, ``onnx-int8`` or ``tensorrt``), gated
+    on parity.
 
-    fp32 must reproduce the PyTorch logits within ``tolerance`` on a mixed-length batch.
-    int8 must agree with fp32 labels on at least ``min_agreement`` of the calibration texts
-    (or, without them, of the parity batch). Nothing is left at ``output`` on failure.
+    The fp32 graph must reproduce the PyTorch logits within ``tolerance`` on a mixed-length
+    batch. int8 must agree with fp32 labels on at least ``min_agreement`` of the calibration
+    texts (or, without them, of the parity batch). A TensorRT engine, where one can be built
+    here, must keep probabilities within the fp16 tolerance. Nothing is left at ``output`` on
+    failure.
     """
     artifact = open_torch_artifact(model_dir, allow_pickle)
-    fmt = "onnx-int8" if int8 else "onnx"
+    int8 = fmt == "onnx-int8"
     module = load_classifier(artifact, "fp32", "cpu")
     input_ids, attention_mask = parity_batch(artifact.manifest, artifact.tokenizer, rows=32)
     reference = numpy_logits(module, input_ids, attention_mask)
@@ -76,7 +85,29 @@ def export_onnx(
         shutil.copy2(artifact.path / "config.json", stage / "config.json")
         manifest = export_manifest(artifact, output, fmt, parity)
         manifest.save(stage)
+        if fmt == "tensorrt" and tensorrt_available():
+            parity["tensorrt"] = _check_tensorrt(stage, reference, input_ids, attention_mask)
+            manifest = export_manifest(artifact, output, fmt, parity)
+            manifest.save(stage)
     return ExportResult(output=output, manifest=manifest, parity=parity)
+
+
+def _check_tensorrt(stage: Path, reference: np.ndarray, input_ids: np.ndarray,
+                    attention_mask: np.ndarray) -> ParityReport:
+    """Build the fp16 engine into the export's cache and compare it with PyTorch fp32."""
+    from clsx.artifact import open_artifact
+    from clsx.runners.tensorrt import TensorrtRunner
+
+    runner = TensorrtRunner(open_artifact(stage), RunnerOptions(device="cuda"))
+    report = compare(reference, runner.predict(input_ids, attention_mask),
+                     runner.artifact.manifest.problem_type)
+    tolerance = PROB_TOLERANCES[runner.dtype]
+    if report.max_prob_diff > tolerance:
+        raise ClsxError(
+            f"the TensorRT {runner.dtype} engine differs from PyTorch fp32 by "
+            f"{report.max_prob_diff:.2e} in probability (> {tolerance:.0e}); not exporting"
+        )
+    return report
 
 
 def _export_graph(

@@ -13,6 +13,7 @@ RUNNERS: dict[str, str] = {
     "torch": "clsx.runners.torch:TorchRunner",
     "onnx": "clsx.runners.onnx:OnnxRunner",
     "vllm": "clsx.runners.vllm:VllmRunner",
+    "tensorrt": "clsx.runners.tensorrt:TensorrtRunner",
 }
 
 
@@ -49,8 +50,9 @@ def load_runner(artifact: Artifact, backend: str = "auto", options: RunnerOption
     for option in ENGINE_OPTIONS:
         if getattr(options, option) is not None and option not in cls.engine_options:
             takers = [other for other in RUNNERS if option in runner_class(other).engine_options]
+            named = ", ".join(takers[:-1]) + " and " + takers[-1] if len(takers) > 1 else takers[0]
             raise ClsxError(
-                f"--{option.replace('_', '-')} applies to the {' and '.join(takers)} backend"
+                f"--{option.replace('_', '-')} applies to the {named} backend"
                 f"{'s' if len(takers) > 1 else ''} only, not to {name}; drop it"
             )
     return cls(artifact, options)

@@ -42,7 +42,8 @@ class Runner(ABC):
 
     ``formats`` lists the artifact formats the backend can run; ``batch_tokens`` is the
     padded-token budget per batch that suits it when the user gives none;
-    ``engine_options`` names the :class:`RunnerOptions` engine options it honours.
+    ``max_batch_rows`` caps the rows of one batch where the engine needs a bound (None: no
+    cap); ``engine_options`` names the :class:`RunnerOptions` engine options it honours.
 
     The shared scheduler hands each batch to :meth:`predict_rows` as unpadded token-id
     lists. By default that pads them and calls :meth:`predict`, so a backend that runs
@@ -54,6 +55,7 @@ class Runner(ABC):
 
     formats: ClassVar[tuple[str, ...]]
     batch_tokens: ClassVar[int] = 8192
+    max_batch_rows: ClassVar[int | None] = None
     engine_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, artifact: Artifact, options: RunnerOptions) -> None:

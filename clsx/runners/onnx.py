@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -22,7 +24,7 @@ class OnnxRunner(Runner):
 
     def __init__(self, artifact: Artifact, options: RunnerOptions) -> None:
         super().__init__(artifact, options)
-        self.session = open_session(artifact.path / ONNX_FILE, options)
+        self.session = self.open_session(artifact.path / ONNX_FILE, options)
         outputs = self.session.get_outputs()
         width = outputs[0].shape[-1]
         if isinstance(width, int) and width != artifact.manifest.num_labels:
@@ -30,6 +32,10 @@ class OnnxRunner(Runner):
                 f"{artifact.path / ONNX_FILE} outputs {width} logits but clsx.json lists "
                 f"{artifact.manifest.num_labels} labels; re-export the model"
             )
+
+    def open_session(self, path: Path, options: RunnerOptions) -> ort.InferenceSession:
+        """The session that runs ``path``; subclasses put their own provider first."""
+        return open_session(path, options)
 
     def predict(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         (logits,) = self.session.run(
@@ -43,8 +49,12 @@ class OnnxRunner(Runner):
         return f"onnx ({self.artifact.manifest.format}, {device})"
 
 
-def open_session(path: Path, options: RunnerOptions) -> ort.InferenceSession:
-    """An InferenceSession on the requested device with one thread per physical core."""
+def open_session(path: Path, options: RunnerOptions, accelerators: Sequence[Any] = ()
+                 ) -> ort.InferenceSession:
+    """An InferenceSession on the requested device with one thread per physical core.
+
+    ``accelerators`` are providers (names or ``(name, options)`` pairs) to put before CUDA.
+    """
     available = ort.get_available_providers()
     if options.device == "cuda" and CUDA_PROVIDER not in available:
         raise ClsxError(
@@ -52,7 +62,8 @@ def open_session(path: Path, options: RunnerOptions) -> ort.InferenceSession:
             "install onnxruntime-gpu in place of onnxruntime"
         )
     use_cuda = options.device != "cpu" and CUDA_PROVIDER in available
-    providers = [CUDA_PROVIDER, "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
+    providers = [*accelerators, CUDA_PROVIDER] if use_cuda else []
+    providers.append("CPUExecutionProvider")
     session_options = ort.SessionOptions()
     session_options.intra_op_num_threads = options.threads or physical_cores()
     session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
