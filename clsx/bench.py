@@ -21,10 +21,12 @@ from clsx.manifest import Manifest
 from clsx.pipeline import Pipeline
 from clsx.runners import RunnerOptions
 
-VARIANTS = ("torch", "torch-bf16", "onnx", "onnx-int8")
+VARIANTS = ("torch", "torch-bf16", "onnx", "onnx-int8", "tensorrt")
 REFERENCE = "torch"
-# torch variants run the model directory itself in a dtype; the others run an export.
+# torch variants run the model directory itself in a dtype; the others run an export,
+# with this backend.
 TORCH_DTYPES = {"torch": "fp32", "torch-bf16": "bf16"}
+EXPORT_BACKENDS = {"onnx": "onnx", "onnx-int8": "onnx", "tensorrt": "tensorrt"}
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,8 @@ def run_bench(
                 directory, backend = model_dir, "torch"
                 variant_options = replace(options or RunnerOptions(), dtype=TORCH_DTYPES[variant])
             else:
-                directory, backend = _export(model_dir, variant, cache, log), "onnx"
+                directory = _export(model_dir, variant, cache, log)
+                backend = EXPORT_BACKENDS[variant]
                 variant_options = options
             log(f"bench: running {variant} on {len(texts)} rows")
             with _peak_rss() as peak:

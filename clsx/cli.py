@@ -283,8 +283,9 @@ def batch_predict_command(input_path: str, output: Path, quiet: bool, engine: st
               help="Rows of --data to run through each backend.")
 @click.option("--backends", default="torch,onnx,onnx-int8", show_default=True,
               callback=_comma_list,
-              help="Comma-separated: torch, torch-bf16, onnx, onnx-int8 (torch-bf16 is fast "
-                   "only on CPUs with AMX or AVX-512 BF16, and on GPUs).")
+              help="Comma-separated: torch, torch-bf16, onnx, onnx-int8, tensorrt (torch-bf16 "
+                   "is fast only on CPUs with AMX or AVX-512 BF16, and on GPUs; tensorrt "
+                   "needs an NVIDIA GPU with TensorRT).")
 @click.option("--exports-dir", type=click.Path(path_type=Path),
               help="Keep (and reuse) the ONNX exports here instead of a temporary directory.")
 @click.option("--batch-tokens", type=click.IntRange(min=1))

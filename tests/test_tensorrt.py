@@ -33,6 +33,9 @@ def test_tensorrt_export_is_the_checked_fp32_graph_and_refuses_to_run_without_te
                                     "-m", str(out), "--device", "cpu"])
     assert run.exit_code == 1 and "runs on an NVIDIA GPU" in run.output
     assert "Traceback" not in run.output
+    bench = CliRunner().invoke(main, ["bench", "-m", str(tiny_models["qwen2"]), "--data",
+                                      str(texts), "--backends", "tensorrt"])
+    assert bench.exit_code == 1 and "runs on an NVIDIA GPU" in bench.output
 
 
 def test_tensorrt_profile_covers_every_batch_the_scheduler_sends(tmp_path):
