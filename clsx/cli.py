@@ -166,6 +166,8 @@ def export_command(model_dir: Path, fmt: str, output: Path, dtype: str, no_parit
         click.echo(f"parity {name}: {report.rows} rows, max |logit diff| "
                    f"{report.max_abs_diff:.2e}, max |prob diff| {report.max_prob_diff:.2e}, "
                    f"label agreement {agreement}", err=True)
+    for note in result.notes:
+        click.echo(note, err=True)
     if not result.parity:
         click.echo("parity: not checked (--no-parity)", err=True)
     if fmt == "tensorrt" and "tensorrt" not in result.parity:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 
 import pytest
 from click.testing import CliRunner
@@ -63,6 +64,33 @@ def test_int8_agreement_gate_refuses(tiny_models, tmp_path):
         export_onnx(tiny_models["qwen2"], tmp_path / "int8", fmt="onnx-int8",
                     min_agreement=1.01)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_int8_keeps_sensitive_layers_in_fp32_when_full_int8_misses_the_gate(
+        tiny_models, tmp_path, monkeypatch):
+    from clsx.export import onnx as onnx_export
+
+    plans, quantize, measure = [], onnx_export._quantize_dynamic, onnx_export._int8_parity
+
+    def recording(fp32_path, int8_path, fp32_nodes):
+        plans.append(fp32_nodes)
+        quantize(fp32_path, int8_path, fp32_nodes)
+
+    def failing_first(*args):
+        reports = measure(*args)
+        if len(plans) == 1:  # pretend that int8 everywhere flipped half the labels
+            reports["int8_parity_batch"] = replace(reports["int8_parity_batch"],
+                                                   label_agreement=0.5)
+        return reports
+
+    monkeypatch.setattr(onnx_export, "_quantize_dynamic", recording)
+    monkeypatch.setattr(onnx_export, "_int8_parity", failing_first)
+    result = export_onnx(tiny_models["qwen2"], tmp_path / "int8", fmt="onnx-int8",
+                         min_agreement=0.6)
+    layers = json.loads((tiny_models["qwen2"] / "config.json").read_text())["num_hidden_layers"]
+    assert plans[0] == [] and len(plans[1]) == layers + 1  # each down_proj, and the head
+    assert result.manifest.parity["int8_parity_batch_all_matmuls"]["label_agreement"] == 0.5
+    assert result.notes[0].startswith(f"int8: {layers + 1} feed-forward output and head")
 
 
 def test_existing_output_needs_overwrite(tiny_models, tmp_path):

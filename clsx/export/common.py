@@ -14,11 +14,13 @@ from clsx.manifest import Manifest
 
 @dataclass(frozen=True)
 class ExportResult:
-    """Where the export went and how it compared with the PyTorch reference."""
+    """Where the export went, how it compared with the PyTorch reference, and notes on
+    choices the export made (e.g. layers kept in fp32)."""
 
     output: Path
     manifest: Manifest
     parity: dict[str, ParityReport]
+    notes: tuple[str, ...] = ()
 
 
 def open_torch_artifact(model_dir: Path, allow_pickle: bool = False) -> Artifact:
