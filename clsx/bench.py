@@ -23,10 +23,9 @@ from clsx.runners import RunnerOptions
 
 VARIANTS = ("torch", "torch-bf16", "onnx", "onnx-int8", "tensorrt")
 REFERENCE = "torch"
-# torch variants run the model directory itself in a dtype; the others run an export,
-# with this backend.
+# torch variants run the model directory itself in a dtype; the others run an export, with
+# the backend its format names (``auto``).
 TORCH_DTYPES = {"torch": "fp32", "torch-bf16": "bf16"}
-EXPORT_BACKENDS = {"onnx": "onnx", "onnx-int8": "onnx", "tensorrt": "tensorrt"}
 
 
 @dataclass(frozen=True)
@@ -74,8 +73,7 @@ def run_bench(
                 directory, backend = model_dir, "torch"
                 variant_options = replace(options or RunnerOptions(), dtype=TORCH_DTYPES[variant])
             else:
-                directory = _export(model_dir, variant, cache, log)
-                backend = EXPORT_BACKENDS[variant]
+                directory, backend = _export(model_dir, variant, cache, log), "auto"
                 variant_options = options
             log(f"bench: running {variant} on {len(texts)} rows")
             with _peak_rss() as peak:
