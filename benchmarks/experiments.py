@@ -72,16 +72,42 @@ class Claim:
     verdict: Callable[[dict[str, dict]], str]
 
 
+def paired_difference(correct_a: str, correct_b: str, samples: int = 1000) -> list[float]:
+    """95% interval of accuracy(a) - accuracy(b), resampling the same test rows for both.
+
+    ``correct_*`` hold one character per test row, "1" where that run's label was right.
+    Pairing removes the rows' shared difficulty from the spread, so this interval is
+    narrower than comparing the two runs' own intervals.
+    """
+    a = np.frombuffer(correct_a.encode(), np.uint8) - ord("0")
+    b = np.frombuffer(correct_b.encode(), np.uint8) - ord("0")
+    rng = np.random.default_rng(0)
+    differences = [(a[rows].mean() - b[rows].mean())
+                   for rows in (rng.integers(0, len(a), len(a)) for _ in range(samples))]
+    return [round(float(np.percentile(differences, q)), 4) for q in (2.5, 97.5)]
+
+
 def _better(results: dict[str, dict], a: str, b: str, metric: str = "accuracy") -> str:
-    """Whether run ``a`` beat run ``b``, and whether the intervals separate them."""
+    """Whether run ``a`` beat run ``b``, and whether the difference is clear at 95%.
+
+    With both runs' per-row correctness on the same test rows (runs made since it was
+    stored), a paired bootstrap of the accuracy difference decides; otherwise the two
+    runs' own intervals must not overlap, a more conservative test.
+    """
     x, y = results[a], results[b]
-    lo_x, hi_x = x[f"{metric}_ci"]
-    lo_y, hi_y = y[f"{metric}_ci"]
     relation = ("equal to" if x[metric] == y[metric] else
                 "above" if x[metric] > y[metric] else "below")
+    said = f"{a} {x[metric]:.4f} is {relation} {b} {y[metric]:.4f}"
+    paired = x.get("correct") and y.get("correct") and len(x["correct"]) == len(y["correct"])
+    if metric == "accuracy" and paired:
+        low, high = paired_difference(x["correct"], y["correct"])
+        clear = low > 0 or high < 0
+        return (f"{said} (paired difference {x[metric] - y[metric]:+.4f}, 95% interval "
+                f"[{low:+.4f}, {high:+.4f}]{'' if clear else ': no clear difference'})")
+    lo_x, hi_x = x[f"{metric}_ci"]
+    lo_y, hi_y = y[f"{metric}_ci"]
     clear = lo_x > hi_y or lo_y > hi_x
-    return (f"{a} {x[metric]:.4f} is {relation} {b} {y[metric]:.4f}"
-            f"{'' if clear else ' (the 95% intervals overlap: no clear difference)'}")
+    return f"{said}{'' if clear else ' (the 95% intervals overlap: no clear difference)'}"
 
 
 def _pairs(*pairs: tuple[str, str], metric: str = "accuracy"):
@@ -145,8 +171,12 @@ RUNS = {experiment.name: (claim, experiment) for claim in CLAIMS for experiment 
 PSEUDO_CONFIDENCE = 0.9
 
 
-def bootstrap(predictions: Path, multi_label: bool, samples: int = 1000) -> dict[str, list]:
-    """95% intervals of accuracy and macro-F1 over resamples of the test rows."""
+def bootstrap(predictions: Path, multi_label: bool, samples: int = 1000) -> dict:
+    """95% intervals of accuracy and macro-F1 over resamples of the test rows.
+
+    For a single-label run it also keeps ``correct``, one "0"/"1" per test row, so that
+    two runs on the same test rows can be compared pairwise (:func:`paired_difference`).
+    """
     from sklearn.metrics import f1_score
 
     table = pq.read_table(predictions)
@@ -168,8 +198,11 @@ def bootstrap(predictions: Path, multi_label: bool, samples: int = 1000) -> dict
         exact = (y[rows] == p[rows]).all(axis=1) if multi_label else y[rows] == p[rows]
         accuracy.append(exact.mean())
         macro_f1.append(f1_score(y[rows], p[rows], average="macro", zero_division=0))
-    return {name: [round(float(np.percentile(values, q)), 4) for q in (2.5, 97.5)]
-            for name, values in (("accuracy_ci", accuracy), ("macro_f1_ci", macro_f1))}
+    intervals: dict = {name: [round(float(np.percentile(values, q)), 4) for q in (2.5, 97.5)]
+                       for name, values in (("accuracy_ci", accuracy), ("macro_f1_ci", macro_f1))}
+    if not multi_label:
+        intervals["correct"] = "".join("1" if ok else "0" for ok in y == p)
+    return intervals
 
 
 def _register_pseudo_labelling(root: Path) -> None:

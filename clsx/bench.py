@@ -20,6 +20,7 @@ from clsx.export.parity import compare
 from clsx.manifest import Manifest
 from clsx.pipeline import Pipeline
 from clsx.runners import RunnerOptions
+from clsx.runners.tensorrt import require_tensorrt
 
 VARIANTS = ("torch", "torch-bf16", "onnx", "onnx-int8", "tensorrt")
 REFERENCE = "torch"
@@ -64,6 +65,8 @@ def run_bench(
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ClsxError(f"unknown backend {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
+    if "tensorrt" in variants:  # before minutes of exporting and measuring the others
+        require_tensorrt("--backends tensorrt", (options or RunnerOptions()).device)
     ordered = [REFERENCE, *[v for v in dict.fromkeys(variants) if v != REFERENCE]]
     with _exports_dir(exports_dir) as cache:
         reference: np.ndarray | None = None

@@ -291,12 +291,16 @@ def batch_predict_command(input_path: str, output: Path, quiet: bool, engine: st
 @click.option("--exports-dir", type=click.Path(path_type=Path),
               help="Keep (and reuse) the ONNX exports here instead of a temporary directory.")
 @click.option("--batch-tokens", type=click.IntRange(min=1))
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
+              help="Where every backend runs, the torch fp32 reference included (auto: the "
+                   "GPU when there is one).")
 @click.option("--threads", type=click.IntRange(min=1))
 @click.option("--json", "json_path", type=click.Path(path_type=Path),
               help="Also write the results as JSON to this file.")
 def bench_command(model: Path, data: Path, text_column: str, rows: int,
                   backends: tuple[str, ...], exports_dir: Path | None,
-                  batch_tokens: int | None, threads: int | None, json_path: Path | None) -> None:
+                  batch_tokens: int | None, device: str, threads: int | None,
+                  json_path: Path | None) -> None:
     """Throughput of each backend on the same rows, against PyTorch fp32.
 
     Prints rows/s, tokens/s, peak RSS, label agreement and max |logit diff| versus the
@@ -309,7 +313,7 @@ def bench_command(model: Path, data: Path, text_column: str, rows: int,
 
     texts = read_texts(data, text_column, rows)
     results = run_bench(
-        model, texts, backends, exports_dir, RunnerOptions(device="cpu", threads=threads),
+        model, texts, backends, exports_dir, RunnerOptions(device=device, threads=threads),
         batch_tokens, log=lambda line: click.echo(line, err=True),
     )
     click.echo(format_table(results))

@@ -36,6 +36,7 @@ def test_tensorrt_export_is_the_checked_fp32_graph_and_refuses_to_run_without_te
     bench = CliRunner().invoke(main, ["bench", "-m", str(tiny_models["qwen2"]), "--data",
                                       str(texts), "--backends", "tensorrt"])
     assert bench.exit_code == 1 and "runs on an NVIDIA GPU" in bench.output
+    assert "bench: running" not in bench.output  # refused before measuring anything
 
 
 def test_tensorrt_profile_covers_every_batch_the_scheduler_sends(tmp_path):

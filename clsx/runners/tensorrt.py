@@ -45,12 +45,7 @@ class TensorrtRunner(OnnxRunner):
         super().__init__(artifact, options)
 
     def open_session(self, path: Path, options: RunnerOptions) -> ort.InferenceSession:
-        if options.device == "cpu" or not tensorrt_available():
-            raise ClsxError(
-                f"{self.artifact.path} is a tensorrt export, which runs on an NVIDIA GPU "
-                "with onnxruntime-gpu and TensorRT installed (pip install 'clsx[gpu]' "
-                "tensorrt); here, export --format onnx instead"
-            )
+        require_tensorrt(f"{self.artifact.path} is a tensorrt export, which", options.device)
         max_length = options.max_length or self.artifact.manifest.max_length
         provider = tensorrt_options(engine_cache(self.artifact), max_length,
                                     self.max_batch_rows, self.batch_tokens, self.dtype)
@@ -64,6 +59,17 @@ class TensorrtRunner(OnnxRunner):
 def tensorrt_available() -> bool:
     """Whether this ONNX Runtime can run TensorRT (onnxruntime-gpu with TensorRT libraries)."""
     return TENSORRT_PROVIDER in ort.get_available_providers()
+
+
+def require_tensorrt(subject: str, device: str | None) -> None:
+    """Stop with a clear error where TensorRT cannot run: on ``--device cpu`` or without it.
+
+    ``subject`` starts the sentence, e.g. "--backends tensorrt".
+    """
+    if device == "cpu" or not tensorrt_available():
+        raise ClsxError(f"{subject} runs on an NVIDIA GPU with onnxruntime-gpu and TensorRT "
+                        "installed (pip install 'clsx[gpu]' tensorrt); here, use the onnx "
+                        "format instead")
 
 
 def tensorrt_options(cache: Path, max_length: int, max_rows: int, batch_tokens: int,
