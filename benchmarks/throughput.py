@@ -121,14 +121,15 @@ def peak_rss(pid: int | None = None) -> Iterator[list[int]]:
 
 
 def hf_pipeline(model_dir: Path, texts: list[str], warm_up: list[str], dtype: str,
-                max_length: int) -> dict:
+                max_length: int, device: str = "cpu") -> dict:
     """The baseline a user writes: transformers' text-classification pipeline."""
     import torch
     from transformers import pipeline
 
     torch.set_num_threads(physical_cores())
-    classifier = pipeline("text-classification", model=str(model_dir), device="cpu",
-                          dtype={"fp32": torch.float32, "bf16": torch.bfloat16}[dtype])
+    kind = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    classifier = pipeline("text-classification", model=str(model_dir), device=device,
+                          dtype=kind)
     label2id = classifier.model.config.label2id
     run = {"truncation": True, "max_length": max_length, "batch_size": HF_BATCH}
     classifier(warm_up[:HF_BATCH], **run)
@@ -164,11 +165,12 @@ def vllm_direct(model_dir: Path, texts: list[str], warm_up: list[str], max_lengt
 
 
 def clsx_parquet(model_dir: Path, backend: str, data: Path, out: Path, max_length: int,
-                 dtype: str | None) -> dict:
+                 dtype: str | None, device: str = "cpu") -> dict:
     """``clsx batch-predict`` Parquet to Parquet in a subprocess (its RSS tree sampled)."""
     command = [sys.executable, "-m", "clsx", "batch-predict", str(data), str(out), "--model",
                str(model_dir), "--backend", backend, "--max-length", str(max_length),
-               "--overwrite", "--quiet", *(["--dtype", dtype] if dtype else [])]
+               "--device", device, "--overwrite", "--quiet",
+               *(["--dtype", dtype] if dtype else [])]
     print("$ " + " ".join(command[2:]), flush=True)
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)
@@ -183,12 +185,12 @@ def clsx_parquet(model_dir: Path, backend: str, data: Path, out: Path, max_lengt
 
 
 def clsx_model_only(model_dir: Path, backend: str, texts: list[str], warm_up: list[str],
-                    max_length: int, dtype: str | None) -> dict:
+                    max_length: int, dtype: str | None, device: str = "cpu") -> dict:
     """The same backend on texts in memory: the model-only throughput of clsx."""
     from clsx.pipeline import Pipeline
     from clsx.runners import RunnerOptions
 
-    pipeline = Pipeline.open(model_dir, backend, RunnerOptions(device="cpu", dtype=dtype),
+    pipeline = Pipeline.open(model_dir, backend, RunnerOptions(device=device, dtype=dtype),
                              max_length=max_length)
     pipeline.classify(warm_up)
     started = time.perf_counter()

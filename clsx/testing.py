@@ -64,22 +64,29 @@ def tiny_tokenizer(family: str):
     return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=eos, pad_token=eos)
 
 
-def tiny_config(family: str, vocab_size: int, num_labels: int, pad_token_id: int):
-    """A 2-layer config of the real architecture with head_dim 64."""
+def tiny_config(family: str, vocab_size: int, num_labels: int, pad_token_id: int,
+                **sizes: int):
+    """A 2-layer config of the real architecture with head_dim 64.
+
+    ``sizes`` (``hidden_size``, ``num_hidden_layers``, ``intermediate_size``, ...) override
+    its dimensions, for a random model of a real model's shape (speed depends on the shape,
+    not on the weights).
+    """
     from transformers import BertConfig, LlamaConfig, Qwen2Config
 
-    common = dict(
+    classes = {"qwen2": Qwen2Config, "llama": LlamaConfig, "bert": BertConfig}
+    if family not in classes:
+        raise ValueError(f"unknown tiny family {family!r}; choose from {FAMILIES}")
+    settings = dict(
         vocab_size=vocab_size, hidden_size=HIDDEN, num_attention_heads=HEADS,
         intermediate_size=256, num_hidden_layers=2, max_position_embeddings=512,
         num_labels=num_labels, pad_token_id=pad_token_id,
     )
     if family == "qwen2":
-        return Qwen2Config(num_key_value_heads=1, tie_word_embeddings=False, **common)
+        settings.update(num_key_value_heads=1, tie_word_embeddings=False)
     if family == "llama":
-        return LlamaConfig(num_key_value_heads=HEADS, **common)
-    if family == "bert":
-        return BertConfig(**common)
-    raise ValueError(f"unknown tiny family {family!r}; choose from {FAMILIES}")
+        settings.update(num_key_value_heads=HEADS)
+    return classes[family](**{**settings, **sizes})
 
 
 def build_tiny_classifier(
@@ -89,8 +96,10 @@ def build_tiny_classifier(
     problem_type: str = "single_label_classification",
     max_length: int = 64,
     seed: int = 0,
+    sizes: dict[str, int] | None = None,
 ) -> Path:
-    """Save a random tiny classifier artifact into ``directory`` and return it.
+    """Save a random tiny classifier artifact into ``directory`` and return it (``sizes``:
+    see :func:`tiny_config`).
 
     The head is initialised wide (std 0.5) so that labels are decided by clear margins, not
     by rounding noise, which keeps label-agreement checks meaningful.
@@ -100,7 +109,8 @@ def build_tiny_classifier(
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer(family)
     num_labels = 1 if problem_type == "regression" else len(labels)
-    config = tiny_config(family, len(tokenizer), num_labels, tokenizer.pad_token_id)
+    config = tiny_config(family, len(tokenizer), num_labels, tokenizer.pad_token_id,
+                         **(sizes or {}))
     model = AutoModelForSequenceClassification.from_config(config)
     head = model.classifier if family == "bert" else model.score
     torch.nn.init.normal_(head.weight, std=0.5)

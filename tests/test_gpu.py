@@ -1,0 +1,58 @@
+"""The PyTorch CUDA paths against the CPU fp32 reference (run with ``pytest -m gpu``).
+
+They need only a CUDA build of torch; the TensorRT ones are in test_tensorrt.py.
+"""
+
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+from clsx.cli import main
+from clsx.export.parity import PROB_TOLERANCES, compare
+from clsx.pipeline import Pipeline
+from clsx.runners import RunnerOptions
+from tests.conftest import TEXTS, write_parquet
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(autouse=True)
+def _needs_cuda():
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.fail("the gpu tests need a CUDA device and a CUDA build of torch")
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
+@pytest.mark.parametrize("family", ["qwen2", "llama", "bert"])
+def test_torch_on_cuda_matches_cpu_fp32(family, dtype, tiny_models):
+    reference = Pipeline.open(tiny_models[family], "torch", RunnerOptions(device="cpu"))
+    gpu = Pipeline.open(tiny_models[family], "torch", RunnerOptions(device="cuda", dtype=dtype))
+    assert gpu.runner.description == f"torch ({dtype}, cuda)"
+    report = compare(reference.classify(TEXTS), gpu.classify(TEXTS),
+                     gpu.artifact.manifest.problem_type)
+    assert report.max_prob_diff <= PROB_TOLERANCES[dtype]
+    assert report.label_agreement >= 0.98
+
+
+def test_batch_predict_auto_on_cuda_picks_a_checked_dtype(tiny_models, tmp_path, monkeypatch):
+    monkeypatch.setenv("CLSX_CACHE", str(tmp_path / "cache"))
+    data = write_parquet(tmp_path / "in.parquet", TEXTS * 20)
+    out = tmp_path / "out.parquet"
+    result = CliRunner().invoke(main, ["batch-predict", str(data), str(out), "-m",
+                                       str(tiny_models["qwen2"]), "--device", "cuda"])
+    assert result.exit_code == 0, result.output
+    assert pq.read_metadata(out).num_rows == len(TEXTS) * 20
+    assert ", cuda)" in result.output  # e.g. "torch (bf16, cuda)": the dtype auto chose
+
+
+def test_bench_on_cuda_compares_every_torch_dtype_with_fp32(tiny_models, tmp_path):
+    data = write_parquet(tmp_path / "in.parquet", TEXTS * 20)
+    result = CliRunner().invoke(main, ["bench", "-m", str(tiny_models["llama"]), "--data",
+                                       str(data), "--device", "cuda", "--backends",
+                                       "torch,torch-bf16"])
+    assert result.exit_code == 0, result.output
+    assert "torch (fp32, cuda)" in result.output and "torch (bf16, cuda)" in result.output
