@@ -3,7 +3,8 @@
 ``--long-text`` picks the strategy; it is stored in the manifest by ``clsx train`` and used
 identically by eval, batch-predict and every backend (which may override it):
 
-- ``truncate`` keeps the first ``max_length`` tokens (the tokenizer's own truncation);
+- ``truncate`` keeps the first ``max_length`` tokens (the tokenizer's own truncation; with
+  a template, the text's first tokens inside the whole template);
 - ``head-tail`` keeps the first quarter and the last three quarters of the room, dropping
   the middle (Sun et al., 2019: the strongest single-pass baseline for long documents);
 - ``window`` splits the text into windows of ``max_length`` tokens that start every

@@ -68,7 +68,7 @@ class TextEncoder:
 
     def encode(self, texts: Sequence[str | None]) -> EncodedWindow:
         """Tokenise a window of texts in one batched call of the fast tokenizer."""
-        if self.long_text.strategy != "truncate":
+        if self.long_text.strategy != "truncate" or self.template:
             return self._encode_pieces(texts)
         present = [i for i, text in enumerate(texts) if text is not None]
         ids: list[list[int] | None] = [None] * len(texts)
@@ -88,8 +88,10 @@ class TextEncoder:
         return EncodedWindow(ids, truncated)
 
     def _encode_pieces(self, texts: Sequence[str | None]) -> EncodedWindow:
-        """``head-tail`` and ``window``: tokenise whole, then cut only the text's own tokens,
-        keeping the template's (and the special) tokens around every piece."""
+        """Tokenise whole, then cut only the text's own tokens, keeping the template's (and
+        the special) tokens around every piece: ``head-tail``, ``window``, and ``truncate``
+        with a template (the tokenizer's own truncation would cut the template's end, which
+        a decoder's last-token head reads)."""
         present = [i for i, text in enumerate(texts) if text is not None]
         encoded = self.tokenizer(
             [self._apply_template(texts[i]) for i in present],
@@ -111,7 +113,7 @@ class TextEncoder:
                                 f"{self.max_length} tokens of max_length; no room is left for "
                                 "the text")
             pieces = self.long_text.cut(row[first:last], room)
-            truncated += self.long_text.strategy == "head-tail" and last - first > room
+            truncated += self.long_text.strategy != "window" and last - first > room
             rows[i] = [row[:first] + piece + row[last:] or self.empty for piece in pieces]
         per_row = [rows.get(i, [None]) for i in range(len(texts))]  # a null text: one None
         ids = [piece for pieces in per_row for piece in pieces]

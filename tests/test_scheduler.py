@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from clsx.artifact import open_artifact
 from clsx.scheduler import TextEncoder, pad, plan_batches, predict_window, prefetch
+from clsx.testing import FAMILIES
 
 
 def row_signature(input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
@@ -87,3 +88,18 @@ def test_encoder_counts_truncation_and_applies_template(tiny_models):
     with_template = artifact.manifest.replace(template="Review: {text}")
     templated = TextEncoder(artifact.tokenizer, with_template)
     assert templated.encode(["good"]).ids[0] == plain.encode(["Review: good"]).ids[0]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_truncation_cuts_the_text_and_keeps_the_template_whole(tiny_models, family):
+    artifact = open_artifact(tiny_models[family])
+    manifest = artifact.manifest.replace(template="Review: {text} Answer:")
+    encoder = TextEncoder(artifact.tokenizer, manifest, max_length=20)
+    long, short = "the food arrived hot " * 10, "ok"
+    window = encoder.encode([long, short, None])
+    assert window.truncated == 1 and window.pieces is None and window.ids[2] is None
+    assert len(window.ids[0]) == 20
+    ending = encoder.encode([""]).ids[0][-3:]  # "Answer:" (and [SEP] for BERT)
+    assert window.ids[0][-3:] == ending and window.ids[1][-3:] == ending
+    whole = artifact.tokenizer("Review: ok Answer:")["input_ids"]
+    assert window.ids[1] == whole  # a text that fits is encoded as the tokenizer does
