@@ -25,7 +25,6 @@ import json
 import random
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,6 +41,7 @@ from throughput import (  # noqa: E402
     clsx_model_only,
     clsx_parquet,
     hf_pipeline,
+    matmul_peak,
     non_embedding_params,
 )
 
@@ -65,24 +65,6 @@ def synthetic_texts(workload: str, rows: int, seed: int = 0) -> list[str]:
     draw = random.Random(seed)
     low, high = WORDS[workload]
     return [" ".join(draw.choices(words, k=draw.randint(low, high))) for _ in range(rows)]
-
-
-def matmul_peak(device: str, size: int = 8192, seconds: float = 2.0) -> float:
-    """bf16 GFLOP/s of a large square matmul on ``device``."""
-    import torch
-
-    size = size if device == "cuda" else 1024
-    a = torch.randn(size, size, dtype=torch.bfloat16, device=device)
-    b = torch.randn(size, size, dtype=torch.bfloat16, device=device)
-    wait = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    a @ b
-    wait()
-    runs, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds or runs < 1:
-        a @ b
-        runs += 1
-        wait()
-    return 2 * size**3 * runs / (time.perf_counter() - started) / 1e9
 
 
 def measure(name: str, root: Path, device: str, scale: float) -> list[dict]:
@@ -158,7 +140,8 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply ROWS by this")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for the results")
     args = parser.parse_args()
-    peak = matmul_peak(args.device)
+    peak = matmul_peak("bf16", size=8192 if args.device == "cuda" else 1024, seconds=2.0,
+                       device=args.device)
     print(f"bf16 matmul peak: {peak:,.0f} GFLOP/s", flush=True)
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="clsx-gpu-") as temporary:

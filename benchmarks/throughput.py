@@ -66,19 +66,25 @@ def workload_texts(workload: str, rows: int) -> tuple[list[str], list[str]]:
     return chosen[:rows], chosen[rows:]
 
 
-def matmul_peak(dtype: str, size: int = 1024, seconds: float = 3.0) -> float:
-    """GFLOP/s of a large square matmul in torch on all physical cores (emulated bf16 takes
-    seconds per product, hence a size that still saturates the cores but no larger)."""
+def matmul_peak(dtype: str, size: int = 1024, seconds: float = 3.0, device: str = "cpu"
+                ) -> float:
+    """GFLOP/s of a large square matmul in torch on all physical cores or a GPU (emulated
+    bf16 takes seconds per product on CPU, hence a size that still saturates the cores but
+    no larger; a GPU needs a larger one)."""
     import torch
 
     torch.set_num_threads(physical_cores())
     kind = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
-    a, b = torch.randn(size, size, dtype=kind), torch.randn(size, size, dtype=kind)
+    a = torch.randn(size, size, dtype=kind, device=device)
+    b = torch.randn(size, size, dtype=kind, device=device)
+    wait = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     a @ b
+    wait()
     runs, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds or runs < 1:
         a @ b
         runs += 1
+        wait()
     return 2 * size**3 * runs / (time.perf_counter() - started) / 1e9
 
 
