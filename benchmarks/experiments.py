@@ -67,10 +67,15 @@ def long_text(model: str, strategy: str) -> Experiment:
 # A control for the SmolLM2 runs: `window` trains on every window of a text (about 5 per BBC
 # article), so in one epoch it takes about 5x the optimiser steps of `truncate`. Truncation
 # trained for 5 epochs gets as many steps, which separates "more text" from "more steps".
-TRUNCATE_SAME_STEPS = replace(
-    long_text("smollm2-135m", "truncate"), name="bbc-smollm2-truncate-5-epochs",
-    train_args=("--epochs", "5", *SMOLLM2[2:], "--max-length", "128", "--long-text",
-                "truncate"))
+def with_epochs(experiment: Experiment, epochs: int, name: str) -> Experiment:
+    """``experiment`` under another name, trained for ``epochs`` epochs."""
+    args = list(experiment.train_args)
+    args[args.index("--epochs") + 1] = str(epochs)
+    return replace(experiment, name=name, train_args=tuple(args))
+
+
+TRUNCATE_SAME_STEPS = with_epochs(long_text("smollm2-135m", "truncate"), 5,
+                                  "bbc-smollm2-truncate-5-epochs")
 
 
 @dataclass(frozen=True)

@@ -65,8 +65,9 @@ def run_bench(
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ClsxError(f"unknown backend {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
+    options = options or RunnerOptions()
     if "tensorrt" in variants:  # before minutes of exporting and measuring the others
-        require_tensorrt("--backends tensorrt", (options or RunnerOptions()).device)
+        require_tensorrt("--backends tensorrt", options.device)
     ordered = [REFERENCE, *[v for v in dict.fromkeys(variants) if v != REFERENCE]]
     with _exports_dir(exports_dir) as cache:
         reference: np.ndarray | None = None
@@ -74,7 +75,7 @@ def run_bench(
         for variant in ordered:
             if variant in TORCH_DTYPES:
                 directory, backend = model_dir, "torch"
-                variant_options = replace(options or RunnerOptions(), dtype=TORCH_DTYPES[variant])
+                variant_options = replace(options, dtype=TORCH_DTYPES[variant])
             else:
                 directory, backend = _export(model_dir, variant, cache, log), "auto"
                 variant_options = options
