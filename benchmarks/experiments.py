@@ -74,8 +74,13 @@ def with_epochs(experiment: Experiment, epochs: int, name: str) -> Experiment:
     return replace(experiment, name=name, train_args=tuple(args))
 
 
-TRUNCATE_SAME_STEPS = with_epochs(long_text("smollm2-135m", "truncate"), 5,
-                                  "bbc-smollm2-truncate-5-epochs")
+SMOLLM2_TRUNCATE = long_text("smollm2-135m", "truncate")
+TRUNCATE_SAME_STEPS = with_epochs(SMOLLM2_TRUNCATE, 5, "bbc-smollm2-truncate-5-epochs")
+# A decoder classifies from its last token. Truncated, that token sits mid-sentence in an
+# article's opening; a prompt ending gives every input the same last tokens to read.
+TRUNCATE_WITH_PROMPT = replace(SMOLLM2_TRUNCATE, name="bbc-smollm2-truncate-prompt",
+                               train_args=(*SMOLLM2_TRUNCATE.train_args,
+                                           "--template", "{text}\nTopic:"))
 
 
 @dataclass(frozen=True)
@@ -145,12 +150,15 @@ CLAIMS = (
     Claim(2, "Long texts: truncation loses accuracy; head-tail and sliding windows recover it "
              "(seed: BERT truncated at 512 lost accuracy; sliding windows untested)",
           (*(long_text(model, strategy) for model in ("minilm-l6", "smollm2-135m")
-             for strategy in ("truncate", "head-tail", "window")), TRUNCATE_SAME_STEPS),
+             for strategy in ("truncate", "head-tail", "window")), TRUNCATE_SAME_STEPS,
+           TRUNCATE_WITH_PROMPT),
           _pairs(("bbc-minilm-head-tail", "bbc-minilm-truncate"),
                  ("bbc-minilm-window", "bbc-minilm-truncate"),
                  ("bbc-smollm2-head-tail", "bbc-smollm2-truncate"),
                  ("bbc-smollm2-window", "bbc-smollm2-truncate"),
-                 ("bbc-smollm2-window", "bbc-smollm2-truncate-5-epochs"))),
+                 ("bbc-smollm2-window", "bbc-smollm2-truncate-5-epochs"),
+                 ("bbc-smollm2-truncate-prompt", "bbc-smollm2-truncate"),
+                 ("bbc-smollm2-head-tail", "bbc-smollm2-truncate-prompt"))),
     Claim(3, "Under 10K samples, LoRA beats full fine-tuning (seed)", (
         Experiment("sst2-5k-minilm-lora", "sst2", "minilm-l6",
                    ("--epochs", "3", *MINILM, "--max-length", "128"), train_rows=5000),

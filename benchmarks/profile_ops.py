@@ -1,10 +1,11 @@
-"""Where the model time goes: per-operator shares for the onnx and torch backends.
+"""Where the model time goes: per-operator shares for the onnx, onnx-int8 and torch backends.
 
 Feeds the batches clsx itself sends (its tokenizer, length-sorted batches of the default
-token budget, right padding) to ONNX Runtime with its profiler on and to PyTorch under
-torch.profiler, and sums the time per operator type. Answers "what keeps the matrix units
-idle": the share of GEMMs against attention, normalisation, activations and data movement,
-and how many of the computed tokens are padding.
+token budget, right padding) to ONNX Runtime (fp32 and int8) with its profiler on and to
+PyTorch under torch.profiler, and sums the time per operator type. Answers "what keeps the
+matrix units idle": the share of GEMMs against attention, normalisation, activations, data
+movement and (int8) activation quantization, and how many of the computed tokens are
+padding.
 
     python benchmarks/profile_ops.py [--model DIR] [--workload short|long] [--rows 512]
 
@@ -34,9 +35,11 @@ from backends import untrained_classifier  # noqa: E402
 from report import save  # noqa: E402
 from throughput import workload_texts  # noqa: E402
 
-GEMMS = {"MatMul", "MatMulInteger", "DynamicQuantizeMatMul", "Gemm", "FusedMatMul",
+GEMMS = {"MatMul", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "Gemm",
+         "FusedMatMul",
          "aten::addmm", "aten::mm", "aten::bmm", "aten::matmul", "aten::linear"}
 TOP = 8
+BACKENDS = ("onnx", "onnx-int8", "torch")
 
 
 def clsx_batches(model_dir: Path, texts: list[str]) -> tuple[list, dict]:
@@ -51,14 +54,17 @@ def clsx_batches(model_dir: Path, texts: list[str]) -> tuple[list, dict]:
                      "batches": len(batches)}
 
 
-def onnx_profile(model_dir: Path, batches: list, root: Path) -> tuple[Counter, float]:
+def onnx_profile(model_dir: Path, batches: list, root: Path, fmt: str = "onnx"
+                 ) -> tuple[Counter, float]:
     """Microseconds per ONNX operator type over all batches, and the wall seconds (no
-    warm-up: the profiler would count it)."""
+    warm-up: the profiler would count it). ``onnx-int8`` quantizes every MatMul (no
+    agreement gate, so no fallback to fp32): the most int8 can gain."""
     import onnxruntime as ort
 
     from clsx.export.onnx import export_onnx
 
-    export = export_onnx(model_dir, root / "onnx", overwrite=True).output
+    export = export_onnx(model_dir, root / fmt, fmt=fmt, min_agreement=0.0,
+                         overwrite=True).output
     options = ort.SessionOptions()
     options.intra_op_num_threads = physical_cores()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -117,7 +123,7 @@ def markdown(result: dict) -> str:
              f". Command: `{result['command']}`.", "",
              "| backend | wall s | in operators s | GEMM share | top operators (share of "
              "operator time) |", "|---|---|---|---|---|"]
-    for backend in ("onnx", "torch"):
+    for backend in BACKENDS:
         r = result[backend]
         top = ", ".join(f"{op} {share:.1%}" for op, share in r["top"])
         lines.append(f"| {backend} | {r['wall_s']} | {r['operator_s']} | "
@@ -143,7 +149,8 @@ def main() -> None:
                   "command": "python benchmarks/profile_ops.py "
                              f"--workload {args.workload} --rows {args.rows}"
                              + (f" --model {args.model}" if args.model else ""),
-                  "onnx": shares(*onnx_profile(model, batches, root)),
+                  **{fmt: shares(*onnx_profile(model, batches, root, fmt))
+                     for fmt in ("onnx", "onnx-int8")},
                   "torch": shares(*torch_profile(model, batches))}
     save("profile_ops", result, markdown(result))
     print(markdown(result))

@@ -70,7 +70,7 @@ def test_int8_keeps_sensitive_layers_in_fp32_when_full_int8_misses_the_gate(
         tiny_models, tmp_path, monkeypatch):
     from clsx.export import onnx as onnx_export
 
-    plans, quantize, measure = [], onnx_export._quantize_dynamic, onnx_export._int8_parity
+    plans, quantize, measure = [], onnx_export.quantize_dynamic_int8, onnx_export._int8_parity
 
     def recording(fp32_path, int8_path, fp32_nodes):
         plans.append(fp32_nodes)
@@ -83,7 +83,7 @@ def test_int8_keeps_sensitive_layers_in_fp32_when_full_int8_misses_the_gate(
                                                    label_agreement=0.5)
         return reports
 
-    monkeypatch.setattr(onnx_export, "_quantize_dynamic", recording)
+    monkeypatch.setattr(onnx_export, "quantize_dynamic_int8", recording)
     monkeypatch.setattr(onnx_export, "_int8_parity", failing_first)
     result = export_onnx(tiny_models["qwen2"], tmp_path / "int8", fmt="onnx-int8",
                          min_agreement=0.6)

@@ -159,7 +159,7 @@ def _quantize(
     notes: list[str] = []
     kept = _sensitive_matmuls(fp32_path)
     for plan in ([], kept) if kept else ([],):
-        _quantize_dynamic(fp32_path, int8_path, plan)
+        quantize_dynamic_int8(fp32_path, int8_path, plan)
         int8_session = open_session(int8_path, RunnerOptions(device="cpu"))
         measured = _int8_parity(artifact, fp32_session, int8_session, input_ids,
                                 attention_mask, calibration_texts)
@@ -202,7 +202,9 @@ def _sensitive_matmuls(fp32_path: Path) -> list[str]:
     return names
 
 
-def _quantize_dynamic(fp32_path: Path, int8_path: Path, fp32_nodes: list[str]) -> None:
+def quantize_dynamic_int8(fp32_path: Path, int8_path: Path, fp32_nodes: list[str]) -> None:
+    """ONNX Runtime's dynamic int8 of every MatMul with a constant weight but ``fp32_nodes``:
+    per-channel weights in 7 bits (see ``_quantize``), activations quantized per batch."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     root = logging.getLogger()
