@@ -36,8 +36,7 @@ from report import save  # noqa: E402
 from throughput import workload_texts  # noqa: E402
 
 GEMMS = {"MatMul", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "Gemm",
-         "FusedMatMul",
-         "aten::addmm", "aten::mm", "aten::bmm", "aten::matmul", "aten::linear"}
+         "FusedMatMul", "aten::addmm", "aten::mm", "aten::bmm", "aten::matmul", "aten::linear"}
 TOP = 8
 BACKENDS = ("onnx", "onnx-int8", "torch")
 

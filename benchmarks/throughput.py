@@ -31,7 +31,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -94,14 +94,7 @@ def matmul_peak(dtype: str, size: int = 1024, seconds: float = 3.0, device: str 
     a = torch.randn(size, size, dtype=kind, device=device)
     b = torch.randn(size, size, dtype=kind, device=device)
     wait = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    a @ b
-    wait()
-    runs, started = 0, time.perf_counter()
-    while time.perf_counter() - started < seconds or runs < 1:
-        a @ b
-        runs += 1
-        wait()
-    return 2 * size**3 * runs / (time.perf_counter() - started) / 1e9
+    return _gflops(lambda: (a @ b, wait()), 2 * size**3, seconds)
 
 
 def int8_matmul_peak(size: int = 1024, seconds: float = 3.0) -> float:
@@ -128,12 +121,17 @@ def int8_matmul_peak(size: int = 1024, seconds: float = 3.0) -> float:
         options.intra_op_num_threads = physical_cores()
         session = ort.InferenceSession(str(int8), options, providers=["CPUExecutionProvider"])
     x = {"x": rng.standard_normal(square, dtype=np.float32)}
-    session.run(None, x)
+    return _gflops(lambda: session.run(None, x), 2 * size**3, seconds)
+
+
+def _gflops(step: Callable[[], object], flops: float, seconds: float) -> float:
+    """GFLOP/s of ``step`` (``flops`` each), run once to warm up and then for ``seconds``."""
+    step()
     runs, started = 0, time.perf_counter()
     while time.perf_counter() - started < seconds or runs < 1:
-        session.run(None, x)
+        step()
         runs += 1
-    return 2 * size**3 * runs / (time.perf_counter() - started) / 1e9
+    return flops * runs / (time.perf_counter() - started) / 1e9
 
 
 def non_embedding_params(model_dir: Path) -> int:
