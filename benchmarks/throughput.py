@@ -289,6 +289,11 @@ def exports(model_dir: Path, root: Path, decoder: bool, vllm: bool, calibration:
     return directories, int8_gated
 
 
+def measured_rows(name: str, workload: str, scale: float) -> int:
+    """How many texts a workload measures: ``ROWS`` scaled, at least 32."""
+    return max(32, int(ROWS[(name, workload)] * scale))
+
+
 def measure_model(name: str, model_dir: Path, root: Path, scale: float, peaks: dict,
                   vllm: bool) -> list[dict]:
     """Every system on both workloads for one model; rows of the result table."""
@@ -297,12 +302,12 @@ def measure_model(name: str, model_dir: Path, root: Path, scale: float, peaks: d
     labels = json.loads((model_dir / "clsx.json").read_text())["labels"]
     params = non_embedding_params(model_dir)
     calibration = calibration_data(root / f"{name}-calibration.parquet",
-                                   max(32, int(ROWS[(name, "short")] * scale)) + WARM_UP_ROWS)
+                                   measured_rows(name, "short", scale) + WARM_UP_ROWS)
     directories, int8_gated = exports(model_dir, root, decoder, vllm, calibration)
     native_bf16 = "bf16" in native_low_precision("cpu")
     rows: list[dict] = []
     for workload in ("short", "long"):
-        count = max(32, int(ROWS[(name, workload)] * scale))
+        count = measured_rows(name, workload, scale)
         texts, warm_up = workload_texts(workload, count)
         max_length = LONG_TOKENS if workload == "long" else 128
         data = root / f"{name}-{workload}.parquet"
