@@ -6,20 +6,22 @@ Heavy libraries (torch, transformers, onnxruntime) are imported inside the comma
 
 from __future__ import annotations
 
-import os
+import dataclasses
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
 from clsx import __version__
+from clsx.environment import environment
 from clsx.errors import ClsxError
-from clsx.export import EXPORT_FORMATS
+from clsx.export import EXPORT_FORMATS, FP32_TOLERANCE, INT8_MIN_AGREEMENT, VLLM_DTYPE
 
-# Model loading here never needs the hub's progress bars or advisory logging.
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+# For the duration of a command (a user's own settings win): model loading here never needs
+# the hub's progress bars or advisory logging, and the fast tokenizer may use every core.
+COMMAND_ENVIRONMENT = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
+                       "TOKENIZERS_PARALLELISM": "true"}
 
 BACKENDS = ("auto", "torch", "onnx", "vllm", "tensorrt")
 DTYPES = ("fp32", "bf16", "fp16")
@@ -31,12 +33,35 @@ class ClsxGroup(click.Group):
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with environment(COMMAND_ENVIRONMENT, override=False):
+                return super().invoke(ctx)
         except ClsxError as exc:
             raise click.ClickException(str(exc)) from exc
         except KeyboardInterrupt as exc:
             click.echo(str(exc) or "Interrupted; no partial output was left behind.", err=True)
             sys.exit(130)
+
+
+def default_of(config: type, name: str) -> Any:
+    """The default of field ``name`` of the dataclass ``config``: the one owner of a default,
+    which ``--help`` shows and a flag left out keeps."""
+    field = next(f for f in dataclasses.fields(config) if f.name == name)
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    return field.default_factory()  # type: ignore[misc]
+
+
+def with_default(help_text: str, config: type, name: str) -> dict[str, Any]:
+    """Option settings for a flag whose default is the dataclass field's: None when left
+    out (so the dataclass applies it), shown in ``--help``."""
+    value = default_of(config, name)
+    shown = repr(value) if value == "" else value
+    return {"default": None, "help": f"{help_text}  [default: {shown}]".lstrip()}
+
+
+def given(options: dict[str, Any]) -> dict[str, Any]:
+    """The options the user gave (None: left to the config dataclass's default)."""
+    return {name: value for name, value in options.items() if value is not None}
 
 
 threshold_option = click.option(
@@ -109,8 +134,8 @@ def main() -> None:
                                       "engine on NVIDIA GPUs.")
 @click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
               help="Directory to create (model.onnx or weights, tokenizer, config, clsx.json).")
-@click.option("--dtype", type=click.Choice(["bf16", "fp32"]), default="bf16", show_default=True,
-              help="vllm only: dtype of the saved weights.")
+@click.option("--dtype", type=click.Choice(["bf16", "fp32"]),
+              help=f"vllm only: dtype of the saved weights.  [default: {VLLM_DTYPE}]")
 @click.option("--no-parity", is_flag=True,
               help="vllm only: skip loading the export in vLLM to check it (e.g. where vLLM "
                    "is not installed).")
@@ -121,16 +146,17 @@ def main() -> None:
 @click.option("--calibration-rows", type=click.IntRange(min=1), default=2000, show_default=True,
               help="Rows of --calibration-data to compare.")
 @click.option("--tolerance", type=click.FloatRange(min=0),
-              help="onnx: max |logit difference| from PyTorch fp32 (default 1e-4); vllm: max "
-                   "|probability difference| (default 2e-3 for fp32, 5e-2 for bf16).")
-@click.option("--min-agreement", type=click.FloatRange(0, 1), default=0.98, show_default=True,
-              help="int8 only: min fraction of labels equal to fp32 (on the calibration data "
-                   "when given, else on the parity batch).")
+              help=f"onnx: max |logit difference| from PyTorch fp32 (default {FP32_TOLERANCE:g}); "
+                   "vllm: max |probability difference| (default 2e-3 for fp32, 5e-2 for bf16).")
+@click.option("--min-agreement", type=click.FloatRange(0, 1),
+              help="int8 only: min fraction of labels (as users get them) equal to fp32's, on "
+                   "the calibration data when given, else on the parity batch.  "
+                   f"[default: {INT8_MIN_AGREEMENT}]")
 @click.option("--overwrite", is_flag=True, help="Replace --output if it exists.")
 @allow_pickle_option
-def export_command(model_dir: Path, fmt: str, output: Path, dtype: str, no_parity: bool,
+def export_command(model_dir: Path, fmt: str, output: Path, dtype: str | None, no_parity: bool,
                    calibration_data: Path | None, text_column: str, calibration_rows: int,
-                   tolerance: float | None, min_agreement: float, overwrite: bool,
+                   tolerance: float | None, min_agreement: float | None, overwrite: bool,
                    allow_pickle: bool) -> None:
     """Export a merged model directory to ONNX or for vLLM, checked against PyTorch.
 
@@ -148,21 +174,23 @@ def export_command(model_dir: Path, fmt: str, output: Path, dtype: str, no_parit
     if fmt == "vllm":
         from clsx.export.vllm import export_vllm
 
-        result = export_vllm(model_dir, output, dtype=dtype, tolerance=tolerance,
-                             check=not no_parity, overwrite=overwrite, allow_pickle=allow_pickle)
+        result = export_vllm(model_dir, output, tolerance=tolerance, check=not no_parity,
+                             overwrite=overwrite, allow_pickle=allow_pickle,
+                             **given({"dtype": dtype}))
     else:
-        from clsx.export.onnx import FP32_TOLERANCE, export_onnx
+        from clsx.export.onnx import export_onnx
 
         texts = None
         if calibration_data is not None:
             texts = [t for t in read_texts(calibration_data, text_column, calibration_rows)
                      if t is not None]
         result = export_onnx(model_dir, output, fmt=fmt, calibration_texts=texts,
-                             tolerance=FP32_TOLERANCE if tolerance is None else tolerance,
-                             min_agreement=min_agreement, overwrite=overwrite,
-                             allow_pickle=allow_pickle)
+                             overwrite=overwrite, allow_pickle=allow_pickle,
+                             **given({"tolerance": tolerance, "min_agreement": min_agreement}))
     for name, report in result.parity.items():
         agreement = "n/a" if report.label_agreement is None else f"{report.label_agreement:.2%}"
+        if report.per_label_agreement is not None:
+            agreement += f" of label sets, {report.per_label_agreement:.2%} of labels"
         click.echo(f"parity {name}: {report.rows} rows, max |logit diff| "
                    f"{report.max_abs_diff:.2e}, max |prob diff| {report.max_prob_diff:.2e}, "
                    f"label agreement {agreement}", err=True)
@@ -176,73 +204,101 @@ def export_command(model_dir: Path, fmt: str, output: Path, dtype: str, no_parit
     click.echo(f"Wrote {output}")
 
 
+def _batch_predict_options(command):
+    """The options of ``batch-predict``; each default is the BatchPredictConfig field's (or
+    RayOptions' for the Ray options)."""
+    from clsx.predict import BatchPredictConfig as Config
+    from clsx.ray_engine import RayOptions
+
+    def default(name: str, help_text: str = "", config: type = Config) -> dict[str, Any]:
+        return with_default(help_text, config, name)
+
+    options = [
+        click.option("--model", "-m", type=click.Path(path_type=Path), required=True,
+                     help="Model directory: merged PyTorch checkpoint or a clsx export."),
+        click.option("--backend", type=click.Choice(BACKENDS), **default("backend",
+                     "auto runs the model directory's own format (a PyTorch model in the "
+                          "fastest dtype that keeps its labels here).")),
+        click.option("--text-column", **default("text_column")),
+        click.option("--keep-columns", callback=_comma_list,
+                     help="Comma-separated input columns to copy to OUT  [default: all]"),
+        click.option("--output-prefix", **default("output_prefix",
+                     "Prefix for the prediction columns (label, score, probs, ...).")),
+        click.option("--batch-tokens", type=click.IntRange(min=1),
+                     help="Padded tokens per model call  [default: the backend's; 8192 for "
+                          "torch and onnx]"),
+        click.option("--window-rows", type=click.IntRange(min=1), **default("window_rows",
+                     "Rows tokenised and length-sorted together; bounds memory.")),
+        click.option("--max-length", type=click.IntRange(min=1),
+                     help="Tokens per model input  [default: the model's, from clsx.json]"),
+        long_text_options(training=False),
+        click.option("--windows-column", is_flag=True,
+                     help="Add a 'windows' column: model inputs per row (>1 only with "
+                          "--long-text window; 0 for a null text)."),
+        threshold_option,
+        click.option("--device", type=click.Choice(DEVICES), **default("device")),
+        click.option("--threads", type=click.IntRange(min=1),
+                     help="Compute threads per model replica  [default: one per physical core; "
+                          "with --engine ray, 1 per actor]"),
+        click.option("--dtype", type=click.Choice(DTYPES),
+                     help="torch, vllm and tensorrt backends: compute dtype. Default for torch: "
+                          "fp32, or with --backend auto the fastest dtype whose probabilities "
+                          "stay within 5e-2 of fp32 and whose labels agree on this machine "
+                          "(bf16 where the CPU has AMX / AVX-512 BF16, or on a GPU); for vllm: "
+                          "the weights' dtype; for tensorrt: the engine's (fp16 unless fp32). "
+                          "fp16 needs a GPU."),
+        click.option("--max-num-seqs", type=click.IntRange(min=1),
+                     help="vllm backend: most sequences per engine step  [default: vLLM's]"),
+        click.option("--max-num-batched-tokens", type=click.IntRange(min=1),
+                     help="vllm backend: most tokens per engine step  [default: vLLM's]"),
+        click.option("--memory-fraction", type=click.FloatRange(0, 1, min_open=True),
+                     help="vllm backend: share of GPU memory vLLM may take (default 0.9); on "
+                          "CPU, share of host RAM for its KV cache (default 0.05)."),
+        click.option("--output-format", type=click.Choice(["file", "dataset"]),
+                     help="file (local default): one Parquet file; dataset (always with "
+                          "--engine ray): OUT is a directory of Parquet parts, for Spark, Ray, "
+                          "DuckDB."),
+        click.option("--resume", is_flag=True,
+                     help="Continue a killed or interrupted run of the same command from its "
+                          "saved parts; exits 0 at once when OUT is already complete."),
+        click.option("--part-rows", type=click.IntRange(min=1), **default("part_rows",
+                     "Rows per saved part (a part is also saved every 2 minutes).")),
+        click.option("--overwrite", is_flag=True, help="Replace OUT (and any saved parts)."),
+        allow_pickle_option,
+        click.option("--engine", type=click.Choice(["local", "ray"]), default="local",
+                     show_default=True, help="ray: run on Ray Data (pip install 'clsx[ray]')."),
+        click.option("--address", help="Ray: cluster address  [default: start a local Ray]"),
+        click.option("--num-workers", type=click.IntRange(min=1),
+                     **default("num_workers",
+                     "Ray: model replicas (actors), each with --threads CPU threads.", RayOptions)),
+        click.option("--gpus-per-worker", type=click.FloatRange(min=0),
+                     **default("gpus_per_worker",
+                     "Ray: GPUs per replica (1 = one replica per GPU).", RayOptions)),
+        click.option("--preserve-order", is_flag=True,
+                     help="Ray: keep input order (parts of --part-rows rows, written in order "
+                          "by the driver); slower."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @main.command("batch-predict")
 @click.argument("input_path", metavar="IN")
 @click.argument("output", metavar="OUT", type=click.Path(path_type=Path))
-@click.option("--model", "-m", type=click.Path(path_type=Path), required=True,
-              help="Model directory: merged PyTorch checkpoint or a clsx export.")
-@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
-              help="auto runs the model directory's own format.")
-@click.option("--text-column", default="text", show_default=True)
-@click.option("--keep-columns", callback=_comma_list,
-              help="Comma-separated input columns to copy to OUT (default: all).")
-@click.option("--output-prefix", default="", help="Prefix for the label/score/probs columns.")
-@click.option("--batch-tokens", type=click.IntRange(min=1),
-              help="Padded tokens per model call (default: the backend's).")
-@click.option("--window-rows", type=click.IntRange(min=1), default=4096, show_default=True,
-              help="Rows tokenised and length-sorted together; bounds memory.")
-@click.option("--max-length", type=click.IntRange(min=1),
-              help="Tokens per model input (default: the manifest's).")
-@long_text_options(training=False)
-@click.option("--windows-column", is_flag=True,
-              help="Add a 'windows' column: model inputs per row (>1 only with --long-text "
-                   "window; 0 for a null text).")
-@threshold_option
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), help="Compute threads (default: cores).")
-@click.option("--dtype", type=click.Choice(DTYPES),
-              help="torch, vllm and tensorrt backends: compute dtype. Default for torch: fp32, "
-                   "or with --backend auto the fastest dtype whose probabilities stay within "
-                   "5e-2 of fp32 on this machine (bf16 where the CPU has AMX / AVX-512 BF16, "
-                   "or on a GPU); for vllm: the weights' dtype; for tensorrt: the engine's "
-                   "(fp16 unless fp32). fp16 needs a GPU.")
-@click.option("--max-num-seqs", type=click.IntRange(min=1),
-              help="vllm backend: most sequences per engine step (default: vLLM's).")
-@click.option("--max-num-batched-tokens", type=click.IntRange(min=1),
-              help="vllm backend: most tokens per engine step (default: vLLM's).")
-@click.option("--memory-fraction", type=click.FloatRange(0, 1, min_open=True),
-              help="vllm backend: share of GPU memory vLLM may take (default 0.9); on CPU, "
-                   "share of host RAM for its KV cache (default 0.05).")
-@click.option("--output-format", type=click.Choice(["file", "dataset"]),
-              help="file (local default): one Parquet file; dataset (always with --engine "
-                   "ray): OUT is a directory of Parquet parts, for Spark, Ray, DuckDB.")
-@click.option("--resume", is_flag=True,
-              help="Continue a killed or interrupted run of the same command from its saved "
-                   "parts; exits 0 at once when OUT is already complete.")
-@click.option("--part-rows", type=click.IntRange(min=1), default=100_000, show_default=True,
-              help="Rows per saved part (a part is also saved every 2 minutes).")
-@click.option("--overwrite", is_flag=True, help="Replace OUT (and any saved parts).")
-@allow_pickle_option
-@click.option("--engine", type=click.Choice(["local", "ray"]), default="local",
-              show_default=True, help="ray: run on Ray Data (pip install 'clsx[ray]').")
-@click.option("--address", help="Ray: cluster address (default: start a local Ray).")
-@click.option("--num-workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Ray: model replicas (actors), each with --threads CPU threads.")
-@click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0.0,
-              show_default=True, help="Ray: GPUs per replica (1 = one replica per GPU).")
-@click.option("--preserve-order", is_flag=True,
-              help="Ray: keep input order (parts of --part-rows rows, written in order by the "
-                   "driver); slower.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@_batch_predict_options
 def batch_predict_command(input_path: str, output: Path, quiet: bool, engine: str,
-                          address: str | None, num_workers: int, gpus_per_worker: float,
-                          preserve_order: bool, **options) -> None:
+                          address: str | None, num_workers: int | None,
+                          gpus_per_worker: float | None, preserve_order: bool,
+                          **options) -> None:
     """Classify the texts of IN (a Parquet file, directory or glob) into OUT (Parquet).
 
     \b
     OUT holds the input columns (or --keep-columns) plus:
       label  string   the predicted label (multi-label: labels >= their threshold, comma-joined;
                       regression: null)
+      labels list<string>  multi-label only: the predicted labels as a list
       score  float32  the probability of that label (multi-label: the highest; regression:
                       the predicted value)
       probs  list<float32>  softmax (single-label) or sigmoid (multi-label) per label id
@@ -261,18 +317,48 @@ def batch_predict_command(input_path: str, output: Path, quiet: bool, engine: st
     """
     from clsx.predict import BatchPredictConfig, batch_predict
 
-    config = BatchPredictConfig(input=input_path, output=output, progress=not quiet, **options)
-    if engine == "ray":
-        from clsx.ray_engine import RayOptions, ray_batch_predict
+    config = BatchPredictConfig(input=input_path, output=output, **given(options))
+    ray_options = given({"address": address, "num_workers": num_workers,
+                         "gpus_per_worker": gpus_per_worker})
+    with ProgressBar(enabled=not quiet) as progress:
+        if engine == "ray":
+            from clsx.ray_engine import RayOptions, ray_batch_predict
 
-        summary = ray_batch_predict(config, RayOptions(address, num_workers, gpus_per_worker,
-                                                       preserve_order))
-    else:
-        if address or num_workers != 1 or gpus_per_worker or preserve_order:
-            raise ClsxError("--address, --num-workers, --gpus-per-worker and --preserve-order "
-                            "apply to --engine ray only")
-        summary = batch_predict(config)
+            summary = ray_batch_predict(config, RayOptions(**ray_options,
+                                                           preserve_order=preserve_order),
+                                        progress=not quiet)
+        else:
+            if ray_options or preserve_order:
+                raise ClsxError("--address, --num-workers, --gpus-per-worker and "
+                                "--preserve-order apply to --engine ray only")
+            summary = batch_predict(config, progress)
     click.echo(summary.line(), err=True)
+
+
+class ProgressBar:
+    """A tqdm bar on stderr that the library drives through ``progress(done, total)``."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=done, unit=" rows", file=sys.stderr,
+                            mininterval=1.0, dynamic_ncols=True, smoothing=0.1)
+        else:
+            self.bar.update(done - self.bar.n)
+
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 @main.command("bench")

@@ -11,10 +11,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from clsx.classifier import Classifier
 from clsx.data import read_labelled
+from clsx.decisions import MULTI, DecisionRule
 from clsx.metrics import compute_metrics, tune_threshold
-from clsx.pipeline import Pipeline
-from clsx.postprocess import prediction_columns
 from clsx.runners import RunnerOptions
 
 
@@ -41,28 +41,28 @@ def evaluate(
 ) -> EvalResult:
     """Classify ``data`` with ``model`` and score the predictions against its labels.
 
-    ``long_text`` overrides the manifest's long-text setting (see :meth:`Pipeline.open`).
-    Multi-label rows are cut at ``threshold`` (None: the model's tuned per-label thresholds,
-    else 0.5), or with ``tune`` at the one threshold that maximises macro-F1 on ``data``.
+    ``long_text`` overrides the manifest's long-text setting (see
+    :meth:`Classifier.from_artifact`). Multi-label rows are cut at ``threshold`` (None: the
+    model's tuned per-label thresholds, else 0.5), or with ``tune`` at the one threshold that
+    maximises macro-F1 on ``data``.
     """
-    pipeline = Pipeline.open(model, backend, options, allow_pickle=allow_pickle,
-                             long_text=long_text)
-    manifest = pipeline.artifact.manifest
-    labelled = read_labelled(data, text_column, label_column, manifest.problem_type,
-                             labels=manifest.labels, separator=label_separator)
-    logits = pipeline.classify(labelled.texts)
-    if tune and manifest.problem_type == "multi_label_classification":
-        threshold = tune_threshold(logits, labelled.targets)
-    cut = manifest.decision_thresholds(threshold)
+    with Classifier.open(model, backend, options, allow_pickle=allow_pickle,
+                         long_text=long_text, threshold=threshold) as classifier:
+        manifest = classifier.manifest
+        labelled = read_labelled(data, text_column, label_column, manifest.problem_type,
+                                 labels=manifest.labels, separator=label_separator)
+        logits = classifier.predict_all(labelled.texts).logits
+    rule = classifier.rule
+    if tune and manifest.problem_type == MULTI:
+        rule = rule.with_threshold(tune_threshold(logits, labelled.targets))
     metrics = compute_metrics(logits, labelled.targets, manifest.problem_type,
-                              manifest.labels, cut)
+                              manifest.labels, rule.cut)
     metrics["rows"] = len(labelled.texts)
-    columns = prediction_columns(logits, manifest, threshold)
     predictions = labelled.table.select([text_column, label_column])
-    for name, column in columns.items():
+    for name, column in rule.named_columns(logits).items():
         predictions = predictions.append_column(f"predicted_{name}", column)
-    correct = _correct(logits, labelled.targets, manifest.problem_type, cut)
-    predictions = predictions.append_column("correct", pa.array(correct))
+    predictions = predictions.append_column("correct", pa.array(_correct(logits, labelled.targets,
+                                                                         rule)))
     return EvalResult(metrics, predictions)
 
 
@@ -77,13 +77,11 @@ def write_json(metrics: dict[str, Any], path: Path) -> None:
     path.write_text(json.dumps(metrics, indent=2, default=float) + "\n")
 
 
-def _correct(logits: np.ndarray, targets: np.ndarray, problem_type: str,
-             threshold: float | np.ndarray) -> np.ndarray:
-    if problem_type == "regression":
+def _correct(logits: np.ndarray, targets: np.ndarray, rule: DecisionRule) -> np.ndarray:
+    """Whether each row's decision equals its gold label (regression: always true)."""
+    if not rule.has_labels:
         return np.ones(len(logits), dtype=bool)
-    if problem_type == "multi_label_classification":
-        from clsx.postprocess import probabilities
-
-        predicted = probabilities(logits, problem_type) >= threshold
-        return (predicted == targets.astype(bool)).all(axis=1)
-    return logits.argmax(axis=1) == targets
+    decided = rule.decide(logits)
+    if rule.problem_type == MULTI:
+        return (decided == targets.astype(bool)).all(axis=1)
+    return decided == targets

@@ -9,11 +9,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from clsx.classifier import Classifier
+from clsx.decisions import probabilities
 from clsx.errors import ClsxError
 from clsx.long_text import LongText, combine
 from clsx.manifest import Manifest
-from clsx.pipeline import Pipeline
-from clsx.postprocess import probabilities
 from clsx.testing import FAMILIES
 from tests.conftest import write_parquet
 from tests.test_batch_predict import predict
@@ -73,8 +73,8 @@ def test_windows_keep_the_template_and_short_texts_encode_as_truncate(family, ti
     for path in tiny_models[family].iterdir():
         (model / path.name).write_bytes(path.read_bytes())
     Manifest.load(model).replace(template="Review: {text} Answer:").save(model)
-    plain = Pipeline.open(model, max_length=32)
-    window = Pipeline.open(model, max_length=32, long_text={"strategy": "window"})
+    plain = Classifier.open(model, max_length=32)
+    window = Classifier.open(model, max_length=32, long_text={"strategy": "window"})
     encoded = window.encoder.encode(TEXTS)
     assert encoded.pieces[1] > 3 and list(encoded.pieces[[0, 2, 3]]) == [1, 1, 1]
     assert list(encoded.inputs_per_row()[[0, 2, 3]]) == [1, 0, 1]
@@ -86,7 +86,7 @@ def test_windows_keep_the_template_and_short_texts_encode_as_truncate(family, ti
         assert piece[-2:] == prefix[-2:]  # the template's end (and [SEP]) in every window
     short = [TEXTS[0], TEXTS[3], "medium " * 3]
     assert window.encoder.encode(short).ids == plain.encoder.encode(short).ids
-    head_tail = Pipeline.open(model, max_length=32, long_text={"strategy": "head-tail"})
+    head_tail = Classifier.open(model, max_length=32, long_text={"strategy": "head-tail"})
     assert head_tail.encoder.encode(TEXTS).truncated == 2
 
 
@@ -104,8 +104,8 @@ def test_window_predictions_are_the_mean_of_each_windows_logits(tiny_models, tin
     windows = table.column("windows").to_pylist()
     assert windows[1] > 3 and windows[2] == 0 and windows[0] == 1
 
-    pipeline = Pipeline.open(tiny_models["qwen2"], max_length=16,
-                             long_text={"strategy": "window", "stride": 8})
+    pipeline = Classifier.open(tiny_models["qwen2"], max_length=16,
+                               long_text={"strategy": "window", "stride": 8})
     encoded = pipeline.encoder.encode([LONG])
     each = pipeline.runner.predict_rows(encoded.ids)
     expected = probabilities(each.mean(axis=0, keepdims=True), "single_label_classification")
@@ -128,7 +128,7 @@ def test_training_on_windows_records_the_setting_and_eval_uses_it(tiny_bases, tm
     manifest = json.loads((out / "clsx.json").read_text())
     assert manifest["long_text"] == {"strategy": "window", "stride": None, "aggregate": "max"}
     assert Manifest.load(out).long_text == LongText("window", None, "max")
-    pipeline = Pipeline.open(out)
+    pipeline = Classifier.open(out)
     assert pipeline.encoder.encode([rows[0]["text"]]).pieces[0] > 1
     metrics = json.loads((out / "metrics.json").read_text())["epochs"][-1]
     assert 0.0 <= metrics["accuracy"] <= 1.0

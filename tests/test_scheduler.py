@@ -8,7 +8,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clsx.artifact import open_artifact
-from clsx.scheduler import TextEncoder, pad, plan_batches, predict_window, prefetch
+from clsx.classifier import prefetch
+from clsx.encoding import EncodedWindow, TextEncoder
+from clsx.scheduler import pad, plan_batches, predict_window_rows
 from clsx.testing import FAMILIES
 
 
@@ -16,6 +18,13 @@ def row_signature(input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarr
     """A fake backend: each row's logits are (sum of its real ids, its length)."""
     sums = (input_ids * attention_mask).sum(axis=1)
     return np.stack([sums, attention_mask.sum(axis=1)], axis=1).astype(np.float32)
+
+
+def predict_window(window: EncodedWindow, predict, num_labels: int, pad_id: int,
+                   batch_tokens: int) -> np.ndarray:
+    """The scheduler driving a backend that takes padded batches."""
+    return predict_window_rows(window, lambda rows: predict(*pad(rows, pad_id)), num_labels,
+                               batch_tokens)
 
 
 @given(st.lists(st.integers(1, 300), min_size=1, max_size=200), st.integers(1, 2000),
@@ -37,8 +46,6 @@ def test_pad_right_pads_with_the_pad_id():
 
 
 def test_predict_window_restores_order_and_keeps_null_rows():
-    from clsx.scheduler import EncodedWindow
-
     rows = [[3, 4], None, [1], [9, 9, 9, 9], None, [2, 2, 2]]
     logits = predict_window(EncodedWindow(rows, 0), row_signature, 2, 0, batch_tokens=5)
     for row, out in zip(rows, logits, strict=True):

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 from peft import PeftModel
 from transformers import AutoModelForSequenceClassification, set_seed
 
+from clsx.classifier import Classifier
 from clsx.cli import main
-from clsx.pipeline import Pipeline
 from clsx.testing import FAMILIES
 from clsx.train import trainer as trainer_module
 
@@ -59,8 +59,8 @@ def test_lora_training_merges_into_an_equivalent_model(family, tiny_bases, senti
     initial_head = (base.classifier if family == "bert" else base.score).weight.detach().clone()
     lora = PeftModel.from_pretrained(base, out / "adapter").eval()
     texts = POSITIVE + NEGATIVE
-    pipeline = Pipeline.open(out, "torch")
-    merged_logits = pipeline.classify(texts)
+    pipeline = Classifier.open(out, "torch")
+    merged_logits = pipeline.predict_all(texts).logits
     with torch.inference_mode():
         lora_logits = np.stack([
             lora(**pipeline.artifact.tokenizer(t, return_tensors="pt")).logits[0].numpy()
@@ -117,7 +117,7 @@ def test_template_and_label_descriptions_reach_predict_time(tiny_bases, sentimen
                    "--template", "Review: {text}\nLabels:\n{labels}", "--label-descriptions",
                    descriptions, "--eval-fraction", "0.25", max_length=64)
     assert result.exit_code == 0, result.output
-    pipeline = Pipeline.open(out)
+    pipeline = Classifier.open(out)
     template = "Review: {text}\nLabels:\n- neg: unhappy\n- pos: happy"
     assert pipeline.artifact.manifest.template == template
     tokenizer = pipeline.artifact.tokenizer

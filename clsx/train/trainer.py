@@ -22,12 +22,13 @@ import torch
 
 from clsx.artifact import pad_token_id, save_artifact
 from clsx.data import LabelledData, read_labelled
+from clsx.encoding import EncodedWindow, TextEncoder
 from clsx.errors import ClsxError
 from clsx.long_text import combine, first_inputs
 from clsx.manifest import Manifest, check_family
 from clsx.metrics import compute_metrics, scalar_metrics, tune_threshold, tune_thresholds
 from clsx.models import resolve_model
-from clsx.scheduler import EncodedWindow, TextEncoder, pad
+from clsx.scheduler import pad
 from clsx.staging import staged_directory
 from clsx.train.config import TrainConfig
 from clsx.train.prompt import build_template, read_label_descriptions
