@@ -207,8 +207,8 @@ def export_command(model_dir: Path, fmt: str, output: Path, dtype: str | None, n
 def _batch_predict_options(command):
     """The options of ``batch-predict``; each default is the BatchPredictConfig field's (or
     RayOptions' for the Ray options)."""
-    from clsx.predict import BatchPredictConfig as Config
-    from clsx.ray_engine import RayOptions
+    from clsx.config import BatchPredictConfig as Config
+    from clsx.config import RayOptions
 
     def default(name: str, help_text: str = "", config: type = Config) -> dict[str, Any]:
         return with_default(help_text, config, name)
@@ -315,14 +315,16 @@ def batch_predict_command(input_path: str, output: Path, quiet: bool, engine: st
     --engine ray runs the same pipeline on Ray Data (one model per actor) and writes OUT
     as a directory of Parquet parts; row order is kept only with --preserve-order.
     """
-    from clsx.predict import BatchPredictConfig, batch_predict
+    from clsx.config import BatchPredictConfig
+    from clsx.predict import batch_predict
 
     config = BatchPredictConfig(input=input_path, output=output, **given(options))
     ray_options = given({"address": address, "num_workers": num_workers,
                          "gpus_per_worker": gpus_per_worker})
     with ProgressBar(enabled=not quiet) as progress:
         if engine == "ray":
-            from clsx.ray_engine import RayOptions, ray_batch_predict
+            from clsx.config import RayOptions
+            from clsx.ray_engine import ray_batch_predict
 
             summary = ray_batch_predict(config, RayOptions(**ray_options,
                                                            preserve_order=preserve_order),

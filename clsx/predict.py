@@ -6,12 +6,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 
 from clsx.artifact import Artifact, fingerprint, open_artifact
 from clsx.classifier import Classifier, Counts, output_fields
+from clsx.config import BatchPredictConfig
 from clsx.errors import ClsxError
 from clsx.parquet import (
     ParquetInput,
@@ -21,107 +21,10 @@ from clsx.parquet import (
     text_values,
 )
 from clsx.parts import PartStore, PartWriter
-from clsx.runners import RunnerOptions
 
 # progress(rows done, rows in total), called after each window; the CLI draws the bar.
 Progress = Callable[[int, int], None]
-OUTPUT_FORMATS = ("file", "dataset")
 PART_SECONDS = 120.0  # a part is committed at least this often, whatever --part-rows says
-
-
-@dataclass(frozen=True)
-class BatchPredictConfig:
-    """Every option of ``clsx batch-predict``; the CLI maps its flags 1:1 onto these fields,
-    and these defaults are the only ones (a flag left out is a field left at its default).
-
-    ``threads`` None is one compute thread per physical core for the local engine, one per
-    actor on Ray. ``threshold`` None is the model's tuned per-label thresholds, else 0.5.
-    """
-
-    input: str
-    output: Path
-    model: Path
-    backend: str = "auto"
-    text_column: str = "text"
-    keep_columns: tuple[str, ...] | None = None
-    overwrite: bool = False
-    resume: bool = False
-    output_format: str | None = None  # file (local engine default) or dataset
-    part_rows: int = 100_000
-    batch_tokens: int | None = None
-    window_rows: int = 4096
-    max_length: int | None = None
-    long_text: str | None = None  # None: the manifest's long-text setting, field by field
-    window_stride: int | None = None
-    aggregate: str | None = None
-    windows_column: bool = False
-    output_prefix: str = ""
-    threshold: float | None = None
-    device: str = "auto"
-    threads: int | None = None
-    dtype: str | None = None
-    max_num_seqs: int | None = None
-    max_num_batched_tokens: int | None = None
-    memory_fraction: float | None = None
-    allow_pickle: bool = False
-
-    def __post_init__(self) -> None:
-        for name in ("batch_tokens", "window_rows", "max_length", "threads", "part_rows"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ClsxError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-        if self.threshold is not None and not 0.0 < self.threshold < 1.0:
-            raise ClsxError(f"--threshold must be between 0 and 1, got {self.threshold}")
-        if self.output_format is not None and self.output_format not in OUTPUT_FORMATS:
-            raise ClsxError(f"--output-format must be one of {', '.join(OUTPUT_FORMATS)}")
-
-    def runner_options(self) -> RunnerOptions:
-        """How the backend should run: device, threads and the vLLM engine settings."""
-        return RunnerOptions(device=self.device, threads=self.threads, dtype=self.dtype,
-                             max_num_seqs=self.max_num_seqs,
-                             max_num_batched_tokens=self.max_num_batched_tokens,
-                             memory_fraction=self.memory_fraction)
-
-    def long_text_override(self) -> dict[str, Any]:
-        """The long-text fields given on the command line (None: the manifest's)."""
-        return {"strategy": self.long_text, "stride": self.window_stride,
-                "aggregate": self.aggregate}
-
-    def open_artifact(self) -> Artifact:
-        """The model directory, validated (cheap: no weights are loaded)."""
-        return open_artifact(self.model, allow_pickle=self.allow_pickle)
-
-    def open_classifier(self, artifact: Artifact, threads: int | None = None) -> Classifier:
-        """The classifier these options ask for (``threads`` overrides ``self.threads``)."""
-        options = self.runner_options()
-        if threads is not None:
-            options = replace(options, threads=threads)
-        return Classifier.from_artifact(
-            artifact, self.backend, options, batch_tokens=self.batch_tokens,
-            max_length=self.max_length, long_text=self.long_text_override(),
-            threshold=self.threshold, windows_column=self.windows_column)
-
-    def checked_input(self, artifact: Artifact) -> tuple[ParquetInput, pa.Schema]:
-        """The validated input and the output schema; refuses an empty input and an OUT
-        that a later run over the same input would read."""
-        source = open_input(self.input, self.text_column, self.keep_columns)
-        if source.num_rows == 0:
-            raise ClsxError(f"input {self.input} has 0 rows; there is nothing to classify")
-        fields = output_fields(artifact.manifest, self.windows_column)
-        schema = output_schema(source, fields, self.output_prefix)
-        check_output_location(self.output, self.input, source)
-        return source, schema
-
-    def job(self, source: ParquetInput, model_fingerprint: str) -> dict[str, Any]:
-        """Everything that decides OUT's content: a resume must match it exactly."""
-        inputs = [[str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns]
-                  for path in source.files]
-        options = ("backend", "text_column", "keep_columns", "window_rows", "batch_tokens",
-                   "max_length", "long_text", "window_stride", "aggregate", "windows_column",
-                   "output_prefix", "threshold", "device", "threads", "output_format", "dtype")
-        return {"inputs": inputs, "model": str(self.model.resolve()),
-                "model_fingerprint": model_fingerprint,
-                **{name: _json_value(getattr(self, name)) for name in options}}
 
 
 @dataclass(frozen=True)
@@ -155,18 +58,43 @@ class Summary:
         )
 
 
+def open_classifier(config: BatchPredictConfig, artifact: Artifact,
+                    threads: int | None = None) -> Classifier:
+    """The classifier ``config`` asks for (``threads`` overrides ``config.threads``)."""
+    options = config.runner_options()
+    if threads is not None:
+        options = replace(options, threads=threads)
+    return Classifier.from_artifact(
+        artifact, config.backend, options, batch_tokens=config.batch_tokens,
+        max_length=config.max_length, long_text=config.long_text_override(),
+        threshold=config.threshold, windows_column=config.windows_column)
+
+
+def checked_input(config: BatchPredictConfig, artifact: Artifact
+                  ) -> tuple[ParquetInput, pa.Schema]:
+    """The validated input and the output schema; refuses an empty input and an OUT that a
+    later run over the same input would read."""
+    source = open_input(config.input, config.text_column, config.keep_columns)
+    if source.num_rows == 0:
+        raise ClsxError(f"input {config.input} has 0 rows; there is nothing to classify")
+    schema = output_schema(source, output_fields(artifact.manifest, config.windows_column),
+                           config.output_prefix)
+    check_output_location(config.output, config.input, source)
+    return source, schema
+
+
 def batch_predict(config: BatchPredictConfig, progress: Progress | None = None) -> Summary:
     """Classify ``config.input`` into ``config.output``; the output appears only when complete.
 
     Work is committed in part files beside OUT (see :mod:`clsx.parts`), so a killed run
     continues with ``resume`` where it stopped. ``progress`` is told the rows done so far.
     """
-    artifact = config.open_artifact()
-    source, schema = config.checked_input(artifact)
+    artifact = open_artifact(config.model, allow_pickle=config.allow_pickle)
+    source, schema = checked_input(config, artifact)
     store = PartStore(config.output)
     if not _claim_output(config, store):
         return Summary(0, 0.0, config.backend, config.output, already_complete=True)
-    classifier = config.open_classifier(artifact)
+    classifier = open_classifier(config, artifact)
     store.start(config.job(source, fingerprint(artifact.path)))
     parts = store.parts()
     resumed_rows = sum(part.rows for part in parts)
@@ -269,7 +197,3 @@ def output_schema(source: ParquetInput, fields: list[pa.Field], prefix: str = ""
             "--output-prefix pred_ (or --keep-columns without it) to keep both"
         )
     return pa.schema(list(source.schema) + fields)
-
-
-def _json_value(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value

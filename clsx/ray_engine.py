@@ -10,44 +10,30 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from clsx.artifact import open_artifact
+from clsx.config import BatchPredictConfig, RayOptions
 from clsx.errors import ClsxError, os_error
 from clsx.hardware import physical_cores
 from clsx.parquet import ParquetInput, python_strings
-from clsx.predict import BatchPredictConfig, Summary
+from clsx.predict import Summary, checked_input, open_classifier
 from clsx.runners import backend_for
 from clsx.staging import staged_directory
 
 ACTOR_THREADS = 1  # compute threads per actor unless --threads: replicas scale out, not up
 
 
-@dataclass(frozen=True)
-class RayOptions:
-    """Where and how wide to run: cluster address, model replicas, GPUs per replica."""
-
-    address: str | None = None
-    num_workers: int = 1
-    gpus_per_worker: float = 0.0
-    preserve_order: bool = False
-
-    def __post_init__(self) -> None:
-        if self.num_workers < 1:
-            raise ClsxError(f"--num-workers must be >= 1, got {self.num_workers}")
-        if self.gpus_per_worker < 0:
-            raise ClsxError(f"--gpus-per-worker must be >= 0, got {self.gpus_per_worker}")
-
-
 class Predictor:
     """One model replica (a Ray actor): an Arrow batch in, its kept columns plus predictions out."""
 
     def __init__(self, config: BatchPredictConfig, kept: list[str], schema: pa.Schema) -> None:
-        self.classifier = config.open_classifier(config.open_artifact(),
-                                                 threads=config.threads or ACTOR_THREADS)
+        artifact = open_artifact(config.model, allow_pickle=config.allow_pickle)
+        self.classifier = open_classifier(config, artifact,
+                                          threads=config.threads or ACTOR_THREADS)
         self.text_column = config.text_column
         self.kept = kept
         self.schema = schema
@@ -70,8 +56,8 @@ def ray_batch_predict(config: BatchPredictConfig, options: RayOptions,
     if config.output_format == "file":
         raise ClsxError("--engine ray writes OUT as a dataset directory of Parquet parts; drop "
                         "--output-format file")
-    artifact = config.open_artifact()
-    source, schema = config.checked_input(artifact)
+    artifact = open_artifact(config.model, allow_pickle=config.allow_pickle)
+    source, schema = checked_input(config, artifact)
     if config.output.is_file():
         raise ClsxError(f"output {config.output} is a file; --engine ray writes a directory")
     backend_for(artifact, config.backend)  # a bad model or backend fails here, not in an actor

@@ -19,8 +19,9 @@ from click.testing import CliRunner
 
 from clsx.classifier import Classifier
 from clsx.cli import main
+from clsx.config import BatchPredictConfig
 from clsx.decisions import probabilities
-from clsx.predict import BatchPredictConfig, batch_predict
+from clsx.predict import batch_predict
 from clsx.runners import RunnerOptions
 from clsx.testing import build_tiny_classifier
 from tests.conftest import TEXTS, write_parquet
