@@ -6,9 +6,11 @@ Heavy libraries (torch, transformers, onnxruntime) are imported inside the comma
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -57,7 +59,7 @@ def long_text_options(training: bool):
     given = "" if training else " (default: the model's, from its clsx.json)"
     options = [
         click.option("--long-text", type=click.Choice(STRATEGIES),
-                     default="truncate" if training else None, show_default=training,
+                     show_default=_train_default("long_text") if training else False,
                      help="Texts over --max-length tokens: truncate (keep the start), head-tail "
                           "(keep the first quarter and last three quarters), window (classify "
                           f"overlapping windows, combine per text){given}."),
@@ -65,7 +67,7 @@ def long_text_options(training: bool):
                      help=f"window: text tokens between window starts (default: 3/4 of a "
                           f"window){given}."),
         click.option("--aggregate", type=click.Choice(AGGREGATES),
-                     default="mean" if training else None, show_default=training,
+                     show_default=_train_default("aggregate") if training else False,
                      help=f"window: combine the windows' logits by mean, max or majority "
                           f"vote{given}."),
     ]
@@ -323,6 +325,32 @@ def bench_command(model: Path, data: Path, text_column: str, rows: int,
         click.echo(f"Wrote {json_path}", err=True)
 
 
+def config_default(config: type, name: str) -> Any:
+    """The default of field ``name`` of the dataclass ``config``.
+
+    The config dataclass owns every default; options show it in --help and default to None,
+    which means "not given: the dataclass decides".
+    """
+    for field in dataclasses.fields(config):
+        if field.name == name:
+            if field.default is not dataclasses.MISSING:
+                return field.default
+            if field.default_factory is not dataclasses.MISSING:
+                return field.default_factory()
+            raise ValueError(f"{config.__name__}.{name} has no default")
+    raise ValueError(f"{config.__name__} has no field {name!r}")
+
+
+def _train_default(name: str) -> str:
+    """A :class:`TrainConfig` default as --help shows it (problem types by their alias)."""
+    from clsx.train.config import PROBLEM_ALIASES, TrainConfig
+
+    default = config_default(TrainConfig, name)
+    if name == "problem_type":
+        default = next(alias for alias, full in PROBLEM_ALIASES.items() if full == default)
+    return str(default)
+
+
 @main.command("train")
 @click.option("--model", "-m", required=True,
               help="Base model: a local HF directory, a hub id, or a bundled alias "
@@ -333,33 +361,34 @@ def bench_command(model: Path, data: Path, text_column: str, rows: int,
               help="Evaluation data (default: a stratified split of --train).")
 @click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
               help="Directory for the merged model, tokenizer, clsx.json and metrics.json.")
-@click.option("--text-column", default="text", show_default=True)
-@click.option("--label-column", default="label", show_default=True)
+@click.option("--text-column", show_default=_train_default("text_column"))
+@click.option("--label-column", show_default=_train_default("label_column"))
 @click.option("--problem-type", type=click.Choice(["single_label", "multi_label", "regression"]),
-              default="single_label", show_default=True)
-@click.option("--label-separator", default=",", show_default=True,
+              show_default=_train_default("problem_type"))
+@click.option("--label-separator", show_default=_train_default("label_separator"),
               help="Multi-label: separator inside a string label column.")
-@click.option("--method", type=click.Choice(["lora", "full"]), default="lora", show_default=True)
-@click.option("--epochs", type=float, default=3.0, show_default=True)
-@click.option("--lr", type=float, default=5e-5, show_default=True)
-@click.option("--warmup", type=float, default=0.1, show_default=True,
+@click.option("--method", type=click.Choice(["lora", "full"]),
+              show_default=_train_default("method"))
+@click.option("--epochs", type=float, show_default=_train_default("epochs"))
+@click.option("--lr", type=float, show_default=_train_default("lr"))
+@click.option("--warmup", type=float, show_default=_train_default("warmup"),
               help="Share of the steps over which the learning rate rises linearly from 0 "
                    "(the usual BERT fine-tuning recipe; 0 turns it off).")
-@click.option("--batch-size", type=int, default=8, show_default=True)
-@click.option("--eval-batch-size", type=int, default=4, show_default=True)
-@click.option("--max-length", type=int, default=512, show_default=True,
+@click.option("--batch-size", type=int, show_default=_train_default("batch_size"))
+@click.option("--eval-batch-size", type=int, show_default=_train_default("eval_batch_size"))
+@click.option("--max-length", type=int, show_default=_train_default("max_length"),
               help="Tokens per model input (also at predict time).")
 @long_text_options(training=True)
-@click.option("--lora-r", type=int, default=64, show_default=True)
-@click.option("--lora-alpha", type=int, default=128, show_default=True)
-@click.option("--lora-dropout", type=float, default=0.1, show_default=True)
+@click.option("--lora-r", type=int, show_default=_train_default("lora_r"))
+@click.option("--lora-alpha", type=int, show_default=_train_default("lora_alpha"))
+@click.option("--lora-dropout", type=float, show_default=_train_default("lora_dropout"))
 @click.option("--target-modules", callback=_comma_list,
               help="LoRA targets (default: q/k/v/o/gate/up/down_proj for decoders, "
                    "query,key,value,dense for BERT).")
 @click.option("--lora-embeddings", is_flag=True, help="Also put LoRA on the embedding layer.")
-@click.option("--eval-fraction", type=float, default=0.1, show_default=True,
+@click.option("--eval-fraction", type=float, show_default=_train_default("eval_fraction"),
               help="Share of --train held out when no --eval is given.")
-@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--seed", type=int, show_default=_train_default("seed"))
 @click.option("--template", help="Input template with {text} (and optionally {labels}), e.g. "
                                  "'Review: {text}'. Stored and applied at predict time.")
 @click.option("--label-descriptions", type=click.Path(path_type=Path),
@@ -384,7 +413,9 @@ def train_command(**options) -> None:
 
     options["train"] = options.pop("train_path")
     options["eval"] = options.pop("eval_path")
-    result = train(TrainConfig(**options))
+    # An option not given (None) leaves the field to TrainConfig's default.
+    given = {name: value for name, value in options.items() if value is not None}
+    result = train(TrainConfig(**given), log=lambda line: click.echo(line, err=True))
     click.echo(format_report(result.best_metrics), err=True)
     if result.manifest.thresholds:
         tuned = ", ".join(f"{label} {t:g}" for label, t in zip(
