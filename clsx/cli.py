@@ -42,19 +42,26 @@ class ClsxGroup(click.Group):
             sys.exit(130)
 
 
-def default_of(config: type, name: str) -> Any:
-    """The default of field ``name`` of the dataclass ``config``: the one owner of a default,
-    which ``--help`` shows and a flag left out keeps."""
-    field = next(f for f in dataclasses.fields(config) if f.name == name)
-    if field.default is not dataclasses.MISSING:
-        return field.default
-    return field.default_factory()  # type: ignore[misc]
+def config_default(config: type, name: str) -> Any:
+    """The default of field ``name`` of the dataclass ``config``.
+
+    The config dataclass owns every default; options show it in --help and default to None,
+    which means "not given: the dataclass decides".
+    """
+    for field in dataclasses.fields(config):
+        if field.name == name:
+            if field.default is not dataclasses.MISSING:
+                return field.default
+            if field.default_factory is not dataclasses.MISSING:
+                return field.default_factory()
+            raise ValueError(f"{config.__name__}.{name} has no default")
+    raise ValueError(f"{config.__name__} has no field {name!r}")
 
 
 def with_default(help_text: str, config: type, name: str) -> dict[str, Any]:
     """Option settings for a flag whose default is the dataclass field's: None when left
     out (so the dataclass applies it), shown in ``--help``."""
-    value = default_of(config, name)
+    value = config_default(config, name)
     shown = repr(value) if value == "" else value
     return {"default": None, "help": f"{help_text}  [default: {shown}]".lstrip()}
 
@@ -79,20 +86,19 @@ def long_text_options(training: bool):
     overridden by eval and batch-predict (default there: the model's own setting)."""
     from clsx.long_text import AGGREGATES, STRATEGIES
 
-    given = "" if training else " (default: the model's, from its clsx.json)"
+    models = "" if training else " (default: the model's, from its clsx.json)"
     options = [
         click.option("--long-text", type=click.Choice(STRATEGIES),
-                     default="truncate" if training else None, show_default=training,
                      help="Texts over --max-length tokens: truncate (keep the start), head-tail "
                           "(keep the first quarter and last three quarters), window (classify "
-                          f"overlapping windows, combine per text){given}."),
+                          f"overlapping windows, combine per text){models}."
+                          + (_train_default("long_text") if training else "")),
         click.option("--window-stride", type=click.IntRange(min=1),
-                     help=f"window: text tokens between window starts (default: 3/4 of a "
-                          f"window){given}."),
+                     help="window: text tokens between window starts"
+                          f"{models or ' (default: 3/4 of a window)'}."),
         click.option("--aggregate", type=click.Choice(AGGREGATES),
-                     default="mean" if training else None, show_default=training,
                      help=f"window: combine the windows' logits by mean, max or majority "
-                          f"vote{given}."),
+                          f"vote{models}." + (_train_default("aggregate") if training else "")),
     ]
 
     def decorate(command):
@@ -411,6 +417,17 @@ def bench_command(model: Path, data: Path, text_column: str, rows: int,
         click.echo(f"Wrote {json_path}", err=True)
 
 
+def _train_default(name: str) -> str:
+    """A :class:`TrainConfig` default as --help shows it (problem types by their alias),
+    to end an option's help text."""
+    from clsx.train.config import PROBLEM_ALIASES, TrainConfig
+
+    default = config_default(TrainConfig, name)
+    if name == "problem_type":
+        default = next(alias for alias, full in PROBLEM_ALIASES.items() if full == default)
+    return f"  [default: {default}]"
+
+
 @main.command("train")
 @click.option("--model", "-m", required=True,
               help="Base model: a local HF directory, a hub id, or a bundled alias "
@@ -421,33 +438,38 @@ def bench_command(model: Path, data: Path, text_column: str, rows: int,
               help="Evaluation data (default: a stratified split of --train).")
 @click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
               help="Directory for the merged model, tokenizer, clsx.json and metrics.json.")
-@click.option("--text-column", default="text", show_default=True)
-@click.option("--label-column", default="label", show_default=True)
+@click.option("--text-column", help=_train_default("text_column").strip())
+@click.option("--label-column", help=_train_default("label_column").strip())
 @click.option("--problem-type", type=click.Choice(["single_label", "multi_label", "regression"]),
-              default="single_label", show_default=True)
-@click.option("--label-separator", default=",", show_default=True,
-              help="Multi-label: separator inside a string label column.")
-@click.option("--method", type=click.Choice(["lora", "full"]), default="lora", show_default=True)
-@click.option("--epochs", type=float, default=3.0, show_default=True)
-@click.option("--lr", type=float, default=5e-5, show_default=True)
-@click.option("--warmup", type=float, default=0.1, show_default=True,
+              help=_train_default("problem_type").strip())
+@click.option("--label-separator", 
+              help="Multi-label: separator inside a string label column."
+                   + _train_default("label_separator"))
+@click.option("--method", type=click.Choice(["lora", "full"]),
+              help=_train_default("method").strip())
+@click.option("--epochs", type=float, help=_train_default("epochs").strip())
+@click.option("--lr", type=float, help=_train_default("lr").strip())
+@click.option("--warmup", type=float, 
               help="Share of the steps over which the learning rate rises linearly from 0 "
-                   "(the usual BERT fine-tuning recipe; 0 turns it off).")
-@click.option("--batch-size", type=int, default=8, show_default=True)
-@click.option("--eval-batch-size", type=int, default=4, show_default=True)
-@click.option("--max-length", type=int, default=512, show_default=True,
-              help="Tokens per model input (also at predict time).")
+                   "(the usual BERT fine-tuning recipe; 0 turns it off)."
+                   + _train_default("warmup"))
+@click.option("--batch-size", type=int, help=_train_default("batch_size").strip())
+@click.option("--eval-batch-size", type=int, help=_train_default("eval_batch_size").strip())
+@click.option("--max-length", type=int, 
+              help="Tokens per model input (also at predict time)."
+                   + _train_default("max_length"))
 @long_text_options(training=True)
-@click.option("--lora-r", type=int, default=64, show_default=True)
-@click.option("--lora-alpha", type=int, default=128, show_default=True)
-@click.option("--lora-dropout", type=float, default=0.1, show_default=True)
+@click.option("--lora-r", type=int, help=_train_default("lora_r").strip())
+@click.option("--lora-alpha", type=int, help=_train_default("lora_alpha").strip())
+@click.option("--lora-dropout", type=float, help=_train_default("lora_dropout").strip())
 @click.option("--target-modules", callback=_comma_list,
               help="LoRA targets (default: q/k/v/o/gate/up/down_proj for decoders, "
                    "query,key,value,dense for BERT).")
 @click.option("--lora-embeddings", is_flag=True, help="Also put LoRA on the embedding layer.")
-@click.option("--eval-fraction", type=float, default=0.1, show_default=True,
-              help="Share of --train held out when no --eval is given.")
-@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--eval-fraction", type=float, 
+              help="Share of --train held out when no --eval is given."
+                   + _train_default("eval_fraction"))
+@click.option("--seed", type=int, help=_train_default("seed").strip())
 @click.option("--template", help="Input template with {text} (and optionally {labels}), e.g. "
                                  "'Review: {text}'. Stored and applied at predict time.")
 @click.option("--label-descriptions", type=click.Path(path_type=Path),
@@ -472,7 +494,9 @@ def train_command(**options) -> None:
 
     options["train"] = options.pop("train_path")
     options["eval"] = options.pop("eval_path")
-    result = train(TrainConfig(**options))
+    # An option not given (None) leaves the field to TrainConfig's default.
+    given = {name: value for name, value in options.items() if value is not None}
+    result = train(TrainConfig(**given), log=lambda line: click.echo(line, err=True))
     click.echo(format_report(result.best_metrics), err=True)
     if result.manifest.thresholds:
         tuned = ", ".join(f"{label} {t:g}" for label, t in zip(
