@@ -16,10 +16,11 @@ import numpy as np
 
 from clsx.artifact import fingerprint
 from clsx.classifier import Classifier
+from clsx.config import BenchConfig
+from clsx.data import read_texts
 from clsx.errors import ClsxError
 from clsx.export.parity import compare
 from clsx.manifest import Manifest
-from clsx.runners import RunnerOptions
 from clsx.runners.tensorrt import require_tensorrt
 
 VARIANTS = ("torch", "torch-bf16", "onnx", "onnx-int8", "tensorrt")
@@ -46,33 +47,27 @@ class BenchRow:
     speedup: float
 
 
-def run_bench(
-    model_dir: Path,
-    texts: Sequence[str | None],
-    variants: Sequence[str] = VARIANTS,
-    exports_dir: Path | None = None,
-    options: RunnerOptions | None = None,
-    batch_tokens: int | None = None,
-    log: Callable[[str], None] = lambda line: None,
-) -> list[BenchRow]:
-    """Measure each variant on ``texts``; torch fp32 always runs first as the reference.
+def run_bench(config: BenchConfig, log: Callable[[str], None] = lambda line: None
+              ) -> list[BenchRow]:
+    """Measure each backend of ``config`` on the same rows of its data; torch fp32 always
+    runs first as the reference.
 
     Label agreement is on the labels users get (the model's thresholds for multi-label).
-
     ``torch-bf16`` runs the same model directory in bf16 (native with AMX / AVX-512 BF16,
-    emulated and slower than fp32 elsewhere).
-
-    ONNX variants are exported on the fly into ``exports_dir`` (a temporary directory when
-    None) and reused there when the parent model has not changed.
+    emulated and slower than fp32 elsewhere). ONNX variants are exported on the fly into
+    ``config.exports_dir`` (a temporary directory when None) and reused there when the
+    parent model has not changed.
     """
+    variants, options = config.backends, config.runner_options()
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ClsxError(f"unknown backend {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
-    options = options or RunnerOptions()
     if "tensorrt" in variants:  # before minutes of exporting and measuring the others
         require_tensorrt("--backends tensorrt", options.device)
+    texts = read_texts(config.data, config.text_column, config.rows)
+    model_dir, batch_tokens = config.model, config.batch_tokens
     ordered = [REFERENCE, *[v for v in dict.fromkeys(variants) if v != REFERENCE]]
-    with _exports_dir(exports_dir) as cache:
+    with _exports_dir(config.exports_dir) as cache:
         reference: np.ndarray | None = None
         rows: list[BenchRow] = []
         for variant in ordered:

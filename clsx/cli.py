@@ -66,6 +66,18 @@ def with_default(help_text: str, config: type, name: str) -> dict[str, Any]:
     return {"default": None, "help": f"{help_text}  [default: {shown}]".lstrip()}
 
 
+def _eval_default(name: str, help_text: str = "") -> dict[str, Any]:
+    from clsx.config import EvalConfig
+
+    return with_default(help_text, EvalConfig, name)
+
+
+def _bench_default(name: str, help_text: str = "") -> dict[str, Any]:
+    from clsx.config import BenchConfig
+
+    return with_default(help_text, BenchConfig, name)
+
+
 def given(options: dict[str, Any]) -> dict[str, Any]:
     """The options the user gave (None: left to the config dataclass's default)."""
     return {name: value for name, value in options.items() if value is not None}
@@ -374,46 +386,41 @@ class ProgressBar:
               help="Merged PyTorch model directory (the fp32 reference).")
 @click.option("--data", type=click.Path(path_type=Path), required=True,
               help="Parquet, CSV or JSONL file with a text column.")
-@click.option("--text-column", default="text", show_default=True)
-@click.option("--rows", type=click.IntRange(min=1), default=2000, show_default=True,
-              help="Rows of --data to run through each backend.")
-@click.option("--backends", default="torch,onnx,onnx-int8", show_default=True,
-              callback=_comma_list,
-              help="Comma-separated: torch, torch-bf16, onnx, onnx-int8, tensorrt (torch-bf16 "
-                   "is fast only on CPUs with AMX or AVX-512 BF16, and on GPUs; tensorrt "
-                   "needs an NVIDIA GPU with TensorRT).")
+@click.option("--text-column", **_bench_default("text_column"))
+@click.option("--rows", type=click.IntRange(min=1),
+              **_bench_default("rows", "Rows of --data to run through each backend."))
+@click.option("--backends", callback=_comma_list,
+              **_bench_default("backends", "Comma-separated: torch, torch-bf16, onnx, "
+                               "onnx-int8, tensorrt (torch-bf16 is fast only on CPUs with AMX "
+                               "or AVX-512 BF16, and on GPUs; tensorrt needs an NVIDIA GPU "
+                               "with TensorRT)."))
 @click.option("--exports-dir", type=click.Path(path_type=Path),
               help="Keep (and reuse) the ONNX exports here instead of a temporary directory.")
-@click.option("--batch-tokens", type=click.IntRange(min=1))
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
-              help="Where every backend runs, the torch fp32 reference included (auto: the "
-                   "GPU when there is one).")
-@click.option("--threads", type=click.IntRange(min=1))
+@click.option("--batch-tokens", type=click.IntRange(min=1),
+              help="Padded tokens per model call  [default: each backend's]")
+@click.option("--device", type=click.Choice(DEVICES),
+              **_bench_default("device", "Where every backend runs, the torch fp32 reference "
+                               "included (auto: the GPU when there is one)."))
+@click.option("--threads", type=click.IntRange(min=1),
+              help="Compute threads  [default: one per physical core]")
 @click.option("--json", "json_path", type=click.Path(path_type=Path),
               help="Also write the results as JSON to this file.")
-def bench_command(model: Path, data: Path, text_column: str, rows: int,
-                  backends: tuple[str, ...], exports_dir: Path | None,
-                  batch_tokens: int | None, device: str, threads: int | None,
-                  json_path: Path | None) -> None:
+def bench_command(json_path: Path | None, **options) -> None:
     """Throughput of each backend on the same rows, against PyTorch fp32.
 
     Prints rows/s, tokens/s, peak RSS, label agreement and max |logit diff| versus the
     torch fp32 baseline, which always runs first.
     """
     from clsx.bench import format_table, run_bench, write_json
-    from clsx.data import read_texts
+    from clsx.config import BenchConfig
     from clsx.hardware import machine_description
-    from clsx.runners import RunnerOptions
 
-    texts = read_texts(data, text_column, rows)
-    results = run_bench(
-        model, texts, backends, exports_dir, RunnerOptions(device=device, threads=threads),
-        batch_tokens, log=lambda line: click.echo(line, err=True),
-    )
+    config = BenchConfig(**given(options))
+    results = run_bench(config, log=lambda line: click.echo(line, err=True))
     click.echo(format_table(results))
     if json_path is not None:
-        write_json(results, json_path, model=str(model), data=str(data), rows=len(texts),
-                   machine=machine_description())
+        write_json(results, json_path, model=str(config.model), data=str(config.data),
+                   rows=results[0].rows, machine=machine_description())
         click.echo(f"Wrote {json_path}", err=True)
 
 
@@ -510,10 +517,12 @@ def train_command(**options) -> None:
 @click.option("--model", "-m", type=click.Path(path_type=Path), required=True)
 @click.option("--data", type=click.Path(path_type=Path), required=True,
               help="Labelled data: Parquet, JSONL or CSV.")
-@click.option("--text-column", default="text", show_default=True)
-@click.option("--label-column", default="label", show_default=True)
-@click.option("--label-separator", default=",", show_default=True)
-@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
+@click.option("--text-column", **_eval_default("text_column"))
+@click.option("--label-column", **_eval_default("label_column"))
+@click.option("--label-separator",
+              **_eval_default("label_separator", "Multi-label: separator inside a string "
+                              "label column."))
+@click.option("--backend", type=click.Choice(BACKENDS), **_eval_default("backend"))
 @threshold_option
 @click.option("--tune-threshold", is_flag=True,
               help="Multi-label: pick the threshold that maximises macro-F1 on --data.")
@@ -524,28 +533,19 @@ def train_command(**options) -> None:
 @click.option("--predictions", "predictions_path", type=click.Path(path_type=Path),
               help="Write every row with its prediction and a 'correct' flag to this Parquet "
                    "file (e.g. for bootstrap intervals).")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), **_eval_default("device"))
 @long_text_options(training=False)
 @allow_pickle_option
-def eval_command(model: Path, data: Path, text_column: str, label_column: str,
-                 label_separator: str, backend: str, threshold: float | None,
-                 tune_threshold: bool,
-                 json_path: Path | None, errors_path: Path | None,
-                 predictions_path: Path | None, device: str,
-                 long_text: str | None, window_stride: int | None, aggregate: str | None,
-                 allow_pickle: bool) -> None:
+def eval_command(json_path: Path | None, errors_path: Path | None,
+                 predictions_path: Path | None, **options) -> None:
     """Metrics, per-class report and confusion matrix of MODEL on labelled DATA."""
     import pyarrow.parquet as pq
 
+    from clsx.config import EvalConfig
     from clsx.evaluate import errors_table, evaluate, write_json
     from clsx.metrics import format_report
-    from clsx.runners import RunnerOptions
 
-    result = evaluate(model, data, text_column, label_column, backend, threshold,
-                      tune_threshold, label_separator, RunnerOptions(device=device),
-                      allow_pickle=allow_pickle,
-                      long_text={"strategy": long_text, "stride": window_stride,
-                                 "aggregate": aggregate})
+    result = evaluate(EvalConfig(**given(options)))
     click.echo(format_report(result.metrics))
     if json_path is not None:
         write_json(result.metrics, json_path)

@@ -1,7 +1,7 @@
-"""The options of ``clsx batch-predict``, each with its one default.
+"""The options of ``clsx batch-predict``, ``eval`` and ``bench``, each with its one default.
 
-Light on purpose (no pyarrow, no torch): ``clsx batch-predict --help`` reads the defaults
-from here.
+Light on purpose (no pyarrow, no torch): ``--help`` reads the defaults from here, and the CLI
+passes only the options a user gave (a flag left out is a field left at its default).
 """
 
 from __future__ import annotations
@@ -109,3 +109,54 @@ class RayOptions:
             raise ClsxError(f"--num-workers must be >= 1, got {self.num_workers}")
         if self.gpus_per_worker < 0:
             raise ClsxError(f"--gpus-per-worker must be >= 0, got {self.gpus_per_worker}")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Every option of ``clsx eval``.
+
+    ``threshold`` None is the model's tuned per-label thresholds (else 0.5); with
+    ``tune_threshold`` the one threshold that maximises macro-F1 on ``data`` is used instead.
+    ``long_text``, ``window_stride`` and ``aggregate`` None keep the model's setting.
+    """
+
+    model: Path
+    data: Path
+    text_column: str = "text"
+    label_column: str = "label"
+    label_separator: str = ","
+    backend: str = "auto"
+    threshold: float | None = None
+    tune_threshold: bool = False
+    device: str = "auto"
+    long_text: str | None = None
+    window_stride: int | None = None
+    aggregate: str | None = None
+    allow_pickle: bool = False
+
+    def long_text_override(self) -> dict[str, Any]:
+        """The long-text fields given on the command line (None: the manifest's)."""
+        return {"strategy": self.long_text, "stride": self.window_stride,
+                "aggregate": self.aggregate}
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Every option of ``clsx bench``: which rows of ``data``, which backends, how to run.
+
+    ``exports_dir`` None exports into a temporary directory; ``batch_tokens`` and
+    ``threads`` None are each backend's defaults.
+    """
+
+    model: Path
+    data: Path
+    text_column: str = "text"
+    rows: int = 2000
+    backends: tuple[str, ...] = ("torch", "onnx", "onnx-int8")
+    exports_dir: Path | None = None
+    batch_tokens: int | None = None
+    device: str = "auto"
+    threads: int | None = None
+
+    def runner_options(self) -> RunnerOptions:
+        return RunnerOptions(device=self.device, threads=self.threads)

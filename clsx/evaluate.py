@@ -11,7 +11,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from clsx.artifact import open_artifact
 from clsx.classifier import Classifier
+from clsx.config import EvalConfig
 from clsx.data import read_labelled
 from clsx.decisions import MULTI, DecisionRule
 from clsx.metrics import compute_metrics, tune_threshold
@@ -26,39 +28,25 @@ class EvalResult:
     predictions: pa.Table
 
 
-def evaluate(
-    model: Path,
-    data: Path,
-    text_column: str = "text",
-    label_column: str = "label",
-    backend: str = "auto",
-    threshold: float | None = None,
-    tune: bool = False,
-    label_separator: str = ",",
-    options: RunnerOptions | None = None,
-    allow_pickle: bool = False,
-    long_text: dict[str, Any] | None = None,
-) -> EvalResult:
-    """Classify ``data`` with ``model`` and score the predictions against its labels.
-
-    ``long_text`` overrides the manifest's long-text setting (see
-    :meth:`Classifier.from_artifact`). Multi-label rows are cut at ``threshold`` (None: the
-    model's tuned per-label thresholds, else 0.5), or with ``tune`` at the one threshold that
-    maximises macro-F1 on ``data``.
-    """
-    with Classifier.open(model, backend, options, allow_pickle=allow_pickle,
-                         long_text=long_text, threshold=threshold) as classifier:
-        manifest = classifier.manifest
-        labelled = read_labelled(data, text_column, label_column, manifest.problem_type,
-                                 labels=manifest.labels, separator=label_separator)
+def evaluate(config: EvalConfig) -> EvalResult:
+    """Classify ``config.data`` with ``config.model`` and score the predictions against its
+    labels (see :class:`~clsx.config.EvalConfig` for the threshold and long-text options)."""
+    artifact = open_artifact(config.model, allow_pickle=config.allow_pickle)
+    manifest = artifact.manifest
+    labelled = read_labelled(config.data, config.text_column, config.label_column,
+                             manifest.problem_type, labels=manifest.labels,
+                             separator=config.label_separator)
+    with Classifier.from_artifact(artifact, config.backend, RunnerOptions(device=config.device),
+                                  long_text=config.long_text_override(),
+                                  threshold=config.threshold) as classifier:
         logits = classifier.predict_all(labelled.texts).logits
     rule = classifier.rule
-    if tune and manifest.problem_type == MULTI:
+    if config.tune_threshold and manifest.problem_type == MULTI:
         rule = rule.with_threshold(tune_threshold(logits, labelled.targets))
     metrics = compute_metrics(logits, labelled.targets, manifest.problem_type,
                               manifest.labels, rule.cut)
     metrics["rows"] = len(labelled.texts)
-    predictions = labelled.table.select([text_column, label_column])
+    predictions = labelled.table.select([config.text_column, config.label_column])
     for name, column in rule.named_columns(logits).items():
         predictions = predictions.append_column(f"predicted_{name}", column)
     predictions = predictions.append_column("correct", pa.array(_correct(logits, labelled.targets,

@@ -177,6 +177,7 @@ def test_multi_label_head_starts_at_the_label_prior(family, tiny_bases):
 def test_metrics_json_records_the_checkpoint_the_trainer_kept(tiny_bases, sentiment, tmp_path,
                                                               monkeypatch):
     """metrics.json's best epoch is trainer.state's best checkpoint, whose weights are saved."""
+    from clsx.config import EvalConfig
     from clsx.evaluate import evaluate
 
     trainers = []
@@ -197,7 +198,7 @@ def test_metrics_json_records_the_checkpoint_the_trainer_kept(tiny_bases, sentim
     assert recorded["best"]["epoch"] == kept["epoch"]
     assert recorded["best"]["macro_f1"] == state.best_metric == kept["eval_macro_f1"]
     assert json.loads((out / "clsx.json").read_text())["training"]["best_epoch"] == kept["epoch"]
-    again = evaluate(out, sentiment, backend="torch").metrics  # the saved weights
+    again = evaluate(EvalConfig(out, sentiment, backend="torch")).metrics  # the saved weights
     assert again["macro_f1"] == pytest.approx(recorded["best"]["macro_f1"])
     assert again["accuracy"] == pytest.approx(recorded["best"]["accuracy"])
 
