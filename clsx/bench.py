@@ -20,6 +20,7 @@ from clsx.config import BenchConfig
 from clsx.data import read_texts
 from clsx.errors import ClsxError
 from clsx.export.parity import compare
+from clsx.log import Log, silent
 from clsx.manifest import Manifest
 from clsx.runners.tensorrt import require_tensorrt
 
@@ -47,8 +48,7 @@ class BenchRow:
     speedup: float
 
 
-def run_bench(config: BenchConfig, log: Callable[[str], None] = lambda line: None
-              ) -> list[BenchRow]:
+def run_bench(config: BenchConfig, log: Log = silent) -> list[BenchRow]:
     """Measure each backend of ``config`` on the same rows of its data; torch fp32 always
     runs first as the reference.
 
@@ -139,7 +139,7 @@ def write_json(results: Sequence[BenchRow], path: Path, **context: object) -> No
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
 
 
-def _export(model_dir: Path, variant: str, cache: Path, log: Callable[[str], None]) -> Path:
+def _export(model_dir: Path, variant: str, cache: Path, log: Log) -> Path:
     from clsx.export.onnx import export_onnx
 
     target = cache / variant

@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from clsx.artifact import Artifact, open_artifact
+from clsx.config import WINDOW_ROWS
 from clsx.decisions import DecisionRule
 from clsx.encoding import EncodedWindow, TextEncoder
 from clsx.long_text import combine
@@ -171,7 +172,8 @@ class Classifier:
         for payload, window in encoded:
             yield payload, self.predict_encoded(window)
 
-    def predict_all(self, texts: Sequence[str | None], window_rows: int = 4096) -> Prediction:
+    def predict_all(self, texts: Sequence[str | None], window_rows: int = WINDOW_ROWS
+                    ) -> Prediction:
         """Classify an in-memory list of texts, ``window_rows`` at a time."""
         windows = ((None, texts[i : i + window_rows]) for i in range(0, len(texts), window_rows))
         parts = [prediction for _, prediction in self.stream(windows)]

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from clsx.parquet import ParquetInput
 
 OUTPUT_FORMATS = ("file", "dataset")
+WINDOW_ROWS = 4096  # rows tokenised and length-sorted together
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class BatchPredictConfig:
     output_format: str | None = None  # file (local engine default) or dataset
     part_rows: int = 100_000
     batch_tokens: int | None = None
-    window_rows: int = 4096
+    window_rows: int = WINDOW_ROWS
     max_length: int | None = None
     long_text: str | None = None  # None: the manifest's long-text setting, field by field
     window_stride: int | None = None
