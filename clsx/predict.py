@@ -169,26 +169,27 @@ def batch_predict(config: BatchPredictConfig) -> Summary:
     """
     source, schema = config.checked_input()
     store = PartStore(config.output)
-    if not _claim_output(config, store):
-        return Summary(0, 0, 0, 0, 0.0, config.backend, config.output, already_complete=True)
-    pipeline = config.open_pipeline()
-    store.start(config.job(source, fingerprint(pipeline.artifact.path)))
-    parts = store.parts()
-    resumed_rows = sum(part.rows for part in parts)
-    started = time.perf_counter()
-    counts = _Counts()
-    if not store.is_done():
-        next_window = parts[-1].last + 1 if parts else 0
-        _predict_into_parts(config, source, pipeline, store, schema, next_window,
-                            resumed_rows, counts)
-        store.mark_done(resumed_rows + counts.rows)
-    if config.output_format == "dataset":
-        store.publish_dataset()
-    else:
-        store.assemble(schema)
-    return Summary(counts.rows, counts.null_rows, counts.truncated, counts.tokens,
-                   time.perf_counter() - started, pipeline.runner.description, config.output,
-                   resumed_rows)
+    with store.locked():  # one writer per OUT, from the job check to the clean-up
+        if not _claim_output(config, store):
+            return Summary(0, 0, 0, 0, 0.0, config.backend, config.output, already_complete=True)
+        pipeline = config.open_pipeline()
+        store.start(config.job(source, fingerprint(pipeline.artifact.path)))
+        parts = store.parts()
+        resumed_rows = sum(part.rows for part in parts)
+        started = time.perf_counter()
+        counts = _Counts()
+        if not store.is_done():
+            next_window = parts[-1].last + 1 if parts else 0
+            _predict_into_parts(config, source, pipeline, store, schema, next_window,
+                                resumed_rows, counts)
+            store.mark_done(resumed_rows + counts.rows)
+        if config.output_format == "dataset":
+            store.publish_dataset()
+        else:
+            store.assemble(schema)
+        return Summary(counts.rows, counts.null_rows, counts.truncated, counts.tokens,
+                       time.perf_counter() - started, pipeline.runner.description,
+                       config.output, resumed_rows)
 
 
 def _claim_output(config: BatchPredictConfig, store: PartStore) -> bool:
