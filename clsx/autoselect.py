@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from clsx import durable
 from clsx.artifact import Artifact, fingerprint
 from clsx.export.parity import PROB_TOLERANCES, compare, parity_inputs
 from clsx.hardware import machine_description, native_low_precision
@@ -111,8 +111,6 @@ def _write(cache: Path, key: str, value: dict[str, Any]) -> None:
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         entries = {**_read(cache), key: value}
-        temporary = cache.with_name(f".{cache.name}.{os.getpid()}")
-        temporary.write_text(json.dumps(entries, indent=2) + "\n")
-        temporary.replace(cache)
+        durable.write_file(cache, json.dumps(entries, indent=2) + "\n")
     except OSError:
         pass

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clsx import durable
 from clsx.artifact import fingerprint
 from clsx.classifier import Classifier
 from clsx.config import BenchConfig
@@ -136,7 +137,7 @@ def _agreement(row: BenchRow) -> str:
 def write_json(results: Sequence[BenchRow], path: Path, **context: object) -> None:
     """Write the results and the run's context (model, data, machine) as JSON."""
     payload = {**context, "results": [asdict(r) for r in results]}
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    durable.write_file(path, json.dumps(payload, indent=2, default=str) + "\n")
 
 
 def _export(model_dir: Path, variant: str, cache: Path, log: Log) -> Path:

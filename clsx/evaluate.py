@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from clsx import durable
 from clsx.artifact import open_artifact
 from clsx.classifier import Classifier
 from clsx.config import EvalConfig
@@ -62,7 +63,7 @@ def errors_table(predictions: pa.Table) -> pa.Table:
 
 
 def write_json(metrics: dict[str, Any], path: Path) -> None:
-    path.write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+    durable.write_file(path, json.dumps(metrics, indent=2, default=float) + "\n")
 
 
 def _correct(logits: np.ndarray, targets: np.ndarray, rule: DecisionRule) -> np.ndarray:

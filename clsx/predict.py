@@ -92,28 +92,29 @@ def batch_predict(config: BatchPredictConfig, progress: Progress | None = None) 
     artifact = open_artifact(config.model, allow_pickle=config.allow_pickle)
     source, schema = checked_input(config, artifact)
     store = PartStore(config.output)
-    if not _claim_output(config, store):
-        return Summary(0, 0.0, config.backend, config.output, already_complete=True)
-    classifier = open_classifier(config, artifact)
-    store.start(config.job(source, fingerprint(artifact.path)))
-    parts = store.parts()
-    resumed_rows = sum(part.rows for part in parts)
-    started = time.perf_counter()
-    counts = Counts()
-    try:
-        if not store.is_done():
-            next_window = parts[-1].last + 1 if parts else 0
-            _predict_into_parts(config, source, classifier, store, schema, next_window,
-                                resumed_rows, counts, progress)
-            store.mark_done(resumed_rows + counts.rows)
-    finally:
-        classifier.close()
-    if config.output_format == "dataset":
-        store.publish_dataset()
-    else:
-        store.assemble(schema)
-    return Summary(counts.rows, time.perf_counter() - started, classifier.description,
-                   config.output, counts, resumed_rows)
+    with store.locked():  # one writer per OUT, from the job check to the clean-up
+        if not _claim_output(config, store):
+            return Summary(0, 0.0, config.backend, config.output, already_complete=True)
+        classifier = open_classifier(config, artifact)
+        store.start(config.job(source, fingerprint(artifact.path)))
+        parts = store.parts()
+        resumed_rows = sum(part.rows for part in parts)
+        started = time.perf_counter()
+        counts = Counts()
+        try:
+            if not store.is_done():
+                next_window = parts[-1].last + 1 if parts else 0
+                _predict_into_parts(config, source, classifier, store, schema, next_window,
+                                    resumed_rows, counts, progress)
+                store.mark_done(resumed_rows + counts.rows)
+        finally:
+            classifier.close()
+        if config.output_format == "dataset":
+            store.publish_dataset()
+        else:
+            store.assemble(schema)
+        return Summary(counts.rows, time.perf_counter() - started, classifier.description,
+                       config.output, counts, resumed_rows)
 
 
 def _claim_output(config: BatchPredictConfig, store: PartStore) -> bool:

@@ -133,9 +133,9 @@ def test_unwritable_output_directory_is_one_line(tiny_models, texts_parquet, tmp
 
 def _fail_after_parts(monkeypatch, parts: int) -> None:
     """Make the disk 'fill up' while the part after ``parts`` committed ones is flushed."""
-    import clsx.parts
+    import clsx.durable
 
-    fsync = clsx.parts._fsync
+    fsync = clsx.durable.fsync_file
     flushed = []
 
     def filling_fsync(path):
@@ -145,4 +145,4 @@ def _fail_after_parts(monkeypatch, parts: int) -> None:
             flushed.append(path)
         fsync(path)
 
-    monkeypatch.setattr(clsx.parts, "_fsync", filling_fsync)
+    monkeypatch.setattr(clsx.durable, "fsync_file", filling_fsync)
