@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clsx.environment import quiet_loading
 from clsx.errors import ClsxError
 from clsx.manifest import DECODER_FAMILIES, HF_FORMATS, MANIFEST_NAME, Manifest, check_family
 
@@ -129,7 +130,8 @@ def _load_tokenizer(path: Path) -> Any:
             "with tokenizer.save_pretrained(DIR)"
         )
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        with quiet_loading():
+            tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as exc:  # transformers raises many types for a broken tokenizer
         raise ClsxError(f"cannot load the tokenizer in {path}: {exc}") from exc
     if not tokenizer.is_fast:

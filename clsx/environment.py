@@ -29,3 +29,20 @@ def environment(values: Mapping[str, str], *, override: bool = True) -> Iterator
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """transformers without its progress bars and advisory logging while a model or
+    tokenizer loads (a batch job prints its own progress), restored afterwards."""
+    from transformers.utils import logging
+
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()

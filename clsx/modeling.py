@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from clsx.artifact import Artifact
+from clsx.environment import quiet_loading
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -34,10 +35,11 @@ def load_classifier(
     from transformers import AutoModelForSequenceClassification
 
     manifest = artifact.manifest
-    model: Any = AutoModelForSequenceClassification.from_pretrained(
-        artifact.path, dtype=DTYPES[dtype], use_safetensors=None if artifact.allow_pickle else True,
-        trust_remote_code=False,
-    )
+    with quiet_loading():
+        model: Any = AutoModelForSequenceClassification.from_pretrained(
+            artifact.path, dtype=DTYPES[dtype],
+            use_safetensors=None if artifact.allow_pickle else True, trust_remote_code=False,
+        )
     # The manifest is authoritative for padding: the pooled token is found by comparing
     # input_ids with this id, in torch and in every export.
     model.config.pad_token_id = manifest.pad_token_id

@@ -70,17 +70,21 @@ def open_classifier(config: BatchPredictConfig, artifact: Artifact,
         threshold=config.threshold, windows_column=config.windows_column)
 
 
-def checked_input(config: BatchPredictConfig, artifact: Artifact
-                  ) -> tuple[ParquetInput, pa.Schema]:
-    """The validated input and the output schema; refuses an empty input and an OUT that a
-    later run over the same input would read."""
+def checked_input(config: BatchPredictConfig) -> ParquetInput:
+    """The validated input; refuses an empty input and an OUT that a later run over the same
+    input would read."""
     source = open_input(config.input, config.text_column, config.keep_columns)
     if source.num_rows == 0:
         raise ClsxError(f"input {config.input} has 0 rows; there is nothing to classify")
-    schema = output_schema(source, output_fields(artifact.manifest, config.windows_column),
-                           config.output_prefix)
     check_output_location(config.output, config.input, source)
-    return source, schema
+    return source
+
+
+def output_schema_for(config: BatchPredictConfig, source: ParquetInput, artifact: Artifact
+                      ) -> pa.Schema:
+    """The kept input columns and the prediction columns of ``artifact``'s classifier."""
+    fields = output_fields(artifact.manifest, config.windows_column)
+    return output_schema(source, fields, config.output_prefix)
 
 
 def batch_predict(config: BatchPredictConfig, progress: Progress | None = None) -> Summary:
@@ -89,16 +93,19 @@ def batch_predict(config: BatchPredictConfig, progress: Progress | None = None) 
     Work is committed in part files beside OUT (see :mod:`clsx.parts`), so a killed run
     continues with ``resume`` where it stopped. ``progress`` is told the rows done so far.
     """
-    artifact = open_artifact(config.model, allow_pickle=config.allow_pickle)
-    source, schema = checked_input(config, artifact)
+    source = checked_input(config)
     store = PartStore(config.output)
     with store.locked():  # one writer per OUT, from the job check to the clean-up
         if not _claim_output(config, store):
             return Summary(0, 0.0, config.backend, config.output, already_complete=True)
-        classifier = open_classifier(config, artifact)
-        store.start(config.job(source, fingerprint(artifact.path)))
-        parts = store.parts()
+        artifact = open_artifact(config.model, allow_pickle=config.allow_pickle)
+        schema = output_schema_for(config, source, artifact)
+        job = config.job(source, fingerprint(artifact.path))
+        # A damaged store fails here, before the model loads; a new job starts with no parts.
+        parts = store.parts() if store.exists() else []
         resumed_rows = sum(part.rows for part in parts)
+        classifier = open_classifier(config, artifact)
+        store.start(job)  # after the model loaded: a model that fails to load leaves nothing
         started = time.perf_counter()
         counts = Counts()
         try:

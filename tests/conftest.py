@@ -67,9 +67,13 @@ def texts_parquet(tmp_path) -> Path:
     return write_parquet(tmp_path / "in.parquet", TEXTS * 5 + [None])
 
 
-@pytest.fixture(autouse=True)
-def fp32_when_auto(monkeypatch):
+@pytest.fixture(scope="session", autouse=True)
+def fp32_when_auto():
     """``--backend auto`` tries bf16 only where the CPU computes it natively, which varies
-    between this project's machines: tests pin fp32 so that their results do not depend on
-    the CPU (tests/test_autoselect.py covers the choice itself)."""
-    monkeypatch.setattr("clsx.autoselect.native_low_precision", lambda device: ())
+    between this project's machines: tests pin fp32 in this process (session-wide, so that
+    module-scoped reference runs get it too) so that results do not depend on the CPU.
+    tests/test_autoselect.py covers the choice itself; subprocesses and Ray actors are not
+    covered and pass --dtype where they compare with this process."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("clsx.autoselect.native_low_precision", lambda device: ())
+        yield

@@ -53,17 +53,17 @@ def _names(directory: Path) -> list[str]:
 
 def _interrupt_after_windows(monkeypatch, windows: int) -> None:
     """Ctrl-C while window ``windows`` (counted from 0) is classified."""
-    import clsx.predict
+    from clsx.classifier import Classifier
 
-    arrays, seen = clsx.predict.output_arrays, []
+    predict_encoded, seen = Classifier.predict_encoded, []
 
-    def interrupted(*args, **kwargs):
+    def interrupted(self, window):
         if len(seen) == windows:
             raise KeyboardInterrupt
         seen.append(True)
-        return arrays(*args, **kwargs)
+        return predict_encoded(self, window)
 
-    monkeypatch.setattr(clsx.predict, "output_arrays", interrupted)
+    monkeypatch.setattr(Classifier, "predict_encoded", interrupted)
 
 
 def _crash_before_rename(monkeypatch, output_format: str) -> None:
@@ -176,8 +176,9 @@ def test_runs_that_save_nothing_leave_no_parts_directory(job, tmp_path):
 def test_a_second_writer_of_the_same_output_is_refused_naming_the_first(job, tmp_path):
     source, model, reference = job
     out = tmp_path / "out.parquet"
+    # --dtype fp32: a subprocess's --backend auto may pick bf16 where the CPU has it natively.
     command = [sys.executable, "-m", "clsx", "batch-predict", str(source), str(out), "-m",
-               str(model), "--quiet", *SMALL_PARTS]
+               str(model), "--quiet", "--dtype", "fp32", *SMALL_PARTS]
     first = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     try:
         # The lock is taken before the model is loaded (seconds of imports alone), and a

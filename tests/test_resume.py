@@ -28,8 +28,9 @@ def many_texts(tmp_path):
 
 
 def _command(source, out, model, *extra):
+    # --dtype fp32: a subprocess's --backend auto may pick bf16 where the CPU has it natively.
     return [sys.executable, "-m", "clsx", "batch-predict", str(source), str(out), "-m",
-            str(model), "--quiet", *SMALL_PARTS, *extra]
+            str(model), "--quiet", "--dtype", "fp32", *SMALL_PARTS, *extra]
 
 
 def _parts(out):
