@@ -11,7 +11,7 @@ texts are synthetic: short (5 to 60 words) and long (300 to 700 words, cut at 51
 
 Per model and workload, one run measures the user's baseline, HF
 ``pipeline("text-classification", batch_size=32)`` in fp32, the same in bf16, and clsx's
-torch backend in fp32, bf16 and fp16, model-only (``Pipeline.classify``) and Parquet to
+torch backend in fp32, bf16 and fp16, model-only (``Classifier.predict_all``) and Parquet to
 Parquet (``clsx batch-predict`` in a subprocess, ``--backend auto``: the dtype it picks). It
 reports rows/s, tokens/s, x HF fp32, label agreement with HF fp32, and the share of the bf16
 matmul peak measured in the same run (2 x non-embedding parameters x tokens/s), and writes

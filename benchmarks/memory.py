@@ -32,8 +32,8 @@ from report import save  # noqa: E402
 
 ROW_GROUP = 100_000
 FOOTPRINT = (
-    "import sys, psutil; from clsx.pipeline import Pipeline; "
-    "p = Pipeline.open(sys.argv[1], sys.argv[2]); p.classify(['warm up the model once']); "
+    "import sys, psutil; from clsx.classifier import Classifier; "
+    "c = Classifier.open(sys.argv[1], sys.argv[2]); c.predict(['warm up the model once']); "
     "print(psutil.Process().memory_info().rss)"
 )
 

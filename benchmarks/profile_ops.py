@@ -28,7 +28,8 @@ import numpy as np
 from clsx.artifact import open_artifact
 from clsx.hardware import machine_description, physical_cores
 from clsx.runners.base import Runner
-from clsx.scheduler import TextEncoder, pad, plan_batches
+from clsx.encoding import TextEncoder
+from clsx.scheduler import pad, plan_batches
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from backends import untrained_classifier  # noqa: E402

@@ -9,7 +9,7 @@ For each model and workload (short: SST-2 sentences + disaster tweets; long: BBC
 - vLLM ``LLM.classify`` used directly on the texts (decoder models, where vllm is installed);
 - ``clsx batch-predict`` Parquet to Parquet with each backend (torch fp32, torch bf16 where the
   CPU computes bf16 natively, onnx, onnx-int8, vllm fp32 for decoders), and the same backends
-  model-only (texts in memory, ``Pipeline.classify``) for the share that Parquet I/O costs.
+  model-only (texts in memory, ``Classifier.predict_all``) for the share that Parquet I/O costs.
 It reports rows/s, tokens/s, the share of the matmul peak measured in the same run
 (2 x non-embedding parameters x tokens/s over the fp32, bf16 or int8 peak), peak RSS, label
 agreement with the fp32 baseline and the ratio to it, and writes
@@ -239,17 +239,17 @@ def clsx_parquet(model_dir: Path, backend: str, data: Path, out: Path, max_lengt
 def clsx_model_only(model_dir: Path, backend: str, texts: list[str], warm_up: list[str],
                     max_length: int, dtype: str | None, device: str = "cpu") -> dict:
     """The same backend on texts in memory: the model-only throughput of clsx."""
-    from clsx.pipeline import Pipeline
+    from clsx.classifier import Classifier
     from clsx.runners import RunnerOptions
 
-    pipeline = Pipeline.open(model_dir, backend, RunnerOptions(device=device, dtype=dtype),
-                             max_length=max_length)
-    pipeline.classify(warm_up)
-    started = time.perf_counter()
-    logits, tokens = pipeline.classify_counting(texts)
-    seconds = time.perf_counter() - started
-    pipeline.runner.close()
-    return measurement(len(texts), tokens, seconds, 0, logits.argmax(axis=1).tolist())
+    with Classifier.open(model_dir, backend, RunnerOptions(device=device, dtype=dtype),
+                         max_length=max_length) as classifier:
+        classifier.predict_all(warm_up)
+        started = time.perf_counter()
+        prediction = classifier.predict_all(texts)
+        seconds = time.perf_counter() - started
+    labels = classifier.rule.decide(prediction.logits).tolist()
+    return measurement(len(texts), prediction.counts.tokens, seconds, 0, labels)
 
 
 def measurement(rows: int, tokens: float, seconds: float, rss: int, labels: list) -> dict:

@@ -2,9 +2,10 @@
 
 Only dtypes the device computes natively are tried (bf16 on CPUs with AMX or AVX-512 BF16;
 bf16/fp16 on GPUs): emulated bf16 is slower than fp32, so on other CPUs fp32 is chosen at
-once without measuring. Each candidate runs the parity batch (random tokens, mixed lengths)
-beside fp32; it qualifies when its probabilities stay within
-:data:`~clsx.export.parity.PROB_TOLERANCES` of fp32's, and the fastest qualifying dtype wins.
+once without measuring. Each candidate classifies the parity batch (random tokens, mixed
+lengths) beside fp32; it qualifies when its probabilities stay within
+:data:`~clsx.export.parity.PROB_TOLERANCES` of fp32's and its labels (as users get them: the
+model's thresholds for multi-label) all agree with fp32's; the fastest qualifying dtype wins.
 The choice is cached per model fingerprint, device, threads and machine, so that every run on
 this machine (a ``--resume`` too) makes the same choice without measuring again.
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from clsx import durable
 from clsx.artifact import Artifact, fingerprint
-from clsx.export.parity import PROB_TOLERANCES, compare, parity_batch
+from clsx.export.parity import PROB_TOLERANCES, compare, parity_inputs
 from clsx.hardware import machine_description, native_low_precision
 from clsx.models import cache_dir
-from clsx.runners import RunnerOptions, load_runner
+from clsx.runners import RunnerOptions
 
 PROBE_ROWS = 16
 PROBE_MAX_LENGTH = 128
@@ -69,28 +70,32 @@ def choose_dtype(artifact: Artifact, options: RunnerOptions,
 
 def _measure(artifact: Artifact, options: RunnerOptions, candidates: tuple[str, ...]
              ) -> dict[str, dict[str, Any]]:
+    from clsx.classifier import Classifier
+
     manifest = artifact.manifest
     probe_manifest = manifest.replace(max_length=min(manifest.max_length, PROBE_MAX_LENGTH))
-    input_ids, attention_mask = parity_batch(probe_manifest, artifact.tokenizer, PROBE_ROWS)
+    probe = parity_inputs(probe_manifest, artifact.tokenizer, PROBE_ROWS)
     measured: dict[str, dict[str, Any]] = {}
     reference: np.ndarray | None = None
     for dtype in ("fp32", *candidates):
-        runner = load_runner(artifact, "torch", dataclasses.replace(options, dtype=dtype))
-        logits = runner.predict(input_ids, attention_mask)  # warm-up
-        seconds = float("inf")
-        for _ in range(PROBE_REPEATS):
-            started = time.perf_counter()
-            logits = runner.predict(input_ids, attention_mask)
-            seconds = min(seconds, time.perf_counter() - started)
-        runner.close()
-        del runner
+        with Classifier.from_artifact(artifact, "torch",
+                                      dataclasses.replace(options, dtype=dtype)) as classifier:
+            logits = classifier.predict_encoded(probe).logits  # warm-up
+            seconds = float("inf")
+            for _ in range(PROBE_REPEATS):
+                started = time.perf_counter()
+                logits = classifier.predict_encoded(probe).logits
+                seconds = min(seconds, time.perf_counter() - started)
         reference = logits if reference is None else reference
-        parity = compare(reference, logits, manifest.problem_type)
+        parity = compare(reference, logits, classifier.rule)
         measured[dtype] = {
-            "rows_per_s": round(len(input_ids) / seconds, 1),
+            "rows_per_s": round(PROBE_ROWS / seconds, 1),
             "max_prob_diff": parity.max_prob_diff,
-            "qualifies": dtype == "fp32" or parity.max_prob_diff <= PROB_TOLERANCES[dtype],
+            "label_agreement": parity.label_agreement,
+            "qualifies": dtype == "fp32" or (parity.max_prob_diff <= PROB_TOLERANCES[dtype]
+                                             and parity.label_agreement in (None, 1.0)),
         }
+        del classifier
     return measured
 
 
@@ -106,8 +111,6 @@ def _write(cache: Path, key: str, value: dict[str, Any]) -> None:
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         entries = {**_read(cache), key: value}
-        temporary = cache.with_name(f".{cache.name}.{os.getpid()}")
-        temporary.write_text(json.dumps(entries, indent=2) + "\n")
-        temporary.replace(cache)
+        durable.write_file(cache, json.dumps(entries, indent=2) + "\n")
     except OSError:
         pass

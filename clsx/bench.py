@@ -14,12 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
+from clsx import durable
 from clsx.artifact import fingerprint
+from clsx.classifier import Classifier
+from clsx.config import BenchConfig
+from clsx.data import read_texts
 from clsx.errors import ClsxError
 from clsx.export.parity import compare
+from clsx.log import Log, silent
 from clsx.manifest import Manifest
-from clsx.pipeline import Pipeline
-from clsx.runners import RunnerOptions
 from clsx.runners.tensorrt import require_tensorrt
 
 VARIANTS = ("torch", "torch-bf16", "onnx", "onnx-int8", "tensorrt")
@@ -41,35 +44,31 @@ class BenchRow:
     tokens_per_s: float
     peak_rss_mb: float
     label_agreement: float | None
+    per_label_agreement: float | None
     max_abs_diff: float
     speedup: float
 
 
-def run_bench(
-    model_dir: Path,
-    texts: Sequence[str | None],
-    variants: Sequence[str] = VARIANTS,
-    exports_dir: Path | None = None,
-    options: RunnerOptions | None = None,
-    batch_tokens: int | None = None,
-    log: Callable[[str], None] = print,
-) -> list[BenchRow]:
-    """Measure each variant on ``texts``; torch fp32 always runs first as the reference.
+def run_bench(config: BenchConfig, log: Log = silent) -> list[BenchRow]:
+    """Measure each backend of ``config`` on the same rows of its data; torch fp32 always
+    runs first as the reference.
 
+    Label agreement is on the labels users get (the model's thresholds for multi-label).
     ``torch-bf16`` runs the same model directory in bf16 (native with AMX / AVX-512 BF16,
-    emulated and slower than fp32 elsewhere).
-
-    ONNX variants are exported on the fly into ``exports_dir`` (a temporary directory when
-    None) and reused there when the parent model has not changed.
+    emulated and slower than fp32 elsewhere). ONNX variants are exported on the fly into
+    ``config.exports_dir`` (a temporary directory when None) and reused there when the
+    parent model has not changed.
     """
+    variants, options = config.backends, config.runner_options()
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ClsxError(f"unknown backend {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
-    options = options or RunnerOptions()
     if "tensorrt" in variants:  # before minutes of exporting and measuring the others
         require_tensorrt("--backends tensorrt", options.device)
+    texts = read_texts(config.data, config.text_column, config.rows)
+    model_dir, batch_tokens = config.model, config.batch_tokens
     ordered = [REFERENCE, *[v for v in dict.fromkeys(variants) if v != REFERENCE]]
-    with _exports_dir(exports_dir) as cache:
+    with _exports_dir(config.exports_dir) as cache:
         reference: np.ndarray | None = None
         rows: list[BenchRow] = []
         for variant in ordered:
@@ -80,28 +79,30 @@ def run_bench(
                 directory, backend = _export(model_dir, variant, cache, log), "auto"
                 variant_options = options
             log(f"bench: running {variant} on {len(texts)} rows")
-            with _peak_rss() as peak:
-                pipeline = Pipeline.open(directory, backend, variant_options, batch_tokens)
-                pipeline.classify(texts[:64])  # warm-up: first-call allocations and kernels
+            with _peak_rss() as peak, Classifier.open(directory, backend, variant_options,
+                                                      batch_tokens=batch_tokens) as classifier:
+                classifier.predict(texts[:64])  # warm-up: first-call allocations and kernels
                 started = time.perf_counter()
-                logits, tokens = pipeline.classify_counting(texts)
+                prediction = classifier.predict_all(texts)
                 seconds = time.perf_counter() - started
-            reference = logits if reference is None else reference
-            parity = _compare(reference, logits, pipeline.artifact.manifest)
+                description = classifier.description
+            reference = prediction.logits if reference is None else reference
+            parity = compare(reference, prediction.logits, classifier.rule)
             baseline = rows[0].rows_per_s if rows else len(texts) / seconds
             rows.append(BenchRow(
                 variant=variant,
-                backend=pipeline.runner.description,
+                backend=description,
                 rows=len(texts),
                 seconds=round(seconds, 3),
                 rows_per_s=round(len(texts) / seconds, 1),
-                tokens_per_s=round(tokens / seconds, 1),
+                tokens_per_s=round(prediction.counts.tokens / seconds, 1),
                 peak_rss_mb=round(peak() / 2**20, 1),
                 label_agreement=parity.label_agreement,
+                per_label_agreement=parity.per_label_agreement,
                 max_abs_diff=parity.max_abs_diff,
                 speedup=round(len(texts) / seconds / baseline, 2),
             ))
-            del pipeline
+            del classifier, prediction
             gc.collect()
     return rows
 
@@ -113,7 +114,7 @@ def format_table(rows: Sequence[BenchRow]) -> str:
     body = [
         (r.variant, r.backend, f"{r.rows_per_s:.1f}", f"{r.tokens_per_s:.0f}",
          f"{r.peak_rss_mb:.0f}",
-         "n/a" if r.label_agreement is None else f"{r.label_agreement:.2%}",
+         _agreement(r),
          f"{r.max_abs_diff:.2e}", f"{r.speedup:.2f}")
         for r in rows
     ]
@@ -124,18 +125,22 @@ def format_table(rows: Sequence[BenchRow]) -> str:
     return "\n".join(lines)
 
 
+def _agreement(row: BenchRow) -> str:
+    """Rows whose decision agrees; multi-label adds the share of agreeing (row, label) pairs."""
+    if row.label_agreement is None:
+        return "n/a"
+    if row.per_label_agreement is None:
+        return f"{row.label_agreement:.2%}"
+    return f"{row.label_agreement:.2%} sets, {row.per_label_agreement:.2%} labels"
+
+
 def write_json(results: Sequence[BenchRow], path: Path, **context: object) -> None:
     """Write the results and the run's context (model, data, machine) as JSON."""
     payload = {**context, "results": [asdict(r) for r in results]}
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    durable.write_file(path, json.dumps(payload, indent=2, default=str) + "\n")
 
 
-def _compare(reference: np.ndarray, logits: np.ndarray, manifest: Manifest):
-    present = ~np.isnan(reference).any(axis=1)
-    return compare(reference[present], logits[present], manifest.problem_type)
-
-
-def _export(model_dir: Path, variant: str, cache: Path, log: Callable[[str], None]) -> Path:
+def _export(model_dir: Path, variant: str, cache: Path, log: Log) -> Path:
     from clsx.export.onnx import export_onnx
 
     target = cache / variant

@@ -6,20 +6,22 @@ Heavy libraries (torch, transformers, onnxruntime) are imported inside the comma
 
 from __future__ import annotations
 
-import os
+import dataclasses
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
 from clsx import __version__
+from clsx.environment import environment
 from clsx.errors import ClsxError
-from clsx.export import EXPORT_FORMATS
+from clsx.export import EXPORT_FORMATS, FP32_TOLERANCE, INT8_MIN_AGREEMENT, VLLM_DTYPE
 
-# Model loading here never needs the hub's progress bars or advisory logging.
-os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+# For the duration of a command (a user's own settings win): model loading here never needs
+# the hub's progress bars or advisory logging, and the fast tokenizer may use every core.
+COMMAND_ENVIRONMENT = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
+                       "TOKENIZERS_PARALLELISM": "true"}
 
 BACKENDS = ("auto", "torch", "onnx", "vllm", "tensorrt")
 DTYPES = ("fp32", "bf16", "fp16")
@@ -31,12 +33,54 @@ class ClsxGroup(click.Group):
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with environment(COMMAND_ENVIRONMENT, override=False):
+                return super().invoke(ctx)
         except ClsxError as exc:
             raise click.ClickException(str(exc)) from exc
         except KeyboardInterrupt as exc:
             click.echo(str(exc) or "Interrupted; no partial output was left behind.", err=True)
             sys.exit(130)
+
+
+def config_default(config: type, name: str) -> Any:
+    """The default of field ``name`` of the dataclass ``config``.
+
+    The config dataclass owns every default; options show it in --help and default to None,
+    which means "not given: the dataclass decides".
+    """
+    for field in dataclasses.fields(config):
+        if field.name == name:
+            if field.default is not dataclasses.MISSING:
+                return field.default
+            if field.default_factory is not dataclasses.MISSING:
+                return field.default_factory()
+            raise ValueError(f"{config.__name__}.{name} has no default")
+    raise ValueError(f"{config.__name__} has no field {name!r}")
+
+
+def with_default(help_text: str, config: type, name: str) -> dict[str, Any]:
+    """Option settings for a flag whose default is the dataclass field's: None when left
+    out (so the dataclass applies it), shown in ``--help``."""
+    value = config_default(config, name)
+    shown = repr(value) if value == "" else value
+    return {"default": None, "help": f"{help_text}  [default: {shown}]".lstrip()}
+
+
+def _eval_default(name: str, help_text: str = "") -> dict[str, Any]:
+    from clsx.config import EvalConfig
+
+    return with_default(help_text, EvalConfig, name)
+
+
+def _bench_default(name: str, help_text: str = "") -> dict[str, Any]:
+    from clsx.config import BenchConfig
+
+    return with_default(help_text, BenchConfig, name)
+
+
+def given(options: dict[str, Any]) -> dict[str, Any]:
+    """The options the user gave (None: left to the config dataclass's default)."""
+    return {name: value for name, value in options.items() if value is not None}
 
 
 threshold_option = click.option(
@@ -54,20 +98,19 @@ def long_text_options(training: bool):
     overridden by eval and batch-predict (default there: the model's own setting)."""
     from clsx.long_text import AGGREGATES, STRATEGIES
 
-    given = "" if training else " (default: the model's, from its clsx.json)"
+    models = "" if training else " (default: the model's, from its clsx.json)"
     options = [
         click.option("--long-text", type=click.Choice(STRATEGIES),
-                     default="truncate" if training else None, show_default=training,
                      help="Texts over --max-length tokens: truncate (keep the start), head-tail "
                           "(keep the first quarter and last three quarters), window (classify "
-                          f"overlapping windows, combine per text){given}."),
+                          f"overlapping windows, combine per text){models}."
+                          + (_train_default("long_text") if training else "")),
         click.option("--window-stride", type=click.IntRange(min=1),
-                     help=f"window: text tokens between window starts (default: 3/4 of a "
-                          f"window){given}."),
+                     help="window: text tokens between window starts"
+                          f"{models or ' (default: 3/4 of a window)'}."),
         click.option("--aggregate", type=click.Choice(AGGREGATES),
-                     default="mean" if training else None, show_default=training,
                      help=f"window: combine the windows' logits by mean, max or majority "
-                          f"vote{given}."),
+                          f"vote{models}." + (_train_default("aggregate") if training else "")),
     ]
 
     def decorate(command):
@@ -109,8 +152,8 @@ def main() -> None:
                                       "engine on NVIDIA GPUs.")
 @click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
               help="Directory to create (model.onnx or weights, tokenizer, config, clsx.json).")
-@click.option("--dtype", type=click.Choice(["bf16", "fp32"]), default="bf16", show_default=True,
-              help="vllm only: dtype of the saved weights.")
+@click.option("--dtype", type=click.Choice(["bf16", "fp32"]),
+              help=f"vllm only: dtype of the saved weights.  [default: {VLLM_DTYPE}]")
 @click.option("--no-parity", is_flag=True,
               help="vllm only: skip loading the export in vLLM to check it (e.g. where vLLM "
                    "is not installed).")
@@ -121,16 +164,17 @@ def main() -> None:
 @click.option("--calibration-rows", type=click.IntRange(min=1), default=2000, show_default=True,
               help="Rows of --calibration-data to compare.")
 @click.option("--tolerance", type=click.FloatRange(min=0),
-              help="onnx: max |logit difference| from PyTorch fp32 (default 1e-4); vllm: max "
-                   "|probability difference| (default 2e-3 for fp32, 5e-2 for bf16).")
-@click.option("--min-agreement", type=click.FloatRange(0, 1), default=0.98, show_default=True,
-              help="int8 only: min fraction of labels equal to fp32 (on the calibration data "
-                   "when given, else on the parity batch).")
+              help=f"onnx: max |logit difference| from PyTorch fp32 (default {FP32_TOLERANCE:g}); "
+                   "vllm: max |probability difference| (default 2e-3 for fp32, 5e-2 for bf16).")
+@click.option("--min-agreement", type=click.FloatRange(0, 1),
+              help="int8 only: min fraction of labels (as users get them) equal to fp32's, on "
+                   "the calibration data when given, else on the parity batch.  "
+                   f"[default: {INT8_MIN_AGREEMENT}]")
 @click.option("--overwrite", is_flag=True, help="Replace --output if it exists.")
 @allow_pickle_option
-def export_command(model_dir: Path, fmt: str, output: Path, dtype: str, no_parity: bool,
+def export_command(model_dir: Path, fmt: str, output: Path, dtype: str | None, no_parity: bool,
                    calibration_data: Path | None, text_column: str, calibration_rows: int,
-                   tolerance: float | None, min_agreement: float, overwrite: bool,
+                   tolerance: float | None, min_agreement: float | None, overwrite: bool,
                    allow_pickle: bool) -> None:
     """Export a merged model directory to ONNX or for vLLM, checked against PyTorch.
 
@@ -148,21 +192,23 @@ def export_command(model_dir: Path, fmt: str, output: Path, dtype: str, no_parit
     if fmt == "vllm":
         from clsx.export.vllm import export_vllm
 
-        result = export_vllm(model_dir, output, dtype=dtype, tolerance=tolerance,
-                             check=not no_parity, overwrite=overwrite, allow_pickle=allow_pickle)
+        result = export_vllm(model_dir, output, tolerance=tolerance, check=not no_parity,
+                             overwrite=overwrite, allow_pickle=allow_pickle,
+                             **given({"dtype": dtype}))
     else:
-        from clsx.export.onnx import FP32_TOLERANCE, export_onnx
+        from clsx.export.onnx import export_onnx
 
         texts = None
         if calibration_data is not None:
             texts = [t for t in read_texts(calibration_data, text_column, calibration_rows)
                      if t is not None]
         result = export_onnx(model_dir, output, fmt=fmt, calibration_texts=texts,
-                             tolerance=FP32_TOLERANCE if tolerance is None else tolerance,
-                             min_agreement=min_agreement, overwrite=overwrite,
-                             allow_pickle=allow_pickle)
+                             overwrite=overwrite, allow_pickle=allow_pickle,
+                             **given({"tolerance": tolerance, "min_agreement": min_agreement}))
     for name, report in result.parity.items():
         agreement = "n/a" if report.label_agreement is None else f"{report.label_agreement:.2%}"
+        if report.per_label_agreement is not None:
+            agreement += f" of label sets, {report.per_label_agreement:.2%} of labels"
         click.echo(f"parity {name}: {report.rows} rows, max |logit diff| "
                    f"{report.max_abs_diff:.2e}, max |prob diff| {report.max_prob_diff:.2e}, "
                    f"label agreement {agreement}", err=True)
@@ -176,73 +222,101 @@ def export_command(model_dir: Path, fmt: str, output: Path, dtype: str, no_parit
     click.echo(f"Wrote {output}")
 
 
+def _batch_predict_options(command):
+    """The options of ``batch-predict``; each default is the BatchPredictConfig field's (or
+    RayOptions' for the Ray options)."""
+    from clsx.config import BatchPredictConfig as Config
+    from clsx.config import RayOptions
+
+    def default(name: str, help_text: str = "", config: type = Config) -> dict[str, Any]:
+        return with_default(help_text, config, name)
+
+    options = [
+        click.option("--model", "-m", type=click.Path(path_type=Path), required=True,
+                     help="Model directory: merged PyTorch checkpoint or a clsx export."),
+        click.option("--backend", type=click.Choice(BACKENDS), **default("backend",
+                     "auto runs the model directory's own format (a PyTorch model in the "
+                          "fastest dtype that keeps its labels here).")),
+        click.option("--text-column", **default("text_column")),
+        click.option("--keep-columns", callback=_comma_list,
+                     help="Comma-separated input columns to copy to OUT  [default: all]"),
+        click.option("--output-prefix", **default("output_prefix",
+                     "Prefix for the prediction columns (label, score, probs, ...).")),
+        click.option("--batch-tokens", type=click.IntRange(min=1),
+                     help="Padded tokens per model call  [default: the backend's; 8192 for "
+                          "torch and onnx]"),
+        click.option("--window-rows", type=click.IntRange(min=1), **default("window_rows",
+                     "Rows tokenised and length-sorted together; bounds memory.")),
+        click.option("--max-length", type=click.IntRange(min=1),
+                     help="Tokens per model input  [default: the model's, from clsx.json]"),
+        long_text_options(training=False),
+        click.option("--windows-column", is_flag=True,
+                     help="Add a 'windows' column: model inputs per row (>1 only with "
+                          "--long-text window; 0 for a null text)."),
+        threshold_option,
+        click.option("--device", type=click.Choice(DEVICES), **default("device")),
+        click.option("--threads", type=click.IntRange(min=1),
+                     help="Compute threads per model replica  [default: one per physical core; "
+                          "with --engine ray, 1 per actor]"),
+        click.option("--dtype", type=click.Choice(DTYPES),
+                     help="torch, vllm and tensorrt backends: compute dtype. Default for torch: "
+                          "fp32, or with --backend auto the fastest dtype whose probabilities "
+                          "stay within 5e-2 of fp32 and whose labels agree on this machine "
+                          "(bf16 where the CPU has AMX / AVX-512 BF16, or on a GPU); for vllm: "
+                          "the weights' dtype; for tensorrt: the engine's (fp16 unless fp32). "
+                          "fp16 needs a GPU."),
+        click.option("--max-num-seqs", type=click.IntRange(min=1),
+                     help="vllm backend: most sequences per engine step  [default: vLLM's]"),
+        click.option("--max-num-batched-tokens", type=click.IntRange(min=1),
+                     help="vllm backend: most tokens per engine step  [default: vLLM's]"),
+        click.option("--memory-fraction", type=click.FloatRange(0, 1, min_open=True),
+                     help="vllm backend: share of GPU memory vLLM may take (default 0.9); on "
+                          "CPU, share of host RAM for its KV cache (default 0.05)."),
+        click.option("--output-format", type=click.Choice(["file", "dataset"]),
+                     help="file (local default): one Parquet file; dataset (always with "
+                          "--engine ray): OUT is a directory of Parquet parts, for Spark, Ray, "
+                          "DuckDB."),
+        click.option("--resume", is_flag=True,
+                     help="Continue a killed or interrupted run of the same command from its "
+                          "saved parts; exits 0 at once when OUT is already complete."),
+        click.option("--part-rows", type=click.IntRange(min=1), **default("part_rows",
+                     "Rows per saved part (a part is also saved every 2 minutes).")),
+        click.option("--overwrite", is_flag=True, help="Replace OUT (and any saved parts)."),
+        allow_pickle_option,
+        click.option("--engine", type=click.Choice(["local", "ray"]), default="local",
+                     show_default=True, help="ray: run on Ray Data (pip install 'clsx[ray]')."),
+        click.option("--address", help="Ray: cluster address  [default: start a local Ray]"),
+        click.option("--num-workers", type=click.IntRange(min=1),
+                     **default("num_workers",
+                     "Ray: model replicas (actors), each with --threads CPU threads.", RayOptions)),
+        click.option("--gpus-per-worker", type=click.FloatRange(min=0),
+                     **default("gpus_per_worker",
+                     "Ray: GPUs per replica (1 = one replica per GPU).", RayOptions)),
+        click.option("--preserve-order", is_flag=True,
+                     help="Ray: keep input order (parts of --part-rows rows, written in order "
+                          "by the driver); slower."),
+        click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @main.command("batch-predict")
 @click.argument("input_path", metavar="IN")
 @click.argument("output", metavar="OUT", type=click.Path(path_type=Path))
-@click.option("--model", "-m", type=click.Path(path_type=Path), required=True,
-              help="Model directory: merged PyTorch checkpoint or a clsx export.")
-@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
-              help="auto runs the model directory's own format.")
-@click.option("--text-column", default="text", show_default=True)
-@click.option("--keep-columns", callback=_comma_list,
-              help="Comma-separated input columns to copy to OUT (default: all).")
-@click.option("--output-prefix", default="", help="Prefix for the label/score/probs columns.")
-@click.option("--batch-tokens", type=click.IntRange(min=1),
-              help="Padded tokens per model call (default: the backend's).")
-@click.option("--window-rows", type=click.IntRange(min=1), default=4096, show_default=True,
-              help="Rows tokenised and length-sorted together; bounds memory.")
-@click.option("--max-length", type=click.IntRange(min=1),
-              help="Tokens per model input (default: the manifest's).")
-@long_text_options(training=False)
-@click.option("--windows-column", is_flag=True,
-              help="Add a 'windows' column: model inputs per row (>1 only with --long-text "
-                   "window; 0 for a null text).")
-@threshold_option
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), help="Compute threads (default: cores).")
-@click.option("--dtype", type=click.Choice(DTYPES),
-              help="torch, vllm and tensorrt backends: compute dtype. Default for torch: fp32, "
-                   "or with --backend auto the fastest dtype whose probabilities stay within "
-                   "5e-2 of fp32 on this machine (bf16 where the CPU has AMX / AVX-512 BF16, "
-                   "or on a GPU); for vllm: the weights' dtype; for tensorrt: the engine's "
-                   "(fp16 unless fp32). fp16 needs a GPU.")
-@click.option("--max-num-seqs", type=click.IntRange(min=1),
-              help="vllm backend: most sequences per engine step (default: vLLM's).")
-@click.option("--max-num-batched-tokens", type=click.IntRange(min=1),
-              help="vllm backend: most tokens per engine step (default: vLLM's).")
-@click.option("--memory-fraction", type=click.FloatRange(0, 1, min_open=True),
-              help="vllm backend: share of GPU memory vLLM may take (default 0.9); on CPU, "
-                   "share of host RAM for its KV cache (default 0.05).")
-@click.option("--output-format", type=click.Choice(["file", "dataset"]),
-              help="file (local default): one Parquet file; dataset (always with --engine "
-                   "ray): OUT is a directory of Parquet parts, for Spark, Ray, DuckDB.")
-@click.option("--resume", is_flag=True,
-              help="Continue a killed or interrupted run of the same command from its saved "
-                   "parts; exits 0 at once when OUT is already complete.")
-@click.option("--part-rows", type=click.IntRange(min=1), default=100_000, show_default=True,
-              help="Rows per saved part (a part is also saved every 2 minutes).")
-@click.option("--overwrite", is_flag=True, help="Replace OUT (and any saved parts).")
-@allow_pickle_option
-@click.option("--engine", type=click.Choice(["local", "ray"]), default="local",
-              show_default=True, help="ray: run on Ray Data (pip install 'clsx[ray]').")
-@click.option("--address", help="Ray: cluster address (default: start a local Ray).")
-@click.option("--num-workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Ray: model replicas (actors), each with --threads CPU threads.")
-@click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=0.0,
-              show_default=True, help="Ray: GPUs per replica (1 = one replica per GPU).")
-@click.option("--preserve-order", is_flag=True,
-              help="Ray: keep input order (parts of --part-rows rows, written in order by the "
-                   "driver); slower.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@_batch_predict_options
 def batch_predict_command(input_path: str, output: Path, quiet: bool, engine: str,
-                          address: str | None, num_workers: int, gpus_per_worker: float,
-                          preserve_order: bool, **options) -> None:
+                          address: str | None, num_workers: int | None,
+                          gpus_per_worker: float | None, preserve_order: bool,
+                          **options) -> None:
     """Classify the texts of IN (a Parquet file, directory or glob) into OUT (Parquet).
 
     \b
     OUT holds the input columns (or --keep-columns) plus:
       label  string   the predicted label (multi-label: labels >= their threshold, comma-joined;
                       regression: null)
+      labels list<string>  multi-label only: the predicted labels as a list
       score  float32  the probability of that label (multi-label: the highest; regression:
                       the predicted value)
       probs  list<float32>  softmax (single-label) or sigmoid (multi-label) per label id
@@ -259,20 +333,52 @@ def batch_predict_command(input_path: str, output: Path, quiet: bool, engine: st
     --engine ray runs the same pipeline on Ray Data (one model per actor) and writes OUT
     as a directory of Parquet parts; row order is kept only with --preserve-order.
     """
-    from clsx.predict import BatchPredictConfig, batch_predict
+    from clsx.config import BatchPredictConfig
+    from clsx.predict import batch_predict
 
-    config = BatchPredictConfig(input=input_path, output=output, progress=not quiet, **options)
-    if engine == "ray":
-        from clsx.ray_engine import RayOptions, ray_batch_predict
+    config = BatchPredictConfig(input=input_path, output=output, **given(options))
+    ray_options = given({"address": address, "num_workers": num_workers,
+                         "gpus_per_worker": gpus_per_worker})
+    with ProgressBar(enabled=not quiet) as progress:
+        if engine == "ray":
+            from clsx.config import RayOptions
+            from clsx.ray_engine import ray_batch_predict
 
-        summary = ray_batch_predict(config, RayOptions(address, num_workers, gpus_per_worker,
-                                                       preserve_order))
-    else:
-        if address or num_workers != 1 or gpus_per_worker or preserve_order:
-            raise ClsxError("--address, --num-workers, --gpus-per-worker and --preserve-order "
-                            "apply to --engine ray only")
-        summary = batch_predict(config)
+            summary = ray_batch_predict(config, RayOptions(**ray_options,
+                                                           preserve_order=preserve_order),
+                                        progress=not quiet)
+        else:
+            if ray_options or preserve_order:
+                raise ClsxError("--address, --num-workers, --gpus-per-worker and "
+                                "--preserve-order apply to --engine ray only")
+            summary = batch_predict(config, progress)
     click.echo(summary.line(), err=True)
+
+
+class ProgressBar:
+    """A tqdm bar on stderr that the library drives through ``progress(done, total)``."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=done, unit=" rows", file=sys.stderr,
+                            mininterval=1.0, dynamic_ncols=True, smoothing=0.1)
+        else:
+            self.bar.update(done - self.bar.n)
+
+    def __enter__(self) -> ProgressBar:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 @main.command("bench")
@@ -280,47 +386,53 @@ def batch_predict_command(input_path: str, output: Path, quiet: bool, engine: st
               help="Merged PyTorch model directory (the fp32 reference).")
 @click.option("--data", type=click.Path(path_type=Path), required=True,
               help="Parquet, CSV or JSONL file with a text column.")
-@click.option("--text-column", default="text", show_default=True)
-@click.option("--rows", type=click.IntRange(min=1), default=2000, show_default=True,
-              help="Rows of --data to run through each backend.")
-@click.option("--backends", default="torch,onnx,onnx-int8", show_default=True,
-              callback=_comma_list,
-              help="Comma-separated: torch, torch-bf16, onnx, onnx-int8, tensorrt (torch-bf16 "
-                   "is fast only on CPUs with AMX or AVX-512 BF16, and on GPUs; tensorrt "
-                   "needs an NVIDIA GPU with TensorRT).")
+@click.option("--text-column", **_bench_default("text_column"))
+@click.option("--rows", type=click.IntRange(min=1),
+              **_bench_default("rows", "Rows of --data to run through each backend."))
+@click.option("--backends", callback=_comma_list,
+              **_bench_default("backends", "Comma-separated: torch, torch-bf16, onnx, "
+                               "onnx-int8, tensorrt (torch-bf16 is fast only on CPUs with AMX "
+                               "or AVX-512 BF16, and on GPUs; tensorrt needs an NVIDIA GPU "
+                               "with TensorRT)."))
 @click.option("--exports-dir", type=click.Path(path_type=Path),
               help="Keep (and reuse) the ONNX exports here instead of a temporary directory.")
-@click.option("--batch-tokens", type=click.IntRange(min=1))
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
-              help="Where every backend runs, the torch fp32 reference included (auto: the "
-                   "GPU when there is one).")
-@click.option("--threads", type=click.IntRange(min=1))
+@click.option("--batch-tokens", type=click.IntRange(min=1),
+              help="Padded tokens per model call  [default: each backend's]")
+@click.option("--device", type=click.Choice(DEVICES),
+              **_bench_default("device", "Where every backend runs, the torch fp32 reference "
+                               "included (auto: the GPU when there is one)."))
+@click.option("--threads", type=click.IntRange(min=1),
+              help="Compute threads  [default: one per physical core]")
 @click.option("--json", "json_path", type=click.Path(path_type=Path),
               help="Also write the results as JSON to this file.")
-def bench_command(model: Path, data: Path, text_column: str, rows: int,
-                  backends: tuple[str, ...], exports_dir: Path | None,
-                  batch_tokens: int | None, device: str, threads: int | None,
-                  json_path: Path | None) -> None:
+def bench_command(json_path: Path | None, **options) -> None:
     """Throughput of each backend on the same rows, against PyTorch fp32.
 
     Prints rows/s, tokens/s, peak RSS, label agreement and max |logit diff| versus the
     torch fp32 baseline, which always runs first.
     """
     from clsx.bench import format_table, run_bench, write_json
-    from clsx.data import read_texts
+    from clsx.config import BenchConfig
     from clsx.hardware import machine_description
-    from clsx.runners import RunnerOptions
 
-    texts = read_texts(data, text_column, rows)
-    results = run_bench(
-        model, texts, backends, exports_dir, RunnerOptions(device=device, threads=threads),
-        batch_tokens, log=lambda line: click.echo(line, err=True),
-    )
+    config = BenchConfig(**given(options))
+    results = run_bench(config, log=lambda line: click.echo(line, err=True))
     click.echo(format_table(results))
     if json_path is not None:
-        write_json(results, json_path, model=str(model), data=str(data), rows=len(texts),
-                   machine=machine_description())
+        write_json(results, json_path, model=str(config.model), data=str(config.data),
+                   rows=results[0].rows, machine=machine_description())
         click.echo(f"Wrote {json_path}", err=True)
+
+
+def _train_default(name: str) -> str:
+    """A :class:`TrainConfig` default as --help shows it (problem types by their alias),
+    to end an option's help text."""
+    from clsx.train.config import PROBLEM_ALIASES, TrainConfig
+
+    default = config_default(TrainConfig, name)
+    if name == "problem_type":
+        default = next(alias for alias, full in PROBLEM_ALIASES.items() if full == default)
+    return f"  [default: {default}]"
 
 
 @main.command("train")
@@ -333,33 +445,38 @@ def bench_command(model: Path, data: Path, text_column: str, rows: int,
               help="Evaluation data (default: a stratified split of --train).")
 @click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
               help="Directory for the merged model, tokenizer, clsx.json and metrics.json.")
-@click.option("--text-column", default="text", show_default=True)
-@click.option("--label-column", default="label", show_default=True)
+@click.option("--text-column", help=_train_default("text_column").strip())
+@click.option("--label-column", help=_train_default("label_column").strip())
 @click.option("--problem-type", type=click.Choice(["single_label", "multi_label", "regression"]),
-              default="single_label", show_default=True)
-@click.option("--label-separator", default=",", show_default=True,
-              help="Multi-label: separator inside a string label column.")
-@click.option("--method", type=click.Choice(["lora", "full"]), default="lora", show_default=True)
-@click.option("--epochs", type=float, default=3.0, show_default=True)
-@click.option("--lr", type=float, default=5e-5, show_default=True)
-@click.option("--warmup", type=float, default=0.1, show_default=True,
+              help=_train_default("problem_type").strip())
+@click.option("--label-separator", 
+              help="Multi-label: separator inside a string label column."
+                   + _train_default("label_separator"))
+@click.option("--method", type=click.Choice(["lora", "full"]),
+              help=_train_default("method").strip())
+@click.option("--epochs", type=float, help=_train_default("epochs").strip())
+@click.option("--lr", type=float, help=_train_default("lr").strip())
+@click.option("--warmup", type=float, 
               help="Share of the steps over which the learning rate rises linearly from 0 "
-                   "(the usual BERT fine-tuning recipe; 0 turns it off).")
-@click.option("--batch-size", type=int, default=8, show_default=True)
-@click.option("--eval-batch-size", type=int, default=4, show_default=True)
-@click.option("--max-length", type=int, default=512, show_default=True,
-              help="Tokens per model input (also at predict time).")
+                   "(the usual BERT fine-tuning recipe; 0 turns it off)."
+                   + _train_default("warmup"))
+@click.option("--batch-size", type=int, help=_train_default("batch_size").strip())
+@click.option("--eval-batch-size", type=int, help=_train_default("eval_batch_size").strip())
+@click.option("--max-length", type=int, 
+              help="Tokens per model input (also at predict time)."
+                   + _train_default("max_length"))
 @long_text_options(training=True)
-@click.option("--lora-r", type=int, default=64, show_default=True)
-@click.option("--lora-alpha", type=int, default=128, show_default=True)
-@click.option("--lora-dropout", type=float, default=0.1, show_default=True)
+@click.option("--lora-r", type=int, help=_train_default("lora_r").strip())
+@click.option("--lora-alpha", type=int, help=_train_default("lora_alpha").strip())
+@click.option("--lora-dropout", type=float, help=_train_default("lora_dropout").strip())
 @click.option("--target-modules", callback=_comma_list,
               help="LoRA targets (default: q/k/v/o/gate/up/down_proj for decoders, "
                    "query,key,value,dense for BERT).")
 @click.option("--lora-embeddings", is_flag=True, help="Also put LoRA on the embedding layer.")
-@click.option("--eval-fraction", type=float, default=0.1, show_default=True,
-              help="Share of --train held out when no --eval is given.")
-@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--eval-fraction", type=float, 
+              help="Share of --train held out when no --eval is given."
+                   + _train_default("eval_fraction"))
+@click.option("--seed", type=int, help=_train_default("seed").strip())
 @click.option("--template", help="Input template with {text} (and optionally {labels}), e.g. "
                                  "'Review: {text}'. Stored and applied at predict time.")
 @click.option("--label-descriptions", type=click.Path(path_type=Path),
@@ -384,7 +501,9 @@ def train_command(**options) -> None:
 
     options["train"] = options.pop("train_path")
     options["eval"] = options.pop("eval_path")
-    result = train(TrainConfig(**options))
+    # An option not given (None) leaves the field to TrainConfig's default.
+    given = {name: value for name, value in options.items() if value is not None}
+    result = train(TrainConfig(**given), log=lambda line: click.echo(line, err=True))
     click.echo(format_report(result.best_metrics), err=True)
     if result.manifest.thresholds:
         tuned = ", ".join(f"{label} {t:g}" for label, t in zip(
@@ -398,10 +517,12 @@ def train_command(**options) -> None:
 @click.option("--model", "-m", type=click.Path(path_type=Path), required=True)
 @click.option("--data", type=click.Path(path_type=Path), required=True,
               help="Labelled data: Parquet, JSONL or CSV.")
-@click.option("--text-column", default="text", show_default=True)
-@click.option("--label-column", default="label", show_default=True)
-@click.option("--label-separator", default=",", show_default=True)
-@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True)
+@click.option("--text-column", **_eval_default("text_column"))
+@click.option("--label-column", **_eval_default("label_column"))
+@click.option("--label-separator",
+              **_eval_default("label_separator", "Multi-label: separator inside a string "
+                              "label column."))
+@click.option("--backend", type=click.Choice(BACKENDS), **_eval_default("backend"))
 @threshold_option
 @click.option("--tune-threshold", is_flag=True,
               help="Multi-label: pick the threshold that maximises macro-F1 on --data.")
@@ -412,28 +533,19 @@ def train_command(**options) -> None:
 @click.option("--predictions", "predictions_path", type=click.Path(path_type=Path),
               help="Write every row with its prediction and a 'correct' flag to this Parquet "
                    "file (e.g. for bootstrap intervals).")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), **_eval_default("device"))
 @long_text_options(training=False)
 @allow_pickle_option
-def eval_command(model: Path, data: Path, text_column: str, label_column: str,
-                 label_separator: str, backend: str, threshold: float | None,
-                 tune_threshold: bool,
-                 json_path: Path | None, errors_path: Path | None,
-                 predictions_path: Path | None, device: str,
-                 long_text: str | None, window_stride: int | None, aggregate: str | None,
-                 allow_pickle: bool) -> None:
+def eval_command(json_path: Path | None, errors_path: Path | None,
+                 predictions_path: Path | None, **options) -> None:
     """Metrics, per-class report and confusion matrix of MODEL on labelled DATA."""
     import pyarrow.parquet as pq
 
+    from clsx.config import EvalConfig
     from clsx.evaluate import errors_table, evaluate, write_json
     from clsx.metrics import format_report
-    from clsx.runners import RunnerOptions
 
-    result = evaluate(model, data, text_column, label_column, backend, threshold,
-                      tune_threshold, label_separator, RunnerOptions(device=device),
-                      allow_pickle=allow_pickle,
-                      long_text={"strategy": long_text, "stride": window_stride,
-                                 "aggregate": aggregate})
+    result = evaluate(EvalConfig(**given(options)))
     click.echo(format_report(result.metrics))
     if json_path is not None:
         write_json(result.metrics, json_path)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -13,53 +15,156 @@ from clsx.errors import ClsxError
 from clsx.parquet import is_text_type, python_strings
 
 SUFFIXES = (".parquet", ".csv", ".jsonl", ".json")
+# Rows per Arrow batch when streaming a file: small enough that a limit stops soon after it
+# is reached, large enough that per-batch overhead does not count.
+BATCH_ROWS = 65_536
 
 
-def read_table(path: str | Path, columns: list[str] | None = None) -> pa.Table:
-    """Read a whole Parquet, CSV or JSON-lines file, naming the expected columns on failure."""
+def read_table(path: str | Path, columns: Sequence[str] | None = None,
+               limit: int | None = None) -> pa.Table:
+    """The ``columns`` (all when None) of the first ``limit`` rows of a Parquet, CSV or
+    JSON-lines file, in the order asked for.
+
+    Only those columns are decoded, and reading stops once ``limit`` rows are in, so a wide
+    or long file costs what the rows used cost. A missing column is an error that names the
+    file's columns.
+    """
     path = Path(path)
     if not path.is_file():
         raise ClsxError(f"data file {path} does not exist")
+    readers = {".parquet": _read_parquet, ".csv": _read_csv, ".jsonl": _read_json_lines,
+               ".json": _read_json_lines}
     suffix = path.suffix.lower()
+    if suffix not in readers:
+        raise ClsxError(f"{path}: unknown data format {suffix!r}; use one of {SUFFIXES}")
+    # The text and the label may be one column; Arrow readers refuse a name asked twice.
+    wanted = None if columns is None else list(dict.fromkeys(columns))
+    if limit is not None and limit < 0:
+        raise ClsxError(f"a row limit must be >= 0, got {limit}")
     try:
-        if suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            table = pq.read_table(path)
-        elif suffix == ".csv":
-            import pyarrow.csv as pcsv
-
-            table = pcsv.read_csv(path)
-        elif suffix in (".jsonl", ".json"):
-            import pyarrow.json as pjson
-
-            table = pjson.read_json(path)
-        else:
-            raise ClsxError(f"{path}: unknown data format {suffix!r}; use one of {SUFFIXES}")
+        return readers[suffix](path, wanted, limit)
     except (OSError, pa.ArrowException) as exc:
         raise ClsxError(f"cannot read {path} ({str(exc).splitlines()[0]})") from exc
-    missing = [c for c in columns or [] if c not in table.column_names]
+
+
+def _check_columns(path: Path, wanted: list[str] | None, found: Sequence[str]) -> None:
+    """Refuse a file that lacks a wanted column, naming the columns it has."""
+    missing = [c for c in wanted or [] if c not in found]
     if missing:
         raise ClsxError(
             f"{path} has no column {', '.join(map(repr, missing))}; its columns are "
-            f"{', '.join(table.column_names)}"
+            f"{', '.join(found) or '(none)'}"
         )
-    return table
+
+
+def _first_rows(batches: Iterable[pa.RecordBatch], schema: pa.Schema, limit: int | None
+                ) -> pa.Table:
+    """The batches' rows up to ``limit``; the batches after it are never pulled (read)."""
+    if limit == 0:
+        return schema.empty_table()
+    kept: list[pa.RecordBatch] = []
+    rows = 0
+    for batch in batches:
+        kept.append(batch)
+        rows += batch.num_rows
+        if limit is not None and rows >= limit:
+            break
+    table = pa.Table.from_batches(kept) if kept else schema.empty_table()
+    return table if limit is None else table.slice(0, limit)
+
+
+def _read_parquet(path: Path, columns: list[str] | None, limit: int | None) -> pa.Table:
+    import pyarrow.parquet as pq
+
+    with pq.ParquetFile(path) as file:
+        schema = file.schema_arrow
+        _check_columns(path, columns, schema.names)
+        if columns is not None:
+            schema = pa.schema([schema.field(name) for name in columns])
+        batch_size = BATCH_ROWS if limit is None else max(1, min(limit, BATCH_ROWS))
+        table = _first_rows(file.iter_batches(batch_size=batch_size, columns=columns), schema,
+                            limit)
+    # Batches come in the file's column order; callers get the order they asked for.
+    return table if columns is None else table.select(columns)
+
+
+def _read_csv(path: Path, columns: list[str] | None, limit: int | None) -> pa.Table:
+    import pyarrow.csv as pcsv
+
+    # Columns left out are split off but never converted (no type inference, no copies).
+    convert = pcsv.ConvertOptions(include_columns=columns or [])
+    try:
+        if limit is None:
+            return pcsv.read_csv(path, convert_options=convert)
+        reader = pcsv.open_csv(path, convert_options=convert)
+    except pa.ArrowKeyError:  # a missing column: say which ones the header has
+        _check_columns(path, columns, pcsv.open_csv(path).schema.names)
+        raise
+    try:
+        return _first_rows(reader, reader.schema, limit)
+    except pa.ArrowInvalid:
+        # The streaming reader fixes each column's type from the first block, so a later
+        # value that does not fit (whole numbers, then 1.5) stops it; the whole-file reader
+        # widens the type instead, as it did before streaming.
+        return pcsv.read_csv(path, convert_options=convert).slice(0, limit)
+
+
+def _read_json_lines(path: Path, columns: list[str] | None, limit: int | None) -> pa.Table:
+    """One JSON object per line, parsed in Python.
+
+    pyarrow's streaming JSON reader cannot leave columns out, and it fixes every column's
+    type from the first block: a field that is null there and text later (in a column
+    nobody asked for) fails the whole read. Here only the wanted fields are kept, and each
+    column's type is inferred from all of its kept values.
+    """
+    found: dict[str, None] = {}  # every field seen, in first-seen order (for the error)
+    rows: list[dict[str, Any]] = []
+    try:
+        with path.open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, start=1):
+                if limit is not None and len(rows) >= limit:
+                    break
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ClsxError(f"cannot read {path} (line {number} is not JSON: "
+                                    f"{exc.msg})") from exc
+                if not isinstance(row, dict):
+                    raise ClsxError(f"cannot read {path} (line {number} is not a JSON object; "
+                                    "write one object per line)")
+                found.update(dict.fromkeys(row))
+                rows.append(row if columns is None else
+                            {name: row[name] for name in columns if name in row})
+    except UnicodeDecodeError as exc:
+        raise ClsxError(f"cannot read {path} (not UTF-8: {exc.reason} at byte "
+                        f"{exc.start})") from exc
+    _check_columns(path, columns, list(found))
+    table = {}
+    for name in list(found) if columns is None else columns:
+        try:
+            table[name] = pa.array([row.get(name) for row in rows])
+        except UnicodeEncodeError as exc:  # JSON allows "\ud800"; UTF-8 (and Arrow) do not
+            raise ClsxError(f"cannot read {path} (column {name!r} holds an unpaired surrogate "
+                            f"escape such as \\ud800: {exc.reason})") from exc
+        except (pa.ArrowException, TypeError, ValueError) as exc:
+            raise ClsxError(f"{path}: column {name!r} mixes value types "
+                            f"({str(exc).splitlines()[0]})") from exc
+    return pa.table(table)
 
 
 def read_texts(path: str | Path, text_column: str, limit: int | None = None) -> list[str | None]:
     """The text column of a data file as Python strings, at most ``limit`` rows."""
-    table = read_table(path, [text_column])
-    if limit is not None:
-        table = table.slice(0, limit)
-    return _strings(table, text_column, path)
+    return _strings(read_table(path, [text_column], limit), text_column, path)
 
 
 @dataclass(frozen=True)
 class LabelledData:
     """Texts with targets: label ids (single-label), multi-hot rows, or float values.
 
-    ``labels`` is in label-id order; ``table`` is the source table, row for row.
+    ``labels`` is in label-id order; ``table`` holds the source's text and label columns,
+    row for row.
     """
 
     texts: list[str]

@@ -11,10 +11,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from clsx import durable
+from clsx.artifact import open_artifact
+from clsx.classifier import Classifier
+from clsx.config import EvalConfig
 from clsx.data import read_labelled
+from clsx.decisions import MULTI, DecisionRule
 from clsx.metrics import compute_metrics, tune_threshold
-from clsx.pipeline import Pipeline
-from clsx.postprocess import prediction_columns
 from clsx.runners import RunnerOptions
 
 
@@ -26,43 +29,29 @@ class EvalResult:
     predictions: pa.Table
 
 
-def evaluate(
-    model: Path,
-    data: Path,
-    text_column: str = "text",
-    label_column: str = "label",
-    backend: str = "auto",
-    threshold: float | None = None,
-    tune: bool = False,
-    label_separator: str = ",",
-    options: RunnerOptions | None = None,
-    allow_pickle: bool = False,
-    long_text: dict[str, Any] | None = None,
-) -> EvalResult:
-    """Classify ``data`` with ``model`` and score the predictions against its labels.
-
-    ``long_text`` overrides the manifest's long-text setting (see :meth:`Pipeline.open`).
-    Multi-label rows are cut at ``threshold`` (None: the model's tuned per-label thresholds,
-    else 0.5), or with ``tune`` at the one threshold that maximises macro-F1 on ``data``.
-    """
-    pipeline = Pipeline.open(model, backend, options, allow_pickle=allow_pickle,
-                             long_text=long_text)
-    manifest = pipeline.artifact.manifest
-    labelled = read_labelled(data, text_column, label_column, manifest.problem_type,
-                             labels=manifest.labels, separator=label_separator)
-    logits = pipeline.classify(labelled.texts)
-    if tune and manifest.problem_type == "multi_label_classification":
-        threshold = tune_threshold(logits, labelled.targets)
-    cut = manifest.decision_thresholds(threshold)
+def evaluate(config: EvalConfig) -> EvalResult:
+    """Classify ``config.data`` with ``config.model`` and score the predictions against its
+    labels (see :class:`~clsx.config.EvalConfig` for the threshold and long-text options)."""
+    artifact = open_artifact(config.model, allow_pickle=config.allow_pickle)
+    manifest = artifact.manifest
+    labelled = read_labelled(config.data, config.text_column, config.label_column,
+                             manifest.problem_type, labels=manifest.labels,
+                             separator=config.label_separator)
+    with Classifier.from_artifact(artifact, config.backend, RunnerOptions(device=config.device),
+                                  long_text=config.long_text_override(),
+                                  threshold=config.threshold) as classifier:
+        logits = classifier.predict_all(labelled.texts).logits
+    rule = classifier.rule
+    if config.tune_threshold and manifest.problem_type == MULTI:
+        rule = rule.with_threshold(tune_threshold(logits, labelled.targets))
     metrics = compute_metrics(logits, labelled.targets, manifest.problem_type,
-                              manifest.labels, cut)
+                              manifest.labels, rule.cut)
     metrics["rows"] = len(labelled.texts)
-    columns = prediction_columns(logits, manifest, threshold)
-    predictions = labelled.table.select([text_column, label_column])
-    for name, column in columns.items():
+    predictions = labelled.table.select([config.text_column, config.label_column])
+    for name, column in rule.named_columns(logits).items():
         predictions = predictions.append_column(f"predicted_{name}", column)
-    correct = _correct(logits, labelled.targets, manifest.problem_type, cut)
-    predictions = predictions.append_column("correct", pa.array(correct))
+    predictions = predictions.append_column("correct", pa.array(_correct(logits, labelled.targets,
+                                                                         rule)))
     return EvalResult(metrics, predictions)
 
 
@@ -74,16 +63,14 @@ def errors_table(predictions: pa.Table) -> pa.Table:
 
 
 def write_json(metrics: dict[str, Any], path: Path) -> None:
-    path.write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+    durable.write_file(path, json.dumps(metrics, indent=2, default=float) + "\n")
 
 
-def _correct(logits: np.ndarray, targets: np.ndarray, problem_type: str,
-             threshold: float | np.ndarray) -> np.ndarray:
-    if problem_type == "regression":
+def _correct(logits: np.ndarray, targets: np.ndarray, rule: DecisionRule) -> np.ndarray:
+    """Whether each row's decision equals its gold label (regression: always true)."""
+    if not rule.has_labels:
         return np.ones(len(logits), dtype=bool)
-    if problem_type == "multi_label_classification":
-        from clsx.postprocess import probabilities
-
-        predicted = probabilities(logits, problem_type) >= threshold
-        return (predicted == targets.astype(bool)).all(axis=1)
-    return logits.argmax(axis=1) == targets
+    decided = rule.decide(logits)
+    if rule.problem_type == MULTI:
+        return (decided == targets.astype(bool)).all(axis=1)
+    return decided == targets

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from clsx import durable
 from clsx.errors import ClsxError
 from clsx.long_text import LongText
 
@@ -130,7 +131,7 @@ class Manifest:
 
     def save(self, directory: Path) -> Path:
         path = Path(directory) / MANIFEST_NAME
-        path.write_text(json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n")
+        durable.write_file(path, json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n")
         return path
 
     @classmethod

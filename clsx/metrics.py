@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from clsx.postprocess import probabilities
+from clsx.decisions import probabilities
 
 
 def single_label_metrics(gold: np.ndarray, predicted: np.ndarray, labels: Sequence[str]

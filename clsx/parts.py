@@ -7,14 +7,22 @@ consecutive windows ``first..last`` and is named after them
 when complete, so a part that exists is whole, and the part names are the progress record.
 ``job.json`` records what the job was (inputs with size and mtime, model fingerprint,
 options) so that a resume with anything changed is refused rather than mixing results.
+Every file here is written through :mod:`clsx.durable`, so what a crash leaves is on disk.
+
+One process at a time writes an OUT: it holds an exclusive ``flock`` on ``OUT.parts/lock``
+(which holds its pid) from before the job is checked until it has cleaned up
+(:meth:`PartStore.locked`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,11 +30,15 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from clsx import durable
 from clsx.errors import ClsxError, os_error
 from clsx.parquet import AtomicParquetWriter
+from clsx.staging import staged_directory
 
 JOB_FILE = "job.json"
 DONE_FILE = "done.json"
+LOCK_FILE = "lock"
+_LOCK_ATTEMPTS = 100  # the lock file vanishing under us this often is no race but sabotage
 _PART_NAME = re.compile(r"^part-(\d{8})-(\d{8})\.parquet$")
 
 
@@ -57,9 +69,69 @@ class PartStore:
         self.directory = parts_directory(output)
         # Directories above OUT that this job created, removed again if it leaves nothing.
         self.created = [p for p in output.parents if not p.exists()]
+        self._lock: int | None = None  # the descriptor holding the flock, while held
 
     def exists(self) -> bool:
-        return self.directory.is_dir()
+        """Whether a job was started here (its journal is written), resumable or done."""
+        return (self.directory / JOB_FILE).is_file()
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the exclusive lock on OUT for the block: one writer per OUT.
+
+        Another process holding it is an error naming its pid, at once rather than after
+        its work. On leaving, the lock file goes, and the whole directory if it holds no job
+        (a run that saved no work leaves no ``OUT.parts/``).
+        """
+        self._lock = self._acquire()
+        try:
+            yield
+        finally:
+            self._release()
+
+    def _acquire(self) -> int:
+        path = self.directory / LOCK_FILE
+        for _ in range(_LOCK_ATTEMPTS):
+            try:
+                durable.make_directory(self.directory)
+                descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            except FileNotFoundError:
+                continue  # the holder removed the directory as it finished; make it anew
+            except OSError as exc:
+                raise os_error("creating", self.directory, exc) from exc
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(descriptor, 32, 0).decode(errors="replace").strip()
+                os.close(descriptor)
+                raise ClsxError(
+                    f"{self.output} is being written by another clsx batch-predict "
+                    f"(pid {holder or 'unknown'}); wait for it or stop it") from None
+            except OSError as exc:  # e.g. a network file system without locks
+                os.close(descriptor)
+                raise os_error("locking", path, exc) from exc
+            # Between our open and flock the holder may have unlinked the file (it does so
+            # just before it lets go): a lock on that orphan would exclude nobody.
+            if _same_file(path, descriptor):
+                os.ftruncate(descriptor, 0)
+                os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+                return descriptor
+            os.close(descriptor)
+        raise ClsxError(f"cannot lock {path}: it keeps disappearing; is another program "
+                        f"deleting {self.directory}?")
+
+    def _release(self) -> None:
+        # The lock file is unlinked before the flock goes, so that no one locks it after us
+        # while it is about to disappear (see the inode check in _acquire).
+        try:
+            if self.exists():
+                (self.directory / LOCK_FILE).unlink(missing_ok=True)
+            else:  # nothing to resume: only the lock, or what an interrupted remove() left
+                shutil.rmtree(self.directory, ignore_errors=True)
+            self._prune()
+        finally:
+            descriptor, self._lock = self._lock, None
+            os.close(descriptor)
 
     def parts(self) -> list[Part]:
         """Committed parts in window order; a gap (a damaged store) is an error."""
@@ -86,9 +158,10 @@ class PartStore:
         if journal.is_file():
             self._check_same_job(json.loads(journal.read_text()), job)
         else:
+            self.remove()  # parts without a journal belong to no known job
             try:
-                self.directory.mkdir(parents=True, exist_ok=True)
-                _write_atomically(journal, json.dumps(job, indent=2, sort_keys=True) + "\n")
+                durable.make_directory(self.directory)
+                durable.write_file(journal, json.dumps(job, indent=2, sort_keys=True) + "\n")
             except OSError as exc:
                 raise os_error("creating", self.directory, exc) from exc
         for leftover in self.directory.glob(".*.tmp"):
@@ -99,7 +172,11 @@ class PartStore:
 
     def mark_done(self, rows: int) -> None:
         """Record that every window is committed (assembly may still be pending)."""
-        _write_atomically(self.directory / DONE_FILE, json.dumps({"rows": rows}) + "\n")
+        path = self.directory / DONE_FILE
+        try:
+            durable.write_file(path, json.dumps({"rows": rows}) + "\n")
+        except OSError as exc:
+            raise os_error("writing", path, exc) from exc
 
     def done_rows(self) -> int:
         return int(json.loads((self.directory / DONE_FILE).read_text())["rows"])
@@ -108,7 +185,11 @@ class PartStore:
         return PartWriter(self.directory, first, schema)
 
     def assemble(self, schema: pa.Schema) -> None:
-        """Concatenate the parts, in order, into OUT (atomically), then remove the store."""
+        """Concatenate the parts, in order, into OUT (atomically), then remove the store.
+
+        OUT is on disk before the parts go, so a crash in between leaves both, and a resume
+        assembles again.
+        """
         with AtomicParquetWriter(self.output, schema) as writer:
             for part in self.parts():
                 for batch in pq.ParquetFile(part.path).iter_batches():
@@ -116,18 +197,52 @@ class PartStore:
         self.remove()
 
     def publish_dataset(self) -> None:
-        """Turn the store into OUT, a directory of Parquet parts (journal files removed)."""
-        for name in (JOB_FILE, DONE_FILE):
-            (self.directory / name).unlink(missing_ok=True)
-        if self.output.exists():
-            shutil.rmtree(self.output)
-        os.replace(self.directory, self.output)
+        """Make OUT a directory of the Parquet parts (no journal, no lock), then remove the
+        store.
+
+        The parts are hard-linked into a staging directory that is renamed to OUT, so the
+        store stays whole (and the lock held) until OUT is on disk: a crash at any point
+        leaves something a resume finishes.
+        """
+        try:
+            with staged_directory(self.output, overwrite=True) as stage:
+                for part in self.parts():
+                    _link_or_copy(part.path, stage / part.path.name)
+        except OSError as exc:
+            raise os_error("writing", self.output, exc) from exc
+        self.remove()
 
     def remove(self) -> None:
-        """Delete the store, and the directories made for OUT if they are left empty."""
-        shutil.rmtree(self.directory, ignore_errors=True)
-        for directory in self.created:
-            if directory.is_dir() and not any(directory.iterdir()):
+        """Delete the store (but a held lock), and the directories made for OUT if they are
+        left empty.
+
+        The journal goes first, and durably: a crash part-way then leaves parts of no known
+        job, which no resume uses, rather than a job that has lost some of its parts.
+        """
+        try:
+            (self.directory / JOB_FILE).unlink(missing_ok=True)
+            durable.fsync_directory(self.directory)
+        except FileNotFoundError:
+            pass  # no store at all
+        except OSError:
+            return  # nothing can be deleted here; the store stays whole, and resumable
+        if self._lock is None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+        elif self.directory.is_dir():
+            for entry in self.directory.iterdir():
+                if entry.name == LOCK_FILE:
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+        self._prune()
+
+    def _prune(self) -> None:
+        """Remove the store's directory if it is empty, then the directories made for OUT
+        that are left empty (another run may have put something in them since: kept)."""
+        for directory in (self.directory, *self.created):
+            with suppress(OSError):  # not empty, or already gone
                 directory.rmdir()
 
     def _check_same_job(self, recorded: dict[str, Any], job: dict[str, Any]) -> None:
@@ -167,8 +282,7 @@ class PartWriter:
         path = self.directory / f"part-{self.first:08d}-{last:08d}.parquet"
         try:
             self.writer.close()
-            _fsync(self.temporary)
-            os.replace(self.temporary, path)
+            durable.rename(self.temporary, path)
         except OSError as exc:
             raise os_error("writing", path, exc) from exc
         return Part(path, self.first, last)
@@ -180,16 +294,21 @@ class PartWriter:
             self.temporary.unlink(missing_ok=True)
 
 
-def _fsync(path: Path) -> None:
-    with path.open("rb") as handle:
-        os.fsync(handle.fileno())
+def _same_file(path: Path, descriptor: int) -> bool:
+    """Whether ``path`` still names the file open as ``descriptor``."""
+    try:
+        named, held = os.stat(path), os.fstat(descriptor)
+    except FileNotFoundError:
+        return False
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    _fsync(temporary)
-    os.replace(temporary, path)
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A second name for a (synced) part; a copy where the file system has no hard links."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 def _shown(value: Any) -> str:

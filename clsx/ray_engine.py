@@ -2,65 +2,53 @@
 
 ``ray.data.read_parquet`` -> ``map_batches`` with :class:`Predictor` (an actor pool, one
 model replica per actor, ``num_gpus`` each) -> ``write_parquet`` into a dataset directory.
-The predictor reuses the local engine's encoder, scheduler, runner and output columns, so
-the values are the same; Ray does the distribution, clsx adds no scheduler of its own.
+Each actor holds one :class:`~clsx.classifier.Classifier`, the object the local engine uses,
+so the values are the same; Ray does the distribution, clsx adds no scheduler of its own.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from clsx.artifact import open_artifact
+from clsx.config import BatchPredictConfig, RayOptions
 from clsx.errors import ClsxError, os_error
 from clsx.hardware import physical_cores
 from clsx.parquet import ParquetInput, python_strings
-from clsx.predict import BatchPredictConfig, Summary, output_arrays
+from clsx.predict import Summary, checked_input, open_classifier
 from clsx.runners import backend_for
 from clsx.staging import staged_directory
 
-
-@dataclass(frozen=True)
-class RayOptions:
-    """Where and how wide to run: cluster address, model replicas, GPUs per replica."""
-
-    address: str | None = None
-    num_workers: int = 1
-    gpus_per_worker: float = 0.0
-    preserve_order: bool = False
-
-    def __post_init__(self) -> None:
-        if self.num_workers < 1:
-            raise ClsxError(f"--num-workers must be >= 1, got {self.num_workers}")
-        if self.gpus_per_worker < 0:
-            raise ClsxError(f"--gpus-per-worker must be >= 0, got {self.gpus_per_worker}")
+ACTOR_THREADS = 1  # compute threads per actor unless --threads: replicas scale out, not up
 
 
 class Predictor:
     """One model replica (a Ray actor): an Arrow batch in, its kept columns plus predictions out."""
 
     def __init__(self, config: BatchPredictConfig, kept: list[str], schema: pa.Schema) -> None:
-        self.pipeline = config.open_pipeline(threads=config.threads or 1)
-        self.config = config
+        artifact = open_artifact(config.model, allow_pickle=config.allow_pickle)
+        self.classifier = open_classifier(config, artifact,
+                                          threads=config.threads or ACTOR_THREADS)
+        self.text_column = config.text_column
         self.kept = kept
         self.schema = schema
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        texts = python_strings(batch.column(self.config.text_column), self.config.text_column)
-        window = self.pipeline.encoder.encode(texts)
-        arrays = output_arrays(batch, self.kept, self.pipeline.logits(window),
-                               self.pipeline.artifact.manifest, self.config.threshold,
-                               window.inputs_per_row() if self.config.windows_column else None)
+        texts = python_strings(batch.column(self.text_column), self.text_column)
+        prediction = self.classifier.predict(texts)
+        arrays = [batch.column(name) for name in self.kept] + prediction.columns
         return pa.Table.from_arrays(arrays, schema=self.schema)
 
 
-def ray_batch_predict(config: BatchPredictConfig, options: RayOptions) -> Summary:
-    """Classify ``config.input`` on Ray into the dataset directory ``config.output``."""
+def ray_batch_predict(config: BatchPredictConfig, options: RayOptions,
+                      progress: bool = False) -> Summary:
+    """Classify ``config.input`` on Ray into the dataset directory ``config.output``;
+    ``progress`` turns on Ray Data's own progress bars."""
     ray = _import_ray()
     if config.resume:
         raise ClsxError("--resume works with the local engine only; Ray retries failed tasks "
@@ -68,16 +56,17 @@ def ray_batch_predict(config: BatchPredictConfig, options: RayOptions) -> Summar
     if config.output_format == "file":
         raise ClsxError("--engine ray writes OUT as a dataset directory of Parquet parts; drop "
                         "--output-format file")
-    source, schema = config.checked_input()
+    artifact = open_artifact(config.model, allow_pickle=config.allow_pickle)
+    source, schema = checked_input(config, artifact)
     if config.output.is_file():
         raise ClsxError(f"output {config.output} is a file; --engine ray writes a directory")
-    artifact = open_artifact(config.model, allow_pickle=config.allow_pickle)
     backend_for(artifact, config.backend)  # a bad model or backend fails here, not in an actor
     started = time.perf_counter()
-    _start_ray(ray, options.address, options.num_workers * (config.threads or 1))
+    _start_ray(ray, options.address,
+               options.num_workers * (config.threads or ACTOR_THREADS))
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = options.preserve_order
-    context.enable_progress_bars = config.progress
+    context.enable_progress_bars = progress
     columns = list(dict.fromkeys([*source.schema.names, config.text_column]))
     context.target_max_block_size = _window_bytes(source, config.window_rows)
     dataset = ray.data.read_parquet([str(path) for path in source.files], columns=columns)
@@ -87,7 +76,7 @@ def ray_batch_predict(config: BatchPredictConfig, options: RayOptions) -> Summar
         batch_size=config.window_rows,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=options.num_workers),
-        num_cpus=config.threads or 1,
+        num_cpus=config.threads or ACTOR_THREADS,
         num_gpus=options.gpus_per_worker or None,
     )
     with staged_directory(config.output, config.overwrite) as stage:
@@ -98,9 +87,8 @@ def ray_batch_predict(config: BatchPredictConfig, options: RayOptions) -> Summar
             predicted.write_parquet(str(stage), filename_provider=_part_names(),
                                     mode=ray.data.SaveMode.OVERWRITE)
         rows = sum(pq.read_metadata(path).num_rows for path in stage.glob("*.parquet"))
-    return Summary(rows, 0, 0, 0, time.perf_counter() - started,
-                   f"{config.backend} on ray ({options.num_workers} workers)", config.output,
-                   counted=False)
+    return Summary(rows, time.perf_counter() - started,
+                   f"{config.backend} on ray ({options.num_workers} workers)", config.output)
 
 
 def _window_bytes(source: ParquetInput, window_rows: int) -> int:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from clsx import durable
 from clsx.errors import ClsxError
 
 
@@ -17,6 +18,7 @@ def staged_directory(target: Path, overwrite: bool = False) -> Iterator[Path]:
 
     On any exception (a failed parity gate, Ctrl-C) the staging directory is removed and
     ``target`` is left as it was. With ``overwrite`` an existing ``target`` is replaced.
+    Its files are flushed to disk before the rename, so a ``target`` that exists is whole.
     """
     target = Path(target)
     if target.exists() and not overwrite:
@@ -31,12 +33,13 @@ def staged_directory(target: Path, overwrite: bool = False) -> Iterator[Path]:
         raise ClsxError(f"cannot create {target}: {exc.strerror or exc}") from exc
     try:
         yield stage
+        durable.sync_tree(stage)
         if target.exists():
             retired = target.with_name(f".{target.name}.clsx-{os.getpid()}.old")
             os.replace(target, retired)
-            os.replace(stage, target)
+            durable.rename(stage, target)
             shutil.rmtree(retired, ignore_errors=True)
         else:
-            os.replace(stage, target)
+            durable.rename(stage, target)
     finally:
         shutil.rmtree(stage, ignore_errors=True)

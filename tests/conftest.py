@@ -176,3 +176,11 @@ def fake_clsx_command(*args: object, delay_s: float = 0.0) -> list[str]:
 @pytest.fixture
 def texts_parquet(tmp_path) -> Path:
     return write_parquet(tmp_path / "in.parquet", TEXTS * 5 + [None])
+
+
+@pytest.fixture(autouse=True)
+def fp32_when_auto(monkeypatch):
+    """``--backend auto`` tries bf16 only where the CPU computes it natively, which varies
+    between this project's machines: tests pin fp32 so that their results do not depend on
+    the CPU (tests/test_autoselect.py covers the choice itself)."""
+    monkeypatch.setattr("clsx.autoselect.native_low_precision", lambda device: ())

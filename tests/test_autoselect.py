@@ -10,8 +10,8 @@ import pytest
 from clsx import autoselect
 from clsx.artifact import open_artifact
 from clsx.autoselect import choose_dtype
+from clsx.classifier import Classifier
 from clsx.errors import ClsxError
-from clsx.pipeline import Pipeline
 from clsx.runners import RunnerOptions
 from tests.conftest import TEXTS
 
@@ -19,23 +19,23 @@ CPU = RunnerOptions(device="cpu")
 
 
 def test_torch_bf16_follows_fp32_within_the_low_precision_gate(tiny_models):
-    fp32 = Pipeline.open(tiny_models["qwen2"], "torch", CPU)
-    bf16 = Pipeline.open(tiny_models["qwen2"], "torch", RunnerOptions(device="cpu", dtype="bf16"))
+    fp32 = Classifier.open(tiny_models["qwen2"], "torch", CPU)
+    bf16 = Classifier.open(tiny_models["qwen2"], "torch", RunnerOptions(device="cpu", dtype="bf16"))
     assert bf16.runner.description == "torch (bf16, cpu)"
-    reference, logits = fp32.classify(TEXTS), bf16.classify(TEXTS)
+    reference, logits = fp32.predict_all(TEXTS).logits, bf16.predict_all(TEXTS).logits
     present = ~np.isnan(reference).any(axis=1)
     assert np.abs(reference[present] - logits[present]).max() < 0.1
 
 
 def test_fp16_on_cpu_is_refused(tiny_models):
     with pytest.raises(ClsxError, match="fp16 needs a GPU"):
-        Pipeline.open(tiny_models["bert"], "torch", RunnerOptions(device="cpu", dtype="fp16"))
+        Classifier.open(tiny_models["bert"], "torch", RunnerOptions(device="cpu", dtype="fp16"))
 
 
 def test_dtype_is_refused_by_a_backend_that_ignores_it(tiny_exports):
     with pytest.raises(ClsxError,
                        match="--dtype applies to the torch, vllm and tensorrt backends only"):
-        Pipeline.open(tiny_exports["bert"], "onnx", RunnerOptions(dtype="bf16"))
+        Classifier.open(tiny_exports["bert"], "onnx", RunnerOptions(dtype="bf16"))
 
 
 def test_without_native_low_precision_auto_runs_fp32_without_measuring(tiny_models, tmp_path):
@@ -74,6 +74,6 @@ def test_pipeline_auto_uses_the_chosen_dtype(tiny_models, monkeypatch):
     monkeypatch.setattr(autoselect, "_measure", lambda artifact, options, candidates: {
         "fp32": {"rows_per_s": 1.0, "max_prob_diff": 0.0, "qualifies": True},
         "bf16": {"rows_per_s": 3.0, "max_prob_diff": 1e-3, "qualifies": True}})
-    assert Pipeline.open(tiny_models["bert"]).runner.description == "torch (bf16, cpu)"
-    explicit = Pipeline.open(tiny_models["bert"], options=RunnerOptions(dtype="fp32"))
+    assert Classifier.open(tiny_models["bert"]).runner.description == "torch (bf16, cpu)"
+    explicit = Classifier.open(tiny_models["bert"], options=RunnerOptions(dtype="fp32"))
     assert explicit.runner.description == "torch (fp32, cpu)"

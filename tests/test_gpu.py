@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
+from clsx.classifier import Classifier
 from clsx.cli import main
 from clsx.export.parity import PROB_TOLERANCES, compare
-from clsx.pipeline import Pipeline
 from clsx.runners import RunnerOptions
 from tests.conftest import TEXTS, write_parquet
 
@@ -29,11 +29,11 @@ def _needs_cuda():
 @pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp16"])
 @pytest.mark.parametrize("family", ["qwen2", "llama", "bert"])
 def test_torch_on_cuda_matches_cpu_fp32(family, dtype, tiny_models):
-    reference = Pipeline.open(tiny_models[family], "torch", RunnerOptions(device="cpu"))
-    gpu = Pipeline.open(tiny_models[family], "torch", RunnerOptions(device="cuda", dtype=dtype))
+    reference = Classifier.open(tiny_models[family], "torch", RunnerOptions(device="cpu"))
+    gpu = Classifier.open(tiny_models[family], "torch", RunnerOptions(device="cuda", dtype=dtype))
     assert gpu.runner.description == f"torch ({dtype}, cuda)"
-    report = compare(reference.classify(TEXTS), gpu.classify(TEXTS),
-                     gpu.artifact.manifest.problem_type)
+    report = compare(reference.predict_all(TEXTS).logits, gpu.predict_all(TEXTS).logits,
+                     gpu.rule)
     assert report.max_prob_diff <= PROB_TOLERANCES[dtype]
     assert report.label_agreement >= 0.98
 

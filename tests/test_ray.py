@@ -22,10 +22,12 @@ def test_two_ray_workers_write_what_the_local_engine_writes(tiny_models, tmp_pat
     texts = [" ".join(rng.choices(words, k=rng.randint(0, 40))) for _ in range(3000)] + [None]
     source = write_parquet(tmp_path / "in.parquet", texts)
     local, on_ray = tmp_path / "local.parquet", tmp_path / "ray-out"
-    assert predict(source, local, "-m", tiny_models["qwen2"]).exit_code == 0
-    result = predict(source, on_ray, "-m", tiny_models["qwen2"], "--engine", "ray",
-                     "--num-workers", "2", "--preserve-order", "--window-rows", "256",
-                     "--part-rows", "1000")
+    # fp32 on both sides: Ray's actors are other processes, where --backend auto may pick
+    # bf16 on a CPU that has it (the tests pin auto to fp32 in this process only).
+    fp32 = ("-m", tiny_models["qwen2"], "--dtype", "fp32")
+    assert predict(source, local, *fp32).exit_code == 0
+    result = predict(source, on_ray, *fp32, "--engine", "ray", "--num-workers", "2",
+                     "--preserve-order", "--window-rows", "256", "--part-rows", "1000")
     assert result.exit_code == 0, result.output
     parts = sorted(on_ray.glob("part-*.parquet"))
     assert len(parts) > 2
@@ -35,6 +37,32 @@ def test_two_ray_workers_write_what_the_local_engine_writes(tiny_models, tmp_pat
     assert got.column("label").equals(expected.column("label"))
     probs = [np.array(t.column("probs").to_pylist()[:-1]) for t in (expected, got)]
     np.testing.assert_allclose(probs[1], probs[0], atol=1e-5)  # batches differ, not values
+
+
+def test_unordered_ray_output_holds_every_row_once_with_the_local_labels(tiny_models,
+                                                                         tmp_path):
+    rng = random.Random(1)
+    words = " ".join(TEXTS).split()
+    texts = [" ".join(rng.choices(words, k=rng.randint(0, 40))) for _ in range(1000)] + [None]
+    source = write_parquet(tmp_path / "in.parquet", texts)
+    local, on_ray = tmp_path / "local.parquet", tmp_path / "ray-out"
+    # fp32: where --backend auto picks bf16, other batches (Ray's blocks) shift probabilities
+    fp32 = ("-m", tiny_models["qwen2"], "--dtype", "fp32")
+    assert predict(source, local, *fp32).exit_code == 0
+    result = predict(source, on_ray, *fp32, "--engine", "ray", "--num-workers", "2",
+                     "--window-rows", "128")
+    assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in on_ray.iterdir())
+    assert len(names) > 1 and all(n.startswith("part-") and n.endswith(".parquet")
+                                  for n in names)
+    expected, got = pq.read_table(local), pq.read_table(on_ray)
+    assert got.schema.equals(expected.schema)
+    assert sorted(got.column("id").to_pylist()) == list(range(len(texts)))  # each row once
+    got = got.sort_by("id")
+    assert got.column("text").equals(expected.column("text"))
+    assert got.column("label").equals(expected.column("label"))
+    probs = [np.array(t.column("probs").to_pylist()[:-1]) for t in (expected, got)]
+    np.testing.assert_allclose(probs[1], probs[0], atol=1e-5)
 
 
 def test_ray_refuses_what_it_cannot_do(tiny_models, texts_parquet, tmp_path):

@@ -10,8 +10,8 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from clsx.artifact import open_artifact
+from clsx.classifier import Classifier
 from clsx.errors import ClsxError
-from clsx.pipeline import Pipeline
 from clsx.runners import RUNNERS, RunnerOptions, backend_for, runner_class
 from clsx.testing import FAMILIES
 from tests.conftest import TEXTS
@@ -43,12 +43,12 @@ def test_every_registered_runner_has_a_parity_test():
 @pytest.mark.parametrize("backend", sorted(RUNNER_ARTIFACTS))
 def test_runner_matches_unpadded_transformers(backend, family, request, tiny_models):
     model_dir = request.getfixturevalue(RUNNER_ARTIFACTS[backend])[family]
-    pipeline = Pipeline.open(model_dir, backend, batch_tokens=256)
+    pipeline = Classifier.open(model_dir, backend, batch_tokens=256)
     manifest = pipeline.artifact.manifest
     # Texts that tokenise to nothing are classified by clsx but cannot be fed to HF alone.
     texts = [t for t in TEXTS if pipeline.artifact.tokenizer(t)["input_ids"]] * 3
     expected = reference_logits(tiny_models[family], texts, manifest.max_length)
-    logits = pipeline.classify(texts, window_rows=7)
+    logits = pipeline.predict_all(texts, window_rows=7).logits
     np.testing.assert_allclose(logits, expected, atol=TOLERANCE, rtol=0)
     assert (logits.argmax(1) == expected.argmax(1)).all()
 
@@ -68,15 +68,15 @@ def test_backend_must_match_the_artifact_format(tiny_models, tiny_exports):
 
 def test_engine_options_need_an_engine_that_takes_them(tiny_models):
     with pytest.raises(ClsxError, match="--max-num-seqs applies to the vllm backend only"):
-        Pipeline.open(tiny_models["qwen2"], "torch", RunnerOptions(max_num_seqs=8))
+        Classifier.open(tiny_models["qwen2"], "torch", RunnerOptions(max_num_seqs=8))
 
 
 def test_vllm_backend_without_vllm_says_how_to_install_it(tiny_models, monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm now raises ImportError
     with pytest.raises(ClsxError, match=r"make setup-vllm"):
-        Pipeline.open(tiny_models["qwen2"], "vllm")
+        Classifier.open(tiny_models["qwen2"], "vllm")
 
 
 def test_vllm_backend_refuses_encoders(tiny_models):
     with pytest.raises(ClsxError, match="decoder classifiers"):
-        Pipeline.open(tiny_models["bert"], "vllm")
+        Classifier.open(tiny_models["bert"], "vllm")

@@ -16,8 +16,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from clsx.artifact import open_artifact
+from clsx.classifier import prefetch
 from clsx.runners import RunnerOptions
-from clsx.scheduler import pad, plan_batches, predict_window_rows, prefetch
+from clsx.scheduler import pad, plan_batches, predict_window_rows
 from clsx.testing import FAMILIES
 from tests.conftest import predict_on_fake, templated_copy
 from tests.fakes import FakeRunner

@@ -13,10 +13,10 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from clsx.classifier import Classifier
 from clsx.cli import main
 from clsx.export.onnx import FP32_TOLERANCE
 from clsx.export.parity import PROB_TOLERANCES, compare
-from clsx.pipeline import Pipeline
 from clsx.runners import RunnerOptions
 from clsx.runners.tensorrt import (
     TENSORRT_DTYPES,
@@ -94,10 +94,10 @@ def test_tensorrt_engine_matches_pytorch_fp32(family, tiny_models, tmp_path):
                                        "tensorrt", "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert json.loads((out / "clsx.json").read_text())["parity"]["tensorrt"]
-    reference = Pipeline.open(tiny_models[family], "torch", RunnerOptions(device="cpu"))
-    engine = Pipeline.open(out, "tensorrt", RunnerOptions(device="cuda"))
+    reference = Classifier.open(tiny_models[family], "torch", RunnerOptions(device="cpu"))
+    engine = Classifier.open(out, "tensorrt", RunnerOptions(device="cuda"))
     assert (out / "tensorrt-cache").is_dir()
-    report = compare(reference.classify(TEXTS), engine.classify(TEXTS),
-                     engine.artifact.manifest.problem_type)
+    report = compare(reference.predict_all(TEXTS).logits, engine.predict_all(TEXTS).logits,
+                     engine.rule)
     assert report.max_prob_diff <= PROB_TOLERANCES["fp16"]
     assert report.label_agreement >= 0.98

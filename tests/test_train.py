@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -12,8 +13,8 @@ from click.testing import CliRunner
 from peft import PeftModel
 from transformers import AutoModelForSequenceClassification, set_seed
 
+from clsx.classifier import Classifier
 from clsx.cli import main
-from clsx.pipeline import Pipeline
 from clsx.testing import FAMILIES
 from clsx.train import trainer as trainer_module
 
@@ -59,8 +60,8 @@ def test_lora_training_merges_into_an_equivalent_model(family, tiny_bases, senti
     initial_head = (base.classifier if family == "bert" else base.score).weight.detach().clone()
     lora = PeftModel.from_pretrained(base, out / "adapter").eval()
     texts = POSITIVE + NEGATIVE
-    pipeline = Pipeline.open(out, "torch")
-    merged_logits = pipeline.classify(texts)
+    pipeline = Classifier.open(out, "torch")
+    merged_logits = pipeline.predict_all(texts).logits
     with torch.inference_mode():
         lora_logits = np.stack([
             lora(**pipeline.artifact.tokenizer(t, return_tensors="pt")).logits[0].numpy()
@@ -117,7 +118,7 @@ def test_template_and_label_descriptions_reach_predict_time(tiny_bases, sentimen
                    "--template", "Review: {text}\nLabels:\n{labels}", "--label-descriptions",
                    descriptions, "--eval-fraction", "0.25", max_length=64)
     assert result.exit_code == 0, result.output
-    pipeline = Pipeline.open(out)
+    pipeline = Classifier.open(out)
     template = "Review: {text}\nLabels:\n- neg: unhappy\n- pos: happy"
     assert pipeline.artifact.manifest.template == template
     tokenizer = pipeline.artifact.tokenizer
@@ -127,8 +128,8 @@ def test_template_and_label_descriptions_reach_predict_time(tiny_bases, sentimen
 
 def test_interrupted_training_resumes(tiny_bases, sentiment, tmp_path, monkeypatch):
     class InterruptAtOnce(trainer_module._Interrupt):
-        def __init__(self):
-            super().__init__()
+        def __init__(self, *args):
+            super().__init__(*args)
             self.flag = True
 
     out = tmp_path / "model"
@@ -137,6 +138,7 @@ def test_interrupted_training_resumes(tiny_bases, sentiment, tmp_path, monkeypat
     monkeypatch.setattr(trainer_module, "_Interrupt", InterruptAtOnce)
     result = train(*args)
     assert result.exit_code == 130 and not out.exists()
+    assert "Interrupted: a checkpoint is saved in" in result.output and "--resume" in result.output
     assert list((tmp_path / ".model.clsx-train").glob("checkpoint-1"))
     monkeypatch.undo()
     result = train(*args)
@@ -170,3 +172,100 @@ def test_multi_label_head_starts_at_the_label_prior(family, tiny_bases):
         np.testing.assert_allclose(bias.detach().numpy(), np.log(share / (1 - share)), rtol=1e-5)
     else:
         assert bias is None and model.score.bias is None
+
+
+def test_metrics_json_records_the_checkpoint_the_trainer_kept(tiny_bases, sentiment, tmp_path,
+                                                              monkeypatch):
+    """metrics.json's best epoch is trainer.state's best checkpoint, whose weights are saved."""
+    from clsx.config import EvalConfig
+    from clsx.evaluate import evaluate
+
+    trainers = []
+    build = trainer_module._trainer
+    monkeypatch.setattr(trainer_module, "_trainer",
+                        lambda *args: trainers.append(build(*args)) or trainers[-1])
+    out = tmp_path / "model"
+    result = CliRunner().invoke(main, [
+        "train", "--model", str(tiny_bases["bert"]), "--train", str(sentiment), "--eval",
+        str(sentiment), "--output", str(out), "--method", "full", "--epochs", "3",
+        "--batch-size", "4", "--lr", "1e-3", "--max-length", "32"])
+    assert result.exit_code == 0, result.output
+    state = trainers[0].state
+    step = int(state.best_model_checkpoint.rsplit("-", 1)[-1])
+    kept = next(e for e in state.log_history if "eval_loss" in e and e["step"] == step)
+    recorded = json.loads((out / "metrics.json").read_text())
+    assert len(recorded["epochs"]) == 3
+    assert recorded["best"]["epoch"] == kept["epoch"]
+    assert recorded["best"]["macro_f1"] == state.best_metric == kept["eval_macro_f1"]
+    assert json.loads((out / "clsx.json").read_text())["training"]["best_epoch"] == kept["epoch"]
+    again = evaluate(EvalConfig(out, sentiment, backend="torch")).metrics  # the saved weights
+    assert again["macro_f1"] == pytest.approx(recorded["best"]["macro_f1"])
+    assert again["accuracy"] == pytest.approx(recorded["best"]["accuracy"])
+
+
+def test_best_epoch_is_read_from_the_trainer_state():
+    """A NaN first epoch: the Trainer keeps epoch 2, which max/min over the log would not."""
+    from types import SimpleNamespace
+
+    nan = float("nan")
+    history = [{"loss": 1.0, "epoch": 1.0, "step": 2},
+               {"eval_loss": nan, "eval_mse": nan, "epoch": 1.0, "step": 2},
+               {"eval_loss": 0.7, "eval_mse": 0.5, "epoch": 2.0, "step": 4}]
+    state = SimpleNamespace(log_history=history, global_step=4,
+                            best_model_checkpoint="/work/.m.clsx-train/checkpoint-4")
+    assert trainer_module._best_epoch(state) == {"loss": 0.7, "mse": 0.5, "epoch": 2.0}
+    # No epoch ever improved: the Trainer ends with (and clsx saves) the last step's weights.
+    state.best_model_checkpoint = None
+    assert trainer_module._best_epoch(state)["epoch"] == 2.0
+    state.global_step = 5  # e.g. --epochs 2.5: the final weights were never evaluated
+    assert trainer_module._best_epoch(state) == {}
+
+
+@pytest.mark.parametrize("rows, extra, named", [
+    ([{"text": t, "label": ["a,b", "c"] if i % 2 else ["c"]}
+      for i, t in enumerate(POSITIVE)], [], "'a,b'"),
+    ([{"text": t, "label": "a,b;z" if i % 2 else "z"} for i, t in enumerate(POSITIVE)],
+     ["--label-separator", ";"], "'a,b'"),
+])
+def test_multi_label_names_with_a_separator_are_refused(rows, extra, named, tiny_bases,
+                                                        tmp_path):
+    data = write_jsonl(tmp_path / "data.jsonl", rows)
+    result = CliRunner().invoke(main, [
+        "train", "--model", str(tiny_bases["bert"]), "--train", str(data), "--output",
+        str(tmp_path / "model"), "--problem-type", "multi_label", *extra])
+    assert result.exit_code == 1, result.output
+    assert "multi-label names must not contain" in result.output and named in result.output
+    assert not (tmp_path / "model").exists()
+
+
+def test_train_options_default_to_the_config(tiny_bases, sentiment, tmp_path, monkeypatch):
+    """Options not given leave TrainConfig's defaults, which keep the seed recipe."""
+    from clsx.train.config import TrainConfig
+
+    configs = []
+    monkeypatch.setattr(trainer_module, "train", lambda config, log: configs.append(config))
+    required = ["train", "--model", "m", "--train", str(sentiment), "--output",
+                str(tmp_path / "out")]
+    CliRunner().invoke(main, required)
+    CliRunner().invoke(main, [*required, "--epochs", "1", "--problem-type", "regression",
+                              "--long-text", "window", "--chat"])
+    default = TrainConfig(model="m", train=sentiment, output=tmp_path / "out")
+    assert configs[0] == default
+    assert configs[1] == TrainConfig(model="m", train=sentiment, output=tmp_path / "out",
+                                      epochs=1, problem_type="regression", long_text="window",
+                                      chat=True)
+    recipe = dict(text_column="text", label_column="label", label_separator=",",
+                  problem_type="single_label_classification", method="lora", epochs=3.0,
+                  lr=5e-5, warmup=0.1, batch_size=8, eval_batch_size=4, max_length=512,
+                  long_text="truncate", aggregate="mean", lora_r=64, lora_alpha=128,
+                  lora_dropout=0.1, eval_fraction=0.1, seed=42)
+    assert {name: getattr(default, name) for name in recipe} == recipe
+    shown = CliRunner().invoke(main, ["train", "--help"], terminal_width=300,
+                               max_content_width=300).output.splitlines()
+    for option, value in [("epochs", "3.0"), ("lr", "5e-05"), ("batch-size", "8"),
+                          ("problem-type", "single_label"), ("long-text", "truncate"),
+                          ("lora-alpha", "128"), ("seed", "42")]:
+        start = next(i for i, line in enumerate(shown) if line.startswith(f"  --{option} "))
+        entry = [shown[start]] + list(itertools.takewhile(
+            lambda line: not line.startswith("  -"), shown[start + 1:]))
+        assert entry[-1].endswith(f"[default: {value}]"), entry

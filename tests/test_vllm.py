@@ -17,11 +17,11 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
+from clsx.classifier import Classifier
 from clsx.cli import main
-from clsx.long_text import LongText
-from clsx.pipeline import Pipeline
-from clsx.postprocess import probabilities
-from clsx.predict import BatchPredictConfig, batch_predict
+from clsx.config import BatchPredictConfig
+from clsx.decisions import probabilities
+from clsx.predict import batch_predict
 from clsx.runners import RunnerOptions
 from clsx.testing import build_tiny_classifier
 from tests.conftest import TEXTS, write_parquet
@@ -67,16 +67,16 @@ def qwen2_export(models, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def pipelines(models, qwen2_export):
-    """A vllm Pipeline per (family, problem type), opened lazily and closed at the end.
+    """A vllm Classifier per (family, problem type), opened lazily and closed at the end.
 
     The single-label Qwen2 runs from its export, the others straight from the checkpoint.
     """
-    opened: dict[tuple[str, str], Pipeline] = {}
+    opened: dict[tuple[str, str], Classifier] = {}
 
-    def get(key: tuple[str, str]) -> Pipeline:
+    def get(key: tuple[str, str]) -> Classifier:
         if key not in opened:
             source = qwen2_export if key == ("qwen2", SINGLE) else models[key]
-            opened[key] = Pipeline.open(source, "vllm", OPTIONS)
+            opened[key] = Classifier.open(source, "vllm", OPTIONS)
         return opened[key]
 
     yield get
@@ -87,9 +87,9 @@ def pipelines(models, qwen2_export):
 @pytest.mark.parametrize("problem", [SINGLE, MULTI])
 @pytest.mark.parametrize("family", ["qwen2", "llama"])
 def test_vllm_matches_torch(family, problem, models, pipelines):
-    vllm_logits = pipelines((family, problem)).classify(WINDOW_TEXTS, window_rows=7)
-    torch_logits = Pipeline.open(models[family, problem], "torch").classify(
-        WINDOW_TEXTS, window_rows=5)
+    vllm_logits = pipelines((family, problem)).predict_all(WINDOW_TEXTS, 7).logits
+    torch_logits = Classifier.open(models[family, problem], "torch").predict_all(
+        WINDOW_TEXTS, window_rows=5).logits
     null = np.isnan(torch_logits).any(axis=1)
     assert (np.isnan(vllm_logits).any(axis=1) == null).all() and null.sum() == 3
     np.testing.assert_allclose(vllm_logits[~null], torch_logits[~null], atol=1e-4, rtol=0)
@@ -118,13 +118,14 @@ def test_batch_predict_columns_and_order_equal_torch(models, qwen2_export, pipel
     source = write_parquet(tmp_path / "in.parquet", WINDOW_TEXTS * 4)
     torch_out = batch_predict(BatchPredictConfig(
         input=str(source), output=tmp_path / "torch.parquet", model=models["qwen2", SINGLE],
-        backend="torch", window_rows=9, progress=False)).output
-    # The engine is already running in this module: batch-predict gets that pipeline.
+        backend="torch", window_rows=9)).output
+    # The engine is already running in this module: batch-predict gets that classifier.
     cached = pipelines(("qwen2", SINGLE))
-    monkeypatch.setattr(Pipeline, "open", classmethod(lambda cls, *a, **k: cached))
+    monkeypatch.setattr(Classifier, "from_artifact", classmethod(lambda cls, *a, **k: cached))
+    monkeypatch.setattr(cached, "close", lambda: None)  # the module's fixture closes it
     vllm_out = batch_predict(BatchPredictConfig(
         input=str(source), output=tmp_path / "vllm.parquet", model=qwen2_export,
-        backend="vllm", window_rows=9, progress=False)).output
+        backend="vllm", window_rows=9)).output
     expected, actual = pq.read_table(torch_out), pq.read_table(vllm_out)
     assert actual.schema == expected.schema
     assert actual["id"].equals(expected["id"]) and actual["label"].equals(expected["label"])
@@ -135,10 +136,10 @@ def test_batch_predict_columns_and_order_equal_torch(models, qwen2_export, pipel
 
 def test_long_text_windows_on_vllm_equal_torch(models, pipelines):
     texts = [" ".join(f"word{i % 13}" for i in range(120)), "short", None]
-    window = LongText("window", stride=8)
-    torch = Pipeline.open(models["qwen2", SINGLE], "torch", max_length=16,
-                          long_text={"strategy": "window", "stride": 8})
+    window = {"strategy": "window", "stride": 8}
+    torch = Classifier.open(models["qwen2", SINGLE], "torch", max_length=16, long_text=window)
     cached = pipelines(("qwen2", SINGLE))
-    on_vllm = Pipeline(cached.artifact, cached.runner, max_length=16, long_text=window)
+    on_vllm = Classifier(cached.artifact, cached.runner, max_length=16, long_text=window)
     assert on_vllm.encoder.encode(texts).pieces[0] > 5
-    np.testing.assert_allclose(on_vllm.classify(texts), torch.classify(texts), atol=2e-5)
+    np.testing.assert_allclose(on_vllm.predict_all(texts).logits,
+                               torch.predict_all(texts).logits, atol=2e-5)

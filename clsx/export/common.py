@@ -5,11 +5,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clsx.artifact import Artifact, fingerprint, open_artifact
 from clsx.errors import ClsxError
 from clsx.export.parity import ParityReport
 from clsx.manifest import Manifest
+from clsx.runners import RunnerOptions
+
+if TYPE_CHECKING:
+    from clsx.classifier import Classifier
 
 
 @dataclass(frozen=True)
@@ -47,3 +52,12 @@ def export_manifest(parent: Artifact, output: Path, fmt: str,
         parent_fingerprint=fingerprint(parent.path),
         parity={name: report.to_json() for name, report in parity.items()},
     )
+
+
+def open_export(directory: Path, backend: str, options: RunnerOptions) -> Classifier:
+    """A staged export opened as users will open it, to be gated (its parent link is
+    relative to the final path, so it is not followed from the staging directory)."""
+    from clsx.classifier import Classifier
+
+    return Classifier.from_artifact(open_artifact(directory, check_parent=False), backend,
+                                    options)

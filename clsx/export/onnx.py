@@ -24,20 +24,23 @@ import numpy as np
 import torch
 
 from clsx.artifact import ONNX_FILE, Artifact
+from clsx.classifier import Classifier
+from clsx.encoding import EncodedWindow
 from clsx.errors import ClsxError
-from clsx.export.common import ExportResult, export_manifest, open_torch_artifact
-from clsx.export.parity import PROB_TOLERANCES, ParityReport, compare, parity_batch
-from clsx.modeling import LogitsOnly, load_classifier, numpy_logits
+from clsx.export import FP32_TOLERANCE, INT8_MIN_AGREEMENT
+from clsx.export.common import ExportResult, export_manifest, open_export, open_torch_artifact
+from clsx.export.parity import PROB_TOLERANCES, ParityReport, compare, parity_inputs
+from clsx.modeling import LogitsOnly
 from clsx.runners import RunnerOptions
-from clsx.runners.onnx import open_session
 from clsx.runners.tensorrt import tensorrt_available
-from clsx.scheduler import TextEncoder, predict_window
+from clsx.scheduler import pad
 from clsx.staging import staged_directory
 
-FP32_TOLERANCE = 1e-4
-INT8_MIN_AGREEMENT = 0.98
 # Protobuf cannot hold more than 2 GiB; larger models keep weights in model.onnx.data.
 EXTERNAL_DATA_BYTES = 1 << 30
+# An int8 export stages its fp32 graph here, as an artifact of its own, until it is gated.
+FP32_STAGE = "fp32"
+CPU = RunnerOptions(device="cpu")
 
 
 def export_onnx(
@@ -55,76 +58,83 @@ def export_onnx(
     on parity.
 
     The fp32 graph must reproduce the PyTorch logits within ``tolerance`` on a mixed-length
-    batch. int8 must agree with fp32 labels on at least ``min_agreement`` of the calibration
-    texts (or, without them, of the parity batch). A TensorRT engine, where one can be built
-    here, must keep probabilities within the fp16 tolerance. Nothing is left at ``output`` on
-    failure.
+    batch. int8 must agree with fp32 on the labels users get (the model's thresholds for
+    multi-label) on at least ``min_agreement`` of the calibration texts (or, without them,
+    of the parity batch). A TensorRT engine, where one can be built here, must keep
+    probabilities within the fp16 tolerance. Every candidate is checked as users run it: an
+    artifact directory opened by :class:`~clsx.classifier.Classifier`. Nothing is left at
+    ``output`` on failure.
     """
     artifact = open_torch_artifact(model_dir, allow_pickle)
     int8 = fmt == "onnx-int8"
     notes: list[str] = []
-    module = load_classifier(artifact, "fp32", "cpu")
-    input_ids, attention_mask = parity_batch(artifact.manifest, artifact.tokenizer, rows=32)
-    reference = numpy_logits(module, input_ids, attention_mask)
+    probe = parity_inputs(artifact.manifest, artifact.tokenizer, rows=32)
+    with Classifier.from_artifact(artifact, "torch",
+                                  RunnerOptions(device="cpu", dtype="fp32")) as torch_model:
+        reference = torch_model.predict_encoded(probe).logits
+        module = torch_model.runner.model
     with staged_directory(output, overwrite) as stage:
-        fp32_path = stage / ("model-fp32.onnx" if int8 else ONNX_FILE)
-        _export_graph(module, fp32_path, input_ids, attention_mask)
+        fp32_dir = stage / FP32_STAGE if int8 else stage
+        fp32_dir.mkdir(exist_ok=True)
+        input_ids, attention_mask = pad(probe.ids, artifact.manifest.padding_id)
+        _export_graph(module, fp32_dir / ONNX_FILE, (input_ids[:2], attention_mask[:2]))
         del module
-        fp32_session = open_session(fp32_path, RunnerOptions(device="cpu"))
-        parity = {"fp32": compare(reference, _run(fp32_session, input_ids, attention_mask),
-                                  artifact.manifest.problem_type)}
+        _write_artifact(artifact, fp32_dir, export_manifest(artifact, output, "onnx", {}))
+        fp32 = open_export(fp32_dir, "onnx", CPU)
+        parity = {"fp32": compare(reference, fp32.predict_encoded(probe).logits, fp32.rule)}
         if parity["fp32"].max_abs_diff > tolerance:
             raise ClsxError(
                 f"the ONNX graph differs from PyTorch by {parity['fp32'].max_abs_diff:.2e} "
                 f"(> {tolerance:.0e}) on the parity batch; not exporting"
             )
-        if int8:
-            int8_parity, notes = _quantize(fp32_path, stage / ONNX_FILE, artifact, fp32_session,
-                                           input_ids, attention_mask, calibration_texts,
-                                           min_agreement)
-            parity.update(int8_parity)
-            del fp32_session
-            for leftover in stage.glob("model-fp32.onnx*"):
-                leftover.unlink()
-        artifact.tokenizer.save_pretrained(stage)
-        shutil.copy2(artifact.path / "config.json", stage / "config.json")
         manifest = export_manifest(artifact, output, fmt, parity)
-        manifest.save(stage)
+        _write_artifact(artifact, stage, manifest)
+        if int8:
+            int8_parity, notes = _quantize(fp32, stage, probe, calibration_texts, min_agreement)
+            parity.update(int8_parity)
+            del fp32
+            shutil.rmtree(fp32_dir)
+            manifest = export_manifest(artifact, output, fmt, parity)
+            manifest.save(stage)
         if fmt == "tensorrt" and tensorrt_available():
-            parity["tensorrt"] = _check_tensorrt(stage, reference, input_ids, attention_mask)
+            parity["tensorrt"] = _check_tensorrt(stage, reference, probe)
             manifest = export_manifest(artifact, output, fmt, parity)
             manifest.save(stage)
     return ExportResult(output=output, manifest=manifest, parity=parity, notes=tuple(notes))
 
 
-def _check_tensorrt(stage: Path, reference: np.ndarray, input_ids: np.ndarray,
-                    attention_mask: np.ndarray) -> ParityReport:
-    """Build the fp16 engine into the export's cache and compare it with PyTorch fp32."""
-    from clsx.artifact import open_artifact
-    from clsx.runners.tensorrt import TensorrtRunner
+def _write_artifact(parent: Artifact, directory: Path, manifest) -> None:
+    """Tokenizer, config and manifest beside a graph: the files that make it an artifact."""
+    parent.tokenizer.save_pretrained(directory)
+    shutil.copy2(parent.path / "config.json", directory / "config.json")
+    manifest.save(directory)
 
-    runner = TensorrtRunner(open_artifact(stage), RunnerOptions(device="cuda"))
-    report = compare(reference, runner.predict(input_ids, attention_mask),
-                     runner.artifact.manifest.problem_type)
-    tolerance = PROB_TOLERANCES[runner.dtype]
+
+def _check_tensorrt(stage: Path, reference: np.ndarray, probe: EncodedWindow) -> ParityReport:
+    """Build the fp16 engine into the export's cache and compare it with PyTorch fp32."""
+    engine = open_export(stage, "tensorrt", RunnerOptions(device="cuda"))
+    report = compare(reference, engine.predict_encoded(probe).logits, engine.rule)
+    tolerance = PROB_TOLERANCES[engine.runner.dtype]
     if report.max_prob_diff > tolerance:
         raise ClsxError(
-            f"the TensorRT {runner.dtype} engine differs from PyTorch fp32 by "
+            f"the TensorRT {engine.runner.dtype} engine differs from PyTorch fp32 by "
             f"{report.max_prob_diff:.2e} in probability (> {tolerance:.0e}); not exporting"
         )
     return report
 
 
-def _export_graph(
-    module: LogitsOnly, path: Path, input_ids: np.ndarray, attention_mask: np.ndarray
-) -> None:
-    """Trace with dynamic batch and sequence axes; keep the exporter's chatter off stdout."""
+def _export_graph(module: LogitsOnly, path: Path, sample: tuple[np.ndarray, np.ndarray]
+                  ) -> None:
+    """Trace ``sample`` (a padded batch) with dynamic batch and sequence axes; keep the
+    exporter's chatter off stdout."""
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     size = sum(p.numel() * p.element_size() for p in module.parameters())
-    sample = (torch.from_numpy(input_ids[:2]), torch.from_numpy(attention_mask[:2]))
+    sample = tuple(torch.from_numpy(array) for array in sample)
+    exporter_log = logging.getLogger("torch.onnx")
+    level = exporter_log.level
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+        exporter_log.setLevel(logging.ERROR)
         try:
             torch.onnx.export(
                 module, sample, str(path), dynamo=True, verbose=False,
@@ -135,19 +145,19 @@ def _export_graph(
             )
         except Exception as exc:  # the exporter raises many internal error types
             raise ClsxError(f"torch.onnx.export failed: {str(exc).splitlines()[0]}") from exc
+        finally:
+            exporter_log.setLevel(level)
 
 
 def _quantize(
-    fp32_path: Path,
-    int8_path: Path,
-    artifact: Artifact,
-    fp32_session,
-    input_ids: np.ndarray,
-    attention_mask: np.ndarray,
+    fp32: Classifier,
+    stage: Path,
+    probe: EncodedWindow,
     calibration_texts: list[str] | None,
     min_agreement: float,
 ) -> tuple[dict[str, ParityReport], list[str]]:
-    """Dynamic int8 and its label agreement with the fp32 graph; notes on what was kept fp32.
+    """Dynamic int8 of ``fp32``'s graph into ``stage``, and its label agreement with fp32;
+    notes on what was kept fp32.
 
     Weights are per-channel with a 7-bit range: CPUs without VNNI (AVX2) saturate 8-bit
     products in int16, which flipped 82% of a SmolLM2 classifier's labels. When quantizing
@@ -155,14 +165,15 @@ def _quantize(
     the head stay fp32 (measured on that classifier: 94.0% -> 99.4% agreement).
     """
     gated = "int8_calibration" if calibration_texts else "int8_parity_batch"
+    fp32_path = fp32.artifact.path / ONNX_FILE
+    expected = _reference_logits(fp32, probe, calibration_texts)
     reports: dict[str, ParityReport] = {}
     notes: list[str] = []
     kept = _sensitive_matmuls(fp32_path)
     for plan in ([], kept) if kept else ([],):
-        quantize_dynamic_int8(fp32_path, int8_path, plan)
-        int8_session = open_session(int8_path, RunnerOptions(device="cpu"))
-        measured = _int8_parity(artifact, fp32_session, int8_session, input_ids,
-                                attention_mask, calibration_texts)
+        quantize_dynamic_int8(fp32_path, stage / ONNX_FILE, plan)
+        with open_export(stage, "onnx", CPU) as int8:
+            measured = _int8_parity(fp32, int8, expected, probe, calibration_texts)
         agreement = measured[gated].label_agreement
         if agreement is None or agreement >= min_agreement:
             reports.update(measured)
@@ -218,25 +229,25 @@ def quantize_dynamic_int8(fp32_path: Path, int8_path: Path, fp32_nodes: list[str
         root.setLevel(level)
 
 
-def _int8_parity(artifact: Artifact, fp32_session, int8_session, input_ids: np.ndarray,
-                 attention_mask: np.ndarray, calibration_texts: list[str] | None
-                 ) -> dict[str, ParityReport]:
-    """int8 against fp32 on the parity batch and, when given, on the calibration texts."""
-    problem_type = artifact.manifest.problem_type
-    reports = {"int8_parity_batch": compare(_run(fp32_session, input_ids, attention_mask),
-                                            _run(int8_session, input_ids, attention_mask),
-                                            problem_type)}
+def _reference_logits(fp32: Classifier, probe: EncodedWindow,
+                     calibration_texts: list[str] | None) -> dict[str, np.ndarray]:
+    """fp32's logits on the parity batch and, when given, the calibration texts: computed
+    once, compared with every int8 plan."""
+    expected = {"int8_parity_batch": fp32.predict_encoded(probe).logits}
     if calibration_texts:
-        manifest = artifact.manifest
-        window = TextEncoder(artifact.tokenizer, manifest).encode(calibration_texts)
-        fp32, int8 = (
-            predict_window(window, lambda i, m, s=session: _run(s, i, m), manifest.num_labels,
-                           manifest.padding_id, 8192)
-            for session in (fp32_session, int8_session)
-        )
-        reports["int8_calibration"] = compare(fp32, int8, problem_type)
+        expected["int8_calibration"] = fp32.predict_all(calibration_texts).logits
+    return expected
+
+
+def _int8_parity(fp32: Classifier, int8: Classifier, expected: dict[str, np.ndarray],
+                 probe: EncodedWindow, calibration_texts: list[str] | None
+                 ) -> dict[str, ParityReport]:
+    """int8 against fp32 on the parity batch and, when given, on the calibration texts, both
+    through the classifier users run (encoder, long-text setting, thresholds)."""
+    reports = {"int8_parity_batch": compare(expected["int8_parity_batch"],
+                                            int8.predict_encoded(probe).logits, fp32.rule)}
+    if calibration_texts:
+        reports["int8_calibration"] = compare(expected["int8_calibration"],
+                                              int8.predict_all(calibration_texts).logits,
+                                              fp32.rule)
     return reports
-
-
-def _run(session, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-    return session.run(["logits"], {"input_ids": input_ids, "attention_mask": attention_mask})[0]

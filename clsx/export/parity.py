@@ -1,4 +1,8 @@
-"""Checking an export against the PyTorch fp32 reference: the gate every fast path passes."""
+"""Checking a fast path against the PyTorch fp32 reference: the gate every export passes.
+
+Agreement is measured on the decisions users get (:class:`~clsx.decisions.DecisionRule`):
+single-label the argmax, multi-label the label sets at the model's thresholds.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from clsx.decisions import MULTI, DecisionRule
+from clsx.encoding import EncodedWindow
 from clsx.manifest import Manifest
-from clsx.postprocess import predicted_ids, probabilities
-from clsx.scheduler import pad
 
 # Max |probability difference| from PyTorch fp32 on the parity batch that a lower-precision
 # path may show (vLLM exports, --backend auto). Measured on tiny random Qwen2 / Llama
@@ -19,36 +23,49 @@ PROB_TOLERANCES = {"fp32": 2e-3, "bf16": 5e-2, "fp16": 5e-2}
 
 @dataclass(frozen=True)
 class ParityReport:
-    """How closely one set of logits follows the reference on the same rows."""
+    """How closely one set of logits follows the reference on the same rows.
+
+    ``label_agreement`` is the share of rows whose decision is identical (multi-label: the
+    whole label set); ``per_label_agreement`` (multi-label only) the share of (row, label)
+    decisions that are. Both are None for regression, which has no labels.
+    """
 
     rows: int
     max_abs_diff: float
-    label_agreement: float | None  # None for regression, which has no labels
+    label_agreement: float | None
     max_prob_diff: float | None = None  # of the probs column (softmax / sigmoid / value)
+    per_label_agreement: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def compare(reference: np.ndarray, logits: np.ndarray, problem_type: str) -> ParityReport:
-    """Max |logit| and |probability| differences, and the share of rows whose labels agree."""
-    agreement = None
-    if problem_type != "regression":
-        same = predicted_ids(reference, problem_type) == predicted_ids(logits, problem_type)
-        agreement = float(same.reshape(len(same), -1).all(axis=1).mean())
+def compare(reference: np.ndarray, logits: np.ndarray, rule: DecisionRule) -> ParityReport:
+    """Max |logit| and |probability| differences, and how often the users' decisions agree.
+
+    Rows that are NaN in the reference (null texts) are left out.
+    """
+    present = ~np.isnan(reference).any(axis=1)
+    reference, logits = reference[present], logits[present]
+    agreement = per_label = None
+    if rule.has_labels:
+        same = (rule.decide(reference) == rule.decide(logits)).reshape(len(reference), -1)
+        agreement = float(same.all(axis=1).mean()) if len(same) else 1.0
+        if rule.problem_type == MULTI:
+            per_label = float(same.mean()) if len(same) else 1.0
     return ParityReport(
         rows=len(reference),
-        max_abs_diff=float(np.abs(reference - logits).max()),
+        max_abs_diff=float(np.abs(reference - logits).max(initial=0.0)),
         label_agreement=agreement,
-        max_prob_diff=float(np.abs(probabilities(reference, problem_type)
-                                   - probabilities(logits, problem_type)).max()),
+        max_prob_diff=float(np.abs(rule.probabilities(reference)
+                                   - rule.probabilities(logits)).max(initial=0.0)),
+        per_label_agreement=per_label,
     )
 
 
-def parity_batch(
-    manifest: Manifest, tokenizer: Any, rows: int = 16, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """A padded batch of random ordinary tokens with lengths spread over 1..max_length.
+def parity_inputs(manifest: Manifest, tokenizer: Any, rows: int = 16, seed: int = 0
+                  ) -> EncodedWindow:
+    """Rows of random ordinary tokens with lengths spread over 1..max_length.
 
     Mixed lengths exercise padding and last-token pooling; special tokens are left out so
     that no row contains the pad id inside its text.
@@ -58,5 +75,4 @@ def parity_batch(
     vocabulary = np.array([i for i in range(len(tokenizer)) if i not in special])
     lengths = np.unique(np.linspace(1, manifest.max_length, rows).astype(int))
     lengths = np.resize(lengths, rows)
-    sequences = [rng.choice(vocabulary, size=int(n)).tolist() for n in lengths]
-    return pad(sequences, manifest.padding_id)
+    return EncodedWindow([rng.choice(vocabulary, size=int(n)).tolist() for n in lengths], 0)

@@ -11,10 +11,12 @@ from __future__ import annotations
 import gc
 from pathlib import Path
 
-from clsx.artifact import open_artifact, save_artifact
+from clsx.artifact import save_artifact
 from clsx.errors import ClsxError
-from clsx.export.common import ExportResult, export_manifest, open_torch_artifact
-from clsx.export.parity import PROB_TOLERANCES, ParityReport, compare, parity_batch
+from clsx.export import VLLM_DTYPE
+from clsx.export.common import ExportResult, export_manifest, open_export, open_torch_artifact
+from clsx.export.parity import PROB_TOLERANCES, ParityReport, compare, parity_inputs
+from clsx.runners import RunnerOptions
 from clsx.staging import staged_directory
 
 DTYPES = ("bf16", "fp32")
@@ -25,7 +27,7 @@ def export_vllm(
     model_dir: Path,
     output: Path,
     *,
-    dtype: str = "bf16",
+    dtype: str = VLLM_DTYPE,
     tolerance: float | None = None,
     check: bool = True,
     overwrite: bool = False,
@@ -48,21 +50,24 @@ def export_vllm(
         )
     if check:
         _require_vllm()
+    from clsx.classifier import Classifier
     from clsx.modeling import DTYPES as TORCH_DTYPES
-    from clsx.modeling import load_classifier, numpy_logits
 
-    module = load_classifier(artifact, "fp32", "cpu")
-    input_ids, attention_mask = parity_batch(artifact.manifest, artifact.tokenizer, rows=32)
-    reference = numpy_logits(module, input_ids, attention_mask) if check else None
+    probe = parity_inputs(artifact.manifest, artifact.tokenizer, rows=32)
+    with Classifier.from_artifact(artifact, "torch",
+                                  RunnerOptions(device="cpu", dtype="fp32")) as torch_model:
+        reference = torch_model.predict_encoded(probe).logits if check else None
+        model = torch_model.runner.model.model
     parity: dict[str, ParityReport] = {}
     with staged_directory(output, overwrite) as stage:
         manifest = export_manifest(artifact, output, "vllm", parity)
-        save_artifact(module.model.to(TORCH_DTYPES[dtype]), artifact.tokenizer, stage, manifest)
-        del module
+        save_artifact(model.to(TORCH_DTYPES[dtype]), artifact.tokenizer, stage, manifest)
+        del model, torch_model
         gc.collect()
         if check:
-            parity[dtype] = _vllm_parity(stage, input_ids, attention_mask, reference,
-                                         artifact.manifest.problem_type)
+            with open_export(stage, "vllm", RunnerOptions()) as engine:
+                parity[dtype] = compare(reference, engine.predict_encoded(probe).logits,
+                                        engine.rule)
             limit = PROB_TOLERANCES[dtype] if tolerance is None else tolerance
             if parity[dtype].max_prob_diff > limit:
                 raise ClsxError(
@@ -82,16 +87,3 @@ def _require_vllm() -> None:
         import_vllm()
     except ClsxError as exc:
         raise ClsxError(f"{exc}; {INSTALL_OR_SKIP}") from exc
-
-
-def _vllm_parity(stage: Path, input_ids, attention_mask, reference, problem_type: str
-                 ) -> ParityReport:
-    """Load the staged directory in vLLM and compare its logits with the reference."""
-    from clsx.runners import RunnerOptions
-    from clsx.runners.vllm import VllmRunner
-
-    runner = VllmRunner(open_artifact(stage), RunnerOptions())
-    try:
-        return compare(reference, runner.predict(input_ids, attention_mask), problem_type)
-    finally:
-        runner.close()

@@ -5,19 +5,19 @@ scheduler for one call per window (``batch_tokens`` huge) through
 :meth:`~clsx.runners.base.Runner.predict_rows`, and lets vLLM pack the rows itself
 (``--max-num-seqs``, ``--max-num-batched-tokens``). Tokenising, templates, truncation, order
 and output columns stay in clsx, identical to every other backend. vLLM is asked for raw
-logits (``use_activation=False``); softmax / sigmoid are applied in :mod:`clsx.postprocess`
+logits (``use_activation=False``); softmax / sigmoid are applied in :mod:`clsx.decisions`
 like everywhere else.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import numpy as np
 
 from clsx.artifact import Artifact
+from clsx.environment import environment
 from clsx.errors import ClsxError
 from clsx.hardware import physical_cores
 from clsx.runners.base import ENGINE_OPTIONS, Runner, RunnerOptions
@@ -34,13 +34,15 @@ VLLM_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 # a classifier only prefills, so little cache keeps the engine busy.
 CPU_MEMORY_FRACTION = 0.05
 GPU_MEMORY_FRACTION = 0.9
+# vLLM's warnings are advice for servers; read when vllm is imported, here and in its workers.
+QUIET = {"VLLM_LOGGING_LEVEL": "ERROR"}
 
 
 def import_vllm() -> Any:
     """Import vllm quietly, or fail with the command that installs it."""
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # its warnings are advice for servers
     try:
-        import vllm
+        with environment(QUIET, override=False):
+            import vllm
     except ImportError as exc:
         raise ClsxError(f"the vllm backend needs vLLM, which is not installed; "
                         f"{INSTALL_HINT}") from exc
@@ -86,12 +88,13 @@ class VllmRunner(Runner):
             raise ClsxError(f"--dtype must be one of {', '.join(VLLM_DTYPES)}, "
                             f"got {options.dtype!r}")
         self.dtype = options.dtype or model_dtype(artifact)
+        reserved: dict[str, str] = {}
         if self.on_cpu:
             # vLLM binds one OpenMP thread per core it does not reserve for its scheduler, and
             # by default reserves one: on a 2-core machine that halved throughput (11.5 vs
             # 23.5 rows/s). Like every backend, compute on all physical cores unless --threads.
-            reserved = max(0, physical_cores() - (options.threads or physical_cores()))
-            os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(reserved)
+            reserved["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(
+                max(0, physical_cores() - (options.threads or physical_cores())))
         engine: dict[str, Any] = {
             "max_num_seqs": options.max_num_seqs,
             "max_num_batched_tokens": options.max_num_batched_tokens,
@@ -104,18 +107,20 @@ class VllmRunner(Runner):
         else:
             engine["gpu_memory_utilization"] = options.memory_fraction or GPU_MEMORY_FRACTION
         try:
-            self.llm = vllm.LLM(
-                model=str(artifact.path),
-                runner="pooling",
-                dtype=VLLM_DTYPES[self.dtype],
-                # The longest input clsx will send: bounds the KV cache vLLM must reserve.
-                max_model_len=options.max_length or artifact.manifest.max_length,
-                # CUDA graphs pay off on GPU; on CPU torch.compile costs ~30 s and gains little.
-                enforce_eager=self.on_cpu,
-                trust_remote_code=False,
-                seed=0,
-                **{k: v for k, v in engine.items() if v is not None},
-            )
+            # The engine's worker processes read these as they start.
+            with environment(QUIET, override=False), environment(reserved):
+                self.llm = vllm.LLM(
+                    model=str(artifact.path),
+                    runner="pooling",
+                    dtype=VLLM_DTYPES[self.dtype],
+                    # The longest input clsx will send: bounds the KV cache vLLM must reserve.
+                    max_model_len=options.max_length or artifact.manifest.max_length,
+                    # CUDA graphs pay off on GPU; on CPU torch.compile costs ~30 s and gains little.
+                    enforce_eager=self.on_cpu,
+                    trust_remote_code=False,
+                    seed=0,
+                    **{k: v for k, v in engine.items() if v is not None},
+                )
         except Exception as exc:  # vLLM raises ValueError/RuntimeError with long messages
             raise ClsxError(f"vLLM cannot load {artifact.path}: "
                             f"{str(exc).strip().splitlines()[-1]}") from exc

@@ -21,7 +21,8 @@ PROBLEM_ALIASES = {
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Every option of ``clsx train``; defaults follow the seed article's recipe.
+    """Every option of ``clsx train``, and the one owner of their defaults (the CLI shows
+    them in --help and passes only the options given); defaults follow the seed recipe.
 
     LoRA r 64, alpha 128, dropout 0.1 on the attention and MLP projections; lr 5e-5,
     3 epochs, batch 8 / 4, evaluation each epoch and the best epoch kept (macro-F1, or MSE

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,12 +22,15 @@ import torch
 
 from clsx.artifact import pad_token_id, save_artifact
 from clsx.data import LabelledData, read_labelled
+from clsx.decisions import MULTI_LABEL_SEPARATOR
+from clsx.encoding import EncodedWindow, TextEncoder
 from clsx.errors import ClsxError
+from clsx.log import Log, silent
 from clsx.long_text import combine, first_inputs
 from clsx.manifest import Manifest, check_family
 from clsx.metrics import compute_metrics, scalar_metrics, tune_threshold, tune_thresholds
 from clsx.models import resolve_model
-from clsx.scheduler import EncodedWindow, TextEncoder, pad
+from clsx.scheduler import pad
 from clsx.staging import staged_directory
 from clsx.train.config import TrainConfig
 from clsx.train.prompt import build_template, read_label_descriptions
@@ -85,8 +88,13 @@ class Collator:
                 "attention_mask": torch.from_numpy(attention_mask), "labels": labels}
 
 
-def train(config: TrainConfig) -> TrainResult:
-    """Run one fine-tuning job end to end (see the module docstring for the layout)."""
+def train(config: TrainConfig, log: Log = silent) -> TrainResult:
+    """Run one fine-tuning job end to end (see the module docstring for the layout).
+
+    ``log`` hears the status lines (a bundled model's first-use install, Ctrl-C handling).
+    A Ctrl-C that saved a checkpoint ends in :class:`KeyboardInterrupt`, whose message says
+    how to resume.
+    """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
     started = time.perf_counter()
@@ -95,7 +103,7 @@ def train(config: TrainConfig) -> TrainResult:
         raise ClsxError(f"output {config.output} exists; pass --overwrite to replace it")
     work = config.output.with_name(f".{config.output.name}.clsx-train")
     checkpoint = _checkpoint_to_resume(work, config.resume)
-    reference = resolve_model(config.model)
+    reference = resolve_model(config.model, log)
     train_data, eval_data = _load_data(config)
     labels = train_data.labels
     trust = {"trust_remote_code": config.trust_remote_code}
@@ -118,7 +126,7 @@ def train(config: TrainConfig) -> TrainResult:
     train_set = EncodedDataset.of(encoder.encode(train_data.texts), train_data.targets)
     eval_set = EncodedDataset.of(encoder.encode(eval_data.texts), eval_data.targets)
     trainer = _trainer(model, config, manifest, work, train_set, eval_set)
-    interrupted = _stop_on_interrupt(trainer)
+    interrupted = _stop_on_interrupt(trainer, log)
     # Signal handlers can only be installed from the main thread (the CLI's case).
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous_handler = signal.getsignal(signal.SIGINT)
@@ -130,12 +138,11 @@ def train(config: TrainConfig) -> TrainResult:
         if in_main_thread:
             signal.signal(signal.SIGINT, previous_handler)
     if interrupted.flag:
-        print(f"Interrupted: a checkpoint is saved in {work}; continue with the same command "
-              "and --resume.", file=sys.stderr)
-        raise SystemExit(130)
-    epochs = [scalar_metrics({k.removeprefix("eval_"): v for k, v in entry.items()})
-              for entry in trainer.state.log_history if "eval_loss" in entry]
-    best = _best_epoch(epochs, config.problem_type)
+        raise KeyboardInterrupt(f"Interrupted: a checkpoint is saved in {work}; continue with "
+                                "the same command and --resume.")
+    epochs = [_epoch_metrics(entry) for entry in trainer.state.log_history
+              if "eval_loss" in entry]
+    best = _best_epoch(trainer.state)
     manifest = manifest.replace(training={**config.to_json(), "best_epoch": best.get("epoch")})
     if config.problem_type == "multi_label_classification":
         # The kept epoch's model is loaded: tune its per-label cut-offs on the eval split.
@@ -165,9 +172,29 @@ def _load_data(config: TrainConfig) -> tuple[LabelledData, LabelledData]:
     if config.problem_type != "regression" and len(train_data.labels) < 2:
         raise ClsxError(f"{config.train}: column {config.label_column!r} has only one class "
                         f"({train_data.labels[0]!r}); a classifier needs at least two")
+    if config.problem_type == "multi_label_classification":
+        _refuse_separators_in_labels(config, train_data.labels)
     if config.eval is not None:
         return train_data, read_labelled(config.eval, labels=train_data.labels, **read)
     return _split(train_data, config.eval_fraction, config.seed, config.problem_type)
+
+
+def _refuse_separators_in_labels(config: TrainConfig, labels: Sequence[str]) -> None:
+    """Multi-label names must not contain a separator.
+
+    Predictions join a row's labels with ``,`` (the output ``label`` column) and data may
+    join them with --label-separator; a name holding either could not be split back (list
+    columns can carry such names, e.g. ``["a,b"]``).
+    """
+    separators = sorted({MULTI_LABEL_SEPARATOR, config.label_separator})
+    clashes = [label for label in labels if any(s in label for s in separators)]
+    if clashes:
+        raise ClsxError(
+            f"{config.train}: multi-label names must not contain "
+            f"{' or '.join(map(repr, separators))}, which join labels in the data and in the "
+            f"predicted 'label' column; rename {', '.join(map(repr, clashes[:5]))}"
+            f"{f' and {len(clashes) - 5} more' if len(clashes) > 5 else ''}"
+        )
 
 
 def _split(data: LabelledData, fraction: float, seed: int, problem_type: str
@@ -312,22 +339,23 @@ def per_text(prediction: Any, eval_set: EncodedDataset, config: TrainConfig
 class _Interrupt:
     """Ctrl-C once: finish the current step, save a checkpoint, stop. Twice: abort."""
 
-    def __init__(self) -> None:
+    def __init__(self, log: Log = silent) -> None:
         self.flag = False
+        self.log = log
 
     def handle(self, signum: int, frame: Any) -> None:
         if self.flag:
             raise KeyboardInterrupt
         self.flag = True
-        print("\nStopping after this step to save a checkpoint (Ctrl-C again to abort) ...",
-              file=sys.stderr)
+        # A line of its own: the progress bar is mid-line when the signal arrives.
+        self.log("\nStopping after this step to save a checkpoint (Ctrl-C again to abort) ...")
 
 
-def _stop_on_interrupt(trainer: Any) -> _Interrupt:
+def _stop_on_interrupt(trainer: Any, log: Log = silent) -> _Interrupt:
     """Register a callback that turns a pending interrupt into save-and-stop."""
     from transformers import TrainerCallback
 
-    interrupt = _Interrupt()
+    interrupt = _Interrupt(log)
 
     class SaveAndStop(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
@@ -358,10 +386,23 @@ def _selection_metric(problem_type: str) -> tuple[str, bool]:
     return ("mse", False) if problem_type == "regression" else ("macro_f1", True)
 
 
-def _best_epoch(epochs: list[dict[str, float]], problem_type: str) -> dict[str, float]:
-    """The logged metrics of the epoch the Trainer kept (same rule as its selection)."""
-    if not epochs:
-        return {}
-    metric, greater_is_better = _selection_metric(problem_type)
-    pick = max if greater_is_better else min
-    return pick(epochs, key=lambda e: e.get(metric, float("-inf" if greater_is_better else "inf")))
+def _epoch_metrics(entry: dict[str, Any]) -> dict[str, float]:
+    """One evaluation entry of the Trainer's log as metrics.json records it."""
+    return scalar_metrics({k.removeprefix("eval_"): v for k, v in entry.items()})
+
+
+def _best_epoch(state: Any) -> dict[str, float]:
+    """The logged metrics of the weights the Trainer ended with, from its own record.
+
+    With ``load_best_model_at_end`` those are the ``best_model_checkpoint``'s (or the last
+    step's when no epoch ever improved, e.g. every metric NaN). Choosing again from the log
+    could name an epoch other than the one saved: ``max``/``min`` return a leading NaN (every
+    comparison with it is false), which the Trainer never keeps.
+    """
+    step = state.global_step
+    if state.best_model_checkpoint is not None:
+        step = int(Path(state.best_model_checkpoint).name.rsplit("-", 1)[-1])
+    for entry in state.log_history:
+        if "eval_loss" in entry and entry.get("step") == step:
+            return _epoch_metrics(entry)
+    return {}  # the final weights were never evaluated (e.g. --epochs 2.5)
