@@ -1,15 +1,27 @@
-"""Shared fixtures: tiny random classifiers built once per session, copied per test."""
+"""Shared fixtures: tiny random classifiers built once per session, copied per test, and the
+fake runner (``tests/fakes.py``) for the tests whose subject is not the model."""
 
 from __future__ import annotations
 
 import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from click.testing import CliRunner, Result
 
+from clsx.cli import main
+from clsx.manifest import Manifest
 from clsx.testing import FAMILIES, build_tiny_base, build_tiny_classifier
+from tests.fakes import FAKE_BACKEND, FAKE_RUNNER, FakeRunner
+
+# The repository root: a clsx subprocess runs there so that it imports this checkout.
+ROOT = Path(__file__).resolve().parents[1]
 
 TEXTS = [
     "the delivery was fast and the food arrived hot",
@@ -23,30 +35,53 @@ TEXTS = [
 ]
 
 
+class PerFamily(Mapping[str, Path]):
+    """One directory per family, each built on first use and then kept for the session.
+
+    A test that needs only the Qwen2 model (or export) does not wait for the others: an
+    ONNX export takes seconds per family on two cores.
+    """
+
+    def __init__(self, build: Callable[[str], Path]) -> None:
+        self._build = build
+        self._built: dict[str, Path] = {}
+
+    def __getitem__(self, family: str) -> Path:
+        if family not in FAMILIES:
+            raise KeyError(family)
+        if family not in self._built:
+            self._built[family] = self._build(family)
+        return self._built[family]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(FAMILIES)
+
+    def __len__(self) -> int:
+        return len(FAMILIES)
+
+
 @pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory) -> dict[str, Path]:
+def tiny_models(tmp_path_factory) -> Mapping[str, Path]:
     """One tiny single-label classifier per family (qwen2, llama, bert), never modified."""
     root = tmp_path_factory.mktemp("tiny")
-    return {family: build_tiny_classifier(root / family, family) for family in FAMILIES}
+    return PerFamily(lambda family: build_tiny_classifier(root / family, family))
 
 
 @pytest.fixture(scope="session")
-def tiny_bases(tmp_path_factory) -> dict[str, Path]:
+def tiny_bases(tmp_path_factory) -> Mapping[str, Path]:
     """One tiny base model (no classification head) per family, for training tests."""
     root = tmp_path_factory.mktemp("bases")
-    return {family: build_tiny_base(root / family, family) for family in FAMILIES}
+    return PerFamily(lambda family: build_tiny_base(root / family, family))
 
 
 @pytest.fixture(scope="session")
-def tiny_exports(tmp_path_factory, tiny_models) -> dict[str, Path]:
+def tiny_exports(tmp_path_factory, tiny_models) -> Mapping[str, Path]:
     """The fp32 ONNX export of each tiny model."""
     from clsx.export.onnx import export_onnx
 
     root = tmp_path_factory.mktemp("exports")
-    return {
-        family: export_onnx(model, root / f"{family}-onnx").output
-        for family, model in tiny_models.items()
-    }
+    return PerFamily(
+        lambda family: export_onnx(tiny_models[family], root / f"{family}-onnx").output)
 
 
 @pytest.fixture
@@ -55,11 +90,87 @@ def qwen2_copy(tiny_models, tmp_path) -> Path:
     return Path(shutil.copytree(tiny_models["qwen2"], tmp_path / "qwen2"))
 
 
-def write_parquet(path: Path, texts: list[str | None], **columns) -> Path:
+def templated_copy(model: Path, directory: Path, template: str) -> Path:
+    """A copy of ``model`` in ``directory`` whose manifest applies ``template``."""
+    shutil.copytree(model, directory)
+    Manifest.load(directory).replace(template=template).save(directory)
+    return directory
+
+
+@pytest.fixture
+def fake_runner(monkeypatch, tmp_path_factory) -> type[FakeRunner]:
+    """Run this test's torch backend on :class:`~tests.fakes.FakeRunner`: clsx still opens
+    the real artifact (config, tokenizer, manifest), but no torch model loads.
+
+    It goes through clsx's backend registry, so ``--backend torch``, ``--backend auto`` and
+    ``--backend auto``'s dtype probe on CPUs with native bf16 (clsx.autoselect opens the
+    torch backend by name) all get the fake. That probe's choice is cached under
+    CLSX_CACHE: it points at a fresh directory, so that no choice measured on the fake
+    reaches the real cache. Returns the class, whose ``opened`` lists this test's instances
+    (the last one is the one that classified).
+    """
+    import clsx.runners
+
+    monkeypatch.setitem(clsx.runners.RUNNERS, FAKE_BACKEND, FAKE_RUNNER)
+    monkeypatch.setattr(FakeRunner, "opened", [])
+    monkeypatch.setenv("CLSX_CACHE", str(tmp_path_factory.mktemp("fake-cache")))
+    return FakeRunner
+
+
+def write_parquet(path: Path, texts: list[str | None] | pa.Array, **columns) -> Path:
     """A Parquet file with an ``id`` column, the texts, and any extra columns."""
     table = pa.table({"id": list(range(len(texts))), "text": texts, **columns})
     pq.write_table(table, path)
     return path
+
+
+def run_clsx(*args: object) -> Result:
+    """``clsx ARGS`` in this process, through click (paths and numbers become strings)."""
+    return CliRunner().invoke(main, [str(arg) for arg in args])
+
+
+def predict(*args: object) -> Result:
+    """``clsx batch-predict ARGS --quiet`` in this process."""
+    return run_clsx("batch-predict", *args, "--quiet")
+
+
+@dataclass(frozen=True)
+class FakeRun:
+    """One ``clsx batch-predict`` on the fake runner: the command's result, OUT (None when it
+    failed) and the runner that classified (None when none opened)."""
+
+    result: Result
+    table: pa.Table | None
+    runner: FakeRunner | None
+
+    @property
+    def rows(self) -> list[list[int]]:
+        """The model inputs the scheduler handed the runner, unpadded, in the order it handed
+        them over (longest first within each window)."""
+        return self.runner.rows if self.runner is not None else []
+
+
+def predict_on_fake(fake: type[FakeRunner], directory: Path, model: Path,
+                    texts: Sequence[str | None], *options: object) -> FakeRun:
+    """Classify ``texts`` with ``model`` on the fake runner (the ``fake_runner`` fixture's
+    class) in a new folder under ``directory``; ``options`` are batch-predict's."""
+    folder = Path(tempfile.mkdtemp(dir=directory))
+    out = folder / "out.parquet"
+    before = len(fake.opened)
+    # Typed: a list of only None would otherwise make a null column, not a text one.
+    source = write_parquet(folder / "in.parquet", pa.array(list(texts), pa.string()))
+    result = predict(source, out, "-m", model, *options)
+    # With --backend auto, a dtype probe may open instances first: the run's is the last.
+    opened = fake.opened[before:]
+    return FakeRun(result, pq.read_table(out) if result.exit_code == 0 else None,
+                   opened[-1] if opened else None)
+
+
+def fake_clsx_command(*args: object, delay_s: float = 0.0) -> list[str]:
+    """The command line of a clsx subprocess whose torch backend is the fake (run it with
+    ``cwd=ROOT``); ``delay_s`` per batch gives a test time to interrupt it."""
+    return [sys.executable, "-m", "tests.fake_clsx", "--fake-delay", str(delay_s),
+            *map(str, args)]
 
 
 @pytest.fixture

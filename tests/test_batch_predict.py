@@ -1,4 +1,8 @@
-"""``clsx batch-predict`` end to end through click, and every bad input it must refuse."""
+"""``clsx batch-predict`` end to end through click, and every bad input it must refuse.
+
+Backends are compared on real models (torch against ONNX); everything else here is about
+scheduling, files and columns, and runs on the fake runner (``tests/fakes.py``).
+"""
 
 from __future__ import annotations
 
@@ -8,16 +12,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from click.testing import CliRunner
 
-from clsx.cli import main
 from clsx.manifest import Manifest
 from clsx.testing import build_tiny_classifier
-from tests.conftest import TEXTS, write_parquet
-
-
-def predict(*args: str):
-    return CliRunner().invoke(main, ["batch-predict", *map(str, args), "--quiet"])
+from tests.conftest import TEXTS, predict, write_parquet  # test_ray imports predict from here
 
 
 def only_files(directory) -> list[str]:
@@ -52,23 +50,23 @@ def test_torch_and_onnx_write_the_same_rows_in_order(family, tiny_models, tiny_e
     assert abs(sum(first["probs"]) - 1) < 1e-5 and max(first["probs"]) == first["score"]
 
 
-def test_window_size_does_not_change_results(tiny_models, tmp_path):
+def test_window_size_does_not_change_results(tiny_models, tmp_path, fake_runner):
     texts = [f"review number {i} " + "good " * (i % 13) for i in range(500)]
     source = write_parquet(tmp_path / "in.parquet", texts)
     tables = []
     for window in ("1", "33", "4096"):
         out = tmp_path / f"w{window}.parquet"
         result = predict(source, out, "-m", tiny_models["llama"], "--window-rows", window)
-        assert result.exit_code == 0
+        assert result.exit_code == 0, result.output
         tables.append(pq.read_table(out))
     assert tables[0]["id"].to_pylist() == list(range(500))
+    assert len(set(tables[0]["score"].to_pylist())) > 100  # rows differ: a swap would show
     for table in tables[1:]:
-        assert table["label"].equals(tables[0]["label"])
-        np.testing.assert_allclose(table["score"].to_numpy(), tables[0]["score"].to_numpy(),
-                                   atol=1e-5)
+        assert table.equals(tables[0])  # the fake's logits depend on each row alone: exact
 
 
-def test_directory_and_glob_inputs_are_read_in_sorted_order(tiny_models, tmp_path):
+def test_directory_and_glob_inputs_are_read_in_sorted_order(tiny_models, tmp_path,
+                                                            fake_runner):
     folder = tmp_path / "parts"
     folder.mkdir()
     write_parquet(folder / "b.parquet", ["second file"], part=["b"])
@@ -83,7 +81,7 @@ def test_directory_and_glob_inputs_are_read_in_sorted_order(tiny_models, tmp_pat
         assert table["part"].to_pylist() == ["a", "a", "b"]
 
 
-def test_dictionary_encoded_text_and_output_prefix(tiny_models, tmp_path):
+def test_dictionary_encoded_text_and_output_prefix(tiny_models, tmp_path, fake_runner):
     texts = pa.array(["good", "bad", "good"]).dictionary_encode()
     source = tmp_path / "dict.parquet"
     pq.write_table(pa.table({"text": texts, "label": ["x", "y", "z"]}), source)
@@ -96,7 +94,7 @@ def test_dictionary_encoded_text_and_output_prefix(tiny_models, tmp_path):
 
 
 @pytest.mark.parametrize("problem_type", ["multi_label_classification", "regression"])
-def test_other_problem_types(problem_type, tmp_path):
+def test_other_problem_types(problem_type, tmp_path, fake_runner):
     model = build_tiny_classifier(tmp_path / "m", "bert", problem_type=problem_type)
     source = write_parquet(tmp_path / "in.parquet", TEXTS)
     out = tmp_path / "out.parquet"
@@ -111,7 +109,7 @@ def test_other_problem_types(problem_type, tmp_path):
             assert r["label"] == ",".join(chosen) and r["score"] == max(r["probs"])
 
 
-def test_multi_label_uses_the_tuned_thresholds_unless_one_is_given(tmp_path):
+def test_multi_label_uses_the_tuned_thresholds_unless_one_is_given(tmp_path, fake_runner):
     model = build_tiny_classifier(tmp_path / "m", "bert",
                                   problem_type="multi_label_classification")
     manifest = Manifest.load(model)
@@ -130,7 +128,8 @@ def test_multi_label_uses_the_tuned_thresholds_unless_one_is_given(tmp_path):
         assert row["label"] == ",".join(expected)
 
 
-def test_existing_output_is_kept_without_overwrite(tiny_models, texts_parquet, tmp_path):
+def test_existing_output_is_kept_without_overwrite(tiny_models, texts_parquet, tmp_path,
+                                                  fake_runner):
     out = tmp_path / "out.parquet"
     out.write_bytes(b"precious")
     result = predict(texts_parquet, out, "-m", tiny_models["bert"])
@@ -138,18 +137,17 @@ def test_existing_output_is_kept_without_overwrite(tiny_models, texts_parquet, t
     assert out.read_bytes() == b"precious"
 
 
-def test_output_equal_to_input_is_refused(tiny_models, texts_parquet):
+def test_output_equal_to_input_is_refused(tiny_models, texts_parquet, fake_runner):
     result = predict(texts_parquet, texts_parquet, "-m", tiny_models["bert"], "--overwrite")
     assert result.exit_code == 1 and "also an input file" in result.output
 
 
-def test_failure_midway_leaves_no_output(tiny_models, texts_parquet, tmp_path, monkeypatch):
-    from clsx.runners.torch import TorchRunner
-
+def test_failure_midway_leaves_no_output(tiny_models, texts_parquet, tmp_path, monkeypatch,
+                                         fake_runner):
     def explode(self, input_ids, attention_mask):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(TorchRunner, "predict", explode)
+    monkeypatch.setattr(fake_runner, "predict", explode)
     result = predict(texts_parquet, tmp_path / "out.parquet", "-m", tiny_models["bert"])
     assert result.exit_code == 130 and "no partial output" in result.output
     assert only_files(tmp_path) == ["in.parquet"]
@@ -161,3 +159,24 @@ def test_export_without_parent_still_runs(tiny_exports, texts_parquet, tmp_path)
         (tiny_exports["bert"] / "clsx.json").read_text().replace('"parent": "', '"parent": "gone/')
     )
     assert predict(texts_parquet, tmp_path / "o.parquet", "-m", moved).exit_code == 0
+
+
+def test_auto_backend_under_the_fake_never_loads_a_torch_model(tiny_models, texts_parquet,
+                                                               tmp_path, monkeypatch,
+                                                               fake_runner):
+    """``--backend auto`` on a torch model probes dtypes by opening the torch backend where
+    the CPU has native bf16: that probe, too, must get the fake (bf16 forced here, whatever
+    this CPU has), or the fast tests would quietly load models again."""
+    import clsx.autoselect
+    import clsx.runners.torch
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a real torch model was loaded under the fake runner")
+
+    monkeypatch.setattr(clsx.autoselect, "native_low_precision", lambda device: ("bf16",))
+    monkeypatch.setattr(clsx.runners.torch.TorchRunner, "__init__", refuse)
+    result = predict(texts_parquet, tmp_path / "out.parquet", "-m", tiny_models["bert"])
+    assert result.exit_code == 0, result.output
+    assert "backend fake (" in result.output
+    assert [runner.dtype for runner in fake_runner.opened][:2] == ["fp32", "bf16"]  # the probe
+    assert len(fake_runner.opened) == 3  # then the run itself

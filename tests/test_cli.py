@@ -1,15 +1,18 @@
-"""The command line itself: fast help, versions, bench output."""
+"""The command line itself: fast help, versions, bench output (real models: bench's subject
+is how backends compare)."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
+import pytest
 from click.testing import CliRunner
 
 from clsx.cli import main
-from tests.conftest import TEXTS, write_parquet
+from tests.conftest import TEXTS, run_clsx, write_parquet
 
 
 def test_help_does_not_import_heavy_libraries():
@@ -31,21 +34,31 @@ def test_help_explains_the_output_columns():
         assert phrase in result.output
 
 
-def test_bench_prints_a_table_and_writes_json(tiny_models, tmp_path):
+def test_bench_compares_each_backend_with_torch_fp32(tiny_models, tiny_exports, tmp_path):
     data = write_parquet(tmp_path / "data.parquet", TEXTS * 10)
-    report = tmp_path / "bench.json"
-    result = CliRunner().invoke(main, [
-        "bench", "-m", str(tiny_models["bert"]), "--data", str(data), "--rows", "50",
-        "--json", str(report), "--exports-dir", str(tmp_path / "exports"),
-    ])
+    report, exports = tmp_path / "bench.json", tmp_path / "exports"
+    # The session's ONNX export of this model, where bench keeps its exports: bench reuses
+    # it (the parent fingerprint it recorded matches) and exports only int8.
+    shutil.copytree(tiny_exports["bert"], exports / "onnx")
+    result = run_clsx("bench", "-m", tiny_models["bert"], "--data", data, "--rows", "50",
+                      "--json", report, "--exports-dir", exports)
     assert result.exit_code == 0, result.output
     for variant in ("torch", "onnx", "onnx-int8"):
         assert f"\n{variant} " in result.output
+    assert "to onnx-int8 in" in result.output and "to onnx in" not in result.output
     results = json.loads(report.read_text())["results"]
     assert [r["variant"] for r in results] == ["torch", "onnx", "onnx-int8"]
-    assert results[0]["label_agreement"] == 1.0 and results[0]["speedup"] == 1.0
-    assert results[1]["max_abs_diff"] < 1e-4 and results[1]["label_agreement"] == 1.0
-    assert all(r["rows"] == 50 and r["rows_per_s"] > 0 for r in results)
+    reference, onnx, int8 = results
+    assert reference["backend"] == "torch (fp32, cpu)"
+    # ONNX fp32 and torch are two implementations of one model: same labels, logits within
+    # the export gate. int8 is a different model: bench must see it differ (a bench that
+    # compared the reference with itself would report 0 for both).
+    assert onnx["label_agreement"] == 1.0 and onnx["max_abs_diff"] < 1e-4
+    assert int8["max_abs_diff"] > max(onnx["max_abs_diff"], 1e-4)
+    for row in results:
+        assert row["rows"] == 50 and row["rows_per_s"] > 0
+        assert row["speedup"] == pytest.approx(row["rows_per_s"] / reference["rows_per_s"],
+                                               rel=0.01, abs=0.01)
 
 
 def test_bench_rejects_unknown_backend(tiny_models, tmp_path):

@@ -1,4 +1,9 @@
-"""Batch jobs that survive: kill -9 and resume, changed jobs refused, disk full, datasets."""
+"""Batch jobs that survive: kill -9 and resume, changed jobs refused, disk full, datasets.
+
+The subject is parts, resume and files, not the model: every test runs on the fake runner
+(``tests/fakes.py``), in this process through the ``fake_runner`` fixture or, where a test
+kills clsx, in a subprocess started with ``python -m tests.fake_clsx``.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +12,19 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import TEXTS, write_parquet
-from tests.test_batch_predict import predict
+from tests.conftest import ROOT, TEXTS, fake_clsx_command, predict, write_parquet
 
 SMALL_PARTS = ("--window-rows", "16", "--part-rows", "16")
+# The fake classifies a window in microseconds; at this pace per batch (one batch per
+# 16-row window here) a run takes seconds, like a model's, so that kills land mid-run.
+KILLABLE_PACE_S = 0.01
 
 
 @pytest.fixture
@@ -27,10 +35,9 @@ def many_texts(tmp_path):
     return write_parquet(tmp_path / "in.parquet", texts)
 
 
-def _command(source, out, model, *extra):
-    # --dtype fp32: a subprocess's --backend auto may pick bf16 where the CPU has it natively.
-    return [sys.executable, "-m", "clsx", "batch-predict", str(source), str(out), "-m",
-            str(model), "--quiet", "--dtype", "fp32", *SMALL_PARTS, *extra]
+def _command(source, out, model, *extra) -> list[str]:
+    return fake_clsx_command("batch-predict", source, out, "-m", model, "--quiet",
+                             *SMALL_PARTS, *extra, delay_s=KILLABLE_PACE_S)
 
 
 def _parts(out):
@@ -39,7 +46,7 @@ def _parts(out):
 
 
 def test_sigkill_at_random_points_then_resume_gives_the_same_output(
-        tiny_models, many_texts, tmp_path):
+        tiny_models, many_texts, tmp_path, fake_runner):
     model = tiny_models["qwen2"]
     reference = tmp_path / "reference.parquet"
     assert predict(many_texts, reference, "-m", model, *SMALL_PARTS).exit_code == 0
@@ -47,7 +54,7 @@ def test_sigkill_at_random_points_then_resume_gives_the_same_output(
     rng = random.Random(1)
     kills = 0
     for _ in range(3):
-        process = subprocess.Popen(_command(many_texts, out, model, "--resume"),
+        process = subprocess.Popen(_command(many_texts, out, model, "--resume"), cwd=ROOT,
                                    stderr=subprocess.PIPE)
         seen = len(_parts(out))
         deadline = time.monotonic() + 60
@@ -60,7 +67,7 @@ def test_sigkill_at_random_points_then_resume_gives_the_same_output(
         process.wait()
     assert kills >= 1
     assert not out.exists() and _parts(out)
-    finished = subprocess.run(_command(many_texts, out, model, "--resume"),
+    finished = subprocess.run(_command(many_texts, out, model, "--resume"), cwd=ROOT,
                               capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr
     assert "continued after" in finished.stderr
@@ -69,13 +76,12 @@ def test_sigkill_at_random_points_then_resume_gives_the_same_output(
 
 
 def test_leftover_parts_are_reported_with_the_resume_command(tiny_models, many_texts, tmp_path,
-                                                              monkeypatch):
+                                                              fake_runner):
     out = tmp_path / "out.parquet"
-    _fail_after_parts(monkeypatch, 3)
-    failed = predict(many_texts, out, "-m", tiny_models["bert"], *SMALL_PARTS)
+    with _disk_full_after_parts(3):
+        failed = predict(many_texts, out, "-m", tiny_models["bert"], *SMALL_PARTS)
     assert failed.exit_code == 1 and "No space left on device" in failed.output
     assert "48 classified rows are saved" in failed.output and "--resume" in failed.output
-    monkeypatch.undo()
     again = predict(many_texts, out, "-m", tiny_models["bert"], *SMALL_PARTS)
     assert again.exit_code == 1 and "rerun the same command with --resume" in again.output
     resumed = predict(many_texts, out, "-m", tiny_models["bert"], *SMALL_PARTS, "--resume")
@@ -86,12 +92,11 @@ def test_leftover_parts_are_reported_with_the_resume_command(tiny_models, many_t
 
 
 def test_resume_with_other_arguments_or_a_changed_input_is_refused(
-        tiny_models, many_texts, tmp_path, monkeypatch):
+        tiny_models, many_texts, tmp_path, fake_runner):
     out = tmp_path / "out.parquet"
     model = tiny_models["bert"]
-    _fail_after_parts(monkeypatch, 2)
-    assert predict(many_texts, out, "-m", model, *SMALL_PARTS).exit_code == 1
-    monkeypatch.undo()
+    with _disk_full_after_parts(2):
+        assert predict(many_texts, out, "-m", model, *SMALL_PARTS).exit_code == 1
     other = predict(many_texts, out, "-m", model, *SMALL_PARTS, "--threshold", "0.3", "--resume")
     assert other.exit_code == 1 and "cannot resume" in other.output
     assert "threshold: was not given, now 0.3" in other.output
@@ -101,7 +106,8 @@ def test_resume_with_other_arguments_or_a_changed_input_is_refused(
     assert len(_parts(out)) == 2  # nothing mixed in, nothing lost
 
 
-def test_resume_on_a_complete_output_exits_zero(tiny_models, texts_parquet, tmp_path):
+def test_resume_on_a_complete_output_exits_zero(tiny_models, texts_parquet, tmp_path,
+                                                fake_runner):
     out = tmp_path / "out.parquet"
     assert predict(texts_parquet, out, "-m", tiny_models["bert"]).exit_code == 0
     before = out.read_bytes()
@@ -111,7 +117,7 @@ def test_resume_on_a_complete_output_exits_zero(tiny_models, texts_parquet, tmp_
 
 
 def test_dataset_output_is_a_directory_of_parts_with_the_same_rows(tiny_models, many_texts,
-                                                                   tmp_path):
+                                                                   tmp_path, fake_runner):
     model = tiny_models["bert"]
     as_file, as_dataset = tmp_path / "out.parquet", tmp_path / "out-dataset"
     assert predict(many_texts, as_file, "-m", model, *SMALL_PARTS).exit_code == 0
@@ -124,7 +130,8 @@ def test_dataset_output_is_a_directory_of_parts_with_the_same_rows(tiny_models, 
     assert pq.read_table(as_dataset).equals(pq.read_table(as_file))
 
 
-def test_unwritable_output_directory_is_one_line(tiny_models, texts_parquet, tmp_path):
+def test_unwritable_output_directory_is_one_line(tiny_models, texts_parquet, tmp_path,
+                                                fake_runner):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
     result = predict(texts_parquet, blocker / "out.parquet", "-m", tiny_models["bert"])
@@ -132,8 +139,13 @@ def test_unwritable_output_directory_is_one_line(tiny_models, texts_parquet, tmp
     assert len(result.output.strip().splitlines()) == 1
 
 
-def _fail_after_parts(monkeypatch, parts: int) -> None:
-    """Make the disk 'fill up' while the part after ``parts`` committed ones is flushed."""
+@contextmanager
+def _disk_full_after_parts(parts: int) -> Iterator[None]:
+    """Make the disk 'fill up' while the part after ``parts`` committed ones is flushed.
+
+    A context of its own rather than the test's ``monkeypatch``: undoing that would also
+    undo the fake runner.
+    """
     import clsx.durable
 
     fsync = clsx.durable.fsync_file
@@ -146,4 +158,6 @@ def _fail_after_parts(monkeypatch, parts: int) -> None:
             flushed.append(path)
         fsync(path)
 
-    monkeypatch.setattr(clsx.durable, "fsync_file", filling_fsync)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(clsx.durable, "fsync_file", filling_fsync)
+        yield

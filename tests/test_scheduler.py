@@ -1,30 +1,46 @@
-"""The shared scheduler: budgets, padding, order restored across windows, null rows."""
+"""The shared scheduler: budgets, padding, order restored across windows, null rows; and the
+encoder that feeds it (templates, truncation), seen from the inputs the runner receives.
+
+The runner is the fake one (``tests/fakes.py``): a row's logits depend on its own tokens only,
+so anything that batching, padding, sorting or the window size did to a row would show as a
+changed row, exactly.
+"""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from clsx.artifact import open_artifact
 from clsx.classifier import prefetch
-from clsx.encoding import EncodedWindow, TextEncoder
+from clsx.runners import RunnerOptions
 from clsx.scheduler import pad, plan_batches, predict_window_rows
 from clsx.testing import FAMILIES
+from tests.conftest import predict_on_fake, templated_copy
+from tests.fakes import FakeRunner
+
+TEMPLATE = "Review: {text} Answer:"
+# Tests that take function-scoped fixtures (tmp_path, fake_runner) across examples: each
+# example works in a folder of its own, so sharing them is safe.
+SHARED_FIXTURES = settings(deadline=None,
+                           suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
-def row_signature(input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-    """A fake backend: each row's logits are (sum of its real ids, its length)."""
-    sums = (input_ids * attention_mask).sum(axis=1)
-    return np.stack([sums, attention_mask.sum(axis=1)], axis=1).astype(np.float32)
+def window_of(rows: list[list[int] | None]) -> SimpleNamespace:
+    """What :func:`predict_window_rows` reads of an encoded window: each row's token ids, None
+    for a null text. (A stand-in, so that these tests do not depend on where the encoder's
+    types live.)"""
+    return SimpleNamespace(ids=rows)
 
 
-def predict_window(window: EncodedWindow, predict, num_labels: int, pad_id: int,
-                   batch_tokens: int) -> np.ndarray:
-    """The scheduler driving a backend that takes padded batches."""
-    return predict_window_rows(window, lambda rows: predict(*pad(rows, pad_id)), num_labels,
-                               batch_tokens)
+@pytest.fixture(scope="module")
+def fake(tiny_models) -> FakeRunner:
+    """A fake runner on the tiny Qwen2 artifact, called directly (no command line)."""
+    return FakeRunner(open_artifact(tiny_models["qwen2"]), RunnerOptions())
 
 
 @given(st.lists(st.integers(1, 300), min_size=1, max_size=200), st.integers(1, 2000),
@@ -45,14 +61,20 @@ def test_pad_right_pads_with_the_pad_id():
     assert ids.dtype == np.int64 and mask.dtype == np.int64
 
 
-def test_predict_window_restores_order_and_keeps_null_rows():
-    rows = [[3, 4], None, [1], [9, 9, 9, 9], None, [2, 2, 2]]
-    logits = predict_window(EncodedWindow(rows, 0), row_signature, 2, 0, batch_tokens=5)
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.lists(st.integers(0, 399), min_size=1, max_size=64)),
+                min_size=1, max_size=60),
+       st.integers(1, 2000), st.one_of(st.none(), st.integers(1, 50)))
+@example([[3, 4], None, [1], [9, 9, 9, 9], None, [2, 2, 2]], 5, None)
+def test_predict_window_rows_restores_order_and_keeps_null_rows(fake, rows, budget, max_rows):
+    logits = predict_window_rows(window_of(rows), fake.predict_rows,
+                                 fake.artifact.manifest.num_labels, budget, max_rows)
+    assert logits.dtype == np.float32 and len(logits) == len(rows)
     for row, out in zip(rows, logits, strict=True):
         if row is None:
             assert np.isnan(out).all()
-        else:
-            assert out.tolist() == [sum(row), len(row)]
+        else:  # its own logits, bit for bit, whatever it was batched and padded with
+            assert out.tobytes() == fake.row_logits(row).tobytes()
 
 
 def test_prefetch_reraises_producer_errors():
@@ -64,49 +86,52 @@ def test_prefetch_reraises_producer_errors():
         list(prefetch(broken()))
 
 
-@pytest.fixture(scope="module")
-def qwen2_encoder(tiny_models):
-    artifact = open_artifact(tiny_models["qwen2"])
-    return TextEncoder(artifact.tokenizer, artifact.manifest)
+@settings(SHARED_FIXTURES, max_examples=60)
+@given(st.lists(st.one_of(st.none(), st.text(max_size=300)), min_size=1, max_size=40),
+       st.integers(8, 400), st.integers(1, 50))
+def test_random_unicode_keeps_row_count_and_order(tiny_models, tmp_path, fake_runner, texts,
+                                                  budget, window_rows):
+    model = tiny_models["qwen2"]
+    run = predict_on_fake(fake_runner, tmp_path, model, texts, "--batch-tokens", budget,
+                          "--window-rows", window_rows)
+    assert run.result.exit_code == 0, run.result.output
+    # Every row classified on its own, one window each: the same table, row for row.
+    alone = predict_on_fake(fake_runner, tmp_path, model, texts, "--batch-tokens", 1,
+                            "--window-rows", 1)
+    assert run.table.equals(alone.table)
+    assert run.table["id"].to_pylist() == list(range(len(texts)))
+    labels = run.table["label"].to_pylist()
+    assert [label is None for label in labels] == [text is None for text in texts]
+    assert len(run.rows) == sum(text is not None for text in texts)
+    max_length = open_artifact(model).manifest.max_length
+    assert all(1 <= len(row) <= max_length for row in run.rows)
 
 
-@settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
-@given(st.lists(st.one_of(st.none(), st.text(max_size=300)), max_size=40), st.integers(8, 400))
-def test_random_unicode_keeps_row_count_and_order(qwen2_encoder, texts, budget):
-    window = qwen2_encoder.encode(texts)
-    assert len(window.ids) == len(texts)
-    logits = predict_window(window, row_signature, 2, 0, budget)
-    for text, ids, out in zip(texts, window.ids, logits, strict=True):
-        if text is None:
-            assert ids is None and np.isnan(out).all()
-        else:
-            assert 1 <= len(ids) <= qwen2_encoder.max_length
-            assert out.tolist() == [sum(ids), len(ids)]
-
-
-def test_encoder_counts_truncation_and_applies_template(tiny_models):
-    artifact = open_artifact(tiny_models["bert"])
-    encoder = TextEncoder(artifact.tokenizer, artifact.manifest, max_length=8)
-    window = encoder.encode(["short", "a much longer text that will not fit in eight tokens"])
-    assert window.truncated == 1 and len(window.ids[1]) == 8
-    plain = TextEncoder(artifact.tokenizer, artifact.manifest)
-    with_template = artifact.manifest.replace(template="Review: {text}")
-    templated = TextEncoder(artifact.tokenizer, with_template)
-    assert templated.encode(["good"]).ids[0] == plain.encode(["Review: good"]).ids[0]
+def test_encoder_counts_truncation_and_applies_template(tiny_models, tmp_path, fake_runner):
+    bert = tiny_models["bert"]
+    cut = predict_on_fake(fake_runner, tmp_path, bert,
+                          ["short", "a much longer text that will not fit in eight tokens"],
+                          "--max-length", 8)
+    assert "0 null texts, 1 truncated" in cut.result.output
+    assert [len(row) for row in cut.rows][0] == 8  # the longest row comes first
+    templated = templated_copy(bert, tmp_path / "templated", "Review: {text}")
+    assert (predict_on_fake(fake_runner, tmp_path, templated, ["good"]).rows
+            == predict_on_fake(fake_runner, tmp_path, bert, ["Review: good"]).rows)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_truncation_cuts_the_text_and_keeps_the_template_whole(tiny_models, family):
-    artifact = open_artifact(tiny_models[family])
-    manifest = artifact.manifest.replace(template="Review: {text} Answer:")
-    encoder = TextEncoder(artifact.tokenizer, manifest, max_length=20)
+def test_truncation_cuts_the_text_and_keeps_the_template_whole(family, tiny_models, tmp_path,
+                                                               fake_runner):
+    model = templated_copy(tiny_models[family], tmp_path / "model", TEMPLATE)
     long, short = "the food arrived hot " * 10, "ok"
-    window = encoder.encode([long, short, None])
-    assert window.truncated == 1 and window.pieces is None and window.ids[2] is None
-    assert len(window.ids[0]) == 20
-    ending = encoder.encode([""]).ids[0][-3:]  # "Answer:" (and [SEP] for BERT)
-    assert window.ids[0][-3:] == ending and window.ids[1][-3:] == ending
-    whole = artifact.tokenizer("Review: ok Answer:")["input_ids"]
-    assert window.ids[1] == whole  # a text that fits is encoded as the tokenizer does
+    run = predict_on_fake(fake_runner, tmp_path, model, [long, short, None], "--max-length",
+                          20, "--windows-column")
+    assert "1 null texts, 1 truncated" in run.result.output
+    assert run.table["windows"].to_pylist() == [1, 1, 0]  # truncated: one input per text
+    long_row, short_row = run.rows  # longest first
+    assert len(long_row) == 20
+    (empty,) = predict_on_fake(fake_runner, tmp_path, model, [""], "--max-length", 20).rows
+    ending = empty[-3:]  # "Answer:" (and [SEP] for BERT)
+    assert long_row[-3:] == ending and short_row[-3:] == ending
+    whole = open_artifact(model).tokenizer("Review: ok Answer:")["input_ids"]
+    assert short_row == whole  # a text that fits is encoded as the tokenizer does

@@ -4,16 +4,27 @@ TensorRT) the engine's parity with the PyTorch fp32 reference."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from clsx.classifier import Classifier
 from clsx.cli import main
 from clsx.export.onnx import FP32_TOLERANCE
 from clsx.export.parity import PROB_TOLERANCES, compare
 from clsx.runners import RunnerOptions
-from clsx.runners.tensorrt import tensorrt_available, tensorrt_options
+from clsx.runners.tensorrt import (
+    TENSORRT_DTYPES,
+    TensorrtRunner,
+    tensorrt_available,
+    tensorrt_options,
+)
+from clsx.scheduler import plan_batches
 from tests.conftest import TEXTS, write_parquet
 
 
@@ -39,13 +50,38 @@ def test_tensorrt_export_is_the_checked_fp32_graph_and_refuses_to_run_without_te
     assert "bench: running" not in bench.output  # refused before measuring anything
 
 
-def test_tensorrt_profile_covers_every_batch_the_scheduler_sends(tmp_path):
-    options = tensorrt_options(tmp_path, max_length=512, max_rows=256, batch_tokens=32768,
-                               dtype="fp16")
-    assert options["trt_profile_min_shapes"] == "input_ids:1x1,attention_mask:1x1"
-    assert options["trt_profile_max_shapes"] == "input_ids:256x512,attention_mask:256x512"
-    assert options["trt_profile_opt_shapes"] == "input_ids:128x256,attention_mask:128x256"
-    assert options["trt_fp16_enable"] and options["trt_engine_cache_path"] == str(tmp_path)
+def profile_range(options: dict[str, Any], which: str) -> tuple[int, int]:
+    """(rows, tokens) of the ``trt_profile_{which}_shapes`` option; every input the same."""
+    shapes = {tuple(int(n) for n in shape.split(":")[1].split("x"))
+              for shape in options[f"trt_profile_{which}_shapes"].split(",")}
+    assert len(shapes) == 1, shapes  # input_ids and attention_mask always match
+    return shapes.pop()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 1024), st.data())
+def test_tensorrt_profile_covers_every_batch_the_scheduler_sends(max_length, data):
+    """Whatever the texts, the batches the scheduler cuts with the TensorRT runner's own
+    limits fit the engine's one profile: no engine rebuild for an unforeseen shape."""
+    lengths = np.array(data.draw(st.lists(st.integers(1, max_length), min_size=1,
+                                          max_size=600)))
+    options = tensorrt_options(Path("cache"), max_length, TensorrtRunner.max_batch_rows,
+                               TensorrtRunner.batch_tokens, "fp16")
+    min_rows, min_tokens = profile_range(options, "min")
+    max_rows, max_tokens = profile_range(options, "max")
+    opt_rows, opt_tokens = profile_range(options, "opt")
+    assert min_rows <= opt_rows <= max_rows and min_tokens <= opt_tokens <= max_tokens
+    for batch in plan_batches(lengths, TensorrtRunner.batch_tokens,
+                              TensorrtRunner.max_batch_rows):
+        assert min_rows <= len(batch) <= max_rows
+        assert min_tokens <= lengths[batch].max() <= max_tokens
+
+
+@pytest.mark.parametrize("dtype", TENSORRT_DTYPES)
+def test_tensorrt_engine_precision_and_cache_follow_the_options(dtype, tmp_path):
+    options = tensorrt_options(tmp_path, 64, 8, 512, dtype)
+    assert options["trt_fp16_enable"] == (dtype == "fp16")
+    assert options["trt_engine_cache_path"] == options["trt_timing_cache_path"] == str(tmp_path)
 
 
 @pytest.mark.gpu

@@ -1,0 +1,88 @@
+"""A fake backend for the tests whose subject is not the model: scheduling, ordering, parts and
+resume, the command line, bad inputs.
+
+:class:`FakeRunner` computes logits from the token ids alone: a fixed random embedding per
+token id, averaged over the row's real (unpadded) tokens, times a fixed matrix. A row's logits
+therefore depend on its own tokens only, bit for bit: batching, padding, order and window size
+cannot change them, which is exactly what the scheduler tests check. Opening it costs nothing,
+so a test runs clsx end to end (real artifact, tokenizer, manifest, scheduler, Parquet) in a
+fraction of a second instead of loading and running a torch model.
+
+It stands in for the ``torch`` backend (:data:`FAKE_BACKEND`) through clsx's own backend
+registry, ``clsx.runners.RUNNERS``: ``tests/conftest.py``'s ``fake_runner`` fixture swaps it in
+for one test, ``python -m tests.fake_clsx`` for a clsx subprocess.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import ClassVar
+
+import numpy as np
+
+from clsx.artifact import Artifact
+from clsx.runners.base import Runner, RunnerOptions
+
+# Where clsx.runners.RUNNERS finds the fake, as for every backend: "module:class".
+FAKE_RUNNER = "tests.fakes:FakeRunner"
+# The backend name the fake takes over: the one that runs the tiny models' torch format.
+FAKE_BACKEND = "torch"
+EMBEDDING_DIM = 16
+SEED = 20251130
+# Embeddings are N(0, 1) and averaged; this scale keeps logits mostly within a few units, so
+# that labels vary from text to text and sigmoid thresholds near 0 and 1 are both reachable.
+HEAD_SCALE = 0.75
+
+
+class FakeRunner(Runner):
+    """Deterministic float32 logits from token ids alone; no model is loaded.
+
+    Every instance records the rows it was given, unpadded (``rows``), and is appended to
+    ``opened``: a test reads what the scheduler sent, e.g. the windows of a long text.
+    ``delay_s`` (seconds per batch) slows it down to a model's pace where a test needs time to
+    interrupt a run.
+    """
+
+    formats = ("torch",)
+    engine_options = ("dtype",)  # accepts --dtype like the torch backend it stands in for
+    opened: ClassVar[list[FakeRunner]] = []
+    delay_s: ClassVar[float] = 0.0
+
+    def __init__(self, artifact: Artifact, options: RunnerOptions) -> None:
+        super().__init__(artifact, options)
+        self.dtype = options.dtype or "fp32"
+        rng = np.random.default_rng(SEED)
+        self.embedding = rng.standard_normal((len(artifact.tokenizer), EMBEDDING_DIM))
+        self.head = rng.standard_normal((EMBEDDING_DIM, artifact.manifest.num_labels))
+        self.head *= HEAD_SCALE
+        self.rows: list[list[int]] = []
+        FakeRunner.opened.append(self)
+
+    def predict(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """Logits of each row computed from its unpadded ids only (see :meth:`row_logits`)."""
+        rows = [ids[mask.astype(bool)].tolist()
+                for ids, mask in zip(input_ids, attention_mask, strict=True)]
+        self.rows.extend(rows)
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        return self.logits(rows)
+
+    def logits(self, rows: Sequence[Sequence[int]]) -> np.ndarray:
+        """Float32 logits (rows, num_labels) of unpadded rows, without recording them."""
+        return np.stack([self.row_logits(row) for row in rows])
+
+    def row_logits(self, row: Sequence[int]) -> np.ndarray:
+        """One row's logits: the mean of its tokens' embeddings times the head.
+
+        Computed row by row in float64 so that no other row, and no padding, takes part in
+        any sum: the result is bit-identical however the row was batched. Ids wrap around
+        the table (random parity batches may draw from a config vocabulary larger than the
+        tokenizer's).
+        """
+        ids = np.asarray(row, dtype=np.int64) % len(self.embedding)
+        return (self.embedding[ids].mean(axis=0) @ self.head).astype(np.float32)
+
+    @property
+    def description(self) -> str:
+        return f"fake ({self.dtype}, cpu)"
