@@ -539,11 +539,10 @@ def train_command(**options) -> None:
 def eval_command(json_path: Path | None, errors_path: Path | None,
                  predictions_path: Path | None, **options) -> None:
     """Metrics, per-class report and confusion matrix of MODEL on labelled DATA."""
-    import pyarrow.parquet as pq
-
     from clsx.config import EvalConfig
     from clsx.evaluate import errors_table, evaluate, write_json
     from clsx.metrics import format_report
+    from clsx.parquet import write_table
 
     result = evaluate(EvalConfig(**given(options)))
     click.echo(format_report(result.metrics))
@@ -551,10 +550,10 @@ def eval_command(json_path: Path | None, errors_path: Path | None,
         write_json(result.metrics, json_path)
     if errors_path is not None:
         errors = errors_table(result.predictions)
-        pq.write_table(errors, errors_path)
+        write_table(errors, errors_path)
         click.echo(f"Wrote {errors.num_rows} misclassified rows to {errors_path}", err=True)
     if predictions_path is not None:
-        pq.write_table(result.predictions, predictions_path)
+        write_table(result.predictions, predictions_path)
         click.echo(f"Wrote {result.predictions.num_rows} rows to {predictions_path}", err=True)
 
 

@@ -201,3 +201,10 @@ def _check_columns(
             f"{path}: column {text_column!r} holds {text_type}, not text; "
             "cast it to string or pick another --text-column"
         )
+
+
+def write_table(table: pa.Table, path: Path) -> None:
+    """Write ``table`` to ``path`` as one Parquet file, atomically and durably."""
+    with AtomicParquetWriter(path, table.schema) as writer:
+        for batch in table.to_batches():
+            writer.write(batch)

@@ -143,3 +143,43 @@ def test_vllm_export_refuses_encoders(tiny_models, tmp_path):
                                        "-o", str(tmp_path / "out"), "--no-parity"])
     assert result.exit_code == 1 and "--format onnx" in result.output
 
+
+
+def _push_down_negative_logits(fp32_path, int8_path, fp32_nodes):
+    """A stand-in for int8 quantization: the fp32 graph with every negative logit lowered by
+    10, so a probability under 0.5 falls near 0 and one at or above 0.5 stays as it was."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(fp32_path))
+    for node in model.graph.node:
+        node.output[:] = ["raw_logits" if name == "logits" else name for name in node.output]
+    model.graph.initializer.extend([numpy_helper.from_array(np.float32(0.0), "zero"),
+                                    numpy_helper.from_array(np.float32(-10.0), "push")])
+    model.graph.node.extend([
+        helper.make_node("Less", ["raw_logits", "zero"], ["negative"]),
+        helper.make_node("Cast", ["negative"], ["negative_float"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["negative_float", "push"], ["pushed"]),
+        helper.make_node("Add", ["raw_logits", "pushed"], ["logits"]),
+    ])
+    onnx.save(model, str(int8_path))
+
+
+def test_int8_gate_measures_multi_label_agreement_at_the_models_thresholds(tmp_path,
+                                                                           monkeypatch):
+    from clsx.export import onnx as onnx_export
+    from clsx.manifest import Manifest
+
+    model = build_tiny_classifier(tmp_path / "multi", "bert",
+                                  problem_type="multi_label_classification")
+    monkeypatch.setattr(onnx_export, "quantize_dynamic_int8", _push_down_negative_logits)
+    # At 0.5 no decision moves (probabilities only move below 0.5): the gate passes.
+    passed = export_onnx(model, tmp_path / "at-one-half", fmt="onnx-int8")
+    assert passed.parity["int8_parity_batch"].label_agreement == 1.0
+    # At thresholds tuned to 0.01 the same move drops labels that fp32 predicts: refused.
+    manifest = Manifest.load(model)
+    manifest.replace(thresholds=(0.01,) * manifest.num_labels).save(model)
+    with pytest.raises(ClsxError, match=r"int8 labels agree with fp32 on \d+\.\d+% of the 32"):
+        export_onnx(model, tmp_path / "tuned", fmt="onnx-int8")
+    assert not (tmp_path / "tuned").exists()
