@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import random
 import sys
+from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -16,53 +18,54 @@ pytest.importorskip("ray.data", reason="install clsx[ray]")
 pytestmark = pytest.mark.ray
 
 
-def test_two_ray_workers_write_what_the_local_engine_writes(tiny_models, tmp_path):
-    rng = random.Random(0)
+def local_and_ray(model, tmp_path, rows: int, seed: int, *ray_options: str
+                  ) -> tuple[pa.Table, pa.Table, Path]:
+    """The same texts through the local engine and two Ray workers: both outputs, and Ray's
+    dataset directory.
+
+    Both run fp32: Ray's actors are other processes, where --backend auto may pick bf16 on a
+    CPU that has it (the tests pin auto to fp32 in this process only).
+    """
+    rng = random.Random(seed)
     words = " ".join(TEXTS).split()
-    texts = [" ".join(rng.choices(words, k=rng.randint(0, 40))) for _ in range(3000)] + [None]
+    texts = [" ".join(rng.choices(words, k=rng.randint(0, 40))) for _ in range(rows)] + [None]
     source = write_parquet(tmp_path / "in.parquet", texts)
     local, on_ray = tmp_path / "local.parquet", tmp_path / "ray-out"
-    # fp32 on both sides: Ray's actors are other processes, where --backend auto may pick
-    # bf16 on a CPU that has it (the tests pin auto to fp32 in this process only).
-    fp32 = ("-m", tiny_models["qwen2"], "--dtype", "fp32")
+    fp32 = ("-m", model, "--dtype", "fp32")
     assert predict(source, local, *fp32).exit_code == 0
     result = predict(source, on_ray, *fp32, "--engine", "ray", "--num-workers", "2",
-                     "--preserve-order", "--window-rows", "256", "--part-rows", "1000")
+                     *ray_options)
     assert result.exit_code == 0, result.output
-    parts = sorted(on_ray.glob("part-*.parquet"))
-    assert len(parts) > 2
-    expected, got = pq.read_table(local), pq.read_table(on_ray)
+    return pq.read_table(local), pq.read_table(on_ray), on_ray
+
+
+def assert_same_predictions(expected: pa.Table, got: pa.Table) -> None:
+    """Same schema, texts and labels; probabilities equal but for batch composition."""
     assert got.schema.equals(expected.schema)
-    assert got.column("id").to_pylist() == expected.column("id").to_pylist()
+    assert got.column("text").equals(expected.column("text"))
     assert got.column("label").equals(expected.column("label"))
     probs = [np.array(t.column("probs").to_pylist()[:-1]) for t in (expected, got)]
     np.testing.assert_allclose(probs[1], probs[0], atol=1e-5)  # batches differ, not values
 
 
+def test_two_ray_workers_write_what_the_local_engine_writes(tiny_models, tmp_path):
+    expected, got, on_ray = local_and_ray(tiny_models["qwen2"], tmp_path, 3000, 0,
+                                          "--preserve-order", "--window-rows", "256",
+                                          "--part-rows", "1000")
+    assert len(sorted(on_ray.glob("part-*.parquet"))) > 2
+    assert got.column("id").to_pylist() == expected.column("id").to_pylist()
+    assert_same_predictions(expected, got)
+
+
 def test_unordered_ray_output_holds_every_row_once_with_the_local_labels(tiny_models,
                                                                          tmp_path):
-    rng = random.Random(1)
-    words = " ".join(TEXTS).split()
-    texts = [" ".join(rng.choices(words, k=rng.randint(0, 40))) for _ in range(1000)] + [None]
-    source = write_parquet(tmp_path / "in.parquet", texts)
-    local, on_ray = tmp_path / "local.parquet", tmp_path / "ray-out"
-    # fp32: where --backend auto picks bf16, other batches (Ray's blocks) shift probabilities
-    fp32 = ("-m", tiny_models["qwen2"], "--dtype", "fp32")
-    assert predict(source, local, *fp32).exit_code == 0
-    result = predict(source, on_ray, *fp32, "--engine", "ray", "--num-workers", "2",
-                     "--window-rows", "128")
-    assert result.exit_code == 0, result.output
+    expected, got, on_ray = local_and_ray(tiny_models["qwen2"], tmp_path, 1000, 1,
+                                          "--window-rows", "128")
     names = sorted(p.name for p in on_ray.iterdir())
     assert len(names) > 1 and all(n.startswith("part-") and n.endswith(".parquet")
                                   for n in names)
-    expected, got = pq.read_table(local), pq.read_table(on_ray)
-    assert got.schema.equals(expected.schema)
-    assert sorted(got.column("id").to_pylist()) == list(range(len(texts)))  # each row once
-    got = got.sort_by("id")
-    assert got.column("text").equals(expected.column("text"))
-    assert got.column("label").equals(expected.column("label"))
-    probs = [np.array(t.column("probs").to_pylist()[:-1]) for t in (expected, got)]
-    np.testing.assert_allclose(probs[1], probs[0], atol=1e-5)
+    assert sorted(got.column("id").to_pylist()) == list(range(expected.num_rows))  # once each
+    assert_same_predictions(expected, got.sort_by("id"))
 
 
 def test_ray_refuses_what_it_cannot_do(tiny_models, texts_parquet, tmp_path):
