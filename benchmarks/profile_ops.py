@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from clsx.artifact import open_artifact
+from clsx.encoding import TextEncoder
 from clsx.hardware import machine_description, physical_cores
 from clsx.runners.base import Runner
-from clsx.encoding import TextEncoder
 from clsx.scheduler import pad, plan_batches
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
