@@ -78,6 +78,12 @@ def _bench_default(name: str, help_text: str = "") -> dict[str, Any]:
     return with_default(help_text, BenchConfig, name)
 
 
+def _calibrate_default(name: str, help_text: str = "") -> dict[str, Any]:
+    from clsx.config import CalibrateConfig
+
+    return with_default(help_text, CalibrateConfig, name)
+
+
 def given(options: dict[str, Any]) -> dict[str, Any]:
     """The options the user gave (None: left to the config dataclass's default)."""
     return {name: value for name, value in options.items() if value is not None}
@@ -319,7 +325,8 @@ def batch_predict_command(input_path: str, output: Path, quiet: bool, engine: st
       labels list<string>  multi-label only: the predicted labels as a list
       score  float32  the probability of that label (multi-label: the highest; regression:
                       the predicted value)
-      probs  list<float32>  softmax (single-label) or sigmoid (multi-label) per label id
+      probs  list<float32>  softmax (single-label) or sigmoid (multi-label) per label id,
+                      of the logits divided by the model's temperatures (clsx calibrate)
     Rows keep their input order. A null text keeps its row with null label/score/probs; an
     empty text is classified; texts longer than max_length are truncated and counted, or
     cut by --long-text (window: classified window by window, combined per row).
@@ -482,6 +489,10 @@ def _train_default(name: str) -> str:
 @click.option("--label-descriptions", type=click.Path(path_type=Path),
               help="JSON {label: description} or 'label: description' lines, for {labels}.")
 @click.option("--chat", is_flag=True, help="Wrap the input in the model's chat template.")
+@click.option("--calibration/--no-calibration", default=None,
+              help="Classifiers: fit temperature scaling on the eval split so that the scores "
+                   "are probabilities (stored in clsx.json); --no-calibration keeps the raw "
+                   "softmax / sigmoid." + _train_default("calibration"))
 @click.option("--bf16", is_flag=True, help="Train in bf16 mixed precision (AMX CPUs, GPUs).")
 @allow_pickle_option
 @click.option("--trust-remote-code", is_flag=True,
@@ -491,9 +502,10 @@ def _train_default(name: str) -> str:
 def train_command(**options) -> None:
     """Fine-tune a classifier (LoRA or full) and save it merged, ready for export.
 
-    Evaluates each epoch and keeps the best one (macro-F1; MSE for regression). Multi-label:
-    one threshold per label is then tuned on the eval split and stored with the model. Ctrl-C
-    saves a checkpoint; rerun the same command with --resume to continue.
+    Evaluates each epoch and keeps the best one (macro-F1; MSE for regression). Classifiers
+    are then calibrated on the eval split (temperature scaling) and, multi-label, one
+    threshold per label is tuned on the calibrated probabilities; both are stored with the
+    model. Ctrl-C saves a checkpoint; rerun the same command with --resume to continue.
     """
     from clsx.metrics import format_report
     from clsx.train.config import TrainConfig
@@ -505,12 +517,62 @@ def train_command(**options) -> None:
     given = {name: value for name, value in options.items() if value is not None}
     result = train(TrainConfig(**given), log=lambda line: click.echo(line, err=True))
     click.echo(format_report(result.best_metrics), err=True)
-    if result.manifest.thresholds:
-        tuned = ", ".join(f"{label} {t:g}" for label, t in zip(
-            result.manifest.labels, result.manifest.thresholds, strict=True))
-        click.echo(f"Per-label thresholds (tuned on the eval split, stored in clsx.json): "
-                   f"{tuned}", err=True)
+    if result.calibration:  # ECE / Brier / NLL on the eval split, raw and calibrated
+        click.echo(format_report(result.calibration), err=True)
+    _echo_decisions(result.manifest, "the eval split")
     click.echo(f"Trained in {result.seconds / 60:.1f} min; wrote {result.output}")
+
+
+def _echo_decisions(manifest: Any, source: str) -> None:
+    """Report a manifest's fitted temperatures and tuned thresholds, fitted on ``source``."""
+    def per_label(values: tuple[float, ...]) -> str:
+        return ", ".join(f"{label} {value:g}"
+                         for label, value in zip(manifest.labels, values, strict=True))
+
+    if manifest.temperatures:
+        fitted = (per_label(manifest.temperatures) if len(manifest.temperatures) > 1
+                  else f"{manifest.temperatures[0]:g}")
+        click.echo(f"Temperature scaling (fitted on {source}, stored in clsx.json): {fitted}",
+                   err=True)
+    if manifest.thresholds:
+        calibrated = " calibrated probabilities of" if manifest.temperatures else ""
+        click.echo(f"Per-label thresholds (tuned on the{calibrated} {source}, stored in "
+                   f"clsx.json): {per_label(manifest.thresholds)}", err=True)
+
+
+@main.command("calibrate")
+@click.option("--model", "-m", type=click.Path(path_type=Path), required=True,
+              help="Merged PyTorch model directory (calibrate before exporting).")
+@click.option("--data", type=click.Path(path_type=Path), required=True,
+              help="Labelled data the model was not trained on: Parquet, JSONL or CSV.")
+@click.option("--output", "-o", type=click.Path(path_type=Path),
+              help="Write a copy of --model with the new clsx.json here (default: update "
+                   "--model's clsx.json in place).")
+@click.option("--text-column", **_calibrate_default("text_column"))
+@click.option("--label-column", **_calibrate_default("label_column"))
+@click.option("--label-separator",
+              **_calibrate_default("label_separator", "Multi-label: separator inside a string "
+                                   "label column."))
+@click.option("--device", type=click.Choice(DEVICES), **_calibrate_default("device"))
+@click.option("--overwrite", is_flag=True, help="Replace --output if it exists.")
+@allow_pickle_option
+def calibrate_command(**options) -> None:
+    """Fit temperature scaling for MODEL on labelled DATA, so that scores are probabilities.
+
+    Single-label: one temperature T, probs = softmax(logits / T) (labels do not change).
+    Multi-label: one per label, sigmoid(logit / T), and the per-label thresholds are tuned
+    again on the calibrated probabilities (labels may change). Prints the expected
+    calibration error and NLL before and after. Exports of MODEL are then stale: export again.
+    """
+    from clsx.calibrate import calibrate
+    from clsx.config import CalibrateConfig
+    from clsx.metrics import format_calibration
+
+    result = calibrate(CalibrateConfig(**given(options)), log=lambda line: click.echo(line,
+                                                                                       err=True))
+    click.echo(format_calibration(result.before, result.after, ("before", "after")))
+    _echo_decisions(result.manifest, f"{result.rows} rows of {options['data']}")
+    click.echo(f"Wrote {result.output / 'clsx.json'}")
 
 
 @main.command("eval")

@@ -142,6 +142,25 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class CalibrateConfig:
+    """Every option of ``clsx calibrate``.
+
+    ``output`` None updates ``model``'s clsx.json in place; otherwise ``output`` becomes a
+    copy of ``model`` with the new clsx.json (``overwrite`` replaces an existing one).
+    """
+
+    model: Path
+    data: Path
+    output: Path | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    label_separator: str = ","
+    device: str = "auto"
+    overwrite: bool = False
+    allow_pickle: bool = False
+
+
+@dataclass(frozen=True)
 class BenchConfig:
     """Every option of ``clsx bench``: which rows of ``data``, which backends, how to run.
 

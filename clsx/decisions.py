@@ -8,10 +8,15 @@ The meaning is the same for every backend, every gate and every report:
   highest prob;
 - regression: ``probs`` = [value], ``label`` null, ``score`` = the predicted value.
 Rows whose logits are NaN (null input text) get null in every column.
+
+A calibrated model (``temperatures`` in its manifest, see :mod:`clsx.calibration`) has its
+logits divided by them first: softmax(logits / T), sigmoid(logit_j / T_j). That changes
+``probs``, ``score`` and multi-label decisions, never a single-label argmax.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,9 +28,22 @@ MULTI_LABEL_SEPARATOR = ","
 SINGLE, MULTI = "single_label_classification", "multi_label_classification"
 
 
-def probabilities(logits: np.ndarray, problem_type: str) -> np.ndarray:
-    """Softmax, sigmoid or identity by problem type, in float32."""
+def scale(logits: np.ndarray, temperatures: tuple[float, ...] | np.ndarray | None
+          ) -> np.ndarray:
+    """``logits`` divided by the temperatures: one for every column (single-label) or one
+    per column (multi-label); None leaves them as they are."""
+    if temperatures is None:
+        return logits
+    return logits / np.asarray(temperatures, dtype=logits.dtype)
+
+
+def probabilities(logits: np.ndarray, problem_type: str,
+                  temperatures: tuple[float, ...] | np.ndarray | None = None) -> np.ndarray:
+    """Softmax, sigmoid or identity by problem type, in float32, of the logits divided by
+    ``temperatures`` (see :func:`scale`; classifiers only)."""
     logits = logits.astype(np.float32, copy=False)
+    if problem_type != "regression":
+        logits = scale(logits, temperatures)
     if problem_type == SINGLE:
         shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
         return shifted / shifted.sum(axis=1, keepdims=True)
@@ -36,14 +54,18 @@ def probabilities(logits: np.ndarray, problem_type: str) -> np.ndarray:
 
 @dataclass(frozen=True)
 class DecisionRule:
-    """How one model's logits become decisions: its problem type, labels and thresholds.
+    """How one model's logits become decisions: its problem type, labels, thresholds and
+    temperatures.
 
-    ``thresholds`` (multi-label only) holds one cut-off per label.
+    ``thresholds`` (multi-label only) holds one cut-off per label, applied to the calibrated
+    probabilities; ``temperatures`` (None: uncalibrated) one value (single-label) or one per
+    label (multi-label) that the logits are divided by.
     """
 
     problem_type: str
     labels: tuple[str, ...]
     thresholds: tuple[float, ...]
+    temperatures: tuple[float, ...] | None = None
 
     @classmethod
     def of(cls, manifest: Manifest, threshold: float | None = None) -> DecisionRule:
@@ -53,11 +75,12 @@ class DecisionRule:
             cut = (threshold,) * manifest.num_labels
         else:
             cut = manifest.thresholds or (DEFAULT_THRESHOLD,) * manifest.num_labels
-        return cls(manifest.problem_type, manifest.labels, tuple(float(t) for t in cut))
+        return cls(manifest.problem_type, manifest.labels, tuple(float(t) for t in cut),
+                   manifest.temperatures)
 
     def with_threshold(self, threshold: float) -> DecisionRule:
         """This rule with one threshold for every label."""
-        return DecisionRule(self.problem_type, self.labels, (threshold,) * len(self.labels))
+        return dataclasses.replace(self, thresholds=(threshold,) * len(self.labels))
 
     @property
     def cut(self) -> np.ndarray:
@@ -68,8 +91,14 @@ class DecisionRule:
     def has_labels(self) -> bool:
         return self.problem_type != "regression"
 
+    def scaled(self, logits: np.ndarray) -> np.ndarray:
+        """The logits divided by this rule's temperatures: the logits of the probabilities
+        users get (what thresholds are tuned on)."""
+        return logits if not self.has_labels else scale(logits, self.temperatures)
+
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
-        return probabilities(logits, self.problem_type)
+        """The ``probs`` users get: calibrated softmax / sigmoid, or the regression value."""
+        return probabilities(logits, self.problem_type, self.temperatures)
 
     def decide(self, logits: np.ndarray) -> np.ndarray:
         """The decisions users get: label ids (single-label), a multi-hot bool matrix

@@ -1,4 +1,10 @@
-"""``clsx eval``: metrics of a model on labelled data, and the rows it gets wrong."""
+"""``clsx eval``: metrics of a model on labelled data, and the rows it gets wrong.
+
+Classifiers' metrics include how well their probabilities are calibrated: ``ece``,
+``brier`` and ``nll`` at the model's temperatures, and the same of the raw softmax /
+sigmoid as ``ece_uncalibrated``, ``brier_uncalibrated``, ``nll_uncalibrated``
+(:mod:`clsx.calibration`).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import pyarrow.compute as pc
 
 from clsx import durable
 from clsx.artifact import open_artifact
+from clsx.calibration import before_and_after
 from clsx.classifier import Classifier
 from clsx.config import EvalConfig
 from clsx.data import read_labelled
@@ -42,10 +49,16 @@ def evaluate(config: EvalConfig) -> EvalResult:
                                   threshold=config.threshold) as classifier:
         logits = classifier.predict_all(labelled.texts).logits
     rule = classifier.rule
+    # Thresholds cut the calibrated probabilities, so they are tuned and applied on the
+    # calibrated logits (a single-label argmax is the same either way).
+    calibrated = rule.scaled(logits)
     if config.tune_threshold and manifest.problem_type == MULTI:
-        rule = rule.with_threshold(tune_threshold(logits, labelled.targets))
-    metrics = compute_metrics(logits, labelled.targets, manifest.problem_type,
+        rule = rule.with_threshold(tune_threshold(calibrated, labelled.targets))
+    metrics = compute_metrics(calibrated, labelled.targets, manifest.problem_type,
                               manifest.labels, rule.cut)
+    if rule.has_labels:
+        metrics.update(before_and_after(logits, labelled.targets, manifest.problem_type,
+                                        rule.temperatures))
     metrics["rows"] = len(labelled.texts)
     predictions = labelled.table.select([config.text_column, config.label_column])
     for name, column in rule.named_columns(logits).items():

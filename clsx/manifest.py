@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "r
 DECODER_FAMILIES = ("qwen2", "qwen3", "llama")
 ENCODER_FAMILIES = ("bert", "roberta", "xlm-roberta", "distilbert", "deberta-v2", "modernbert")
 DEFAULT_THRESHOLD = 0.5  # multi-label decision threshold when the model has no tuned ones
+MULTI_LABEL = "multi_label_classification"
+FLOAT_TUPLES = ("thresholds", "temperatures")  # stored as JSON lists, held as tuples
 
 
 def check_family(model_type: str | None, where: object) -> str:
@@ -53,6 +56,10 @@ class Manifest:
     ``base_model`` and ``training`` record how ``clsx train`` made it. ``thresholds``
     (multi-label only) are the per-label decision thresholds ``clsx train`` tuned on its
     evaluation split; without them a label is predicted at probability >= 0.5.
+    ``temperatures`` calibrate the probabilities (temperature scaling, fitted by ``clsx
+    train`` or ``clsx calibrate``): one value for a single-label model (softmax(logits / T)),
+    one per label for a multi-label one (sigmoid(logit_j / T_j)); None (older manifests,
+    ``--no-calibration``, regression) is the raw softmax / sigmoid.
     """
 
     family: str
@@ -64,6 +71,7 @@ class Manifest:
     template: str | None = None
     long_text: LongText = field(default_factory=LongText)
     thresholds: tuple[float, ...] | None = None
+    temperatures: tuple[float, ...] | None = None
     parent: str | None = None
     parent_fingerprint: str | None = None
     parity: dict[str, Any] = field(default_factory=dict)
@@ -93,10 +101,26 @@ class Manifest:
                 or not all(0 < t < 1 for t in self.thresholds)):
             raise ClsxError(f"manifest thresholds must be one value in (0, 1) per label "
                             f"({len(self.labels)}), got {list(self.thresholds)}")
+        self._check_temperatures()
         if self.is_decoder and self.pad_token_id is None:
             raise ClsxError(
                 f"a {self.family} classifier needs a pad token (config.pad_token_id is unset)"
             )
+
+    def _check_temperatures(self) -> None:
+        """One finite T > 0 for a single-label model, one per label for a multi-label one."""
+        if self.temperatures is None:
+            return
+        if self.problem_type == "regression":
+            raise ClsxError("manifest temperatures apply to classifiers; a regression model "
+                            f"has none, got {list(self.temperatures)}")
+        expected = self.num_labels if self.problem_type == MULTI_LABEL else 1
+        if len(self.temperatures) != expected or not all(
+                math.isfinite(t) and t > 0 for t in self.temperatures):
+            what = (f"one per label ({expected})" if self.problem_type == MULTI_LABEL
+                    else "one (single-label)")
+            raise ClsxError(f"manifest temperatures must be finite values > 0, {what}, got "
+                            f"{list(self.temperatures)}")
 
     @property
     def num_labels(self) -> int:
@@ -125,8 +149,9 @@ class Manifest:
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["labels"] = list(self.labels)
-        if self.thresholds is not None:
-            data["thresholds"] = list(self.thresholds)
+        for name in FLOAT_TUPLES:
+            if data[name] is not None:
+                data[name] = list(data[name])
         return data
 
     def save(self, directory: Path) -> Path:
@@ -155,8 +180,9 @@ class Manifest:
         try:
             data["labels"] = tuple(str(label) for label in data["labels"])
             data["long_text"] = LongText(**data.get("long_text", {}))
-            if data.get("thresholds") is not None:
-                data["thresholds"] = tuple(float(t) for t in data["thresholds"])
+            for name in FLOAT_TUPLES:
+                if data.get(name) is not None:
+                    data[name] = tuple(float(t) for t in data[name])
             return cls(**data)
         except (KeyError, TypeError) as exc:
             raise ClsxError(f"{path} is incomplete ({exc}); re-create the artifact") from exc

@@ -135,10 +135,32 @@ def scalar_metrics(metrics: dict[str, Any]) -> dict[str, float]:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in TIMING_KEYS}
 
 
+# Calibration measures (clsx.calibration): eval reports each at the model's temperatures
+# under its own name and for the raw softmax / sigmoid with this suffix.
+CALIBRATION_MEASURES = {"ece": "ECE (15 bins)", "brier": "Brier score", "nll": "NLL"}
+UNCALIBRATED = "_uncalibrated"
+
+
+def format_calibration(before: dict[str, float], after: dict[str, float],
+                       columns: tuple[str, str] = ("uncalibrated", "calibrated")) -> str:
+    """A table of the calibration measures in ``before`` and ``after`` side by side."""
+    lines = [f"{'calibration':<20} {columns[0]:<14} {columns[1]}"]
+    lines += [f"{title:<20} {before[name]:<14.4f} {after[name]:.4f}"
+              for name, title in CALIBRATION_MEASURES.items() if name in after]
+    return "\n".join(lines)
+
+
 def format_report(metrics: dict[str, Any]) -> str:
-    """The metrics as a readable text block: scalars, per-class table, confusion matrix."""
+    """The metrics as a readable text block: scalars, calibration (before / after), per-class
+    table, confusion matrix."""
+    calibration = [name for name in CALIBRATION_MEASURES if f"{name}{UNCALIBRATED}" in metrics]
+    scalars = {name: value for name, value in scalar_metrics(metrics).items()
+               if name.removesuffix(UNCALIBRATED) not in calibration}
     lines = [f"{name:<20} {value}" if isinstance(value, int) else f"{name:<20} {value:.4f}"
-             for name, value in scalar_metrics(metrics).items()]
+             for name, value in scalars.items()]
+    if calibration:
+        before = {name: metrics[f"{name}{UNCALIBRATED}"] for name in calibration}
+        lines += ["", format_calibration(before, {name: metrics[name] for name in calibration})]
     per_class = metrics.get("per_class")
     if per_class:
         width = max(12, *(len(label) for label in per_class))

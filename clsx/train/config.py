@@ -26,7 +26,8 @@ class TrainConfig:
 
     LoRA r 64, alpha 128, dropout 0.1 on the attention and MLP projections; lr 5e-5,
     3 epochs, batch 8 / 4, evaluation each epoch and the best epoch kept (macro-F1, or MSE
-    for regression).
+    for regression). ``calibration``: fit temperature scaling on the eval split at the end
+    (classifiers; see :mod:`clsx.calibration`).
     """
 
     model: str
@@ -57,6 +58,7 @@ class TrainConfig:
     template: str | None = None
     label_descriptions: Path | None = None
     chat: bool = False
+    calibration: bool = True
     bf16: bool = False
     allow_pickle: bool = False
     trust_remote_code: bool = False

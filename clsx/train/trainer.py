@@ -13,7 +13,7 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from clsx.artifact import pad_token_id, save_artifact
+from clsx.calibration import before_and_after, calibrate_manifest
 from clsx.data import LabelledData, read_labelled
 from clsx.decisions import MULTI_LABEL_SEPARATOR
 from clsx.encoding import EncodedWindow, TextEncoder
@@ -28,7 +29,7 @@ from clsx.errors import ClsxError
 from clsx.log import Log, silent
 from clsx.long_text import combine, first_inputs
 from clsx.manifest import Manifest, check_family
-from clsx.metrics import compute_metrics, scalar_metrics, tune_threshold, tune_thresholds
+from clsx.metrics import compute_metrics, scalar_metrics, tune_threshold
 from clsx.models import resolve_model
 from clsx.scheduler import pad
 from clsx.staging import staged_directory
@@ -38,13 +39,16 @@ from clsx.train.prompt import build_template, read_label_descriptions
 
 @dataclass(frozen=True)
 class TrainResult:
-    """Where the model went and the metrics of the kept (best) epoch."""
+    """Where the model went, the metrics of the kept (best) epoch, and the calibration
+    measures on the eval split (``ece``, ``ece_uncalibrated``, ...; empty when not
+    calibrated)."""
 
     output: Path
     manifest: Manifest
     best_metrics: dict[str, float]
     epochs: list[dict[str, float]]
     seconds: float
+    calibration: dict[str, float] = field(default_factory=dict)
 
 
 class EncodedDataset(torch.utils.data.Dataset):
@@ -144,10 +148,15 @@ def train(config: TrainConfig, log: Log = silent) -> TrainResult:
               if "eval_loss" in entry]
     best = _best_epoch(trainer.state)
     manifest = manifest.replace(training={**config.to_json(), "best_epoch": best.get("epoch")})
-    if config.problem_type == "multi_label_classification":
-        # The kept epoch's model is loaded: tune its per-label cut-offs on the eval split.
+    calibration: dict[str, float] = {}
+    if config.problem_type != "regression":
+        # The kept epoch's model is loaded: calibrate it on the eval split, then (multi-label)
+        # tune its cut-offs on the calibrated probabilities.
         logits, targets = per_text(trainer.predict(eval_set), eval_set, config)
-        manifest = manifest.replace(thresholds=tune_thresholds(logits, targets))
+        manifest = calibrate_manifest(manifest, logits, targets, config.calibration, log)
+        if config.calibration:
+            calibration = before_and_after(logits, targets, config.problem_type,
+                                           manifest.temperatures)
     with staged_directory(config.output, config.overwrite) as stage:
         if config.method == "lora":
             trainer.model.save_pretrained(stage / "adapter")
@@ -155,10 +164,13 @@ def train(config: TrainConfig, log: Log = silent) -> TrainResult:
         else:
             merged = trainer.model
         save_artifact(merged.eval(), tokenizer, stage, manifest)
-        (stage / "metrics.json").write_text(
-            json.dumps({"best": best, "epochs": epochs}, indent=2) + "\n")
+        (stage / "metrics.json").write_text(json.dumps(
+            {"best": best, "epochs": epochs, **({"calibration": calibration} if calibration
+                                                else {})}, indent=2) + "\n")
     shutil.rmtree(work, ignore_errors=True)
-    return TrainResult(config.output, manifest, best, epochs, time.perf_counter() - started)
+    return TrainResult(config.output, manifest, best, epochs, time.perf_counter() - started,
+                       calibration)
+
 
 
 def _load_data(config: TrainConfig) -> tuple[LabelledData, LabelledData]:
