@@ -114,7 +114,7 @@ def format_table(rows: Sequence[BenchRow]) -> str:
     body = [
         (r.variant, r.backend, f"{r.rows_per_s:.1f}", f"{r.tokens_per_s:.0f}",
          f"{r.peak_rss_mb:.0f}",
-         _agreement(r),
+         agreement_text(r),
          f"{r.max_abs_diff:.2e}", f"{r.speedup:.2f}")
         for r in rows
     ]
@@ -125,7 +125,7 @@ def format_table(rows: Sequence[BenchRow]) -> str:
     return "\n".join(lines)
 
 
-def _agreement(row: BenchRow) -> str:
+def agreement_text(row: BenchRow) -> str:
     """Rows whose decision agrees; multi-label adds the share of agreeing (row, label) pairs."""
     if row.label_agreement is None:
         return "n/a"

@@ -7,6 +7,7 @@ Heavy libraries (torch, transformers, onnxruntime) are imported inside the comma
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,20 @@ COMMAND_ENVIRONMENT = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOS
 BACKENDS = ("auto", "torch", "onnx", "vllm", "tensorrt")
 DTYPES = ("fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
+COMMAND_LINE = "clsx.command_line"  # ctx.meta key
 
 
 class ClsxGroup(click.Group):
-    """Turns :class:`ClsxError` into ``Error: ...`` and exit 1, Ctrl-C into exit 130."""
+    """Turns :class:`ClsxError` into ``Error: ...`` and exit 1, Ctrl-C into exit 130, and
+    keeps the command line as typed (``ctx.meta[COMMAND_LINE]``) for reports."""
+
+    def make_context(self, info_name: str | None, args: list[str],
+                     parent: click.Context | None = None, **extra: Any) -> click.Context:
+        # Recorded before parsing, which consumes ``args``: click keeps no copy of them.
+        command_line = shlex.join(["clsx", *args])
+        ctx = super().make_context(info_name, args, parent=parent, **extra)
+        ctx.meta[COMMAND_LINE] = command_line
+        return ctx
 
     def invoke(self, ctx: click.Context):
         try:
@@ -93,6 +104,23 @@ threshold_option = click.option(
     "--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True),
     help="Multi-label: one decision threshold for every label (default: the per-label "
          "thresholds clsx train tuned on its eval split, stored in clsx.json; else 0.5).")
+
+
+def report_option(contents: str):
+    """``--report FILE.html``: a self-contained HTML page of the command's results."""
+    return click.option("--report", "report_path", type=click.Path(path_type=Path),
+                        help=f"Write a self-contained HTML report ({contents}) to this file; "
+                             "it opens offline in any browser.")
+
+
+def report_context() -> dict[str, str]:
+    """What every report says about its making: the command line and when it ran."""
+    from datetime import datetime
+
+    return {"command": click.get_current_context().meta.get(COMMAND_LINE, "clsx"),
+            "created": datetime.now().astimezone().isoformat(timespec="seconds")}
+
+
 allow_pickle_option = click.option(
     "--allow-pickle", is_flag=True,
     help="Accept pickle (.bin) weights, which can run code when loaded (default: safetensors "
@@ -412,7 +440,9 @@ class ProgressBar:
               help="Compute threads  [default: one per physical core]")
 @click.option("--json", "json_path", type=click.Path(path_type=Path),
               help="Also write the results as JSON to this file.")
-def bench_command(json_path: Path | None, **options) -> None:
+@report_option("rows/s and tokens/s bars, agreement and max |logit diff| versus torch fp32, "
+               "peak RSS, the machine and this command")
+def bench_command(json_path: Path | None, report_path: Path | None, **options) -> None:
     """Throughput of each backend on the same rows, against PyTorch fp32.
 
     Prints rows/s, tokens/s, peak RSS, label agreement and max |logit diff| versus the
@@ -423,12 +453,24 @@ def bench_command(json_path: Path | None, **options) -> None:
     from clsx.hardware import machine_description
 
     config = BenchConfig(**given(options))
+    if report_path is not None:
+        from clsx.reports.page import check_report_path
+
+        check_report_path(report_path)
     results = run_bench(config, log=lambda line: click.echo(line, err=True))
     click.echo(format_table(results))
     if json_path is not None:
         write_json(results, json_path, model=str(config.model), data=str(config.data),
                    rows=results[0].rows, machine=machine_description())
         click.echo(f"Wrote {json_path}", err=True)
+    if report_path is not None:
+        from clsx.hardware import machine_facts
+        from clsx.reports.bench import bench_report
+        from clsx.reports.page import write_report
+
+        context = {**report_context(), "model": str(config.model), "data": str(config.data)}
+        write_report(report_path, bench_report(results, context, machine_facts()))
+        click.echo(f"Wrote {report_path}", err=True)
 
 
 def _train_default(name: str) -> str:
@@ -595,17 +637,23 @@ def calibrate_command(**options) -> None:
 @click.option("--predictions", "predictions_path", type=click.Path(path_type=Path),
               help="Write every row with its prediction and a 'correct' flag to this Parquet "
                    "file (e.g. for bootstrap intervals).")
+@report_option("headline metrics, per-class bars, confusion matrix, calibration, the most "
+               "confident errors and the model's manifest")
 @click.option("--device", type=click.Choice(DEVICES), **_eval_default("device"))
 @long_text_options(training=False)
 @allow_pickle_option
 def eval_command(json_path: Path | None, errors_path: Path | None,
-                 predictions_path: Path | None, **options) -> None:
+                 predictions_path: Path | None, report_path: Path | None, **options) -> None:
     """Metrics, per-class report and confusion matrix of MODEL on labelled DATA."""
     from clsx.config import EvalConfig
     from clsx.evaluate import errors_table, evaluate, write_json
     from clsx.metrics import format_report
     from clsx.parquet import write_table
 
+    if report_path is not None:
+        from clsx.reports.page import check_report_path
+
+        check_report_path(report_path)
     result = evaluate(EvalConfig(**given(options)))
     click.echo(format_report(result.metrics))
     if json_path is not None:
@@ -617,6 +665,14 @@ def eval_command(json_path: Path | None, errors_path: Path | None,
     if predictions_path is not None:
         write_table(result.predictions, predictions_path)
         click.echo(f"Wrote {result.predictions.num_rows} rows to {predictions_path}", err=True)
+    if report_path is not None:
+        from clsx.hardware import machine_description
+        from clsx.reports.eval import eval_report
+        from clsx.reports.page import write_report
+
+        context = {**report_context(), "machine": machine_description()}
+        write_report(report_path, eval_report(result, context))
+        click.echo(f"Wrote {report_path}", err=True)
 
 
 @main.command("models")

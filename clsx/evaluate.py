@@ -22,18 +22,28 @@ from clsx.artifact import open_artifact
 from clsx.calibration import before_and_after
 from clsx.classifier import Classifier
 from clsx.config import EvalConfig
-from clsx.data import read_labelled
+from clsx.data import LabelledData, read_labelled
 from clsx.decisions import MULTI, DecisionRule
+from clsx.manifest import Manifest
 from clsx.metrics import compute_metrics, tune_threshold
 from clsx.runners import RunnerOptions
 
 
 @dataclass(frozen=True)
 class EvalResult:
-    """Metrics (flat scalars plus per-class and confusion entries) and the predictions."""
+    """Metrics (flat scalars plus per-class and confusion entries) and the predictions.
+
+    ``predictions`` holds the data's text and label columns (``config.text_column``,
+    ``config.label_column``), the ``predicted_*`` columns and ``correct``; ``targets`` the
+    gold labels as the model encodes them (label ids, multi-hot rows, or values), row for
+    row. ``config`` and ``manifest`` say what was evaluated, for reports.
+    """
 
     metrics: dict[str, Any]
     predictions: pa.Table
+    targets: np.ndarray
+    config: EvalConfig
+    manifest: Manifest
 
 
 def evaluate(config: EvalConfig) -> EvalResult:
@@ -48,7 +58,13 @@ def evaluate(config: EvalConfig) -> EvalResult:
                                   long_text=config.long_text_override(),
                                   threshold=config.threshold) as classifier:
         logits = classifier.predict_all(labelled.texts).logits
-    rule = classifier.rule
+    return score(config, manifest, labelled, logits, classifier.rule)
+
+
+def score(config: EvalConfig, manifest: Manifest, labelled: LabelledData, logits: np.ndarray,
+          rule: DecisionRule) -> EvalResult:
+    """Metrics and predictions of ``logits`` (one row per row of ``labelled``) under
+    ``rule``, the model's decision rule (with ``config.tune_threshold``, re-tuned here)."""
     # Thresholds cut the calibrated probabilities, so they are tuned and applied on the
     # calibrated logits (a single-label argmax is the same either way).
     calibrated = rule.scaled(logits)
@@ -65,7 +81,7 @@ def evaluate(config: EvalConfig) -> EvalResult:
         predictions = predictions.append_column(f"predicted_{name}", column)
     predictions = predictions.append_column("correct", pa.array(_correct(logits, labelled.targets,
                                                                          rule)))
-    return EvalResult(metrics, predictions)
+    return EvalResult(metrics, predictions, labelled.targets, config, manifest)
 
 
 def errors_table(predictions: pa.Table) -> pa.Table:

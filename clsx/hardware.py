@@ -44,6 +44,38 @@ def machine_description() -> str:
     return f"{model}, {os.cpu_count()} cores, {'/'.join(vector) or 'no AVX2'}"
 
 
+# The flags a report names: what the CPU kernels of torch and ONNX Runtime can use (wide
+# vectors, fused multiply-add, int8 dot products, bf16 dot products and AMX tiles).
+REPORTED_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16",
+                  "amx_tile", "amx_bf16", "amx_int8", "neon", "asimd", "sve")
+
+
+def machine_facts() -> dict[str, str]:
+    """The machine as a report shows it: CPU model, cores, the vector flags that decide CPU
+    speed, and the CUDA GPUs torch sees ("none" without; torch is imported here, so call it
+    from commands that have loaded it anyway)."""
+    import psutil
+
+    model, flags = _cpuinfo()
+    return {
+        "CPU": model,
+        "cores": f"{physical_cores()} physical, {psutil.cpu_count() or os.cpu_count()} logical",
+        "CPU flags": " ".join(f for f in REPORTED_FLAGS if f in flags) or "none of "
+                     + " ".join(REPORTED_FLAGS),
+        "GPU": gpu_description() or "none",
+    }
+
+
+def gpu_description() -> str | None:
+    """Each CUDA device torch sees, with its memory; None where there is none."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    devices = (torch.cuda.get_device_properties(i) for i in range(torch.cuda.device_count()))
+    return ", ".join(f"{d.name} ({d.total_memory / 2**30:.0f} GiB)" for d in devices)
+
+
 def native_low_precision(device: str) -> tuple[str, ...]:
     """The dtypes below fp32 that ``device`` (``cpu`` or ``cuda``) computes natively.
 
