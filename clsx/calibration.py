@@ -16,6 +16,8 @@ matrix (multi-label).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from clsx.decisions import MULTI, SINGLE, probabilities, scale
@@ -124,18 +126,46 @@ def calibrate_manifest(manifest: Manifest, logits: np.ndarray, targets: np.ndarr
     return manifest
 
 
-def _binned_gap(confidence: np.ndarray, hit: np.ndarray, bins: int) -> float:
-    """Sum over equal-width bins of [0, 1] of (share of rows) x |hit rate - mean confidence|.
+@dataclass(frozen=True)
+class Reliability:
+    """Confidence against outcome in equal-width bins over [0, 1] (empty bins are NaN).
 
-    Bins are [k/bins, (k+1)/bins); a confidence of exactly 1 goes into the last one.
+    ``confidence`` and ``accuracy`` are each bin's mean predicted probability and share of
+    positive outcomes; ``ece`` is the expected calibration error, their count-weighted mean
+    absolute gap.
     """
-    if len(confidence) == 0:
-        return 0.0
-    index = np.minimum((confidence * bins).astype(np.int64), bins - 1)
-    # Per bin, (rows / total) x |mean hit - mean confidence| = |sum hit - sum confidence| / total.
-    gap = np.abs(np.bincount(index, hit, minlength=bins)
-                 - np.bincount(index, confidence, minlength=bins))
-    return float(gap.sum() / len(confidence))
+
+    edges: np.ndarray
+    counts: np.ndarray
+    confidence: np.ndarray
+    accuracy: np.ndarray
+    ece: float
+
+
+def reliability(probability: np.ndarray, outcome: np.ndarray,
+                bins: int = ECE_BINS) -> Reliability:
+    """Bin ``probability`` (each in [0, 1]) and the matching boolean ``outcome``.
+
+    A probability of exactly 1 falls in the last bin, not one past it.
+    """
+    probability = np.asarray(probability, dtype=np.float64).reshape(-1)
+    outcome = np.asarray(outcome, dtype=np.float64).reshape(-1)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    index = np.clip(np.digitize(probability, edges[1:-1]), 0, bins - 1)
+    counts = np.bincount(index, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        confidence = np.bincount(index, probability, minlength=bins) / counts
+        accuracy = np.bincount(index, outcome, minlength=bins) / counts
+    filled = counts > 0
+    ece = float(np.sum(counts[filled] * np.abs(accuracy[filled] - confidence[filled]))
+                / max(counts.sum(), 1))
+    return Reliability(edges, counts, confidence, accuracy, ece)
+
+
+def _binned_gap(confidence: np.ndarray, hit: np.ndarray, bins: int) -> float:
+    """The expected calibration error of ``confidence`` against ``hit`` (see
+    :func:`reliability`); 0 for no rows."""
+    return reliability(confidence, hit, bins).ece if len(confidence) else 0.0
 
 
 def expected_calibration_error(probs: np.ndarray, targets: np.ndarray, problem_type: str,

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pytest
 
 from clsx.bench import BenchRow
+from clsx.calibration import ECE_BINS, reliability
 from clsx.config import EvalConfig
 from clsx.data import LabelledData
 from clsx.decisions import MULTI, SINGLE, DecisionRule
@@ -26,7 +27,7 @@ from clsx.errors import ClsxError
 from clsx.evaluate import EvalResult, score
 from clsx.manifest import Manifest
 from clsx.reports.bench import bench_report
-from clsx.reports.eval import RELIABILITY_BINS, eval_report, reliability
+from clsx.reports.eval import eval_report
 from clsx.reports.page import check_report_path, write_report
 from tests.conftest import ROOT, TEXTS, run_clsx, write_parquet
 
@@ -160,7 +161,7 @@ def test_eval_report_sections_images_and_escaping(problem_type, sections):
     if problem_type != "regression":
         accuracy = result.metrics.get("accuracy", result.metrics.get("subset_accuracy"))
         assert f"{accuracy:.4g}" in text
-        assert f"ECE ({RELIABILITY_BINS} bins)" in text
+        assert f"ECE ({ECE_BINS} bins)" in text
 
 
 def test_confident_errors_are_the_wrong_rows_most_confident_first():

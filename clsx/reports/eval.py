@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from clsx import __version__
+from clsx.calibration import ECE_BINS, Reliability, reliability
 from clsx.decisions import MULTI, SINGLE
 from clsx.evaluate import EvalResult, errors_table
 from clsx.manifest import Manifest
@@ -35,48 +36,11 @@ from clsx.reports.page import (
     table,
 )
 
-RELIABILITY_BINS = 15
 ERROR_ROWS = 20  # rows of the errors table: the page is for reading, --errors has them all
 TEXT_CHARS = 400  # longer texts are cut in the errors table, which stays readable
 LABEL_CHARS = 28  # longer labels are cut on the figures' axes
 HEADLINE = ("accuracy", "subset_accuracy", "macro_f1", "micro_f1", "weighted_f1",
             "mse", "mae", "pearson", "spearman")
-
-
-@dataclass(frozen=True)
-class Reliability:
-    """Confidence against outcome in equal-width bins over [0, 1] (empty bins are NaN).
-
-    ``confidence`` and ``accuracy`` are each bin's mean predicted probability and share of
-    positive outcomes; ``ece`` is the expected calibration error, their count-weighted mean
-    absolute gap.
-    """
-
-    edges: np.ndarray
-    counts: np.ndarray
-    confidence: np.ndarray
-    accuracy: np.ndarray
-    ece: float
-
-
-def reliability(probability: np.ndarray, outcome: np.ndarray,
-                bins: int = RELIABILITY_BINS) -> Reliability:
-    """Bin ``probability`` (each in [0, 1]) and the matching boolean ``outcome``.
-
-    A probability of exactly 1 falls in the last bin, not one past it.
-    """
-    probability = np.asarray(probability, dtype=np.float64).reshape(-1)
-    outcome = np.asarray(outcome, dtype=np.float64).reshape(-1)
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    index = np.clip(np.digitize(probability, edges[1:-1]), 0, bins - 1)
-    counts = np.bincount(index, minlength=bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        confidence = np.bincount(index, probability, minlength=bins) / counts
-        accuracy = np.bincount(index, outcome, minlength=bins) / counts
-    filled = counts > 0
-    ece = float(np.sum(counts[filled] * np.abs(accuracy[filled] - confidence[filled]))
-                / max(counts.sum(), 1))
-    return Reliability(edges, counts, confidence, accuracy, ece)
 
 
 @dataclass(frozen=True)
@@ -120,7 +84,7 @@ def eval_report(result: EvalResult, context: Mapping[str, str]) -> str:
                 _largest_errors(result)]
     else:
         calibrated = calibration(result)
-        headline[f"ECE ({RELIABILITY_BINS} bins)"] = number(calibrated.bins.ece)
+        headline[f"ECE ({ECE_BINS} bins)"] = number(calibrated.bins.ece)
         body = _classifier_sections(result, calibrated)
     headline["rows"] = number(result.metrics.get("rows", result.predictions.num_rows))
     run = {"model": str(result.config.model), "data": str(result.config.data),
@@ -231,7 +195,7 @@ def _calibration_section(calibrated: Calibration) -> str:
     explained = ("Every (row, label) pair: its sigmoid probability against whether the label "
                  "is gold." if multi else "Each row's top-label probability against whether "
                  "the predicted label is right.")
-    return section("Calibration", note(f"{explained} {RELIABILITY_BINS} equal-width bins; a "
+    return section("Calibration", note(f"{explained} {ECE_BINS} equal-width bins; a "
                                        "well-calibrated model's bars follow the diagonal."),
                    figures(diagram, histogram))
 
