@@ -116,6 +116,9 @@ def run(experiment: Experiment, root: Path) -> dict:
         "accuracy": metrics.get("accuracy", metrics.get("subset_accuracy")),
         "macro_f1": metrics["macro_f1"],
         "threshold": metrics.get("threshold", metrics.get("thresholds")),
+        # Calibration of the scores on the test rows, with and without the fitted temperatures.
+        **{key: metrics.get(key) for key in ("ece", "ece_uncalibrated", "brier",
+                                             "brier_uncalibrated")},
         "train_minutes": round(minutes, 2),
         "train_examples_per_s": round(train_table.num_rows * epochs / (minutes * 60), 1),
         "train_args": list(experiment.train_args),
