@@ -73,7 +73,7 @@ def _check_calibratable(artifact: Artifact) -> None:
     if manifest.format != "torch":
         parent = (f" ({(artifact.path / manifest.parent).resolve()})" if manifest.parent
                   else "")
-        raise ClsxError(f"{artifact.path} is a {manifest.format} export; calibrate the PyTorch "
+        raise ClsxError(f"{artifact.path} is an export ({manifest.format}); calibrate the PyTorch "
                         f"model it was exported from{parent}, then export it again")
     if manifest.problem_type == "regression":
         raise ClsxError(f"{artifact.path} is a regression model: its outputs are values, not "

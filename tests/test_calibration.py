@@ -269,7 +269,7 @@ def test_exports_are_refused_and_go_stale_when_their_parent_is_recalibrated(
     export = export_onnx(parent, tmp_path / "onnx").output
     result = run_clsx("calibrate", "-m", export, "--data", sample)
     assert result.exit_code == 1 and result.output.strip().splitlines() == [
-        f"Error: {export} is a onnx export; calibrate the PyTorch model it was exported from "
+        f"Error: {export} is an export (onnx); calibrate the PyTorch model it was exported from "
         f"({parent.resolve()}), then export it again"]
     result = run_clsx("calibrate", "-m", parent, "--data", sample, "--device", "cpu")
     assert result.exit_code == 0, result.output
