@@ -69,6 +69,8 @@ def number(value: Any, digits: int = 4) -> str:
         return f"{value:,}"
     if value != 0 and not 1e-3 <= abs(value) < 1e6:
         return f"{value:.2e}"
+    if abs(value) >= 10 ** digits:  # %g would switch to an exponent: round, with separators
+        return f"{value:,.0f}"
     return f"{value:.{digits}g}"
 
 
