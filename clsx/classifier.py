@@ -47,14 +47,14 @@ class Counts:
     windows: int = 0
 
     def add(self, other: Counts) -> None:
-        for name in ("rows", "tokens", "nulls", "truncated", "windows"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
 
 
 @dataclass(frozen=True)
 class Prediction:
     """One batch of rows classified: raw logits (NaN rows for null texts), the output columns
-    (in :meth:`Classifier.fields` order) and the counters."""
+    (in :func:`output_fields` order) and the counters."""
 
     logits: np.ndarray
     columns: list[pa.Array]
@@ -133,11 +133,6 @@ class Classifier:
     @property
     def manifest(self) -> Manifest:
         return self.artifact.manifest
-
-    @property
-    def fields(self) -> list[pa.Field]:
-        """Names and types of :attr:`Prediction.columns`."""
-        return output_fields(self.manifest, self.windows_column)
 
     @property
     def description(self) -> str:

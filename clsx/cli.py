@@ -15,9 +15,11 @@ from typing import Any
 import click
 
 from clsx import __version__
+from clsx.config import BatchPredictConfig, BenchConfig, CalibrateConfig, EvalConfig, RayOptions
 from clsx.environment import environment
 from clsx.errors import ClsxError
 from clsx.export import EXPORT_FORMATS, FP32_TOLERANCE, INT8_MIN_AGREEMENT, VLLM_DTYPE
+from clsx.train.config import PROBLEM_ALIASES, TrainConfig
 
 # For the duration of a command (a user's own settings win): model loading here never needs
 # the hub's progress bars or advisory logging, and the fast tokenizer may use every core.
@@ -28,6 +30,8 @@ BACKENDS = ("auto", "torch", "onnx", "vllm", "tensorrt")
 DTYPES = ("fp32", "bf16", "fp16")
 DEVICES = ("auto", "cpu", "cuda")
 COMMAND_LINE = "clsx.command_line"  # ctx.meta key
+LABEL_SEPARATOR_HELP = "Multi-label: separator inside a string label column."
+CLI_PROBLEM_TYPES = {full: alias for alias, full in PROBLEM_ALIASES.items()}  # for --help
 
 
 class ClsxGroup(click.Group):
@@ -69,30 +73,18 @@ def config_default(config: type, name: str) -> Any:
     raise ValueError(f"{config.__name__} has no field {name!r}")
 
 
-def with_default(help_text: str, config: type, name: str) -> dict[str, Any]:
+def default_note(config: type, name: str) -> str:
+    """``  [default: X]``, the end of an option's help: the dataclass field's default, as the
+    user would type it (problem types by their CLI alias, an empty string quoted)."""
+    value = config_default(config, name)
+    shown = "''" if value == "" else CLI_PROBLEM_TYPES.get(value, value)
+    return f"  [default: {shown}]"
+
+
+def with_default(config: type, name: str, help_text: str = "") -> dict[str, Any]:
     """Option settings for a flag whose default is the dataclass field's: None when left
     out (so the dataclass applies it), shown in ``--help``."""
-    value = config_default(config, name)
-    shown = repr(value) if value == "" else value
-    return {"default": None, "help": f"{help_text}  [default: {shown}]".lstrip()}
-
-
-def _eval_default(name: str, help_text: str = "") -> dict[str, Any]:
-    from clsx.config import EvalConfig
-
-    return with_default(help_text, EvalConfig, name)
-
-
-def _bench_default(name: str, help_text: str = "") -> dict[str, Any]:
-    from clsx.config import BenchConfig
-
-    return with_default(help_text, BenchConfig, name)
-
-
-def _calibrate_default(name: str, help_text: str = "") -> dict[str, Any]:
-    from clsx.config import CalibrateConfig
-
-    return with_default(help_text, CalibrateConfig, name)
+    return {"default": None, "help": (help_text + default_note(config, name)).lstrip()}
 
 
 def given(options: dict[str, Any]) -> dict[str, Any]:
@@ -138,13 +130,14 @@ def long_text_options(training: bool):
                      help="Texts over --max-length tokens: truncate (keep the start), head-tail "
                           "(keep the first quarter and last three quarters), window (classify "
                           f"overlapping windows, combine per text){models}."
-                          + (_train_default("long_text") if training else "")),
+                          + (default_note(TrainConfig, "long_text") if training else "")),
         click.option("--window-stride", type=click.IntRange(min=1),
                      help="window: text tokens between window starts"
                           f"{models or ' (default: 3/4 of a window)'}."),
         click.option("--aggregate", type=click.Choice(AGGREGATES),
                      help=f"window: combine the windows' logits by mean, max or majority "
-                          f"vote{models}." + (_train_default("aggregate") if training else "")),
+                          f"vote{models}."
+                          + (default_note(TrainConfig, "aggregate") if training else "")),
     ]
 
     def decorate(command):
@@ -259,11 +252,9 @@ def export_command(model_dir: Path, fmt: str, output: Path, dtype: str | None, n
 def _batch_predict_options(command):
     """The options of ``batch-predict``; each default is the BatchPredictConfig field's (or
     RayOptions' for the Ray options)."""
-    from clsx.config import BatchPredictConfig as Config
-    from clsx.config import RayOptions
-
-    def default(name: str, help_text: str = "", config: type = Config) -> dict[str, Any]:
-        return with_default(help_text, config, name)
+    def default(name: str, help_text: str = "", config: type = BatchPredictConfig
+                ) -> dict[str, Any]:
+        return with_default(config, name, help_text)
 
     options = [
         click.option("--model", "-m", type=click.Path(path_type=Path), required=True,
@@ -368,7 +359,6 @@ def batch_predict_command(input_path: str, output: Path, quiet: bool, engine: st
     --engine ray runs the same pipeline on Ray Data (one model per actor) and writes OUT
     as a directory of Parquet parts; row order is kept only with --preserve-order.
     """
-    from clsx.config import BatchPredictConfig
     from clsx.predict import batch_predict
 
     config = BatchPredictConfig(input=input_path, output=output, **given(options))
@@ -376,7 +366,6 @@ def batch_predict_command(input_path: str, output: Path, quiet: bool, engine: st
                          "gpus_per_worker": gpus_per_worker})
     with ProgressBar(enabled=not quiet) as progress:
         if engine == "ray":
-            from clsx.config import RayOptions
             from clsx.ray_engine import ray_batch_predict
 
             summary = ray_batch_predict(config, RayOptions(**ray_options,
@@ -421,11 +410,11 @@ class ProgressBar:
               help="Merged PyTorch model directory (the fp32 reference).")
 @click.option("--data", type=click.Path(path_type=Path), required=True,
               help="Parquet, CSV or JSONL file with a text column.")
-@click.option("--text-column", **_bench_default("text_column"))
+@click.option("--text-column", **with_default(BenchConfig, "text_column"))
 @click.option("--rows", type=click.IntRange(min=1),
-              **_bench_default("rows", "Rows of --data to run through each backend."))
+              **with_default(BenchConfig, "rows", "Rows of --data to run through each backend."))
 @click.option("--backends", callback=_comma_list,
-              **_bench_default("backends", "Comma-separated: torch, torch-bf16, onnx, "
+              **with_default(BenchConfig, "backends", "Comma-separated: torch, torch-bf16, onnx, "
                                "onnx-int8, tensorrt (torch-bf16 is fast only on CPUs with AMX "
                                "or AVX-512 BF16, and on GPUs; tensorrt needs an NVIDIA GPU "
                                "with TensorRT)."))
@@ -434,8 +423,8 @@ class ProgressBar:
 @click.option("--batch-tokens", type=click.IntRange(min=1),
               help="Padded tokens per model call  [default: each backend's]")
 @click.option("--device", type=click.Choice(DEVICES),
-              **_bench_default("device", "Where every backend runs, the torch fp32 reference "
-                               "included (auto: the GPU when there is one)."))
+              **with_default(BenchConfig, "device", "Where every backend runs, the torch fp32 "
+                             "reference included (auto: the GPU when there is one)."))
 @click.option("--threads", type=click.IntRange(min=1),
               help="Compute threads  [default: one per physical core]")
 @click.option("--json", "json_path", type=click.Path(path_type=Path),
@@ -449,7 +438,6 @@ def bench_command(json_path: Path | None, report_path: Path | None, **options) -
     torch fp32 baseline, which always runs first.
     """
     from clsx.bench import format_table, run_bench, write_json
-    from clsx.config import BenchConfig
     from clsx.hardware import machine_description
 
     config = BenchConfig(**given(options))
@@ -473,17 +461,6 @@ def bench_command(json_path: Path | None, report_path: Path | None, **options) -
         click.echo(f"Wrote {report_path}", err=True)
 
 
-def _train_default(name: str) -> str:
-    """A :class:`TrainConfig` default as --help shows it (problem types by their alias),
-    to end an option's help text."""
-    from clsx.train.config import PROBLEM_ALIASES, TrainConfig
-
-    default = config_default(TrainConfig, name)
-    if name == "problem_type":
-        default = next(alias for alias, full in PROBLEM_ALIASES.items() if full == default)
-    return f"  [default: {default}]"
-
-
 @main.command("train")
 @click.option("--model", "-m", required=True,
               help="Base model: a local HF directory, a hub id, or a bundled alias "
@@ -494,38 +471,38 @@ def _train_default(name: str) -> str:
               help="Evaluation data (default: a stratified split of --train).")
 @click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
               help="Directory for the merged model, tokenizer, clsx.json and metrics.json.")
-@click.option("--text-column", help=_train_default("text_column").strip())
-@click.option("--label-column", help=_train_default("label_column").strip())
+@click.option("--text-column", help=default_note(TrainConfig, "text_column").strip())
+@click.option("--label-column", help=default_note(TrainConfig, "label_column").strip())
 @click.option("--problem-type", type=click.Choice(["single_label", "multi_label", "regression"]),
-              help=_train_default("problem_type").strip())
-@click.option("--label-separator", 
-              help="Multi-label: separator inside a string label column."
-                   + _train_default("label_separator"))
+              help=default_note(TrainConfig, "problem_type").strip())
+@click.option("--label-separator",
+              help=LABEL_SEPARATOR_HELP + default_note(TrainConfig, "label_separator"))
 @click.option("--method", type=click.Choice(["lora", "full"]),
-              help=_train_default("method").strip())
-@click.option("--epochs", type=float, help=_train_default("epochs").strip())
-@click.option("--lr", type=float, help=_train_default("lr").strip())
-@click.option("--warmup", type=float, 
+              help=default_note(TrainConfig, "method").strip())
+@click.option("--epochs", type=float, help=default_note(TrainConfig, "epochs").strip())
+@click.option("--lr", type=float, help=default_note(TrainConfig, "lr").strip())
+@click.option("--warmup", type=float,
               help="Share of the steps over which the learning rate rises linearly from 0 "
                    "(the usual BERT fine-tuning recipe; 0 turns it off)."
-                   + _train_default("warmup"))
-@click.option("--batch-size", type=int, help=_train_default("batch_size").strip())
-@click.option("--eval-batch-size", type=int, help=_train_default("eval_batch_size").strip())
-@click.option("--max-length", type=int, 
+                   + default_note(TrainConfig, "warmup"))
+@click.option("--batch-size", type=int, help=default_note(TrainConfig, "batch_size").strip())
+@click.option("--eval-batch-size", type=int,
+              help=default_note(TrainConfig, "eval_batch_size").strip())
+@click.option("--max-length", type=int,
               help="Tokens per model input (also at predict time)."
-                   + _train_default("max_length"))
+                   + default_note(TrainConfig, "max_length"))
 @long_text_options(training=True)
-@click.option("--lora-r", type=int, help=_train_default("lora_r").strip())
-@click.option("--lora-alpha", type=int, help=_train_default("lora_alpha").strip())
-@click.option("--lora-dropout", type=float, help=_train_default("lora_dropout").strip())
+@click.option("--lora-r", type=int, help=default_note(TrainConfig, "lora_r").strip())
+@click.option("--lora-alpha", type=int, help=default_note(TrainConfig, "lora_alpha").strip())
+@click.option("--lora-dropout", type=float, help=default_note(TrainConfig, "lora_dropout").strip())
 @click.option("--target-modules", callback=_comma_list,
               help="LoRA targets (default: q/k/v/o/gate/up/down_proj for decoders, "
                    "query,key,value,dense for BERT).")
 @click.option("--lora-embeddings", is_flag=True, help="Also put LoRA on the embedding layer.")
-@click.option("--eval-fraction", type=float, 
+@click.option("--eval-fraction", type=float,
               help="Share of --train held out when no --eval is given."
-                   + _train_default("eval_fraction"))
-@click.option("--seed", type=int, help=_train_default("seed").strip())
+                   + default_note(TrainConfig, "eval_fraction"))
+@click.option("--seed", type=int, help=default_note(TrainConfig, "seed").strip())
 @click.option("--template", help="Input template with {text} (and optionally {labels}), e.g. "
                                  "'Review: {text}'. Stored and applied at predict time.")
 @click.option("--label-descriptions", type=click.Path(path_type=Path),
@@ -534,7 +511,7 @@ def _train_default(name: str) -> str:
 @click.option("--calibration/--no-calibration", default=None,
               help="Classifiers: fit temperature scaling on the eval split so that the scores "
                    "are probabilities (stored in clsx.json); --no-calibration keeps the raw "
-                   "softmax / sigmoid." + _train_default("calibration"))
+                   "softmax / sigmoid." + default_note(TrainConfig, "calibration"))
 @click.option("--bf16", is_flag=True, help="Train in bf16 mixed precision (AMX CPUs, GPUs).")
 @allow_pickle_option
 @click.option("--trust-remote-code", is_flag=True,
@@ -550,7 +527,6 @@ def train_command(**options) -> None:
     model. Ctrl-C saves a checkpoint; rerun the same command with --resume to continue.
     """
     from clsx.metrics import format_report
-    from clsx.train.config import TrainConfig
     from clsx.train.trainer import train
 
     options["train"] = options.pop("train_path")
@@ -590,12 +566,11 @@ def _echo_decisions(manifest: Any, source: str) -> None:
 @click.option("--output", "-o", type=click.Path(path_type=Path),
               help="Write a copy of --model with the new clsx.json here (default: update "
                    "--model's clsx.json in place).")
-@click.option("--text-column", **_calibrate_default("text_column"))
-@click.option("--label-column", **_calibrate_default("label_column"))
+@click.option("--text-column", **with_default(CalibrateConfig, "text_column"))
+@click.option("--label-column", **with_default(CalibrateConfig, "label_column"))
 @click.option("--label-separator",
-              **_calibrate_default("label_separator", "Multi-label: separator inside a string "
-                                   "label column."))
-@click.option("--device", type=click.Choice(DEVICES), **_calibrate_default("device"))
+              **with_default(CalibrateConfig, "label_separator", LABEL_SEPARATOR_HELP))
+@click.option("--device", type=click.Choice(DEVICES), **with_default(CalibrateConfig, "device"))
 @click.option("--overwrite", is_flag=True, help="Replace --output if it exists.")
 @allow_pickle_option
 def calibrate_command(**options) -> None:
@@ -607,7 +582,6 @@ def calibrate_command(**options) -> None:
     calibration error and NLL before and after. Exports of MODEL are then stale: export again.
     """
     from clsx.calibrate import calibrate
-    from clsx.config import CalibrateConfig
     from clsx.metrics import format_calibration
 
     result = calibrate(CalibrateConfig(**given(options)), log=lambda line: click.echo(line,
@@ -621,12 +595,11 @@ def calibrate_command(**options) -> None:
 @click.option("--model", "-m", type=click.Path(path_type=Path), required=True)
 @click.option("--data", type=click.Path(path_type=Path), required=True,
               help="Labelled data: Parquet, JSONL or CSV.")
-@click.option("--text-column", **_eval_default("text_column"))
-@click.option("--label-column", **_eval_default("label_column"))
+@click.option("--text-column", **with_default(EvalConfig, "text_column"))
+@click.option("--label-column", **with_default(EvalConfig, "label_column"))
 @click.option("--label-separator",
-              **_eval_default("label_separator", "Multi-label: separator inside a string "
-                              "label column."))
-@click.option("--backend", type=click.Choice(BACKENDS), **_eval_default("backend"))
+              **with_default(EvalConfig, "label_separator", LABEL_SEPARATOR_HELP))
+@click.option("--backend", type=click.Choice(BACKENDS), **with_default(EvalConfig, "backend"))
 @threshold_option
 @click.option("--tune-threshold", is_flag=True,
               help="Multi-label: pick the threshold that maximises macro-F1 on --data.")
@@ -639,13 +612,12 @@ def calibrate_command(**options) -> None:
                    "file (e.g. for bootstrap intervals).")
 @report_option("headline metrics, per-class bars, confusion matrix, calibration, the most "
                "confident errors and the model's manifest")
-@click.option("--device", type=click.Choice(DEVICES), **_eval_default("device"))
+@click.option("--device", type=click.Choice(DEVICES), **with_default(EvalConfig, "device"))
 @long_text_options(training=False)
 @allow_pickle_option
 def eval_command(json_path: Path | None, errors_path: Path | None,
                  predictions_path: Path | None, report_path: Path | None, **options) -> None:
     """Metrics, per-class report and confusion matrix of MODEL on labelled DATA."""
-    from clsx.config import EvalConfig
     from clsx.evaluate import errors_table, evaluate, write_json
     from clsx.metrics import format_report
     from clsx.parquet import write_table

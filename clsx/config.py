@@ -20,8 +20,22 @@ OUTPUT_FORMATS = ("file", "dataset")
 WINDOW_ROWS = 4096  # rows tokenised and length-sorted together
 
 
+class LongTextOverride:
+    """For configs with ``long_text``, ``window_stride`` and ``aggregate`` fields: the
+    command-line override of the model's long-text setting."""
+
+    long_text: str | None
+    window_stride: int | None
+    aggregate: str | None
+
+    def long_text_override(self) -> dict[str, Any]:
+        """The long-text fields given on the command line (None: the manifest's)."""
+        return {"strategy": self.long_text, "stride": self.window_stride,
+                "aggregate": self.aggregate}
+
+
 @dataclass(frozen=True)
-class BatchPredictConfig:
+class BatchPredictConfig(LongTextOverride):
     """Every option of ``clsx batch-predict``; the CLI maps its flags 1:1 onto these fields,
     and these defaults are the only ones (a flag left out is a field left at its default).
 
@@ -73,11 +87,6 @@ class BatchPredictConfig:
                              max_num_batched_tokens=self.max_num_batched_tokens,
                              memory_fraction=self.memory_fraction)
 
-    def long_text_override(self) -> dict[str, Any]:
-        """The long-text fields given on the command line (None: the manifest's)."""
-        return {"strategy": self.long_text, "stride": self.window_stride,
-                "aggregate": self.aggregate}
-
     def job(self, source: ParquetInput, model_fingerprint: str) -> dict[str, Any]:
         """Everything that decides OUT's content: a resume must match it exactly."""
         inputs = [[str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns]
@@ -88,8 +97,6 @@ class BatchPredictConfig:
         return {"inputs": inputs, "model": str(self.model.resolve()),
                 "model_fingerprint": model_fingerprint,
                 **{name: _json_value(getattr(self, name)) for name in options}}
-
-
 
 
 def _json_value(value: Any) -> Any:
@@ -113,7 +120,7 @@ class RayOptions:
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(LongTextOverride):
     """Every option of ``clsx eval``.
 
     ``threshold`` None is the model's tuned per-label thresholds (else 0.5); with
@@ -134,11 +141,6 @@ class EvalConfig:
     window_stride: int | None = None
     aggregate: str | None = None
     allow_pickle: bool = False
-
-    def long_text_override(self) -> dict[str, Any]:
-        """The long-text fields given on the command line (None: the manifest's)."""
-        return {"strategy": self.long_text, "stride": self.window_stride,
-                "aggregate": self.aggregate}
 
 
 @dataclass(frozen=True)

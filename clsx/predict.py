@@ -80,11 +80,20 @@ def checked_input(config: BatchPredictConfig) -> ParquetInput:
     return source
 
 
-def output_schema_for(config: BatchPredictConfig, source: ParquetInput, artifact: Artifact
-                      ) -> pa.Schema:
-    """The kept input columns and the prediction columns of ``artifact``'s classifier."""
-    fields = output_fields(artifact.manifest, config.windows_column)
-    return output_schema(source, fields, config.output_prefix)
+def output_schema(config: BatchPredictConfig, source: ParquetInput, artifact: Artifact
+                  ) -> pa.Schema:
+    """The kept input columns followed by the (prefixed) prediction columns of
+    ``artifact``'s classifier; a prediction column the input already has is refused."""
+    prefix = config.output_prefix
+    fields = [field.with_name(prefix + field.name)
+              for field in output_fields(artifact.manifest, config.windows_column)]
+    clashes = [f.name for f in fields if f.name in source.schema.names]
+    if clashes:
+        raise ClsxError(
+            f"the input already has column {', '.join(map(repr, clashes))}; pass "
+            "--output-prefix pred_ (or --keep-columns without it) to keep both"
+        )
+    return pa.schema(list(source.schema) + fields)
 
 
 def batch_predict(config: BatchPredictConfig, progress: Progress | None = None) -> Summary:
@@ -99,7 +108,7 @@ def batch_predict(config: BatchPredictConfig, progress: Progress | None = None) 
         if not _claim_output(config, store):
             return Summary(0, 0.0, config.backend, config.output, already_complete=True)
         artifact = open_artifact(config.model, allow_pickle=config.allow_pickle)
-        schema = output_schema_for(config, source, artifact)
+        schema = output_schema(config, source, artifact)
         job = config.job(source, fingerprint(artifact.path))
         # A damaged store fails here, before the model loads; a new job starts with no parts.
         parts = store.parts() if store.exists() else []
@@ -193,15 +202,3 @@ def _predict_into_parts(config: BatchPredictConfig, source: ParquetInput, classi
         if isinstance(exc, KeyboardInterrupt):
             raise KeyboardInterrupt(f"Interrupted; {hint}.") from exc
         raise ClsxError(f"{exc}; {hint}") from exc
-
-
-def output_schema(source: ParquetInput, fields: list[pa.Field], prefix: str = "") -> pa.Schema:
-    """The kept input columns followed by the (prefixed) prediction columns."""
-    fields = [field.with_name(prefix + field.name) for field in fields]
-    clashes = [f.name for f in fields if f.name in source.schema.names]
-    if clashes:
-        raise ClsxError(
-            f"the input already has column {', '.join(map(repr, clashes))}; pass "
-            "--output-prefix pred_ (or --keep-columns without it) to keep both"
-        )
-    return pa.schema(list(source.schema) + fields)

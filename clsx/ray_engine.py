@@ -20,7 +20,7 @@ from clsx.config import BatchPredictConfig, RayOptions
 from clsx.errors import ClsxError, os_error
 from clsx.hardware import physical_cores
 from clsx.parquet import ParquetInput, python_strings
-from clsx.predict import Summary, checked_input, open_classifier, output_schema_for
+from clsx.predict import Summary, checked_input, open_classifier, output_schema
 from clsx.runners import backend_for
 from clsx.staging import staged_directory
 
@@ -58,7 +58,7 @@ def ray_batch_predict(config: BatchPredictConfig, options: RayOptions,
                         "--output-format file")
     source = checked_input(config)
     artifact = open_artifact(config.model, allow_pickle=config.allow_pickle)
-    schema = output_schema_for(config, source, artifact)
+    schema = output_schema(config, source, artifact)
     if config.output.is_file():
         raise ClsxError(f"output {config.output} is a file; --engine ray writes a directory")
     backend_for(artifact, config.backend)  # a bad model or backend fails here, not in an actor

@@ -81,7 +81,8 @@ def export_onnx(
         del module
         _write_artifact(artifact, fp32_dir, export_manifest(artifact, output, "onnx", {}))
         fp32 = open_export(fp32_dir, "onnx", CPU)
-        parity = {"fp32": compare(reference, fp32.predict_encoded(probe).logits, fp32.rule)}
+        fp32_probe = fp32.predict_encoded(probe).logits
+        parity = {"fp32": compare(reference, fp32_probe, fp32.rule)}
         if parity["fp32"].max_abs_diff > tolerance:
             raise ClsxError(
                 f"the ONNX graph differs from PyTorch by {parity['fp32'].max_abs_diff:.2e} "
@@ -90,7 +91,8 @@ def export_onnx(
         manifest = export_manifest(artifact, output, fmt, parity)
         _write_artifact(artifact, stage, manifest)
         if int8:
-            int8_parity, notes = _quantize(fp32, stage, probe, calibration_texts, min_agreement)
+            int8_parity, notes = _quantize(fp32, fp32_probe, stage, probe, calibration_texts,
+                                           min_agreement)
             parity.update(int8_parity)
             del fp32
             shutil.rmtree(fp32_dir)
@@ -151,13 +153,14 @@ def _export_graph(module: LogitsOnly, path: Path, sample: tuple[np.ndarray, np.n
 
 def _quantize(
     fp32: Classifier,
+    fp32_probe: np.ndarray,
     stage: Path,
     probe: EncodedWindow,
     calibration_texts: list[str] | None,
     min_agreement: float,
 ) -> tuple[dict[str, ParityReport], list[str]]:
-    """Dynamic int8 of ``fp32``'s graph into ``stage``, and its label agreement with fp32;
-    notes on what was kept fp32.
+    """Dynamic int8 of ``fp32``'s graph into ``stage``, and its label agreement with fp32
+    (``fp32_probe``: its logits on ``probe``); notes on what was kept fp32.
 
     Weights are per-channel with a 7-bit range: CPUs without VNNI (AVX2) saturate 8-bit
     products in int16, which flipped 82% of a SmolLM2 classifier's labels. When quantizing
@@ -166,7 +169,9 @@ def _quantize(
     """
     gated = "int8_calibration" if calibration_texts else "int8_parity_batch"
     fp32_path = fp32.artifact.path / ONNX_FILE
-    expected = _reference_logits(fp32, probe, calibration_texts)
+    expected = {"int8_parity_batch": fp32_probe}
+    if calibration_texts:  # computed once, compared with every int8 plan
+        expected["int8_calibration"] = fp32.predict_all(calibration_texts).logits
     reports: dict[str, ParityReport] = {}
     notes: list[str] = []
     kept = _sensitive_matmuls(fp32_path)
@@ -227,16 +232,6 @@ def quantize_dynamic_int8(fp32_path: Path, int8_path: Path, fp32_nodes: list[str
                          nodes_to_exclude=fp32_nodes)
     finally:
         root.setLevel(level)
-
-
-def _reference_logits(fp32: Classifier, probe: EncodedWindow,
-                     calibration_texts: list[str] | None) -> dict[str, np.ndarray]:
-    """fp32's logits on the parity batch and, when given, the calibration texts: computed
-    once, compared with every int8 plan."""
-    expected = {"int8_parity_batch": fp32.predict_encoded(probe).logits}
-    if calibration_texts:
-        expected["int8_calibration"] = fp32.predict_all(calibration_texts).logits
-    return expected
 
 
 def _int8_parity(fp32: Classifier, int8: Classifier, expected: dict[str, np.ndarray],
