@@ -8,7 +8,8 @@ For each model and workload (short: SST-2 sentences + disaster tweets; long: BBC
   same in bf16;
 - vLLM ``LLM.classify`` used directly on the texts (decoder models, where vllm is installed);
 - ``clsx batch-predict`` Parquet to Parquet with each backend (torch fp32, torch bf16 where the
-  CPU computes bf16 natively, onnx, onnx-int8, vllm fp32 for decoders), and the same backends
+  CPU computes bf16 natively, onnx, onnx-int8 (both as exported, with ONNX Runtime's fusions,
+  and with ``--no-fusion``), vllm fp32 for decoders), and the same backends
   model-only (texts in memory, ``Classifier.predict_all``) for the share that Parquet I/O costs.
 It reports rows/s, tokens/s, the share of the matmul peak measured in the same run
 (2 x non-embedding parameters x tokens/s over the fp32, bf16 or int8 peak), peak RSS, label
@@ -52,6 +53,9 @@ BF16_ROWS_WITHOUT_NATIVE = 64  # emulated bf16 is slow: measure it on a few rows
 HF_BATCH = 32
 WARM_UP_ROWS = 64
 CALIBRATION_ROWS = 500
+# ONNX exports as clsx writes them (with ONNX Runtime's fusions) and without the fusions.
+UNFUSED = "-unfused"
+ONNX_VARIANTS = ("onnx", f"onnx{UNFUSED}", "onnx-int8", f"onnx-int8{UNFUSED}")
 REFUSED_AGREEMENT = re.compile(r"int8 labels agree with fp32 on ([\d.]+)%")
 
 
@@ -259,9 +263,9 @@ def measurement(rows: int, tokens: float, seconds: float, rss: int, labels: list
 
 
 def exports(model_dir: Path, root: Path, decoder: bool, vllm: bool, calibration: Path
-            ) -> tuple[dict[str, Path], bool]:
-    """The model directory and its exports, by clsx backend variant, and whether int8 passed
-    its export gate.
+            ) -> tuple[dict[str, Path], set[str]]:
+    """The model directory and its exports, by clsx backend variant, and the int8 variants
+    whose export gate refused them.
 
     int8 is exported as a user would, gated at the default agreement on ``calibration``
     (which may keep sensitive MatMuls in fp32). Where the gate refuses it, it is exported
@@ -271,22 +275,24 @@ def exports(model_dir: Path, root: Path, decoder: bool, vllm: bool, calibration:
     extra = {"onnx": [], "onnx-int8": ["--calibration-data", calibration],
              "vllm": ["--dtype", "fp32"]}
     directories = {"torch": model_dir}
-    int8_gated = True
-    for fmt in ("onnx", "onnx-int8", *(["vllm"] if decoder and vllm else [])):
-        target = root / f"{model_dir.name}-{fmt}"
-        export = ("export", model_dir, "--format", fmt, "--output", target, "--overwrite")
+    refused: set[str] = set()
+    for variant in (*ONNX_VARIANTS, *(["vllm"] if decoder and vllm else [])):
+        fmt = variant.removesuffix(UNFUSED)
+        target = root / f"{model_dir.name}-{variant}"
+        export = ("export", model_dir, "--format", fmt, "--output", target, "--overwrite",
+                  *extra[fmt], *(["--no-fusion"] if variant.endswith(UNFUSED) else []))
         try:
-            print(clsx(*export, *extra[fmt]), flush=True)
-        except SystemExit as refused:
-            reached = REFUSED_AGREEMENT.search(str(refused))
+            print(clsx(*export), flush=True)
+        except SystemExit as refusal:
+            reached = REFUSED_AGREEMENT.search(str(refusal))
             if fmt != "onnx-int8" or not reached:
                 raise
-            print(refused, flush=True)
-            int8_gated = False
-            print(clsx(*export, *extra[fmt], "--min-agreement",
+            print(refusal, flush=True)
+            refused.add(variant)
+            print(clsx(*export, "--min-agreement",
                        f"{float(reached.group(1)) / 100 - 1e-6:.6f}"), flush=True)
-        directories[fmt] = target
-    return directories, int8_gated
+        directories[variant] = target
+    return directories, refused
 
 
 def measured_rows(name: str, workload: str, scale: float) -> int:
@@ -303,7 +309,7 @@ def measure_model(name: str, model_dir: Path, root: Path, scale: float, peaks: d
     params = non_embedding_params(model_dir)
     calibration = calibration_data(root / f"{name}-calibration.parquet",
                                    measured_rows(name, "short", scale) + WARM_UP_ROWS)
-    directories, int8_gated = exports(model_dir, root, decoder, vllm, calibration)
+    directories, refused = exports(model_dir, root, decoder, vllm, calibration)
     native_bf16 = "bf16" in native_low_precision("cpu")
     rows: list[dict] = []
     for workload in ("short", "long"):
@@ -331,16 +337,16 @@ def measure_model(name: str, model_dir: Path, root: Path, scale: float, peaks: d
         if decoder and vllm:
             record("vLLM LLM.classify", "fp32", vllm_direct(directories["torch"], texts,
                                                             warm_up, max_length))
-        variants = [("torch", "torch", "fp32"), ("onnx", "onnx", None),
-                    ("onnx-int8", "onnx", None)]
+        variants = [("torch", "torch", "fp32"),
+                    *((variant, "onnx", None) for variant in ONNX_VARIANTS)]
         if native_bf16:
             variants.insert(1, ("torch", "torch", "bf16"))
         if "vllm" in directories:
             variants.append(("vllm", "vllm", "fp32"))
         for variant, backend, dtype in variants:
-            shown = dtype or ("int8" if variant == "onnx-int8" else "fp32")
-            system = f"clsx {variant}" + ("" if int8_gated or variant != "onnx-int8"
-                                          else " (gate refused)")
+            int8 = variant.startswith("onnx-int8")
+            shown = dtype or ("int8" if int8 else "fp32")
+            system = f"clsx {variant}" + (" (gate refused)" if variant in refused else "")
             record(system, shown, clsx_parquet(
                 directories[variant], backend, data, root / "out.parquet", max_length, dtype),
                 p2p=True)

@@ -197,12 +197,16 @@ def main() -> None:
               help="int8 only: min fraction of labels (as users get them) equal to fp32's, on "
                    "the calibration data when given, else on the parity batch.  "
                    f"[default: {INT8_MIN_AGREEMENT}]")
+@click.option("--no-fusion", is_flag=True,
+              help="onnx/onnx-int8: keep the exporter's graph as it is, without ONNX "
+                   "Runtime's fused attention, layer-norm and GELU ops (the default fuses "
+                   "them; the fused graph passes the same parity gate).")
 @click.option("--overwrite", is_flag=True, help="Replace --output if it exists.")
 @allow_pickle_option
 def export_command(model_dir: Path, fmt: str, output: Path, dtype: str | None, no_parity: bool,
                    calibration_data: Path | None, text_column: str, calibration_rows: int,
-                   tolerance: float | None, min_agreement: float | None, overwrite: bool,
-                   allow_pickle: bool) -> None:
+                   tolerance: float | None, min_agreement: float | None, no_fusion: bool,
+                   overwrite: bool, allow_pickle: bool) -> None:
     """Export a merged model directory to ONNX or for vLLM, checked against PyTorch.
 
     The export is written only if it matches PyTorch fp32 within --tolerance on a batch of
@@ -212,6 +216,8 @@ def export_command(model_dir: Path, fmt: str, output: Path, dtype: str | None, n
 
     if calibration_data is not None and fmt != "onnx-int8":
         raise ClsxError("--calibration-data applies to --format onnx-int8 only")
+    if no_fusion and fmt not in ("onnx", "onnx-int8"):
+        raise ClsxError("--no-fusion applies to --format onnx and onnx-int8 only")
     if no_parity and fmt != "vllm":
         raise ClsxError("--no-parity applies to --format vllm only; ONNX exports are always "
                         "checked")
@@ -230,7 +236,7 @@ def export_command(model_dir: Path, fmt: str, output: Path, dtype: str | None, n
             texts = [t for t in read_texts(calibration_data, text_column, calibration_rows)
                      if t is not None]
         result = export_onnx(model_dir, output, fmt=fmt, calibration_texts=texts,
-                             overwrite=overwrite, allow_pickle=allow_pickle,
+                             fuse=not no_fusion, overwrite=overwrite, allow_pickle=allow_pickle,
                              **given({"tolerance": tolerance, "min_agreement": min_agreement}))
     for name, report in result.parity.items():
         agreement = "n/a" if report.label_agreement is None else f"{report.label_agreement:.2%}"
@@ -239,6 +245,9 @@ def export_command(model_dir: Path, fmt: str, output: Path, dtype: str | None, n
         click.echo(f"parity {name}: {report.rows} rows, max |logit diff| "
                    f"{report.max_abs_diff:.2e}, max |prob diff| {report.max_prob_diff:.2e}, "
                    f"label agreement {agreement}", err=True)
+    if result.manifest.fusions:
+        fused = ", ".join(f"{name} x{count}" for name, count in result.manifest.fusions.items())
+        click.echo(f"ONNX Runtime fusions: {fused}", err=True)
     for note in result.notes:
         click.echo(note, err=True)
     if not result.parity:

@@ -53,6 +53,8 @@ class Manifest:
     predict time, as is ``long_text`` (what happens to texts longer than ``max_length``).
     ``parent`` is the path of the artifact this one was exported from, relative to this
     directory, and ``parent_fingerprint`` lets a later run notice that it was retrained.
+    ``fusions`` (ONNX exports) counts the ONNX Runtime fusions applied to the graph, by
+    name; None is the exporter's unfused graph.
     ``base_model`` and ``training`` record how ``clsx train`` made it. ``thresholds``
     (multi-label only) are the per-label decision thresholds ``clsx train`` tuned on its
     evaluation split; without them a label is predicted at probability >= 0.5.
@@ -75,6 +77,7 @@ class Manifest:
     parent: str | None = None
     parent_fingerprint: str | None = None
     parity: dict[str, Any] = field(default_factory=dict)
+    fusions: dict[str, int] | None = None
     base_model: str | None = None
     training: dict[str, Any] = field(default_factory=dict)
     version: int = MANIFEST_VERSION

@@ -40,8 +40,10 @@ def open_torch_artifact(model_dir: Path, allow_pickle: bool = False) -> Artifact
 
 
 def export_manifest(parent: Artifact, output: Path, fmt: str,
-                    parity: dict[str, ParityReport]) -> Manifest:
-    """The parent's manifest re-labelled as a ``fmt`` export of it, with the parity figures.
+                    parity: dict[str, ParityReport],
+                    fusions: dict[str, int] | None = None) -> Manifest:
+    """The parent's manifest re-labelled as a ``fmt`` export of it, with the parity figures
+    and the graph fusions applied (None: an unfused graph).
 
     ``parent`` is stored relative to ``output`` (the staging directory beside it resolves
     the same way), with a fingerprint that notices a later retraining of the parent.
@@ -51,6 +53,7 @@ def export_manifest(parent: Artifact, output: Path, fmt: str,
         parent=os.path.relpath(parent.path.resolve(), Path(output).resolve()),
         parent_fingerprint=fingerprint(parent.path),
         parity={name: report.to_json() for name, report in parity.items()},
+        fusions=fusions,
     )
 
 

@@ -15,6 +15,7 @@ import ast
 import contextlib
 import io
 import logging
+import os
 import re
 import shutil
 import warnings
@@ -29,6 +30,7 @@ from clsx.encoding import EncodedWindow
 from clsx.errors import ClsxError
 from clsx.export import FP32_TOLERANCE, INT8_MIN_AGREEMENT
 from clsx.export.common import ExportResult, export_manifest, open_export, open_torch_artifact
+from clsx.export.fusion import fuse_for_ort
 from clsx.export.parity import PROB_TOLERANCES, ParityReport, compare, parity_inputs
 from clsx.modeling import LogitsOnly
 from clsx.runners import RunnerOptions
@@ -40,6 +42,8 @@ from clsx.staging import staged_directory
 EXTERNAL_DATA_BYTES = 1 << 30
 # An int8 export stages its fp32 graph here, as an artifact of its own, until it is gated.
 FP32_STAGE = "fp32"
+# The exporter's own (unfused) graph, kept until the fused one passed the parity gate.
+UNFUSED_STAGE = "unfused"
 CPU = RunnerOptions(device="cpu")
 
 
@@ -51,14 +55,18 @@ def export_onnx(
     calibration_texts: list[str] | None = None,
     tolerance: float = FP32_TOLERANCE,
     min_agreement: float = INT8_MIN_AGREEMENT,
+    fuse: bool = True,
     overwrite: bool = False,
     allow_pickle: bool = False,
 ) -> ExportResult:
     """Export a torch artifact as ``fmt`` (``onnx``, ``onnx-int8`` or ``tensorrt``), gated
     on parity.
 
+    ``onnx`` and ``onnx-int8`` graphs carry ONNX Runtime's transformer fusions unless
+    ``fuse`` is False (:mod:`clsx.export.fusion`; the manifest's ``fusions`` lists them).
     The fp32 graph must reproduce the PyTorch logits within ``tolerance`` on a mixed-length
-    batch. int8 must agree with fp32 on the labels users get (the model's thresholds for
+    batch (a fused graph that misses it is replaced by the unfused one, which must meet it).
+    int8 must agree with fp32 on the labels users get (the model's thresholds for
     multi-label) on at least ``min_agreement`` of the calibration texts (or, without them,
     of the parity batch). A TensorRT engine, where one can be built here, must keep
     probabilities within the fp16 tolerance. Every candidate is checked as users run it: an
@@ -67,42 +75,104 @@ def export_onnx(
     """
     artifact = open_torch_artifact(model_dir, allow_pickle)
     int8 = fmt == "onnx-int8"
-    notes: list[str] = []
     probe = parity_inputs(artifact.manifest, artifact.tokenizer, rows=32)
     with Classifier.from_artifact(artifact, "torch",
                                   RunnerOptions(device="cpu", dtype="fp32")) as torch_model:
         reference = torch_model.predict_encoded(probe).logits
         module = torch_model.runner.model
     with staged_directory(output, overwrite) as stage:
-        fp32_dir = stage / FP32_STAGE if int8 else stage
-        fp32_dir.mkdir(exist_ok=True)
-        input_ids, attention_mask = pad(probe.ids, artifact.manifest.padding_id)
-        _export_graph(module, fp32_dir / ONNX_FILE, (input_ids[:2], attention_mask[:2]))
+        graph = _Fp32Graph(artifact, output, stage / FP32_STAGE if int8 else stage,
+                           reference, probe)
+        graph.export(module, fuse=fuse and fmt != "tensorrt", tolerance=tolerance)
         del module
-        _write_artifact(artifact, fp32_dir, export_manifest(artifact, output, "onnx", {}))
-        fp32 = open_export(fp32_dir, "onnx", CPU)
-        fp32_probe = fp32.predict_encoded(probe).logits
-        parity = {"fp32": compare(reference, fp32_probe, fp32.rule)}
-        if parity["fp32"].max_abs_diff > tolerance:
-            raise ClsxError(
-                f"the ONNX graph differs from PyTorch by {parity['fp32'].max_abs_diff:.2e} "
-                f"(> {tolerance:.0e}) on the parity batch; not exporting"
-            )
-        manifest = export_manifest(artifact, output, fmt, parity)
+        parity, notes = graph.parity, graph.notes
+        manifest = export_manifest(artifact, output, fmt, parity, graph.fusions)
         _write_artifact(artifact, stage, manifest)
+        with graph.classifier as fp32:
+            if int8:
+                int8_parity, int8_notes = _quantize(fp32, graph.probe_logits, stage, probe,
+                                                    calibration_texts, min_agreement)
+                parity.update(int8_parity)
+                notes += int8_notes
         if int8:
-            int8_parity, notes = _quantize(fp32, fp32_probe, stage, probe, calibration_texts,
-                                           min_agreement)
-            parity.update(int8_parity)
-            del fp32
-            shutil.rmtree(fp32_dir)
-            manifest = export_manifest(artifact, output, fmt, parity)
+            shutil.rmtree(graph.directory)
+            manifest = export_manifest(artifact, output, fmt, parity, graph.fusions)
             manifest.save(stage)
         if fmt == "tensorrt" and tensorrt_available():
             parity["tensorrt"] = _check_tensorrt(stage, reference, probe)
-            manifest = export_manifest(artifact, output, fmt, parity)
+            manifest = export_manifest(artifact, output, fmt, parity, graph.fusions)
             manifest.save(stage)
     return ExportResult(output=output, manifest=manifest, parity=parity, notes=tuple(notes))
+
+
+class _Fp32Graph:
+    """The fp32 ONNX graph of an export, staged in ``directory`` as an artifact of its own
+    and gated on parity with the PyTorch ``reference`` logits on ``probe``."""
+
+    def __init__(self, parent: Artifact, output: Path, directory: Path,
+                 reference: np.ndarray, probe: EncodedWindow) -> None:
+        self.parent, self.output, self.directory = parent, output, directory
+        self.reference, self.probe = reference, probe
+        self.fusions: dict[str, int] | None = None
+        self.notes: list[str] = []
+        self.classifier: Classifier | None = None
+        self.probe_logits: np.ndarray | None = None
+        self.parity: dict[str, ParityReport] = {}
+
+    def export(self, module: LogitsOnly, fuse: bool, tolerance: float) -> None:
+        """Export ``module``, fuse it when ``fuse``, and open the graph that passes the
+        ``tolerance`` gate (the unfused one when fusing broke parity); raise if none does."""
+        self.directory.mkdir(exist_ok=True)
+        unfused = self.directory / UNFUSED_STAGE
+        unfused.mkdir()
+        input_ids, attention_mask = pad(self.probe.ids, self.parent.manifest.padding_id)
+        _export_graph(module, unfused / ONNX_FILE, (input_ids[:2], attention_mask[:2]))
+        if fuse:
+            self._fuse(unfused)
+        if self.fusions is None:
+            _move_graph(unfused, self.directory)
+        self._open()
+        if self.fusions is not None and self._difference() > tolerance:
+            self.notes.append(f"ONNX Runtime's fusions moved the logits by "
+                              f"{self._difference():.2e} (> {tolerance:.0e}); exported the "
+                              "unfused graph")
+            self.classifier.close()
+            self.fusions = None
+            _move_graph(unfused, self.directory)
+            self._open()
+        shutil.rmtree(unfused)
+        if self._difference() > tolerance:
+            self.classifier.close()
+            raise ClsxError(
+                f"the ONNX graph differs from PyTorch by {self._difference():.2e} "
+                f"(> {tolerance:.0e}) on the parity batch; not exporting"
+            )
+
+    def _fuse(self, unfused: Path) -> None:
+        """Fused graph into ``directory``; on a rewriter failure, a note and no fusions."""
+        try:
+            self.fusions = fuse_for_ort(unfused / ONNX_FILE, self.directory / ONNX_FILE)
+        except Exception as exc:  # the rewriter raises many internal error types
+            self.notes.append(f"ONNX Runtime fusions failed ({str(exc).splitlines()[0]}); "
+                              "exported the unfused graph")
+
+    def _open(self) -> None:
+        _write_artifact(self.parent, self.directory,
+                        export_manifest(self.parent, self.output, "onnx", {}, self.fusions))
+        self.classifier = open_export(self.directory, "onnx", CPU)
+        self.probe_logits = self.classifier.predict_encoded(self.probe).logits
+        self.parity = {"fp32": compare(self.reference, self.probe_logits,
+                                       self.classifier.rule)}
+
+    def _difference(self) -> float:
+        return self.parity["fp32"].max_abs_diff
+
+
+def _move_graph(source: Path, directory: Path) -> None:
+    """Move the graph files (``model.onnx`` and any external data) of ``source`` into
+    ``directory``, replacing what is there."""
+    for path in source.iterdir():
+        os.replace(path, directory / path.name)
 
 
 def _write_artifact(parent: Artifact, directory: Path, manifest) -> None:
