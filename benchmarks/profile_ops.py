@@ -1,4 +1,5 @@
-"""Where the model time goes: per-operator shares for the onnx, onnx-int8 and torch backends.
+"""Where the model time goes: per-operator shares for the onnx, onnx-int8 (each fused and
+unfused) and torch backends.
 
 Feeds the batches clsx itself sends (its tokenizer, length-sorted batches of the default
 token budget, right padding) to ONNX Runtime (fp32 and int8) with its profiler on and to
@@ -39,7 +40,9 @@ from throughput import workload_texts  # noqa: E402
 GEMMS = {"MatMul", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "Gemm",
          "FusedMatMul", "aten::addmm", "aten::mm", "aten::bmm", "aten::matmul", "aten::linear"}
 TOP = 8
-BACKENDS = ("onnx", "onnx-int8", "torch")
+# ONNX graphs as clsx exports them (with ONNX Runtime's fusions) and unfused (--no-fusion).
+ONNX_VARIANTS = ("onnx", "onnx-unfused", "onnx-int8", "onnx-int8-unfused")
+BACKENDS = (*ONNX_VARIANTS, "torch")
 
 
 def clsx_batches(model_dir: Path, texts: list[str]) -> tuple[list, dict]:
@@ -54,16 +57,18 @@ def clsx_batches(model_dir: Path, texts: list[str]) -> tuple[list, dict]:
                      "batches": len(batches)}
 
 
-def onnx_profile(model_dir: Path, batches: list, root: Path, fmt: str = "onnx"
+def onnx_profile(model_dir: Path, batches: list, root: Path, variant: str = "onnx"
                  ) -> tuple[Counter, float]:
     """Microseconds per ONNX operator type over all batches, and the wall seconds (no
     warm-up: the profiler would count it). ``onnx-int8`` quantizes every MatMul (no
-    agreement gate, so no fallback to fp32): the most int8 can gain."""
+    agreement gate, so no fallback to fp32): the most int8 can gain; ``-unfused`` variants
+    keep the exporter's graph."""
     import onnxruntime as ort
 
     from clsx.export.onnx import export_onnx
 
-    export = export_onnx(model_dir, root / fmt, fmt=fmt, min_agreement=0.0,
+    export = export_onnx(model_dir, root / variant, fmt=variant.removesuffix("-unfused"),
+                         fuse=not variant.endswith("-unfused"), min_agreement=0.0,
                          overwrite=True).output
     options = ort.SessionOptions()
     options.intra_op_num_threads = physical_cores()
@@ -149,8 +154,8 @@ def main() -> None:
                   "command": "python benchmarks/profile_ops.py "
                              f"--workload {args.workload} --rows {args.rows}"
                              + (f" --model {args.model}" if args.model else ""),
-                  **{fmt: shares(*onnx_profile(model, batches, root, fmt))
-                     for fmt in ("onnx", "onnx-int8")},
+                  **{variant: shares(*onnx_profile(model, batches, root, variant))
+                     for variant in ONNX_VARIANTS},
                   "torch": shares(*torch_profile(model, batches))}
     save("profile_ops", result, markdown(result))
     print(markdown(result))
