@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 
 from clsx.errors import ClsxError, os_error
 from clsx.parts import JOB_FILE, LOCK_FILE, Part, Store, part_name
+from clsx.staging import publish_files
 from clsx.storage import Location, one_line, upload
 
 LOCK_REFRESH_S = 30.0
@@ -91,11 +92,8 @@ class ObjectPartStore(Store):
 
     def publish_dataset(self) -> None:
         """Copy the parts (server side) into the dataset ``OUT/``, then remove the store."""
-        try:
-            self.output.delete_tree()  # a half-copied OUT/ of an interrupted finish
-            for part in self.parts():
-                self.output.filesystem.copy_file(part.path.path,
-                                                 self.output.child(part.path.name).path)
+        try:  # a half-copied OUT/ of an interrupted finish is replaced
+            publish_files([part.path for part in self.parts()], self.output)
         except OSError as exc:
             raise os_error("writing", self.output, exc) from exc
         self.remove()

@@ -18,6 +18,7 @@ import time
 import uuid
 
 import pyarrow as pa
+import pyarrow.csv  # noqa: F401  (pa.csv)
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
@@ -258,3 +259,59 @@ def test_eval_reads_its_data_from_s3(s3, tiny_models, tmp_path, fake_runner):
                       _upload(s3, labelled, "labelled.parquet"), *s3.options)
     assert remote.exit_code == 0, remote.output
     assert remote.output == local.output
+
+
+@pytest.mark.ray
+def test_ray_workers_read_and_write_s3(s3, tiny_models, tmp_path):
+    """Two Ray workers read IN from S3; the driver writes the ordered parts
+    (``--preserve-order``), the workers themselves the unordered ones: both as the local
+    engine writes from and to local files."""
+    ray = pytest.importorskip("ray", reason="install clsx[ray]")
+    from tests.test_ray import assert_same_predictions
+
+    if ray.is_initialized():  # its workers would lack this module's credentials
+        ray.shutdown()
+    rng = random.Random(2)
+    words = " ".join(TEXTS).split()
+    texts = [" ".join(rng.choices(words, k=rng.randint(0, 40))) for _ in range(1000)] + [None]
+    source = write_parquet(tmp_path / "in.parquet", texts)
+    fp32 = ("-m", tiny_models["qwen2"], "--dtype", "fp32")
+    assert predict(source, tmp_path / "local.parquet", *fp32).exit_code == 0
+    expected = pq.read_table(tmp_path / "local.parquet")
+    remote = _upload(s3, source, "in.parquet")
+    ray_options = ("--engine", "ray", "--num-workers", "2", "--window-rows", "128", *s3.options)
+    ordered = predict(remote, _uri(s3, "ordered"), *fp32, *ray_options, "--preserve-order",
+                      "--part-rows", "400")
+    assert ordered.exit_code == 0, ordered.output
+    unordered = predict(remote, _uri(s3, "unordered"), *fp32, *ray_options)
+    assert unordered.exit_code == 0, unordered.output
+    keys = _keys(s3)
+    assert [k for k in keys if k.startswith("ordered/")] == [
+        f"ordered/part-{i:06d}.parquet" for i in range(3)]
+    assert len([k for k in keys if k.startswith("unordered/part-")]) > 1
+    assert not [k for k in keys if k.startswith(".")]  # no stage left
+    got = pq.read_table(f"{s3.bucket}/{s3.prefix}/ordered", filesystem=s3.filesystem())
+    assert got.column("id").to_pylist() == expected.column("id").to_pylist()
+    assert_same_predictions(expected, got)
+    got = pq.read_table(f"{s3.bucket}/{s3.prefix}/unordered", filesystem=s3.filesystem())
+    assert_same_predictions(expected, got.sort_by("id"))
+
+
+def test_train_reads_train_and_eval_data_from_s3(s3, tiny_bases, tmp_path):
+    texts = [text for text in TEXTS if text.strip()]
+    rows = [{"text": text, "label": "pos" if i % 2 else "neg"} for i, text in enumerate(texts)]
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(row) + "\n" for row in rows * 2))
+    evaluation = tmp_path / "eval.csv"
+    pa.csv.write_csv(pa.table({"text": texts, "label": [r["label"] for r in rows]}),
+                     evaluation)
+    result = run_clsx("train", "--model", tiny_bases["bert"], "--epochs", "1", "--batch-size",
+                      "4", "--max-length", "32", "--no-calibration", "--train",
+                      _upload(s3, train, "train.jsonl"), "--eval",
+                      _upload(s3, evaluation, "eval.csv"), *s3.options, "--output",
+                      tmp_path / "model")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "model" / "clsx.json").read_text())
+    assert manifest["labels"] == ["neg", "pos"]
+    assert manifest["training"]["train"] == _uri(s3, "train.jsonl")
+    assert manifest["training"]["eval"] == _uri(s3, "eval.csv")
