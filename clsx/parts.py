@@ -12,6 +12,9 @@ Every file here is written through :mod:`clsx.durable`, so what a crash leaves i
 One process at a time writes an OUT: it holds an exclusive ``flock`` on ``OUT.parts/lock``
 (which holds its pid) from before the job is checked until it has cleaned up
 (:meth:`PartStore.locked`).
+
+:class:`Store` holds what does not depend on the storage; :class:`PartStore` is the local
+disk's, :class:`clsx.object_parts.ObjectPartStore` an object store's (no rename, no lock).
 """
 
 from __future__ import annotations

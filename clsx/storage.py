@@ -148,8 +148,9 @@ class Location:
         import pyarrow.fs as pafs
 
         selector = pafs.FileSelector(self.path, allow_not_found=True, recursive=recursive)
-        base, shown = self.path.rstrip("/"), self.uri.rstrip("/")
-        return [Location(self.filesystem, info.path, shown + info.path[len(base):])
+        # Relative to this directory; fsspec may write paths with a leading "/".
+        base, shown = len(self.path.strip("/")), self.uri.rstrip("/")
+        return [Location(self.filesystem, info.path, shown + info.path.strip("/")[base:])
                 for info in sorted(self.filesystem.get_file_info(selector),
                                    key=lambda info: info.path)
                 if info.type == pafs.FileType.File]

@@ -315,3 +315,16 @@ def test_train_reads_train_and_eval_data_from_s3(s3, tiny_bases, tmp_path):
     assert manifest["labels"] == ["neg", "pos"]
     assert manifest["training"]["train"] == _uri(s3, "train.jsonl")
     assert manifest["training"]["eval"] == _uri(s3, "eval.csv")
+
+
+def test_a_scheme_pyarrow_lacks_goes_through_fsspec(tiny_models, many_texts, reference,
+                                                    fake_runner):
+    pytest.importorskip("fsspec")
+    root = f"memory://clsx-{uuid.uuid4().hex[:8]}"
+    location(f"{root}/in/in.parquet").write_bytes(many_texts.read_bytes())
+    result = predict(f"{root}/in/", f"{root}/out.parquet", "-m", tiny_models["bert"],
+                     *SMALL_PARTS)
+    assert result.exit_code == 0, result.output
+    out = location(f"{root}/out.parquet")
+    assert pq.read_table(out.path, filesystem=out.filesystem).equals(reference)
+    assert [path.name for path in location(root).files()] == ["out.parquet"]
