@@ -192,8 +192,9 @@ def main() -> None:
 @click.option("--no-parity", is_flag=True,
               help="vllm only: skip loading the export in vLLM to check it (e.g. where vLLM "
                    "is not installed).")
-@click.option("--calibration-data", type=click.Path(path_type=Path),
-              help="Parquet/CSV/JSONL sample whose int8 labels must agree with fp32.")
+@click.option("--calibration-data",
+              help="Parquet/CSV/JSONL sample whose int8 labels must agree with fp32 (a path "
+                   "or an s3://, gs://... URI).")
 @click.option("--text-column", default="text", show_default=True,
               help="Text column of --calibration-data.")
 @click.option("--calibration-rows", type=click.IntRange(min=1), default=2000, show_default=True,
@@ -207,10 +208,11 @@ def main() -> None:
                    f"[default: {INT8_MIN_AGREEMENT}]")
 @click.option("--overwrite", is_flag=True, help="Replace --output if it exists.")
 @allow_pickle_option
+@storage_option
 def export_command(model_dir: Path, fmt: str, output: Path, dtype: str | None, no_parity: bool,
-                   calibration_data: Path | None, text_column: str, calibration_rows: int,
+                   calibration_data: str | None, text_column: str, calibration_rows: int,
                    tolerance: float | None, min_agreement: float | None, overwrite: bool,
-                   allow_pickle: bool) -> None:
+                   allow_pickle: bool, storage_options: tuple[str, ...]) -> None:
     """Export a merged model directory to ONNX or for vLLM, checked against PyTorch.
 
     The export is written only if it matches PyTorch fp32 within --tolerance on a batch of
@@ -235,8 +237,8 @@ def export_command(model_dir: Path, fmt: str, output: Path, dtype: str | None, n
 
         texts = None
         if calibration_data is not None:
-            texts = [t for t in read_texts(calibration_data, text_column, calibration_rows)
-                     if t is not None]
+            texts = [t for t in read_texts(calibration_data, text_column, calibration_rows,
+                                           storage_options) if t is not None]
         result = export_onnx(model_dir, output, fmt=fmt, calibration_texts=texts,
                              overwrite=overwrite, allow_pickle=allow_pickle,
                              **given({"tolerance": tolerance, "min_agreement": min_agreement}))
