@@ -273,15 +273,15 @@ def test_ray_workers_read_and_write_s3(s3, tiny_models, tmp_path):
         ray.shutdown()
     rng = random.Random(2)
     words = " ".join(TEXTS).split()
-    texts = [" ".join(rng.choices(words, k=rng.randint(0, 40))) for _ in range(1000)] + [None]
+    texts = [" ".join(rng.choices(words, k=rng.randint(0, 40))) for _ in range(600)] + [None]
     source = write_parquet(tmp_path / "in.parquet", texts)
     fp32 = ("-m", tiny_models["qwen2"], "--dtype", "fp32")
     assert predict(source, tmp_path / "local.parquet", *fp32).exit_code == 0
     expected = pq.read_table(tmp_path / "local.parquet")
     remote = _upload(s3, source, "in.parquet")
-    ray_options = ("--engine", "ray", "--num-workers", "2", "--window-rows", "128", *s3.options)
+    ray_options = ("--engine", "ray", "--num-workers", "2", "--window-rows", "64", *s3.options)
     ordered = predict(remote, _uri(s3, "ordered"), *fp32, *ray_options, "--preserve-order",
-                      "--part-rows", "400")
+                      "--part-rows", "250")
     assert ordered.exit_code == 0, ordered.output
     unordered = predict(remote, _uri(s3, "unordered"), *fp32, *ray_options)
     assert unordered.exit_code == 0, unordered.output
