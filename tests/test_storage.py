@@ -146,7 +146,7 @@ def test_sigkill_then_resume_on_s3_gives_the_same_output(s3, tiny_models, many_t
         time.sleep(0.05)
     assert process.poll() is None, process.stderr.read()
     os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    process.communicate()
     keys = _keys(s3)
     assert "out.parquet" not in keys and "out.parquet.parts/job.json" in keys
     job = json.loads(s3.filesystem().open_input_file(
