@@ -273,12 +273,17 @@ def test_ray_workers_read_and_write_s3(s3, tiny_models, tmp_path):
         ray.shutdown()
     rng = random.Random(2)
     words = " ".join(TEXTS).split()
-    texts = [" ".join(rng.choices(words, k=rng.randint(0, 40))) for _ in range(600)] + [None]
+    # Long enough that the input is several Ray blocks of at least 64 KiB: both workers work.
+    texts = [" ".join(rng.choices(words, k=rng.randint(0, 300))) for _ in range(600)] + [None]
     source = write_parquet(tmp_path / "in.parquet", texts)
     fp32 = ("-m", tiny_models["qwen2"], "--dtype", "fp32")
     assert predict(source, tmp_path / "local.parquet", *fp32).exit_code == 0
     expected = pq.read_table(tmp_path / "local.parquet")
-    remote = _upload(s3, source, "in.parquet")
+    table = pq.read_table(source)  # two files: a read task, and a block at least, per worker
+    for index, half in enumerate((table.slice(0, 300), table.slice(300))):
+        pq.write_table(half, tmp_path / f"{index}.parquet")
+        _upload(s3, tmp_path / f"{index}.parquet", f"in/{index}.parquet")
+    remote = _uri(s3, "in/")
     ray_options = ("--engine", "ray", "--num-workers", "2", "--window-rows", "64", *s3.options)
     ordered = predict(remote, _uri(s3, "ordered"), *fp32, *ray_options, "--preserve-order",
                       "--part-rows", "250")
