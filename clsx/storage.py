@@ -62,7 +62,6 @@ GCS_OPTIONS: dict[str, Callable[[str], Any]] = {
     "retry_time_limit": float, "default_bucket_location": str,
 }
 OPTIONS_BY_SCHEME = {"s3": S3_OPTIONS, "gs": GCS_OPTIONS, "gcs": GCS_OPTIONS}
-OptionPairs = tuple[str, ...]  # "key=value" as typed after --storage-option
 
 
 def check_options(pairs: Iterable[str]) -> dict[str, str]:
@@ -164,13 +163,8 @@ class Location:
             return handle.read()
 
     def write_bytes(self, data: bytes) -> None:
-        """Replace the file with ``data`` as one whole: durably renamed into place locally,
-        uploaded whole (:func:`upload`) to an object store."""
-        if self.is_local:
-            from clsx import durable
-
-            durable.write_file(self.local_path, data)
-            return
+        """Replace this object-store file with ``data``, uploaded whole (:func:`upload`);
+        local files are written through :mod:`clsx.durable` instead."""
         upload(data, self)
 
     def delete(self) -> None:
