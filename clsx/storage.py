@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from clsx.errors import ClsxError
 
@@ -254,6 +254,8 @@ def location(spec: str | Path, options: Iterable[str] = ()) -> Location:
             raise ClsxError(f"--storage-option applies to s3:// and gs:// URIs; for {scheme}:// "
                             "put the settings in the URI or the environment")
         return Location(*_from_uri(uri, scheme), shown)
+    # Settings in the URI's query (s3://bucket/key?region=x) are storage options too.
+    given.update(check_options(f"{key}={value}" for key, value in parse_qsl(parts.query)))
     filesystem = _filesystem(scheme, path.split("/", 1)[0], tuple(sorted(given.items())))
     return Location(filesystem, path, shown)
 

@@ -222,6 +222,8 @@ def test_bad_storage_is_one_error_line(s3, tiny_models, many_texts, fake_runner,
         source, _uri(s3, "o.parquet"), "--storage-option", "colour=blue")
     assert "not accepted: pass credentials through the environment" in error(
         source, _uri(s3, "o.parquet"), "--storage-option", "secret_key=abc")
+    assert "secret_key is not accepted" in error(f"{source}?secret_key=abc",
+                                                 _uri(s3, "o.parquet"))
     assert "must not hold credentials" in error(
         f"s3://key:secret@{s3.bucket}/in.parquet", _uri(s3, "o.parquet"))
     assert not [key for key in _keys(s3) if key != "in.parquet"]
