@@ -150,35 +150,30 @@ class ObjectPartWriter:
 
 class ObjectParquetWriter:
     """OUT as one multipart upload, completed only when the ``with`` block succeeds (see
-    the module's notes for an exception)."""
+    the module's notes for an exception). Storage errors are left as :class:`OSError`, which
+    :func:`clsx.predict.batch_predict` reports with the resume hint (the parts stay)."""
 
     def __init__(self, target: Location, schema: pa.Schema) -> None:
         self.target = target
         self.schema = schema
 
     def __enter__(self) -> ObjectParquetWriter:
-        try:
-            self.stream = self.target.filesystem.open_output_stream(self.target.path)
-            self.writer = pq.ParquetWriter(self.stream, self.schema)
-        except OSError as exc:
-            raise ClsxError(f"writing {self.target} failed: {one_line(exc)}") from exc
+        self.stream = self.target.filesystem.open_output_stream(self.target.path)
+        self.writer = pq.ParquetWriter(self.stream, self.schema)
         return self
 
     def write(self, batch: pa.RecordBatch) -> None:
-        try:
-            self.writer.write_batch(batch)
-        except OSError as exc:
-            raise ClsxError(f"writing {self.target} failed: {one_line(exc)}") from exc
+        self.writer.write_batch(batch)
 
     def __exit__(self, exc_type, exc, traceback) -> None:
         if exc_type is None:
-            try:
-                self.writer.close()
-                self.stream.close()
-            except OSError as error:
-                raise ClsxError(f"writing {self.target} failed: {one_line(error)}") from error
+            self.writer.close()
+            self.stream.close()
             return
-        with suppress(OSError):  # completes what was sent, footer-less (no abort in pyarrow)
+        # No footer: what the close below completes is no Parquet file to any reader (there
+        # is no abort in pyarrow), and ParquetWriter's __del__ must not write one later.
+        self.writer.is_open = False
+        with suppress(OSError):
             self.stream.close()
         with suppress(OSError):
             self.target.delete()

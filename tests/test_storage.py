@@ -335,3 +335,30 @@ def test_a_scheme_pyarrow_lacks_goes_through_fsspec(tiny_models, many_texts, ref
     out = location(f"{root}/out.parquet")
     assert pq.read_table(out.path, filesystem=out.filesystem).equals(reference)
     assert [path.name for path in location(root).files()] == ["out.parquet"]
+
+
+def test_a_failure_while_out_is_uploaded_leaves_no_out_and_resume_finishes(
+        s3, tiny_models, many_texts, reference, fake_runner, monkeypatch):
+    from clsx.object_parts import ObjectParquetWriter
+
+    source, out = _upload(s3, many_texts, "in.parquet"), _uri(s3, "out.parquet")
+    args = (source, out, "-m", tiny_models["bert"], *SMALL_PARTS, *s3.options)
+    write, written = ObjectParquetWriter.write, []
+
+    def failing_write(self, batch):
+        if len(written) == 5:  # some of OUT is already sent to the store
+            raise OSError("connection reset by peer")
+        written.append(batch)
+        write(self, batch)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ObjectParquetWriter, "write", failing_write)
+        failed = predict(*args)
+    assert failed.exit_code == 1, failed.output
+    assert failed.output == ("Error: connection reset by peer (committed parts stay: rerun the "
+                             "same command with --resume once the storage answers)\n")
+    keys = _keys(s3)
+    assert "out.parquet" not in keys and "out.parquet.parts/done.json" in keys
+    resumed = predict(*args, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert _read(s3, "out.parquet").equals(reference)
