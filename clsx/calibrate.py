@@ -86,7 +86,8 @@ def _fit(artifact: Artifact, config: CalibrateConfig, output: Path, log: Log
     manifest = artifact.manifest
     labelled = read_labelled(config.data, config.text_column, config.label_column,
                              manifest.problem_type, labels=manifest.labels,
-                             separator=config.label_separator)
+                             separator=config.label_separator,
+                             storage_options=config.storage_options)
     log(f"Classifying {len(labelled.texts)} rows of {config.data} with {artifact.path} ...")
     # The fp32 PyTorch reference: temperatures are fitted on the raw logits every backend
     # reproduces, not on one machine's reduced-precision choice.

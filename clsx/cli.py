@@ -98,6 +98,14 @@ threshold_option = click.option(
          "thresholds clsx train tuned on its eval split, stored in clsx.json; else 0.5).")
 
 
+storage_option = click.option(
+    "--storage-option", "storage_options", multiple=True, metavar="KEY=VALUE",
+    help="A setting of the object store that s3:// or gs:// URIs name, repeatable: "
+         "endpoint_override=http://HOST:PORT, region=eu-west-1, retries=5, ... (README: "
+         "Object storage). Credentials come from the environment or config files, never "
+         "from here.")
+
+
 def report_option(contents: str):
     """``--report FILE.html``: a self-contained HTML page of the command's results."""
     return click.option("--report", "report_path", type=click.Path(path_type=Path),
@@ -184,8 +192,9 @@ def main() -> None:
 @click.option("--no-parity", is_flag=True,
               help="vllm only: skip loading the export in vLLM to check it (e.g. where vLLM "
                    "is not installed).")
-@click.option("--calibration-data", type=click.Path(path_type=Path),
-              help="Parquet/CSV/JSONL sample whose int8 labels must agree with fp32.")
+@click.option("--calibration-data",
+              help="Parquet/CSV/JSONL sample whose int8 labels must agree with fp32 (a path "
+                   "or an s3://, gs://... URI).")
 @click.option("--text-column", default="text", show_default=True,
               help="Text column of --calibration-data.")
 @click.option("--calibration-rows", type=click.IntRange(min=1), default=2000, show_default=True,
@@ -203,10 +212,12 @@ def main() -> None:
                    "them; the fused graph passes the same parity gate).")
 @click.option("--overwrite", is_flag=True, help="Replace --output if it exists.")
 @allow_pickle_option
+@storage_option
 def export_command(model_dir: Path, fmt: str, output: Path, dtype: str | None, no_parity: bool,
-                   calibration_data: Path | None, text_column: str, calibration_rows: int,
+                   calibration_data: str | None, text_column: str, calibration_rows: int,
                    tolerance: float | None, min_agreement: float | None, no_fusion: bool,
-                   overwrite: bool, allow_pickle: bool) -> None:
+                   overwrite: bool, allow_pickle: bool, storage_options: tuple[str, ...]
+                   ) -> None:
     """Export a merged model directory to ONNX or for vLLM, checked against PyTorch.
 
     The export is written only if it matches PyTorch fp32 within --tolerance on a batch of
@@ -233,8 +244,8 @@ def export_command(model_dir: Path, fmt: str, output: Path, dtype: str | None, n
 
         texts = None
         if calibration_data is not None:
-            texts = [t for t in read_texts(calibration_data, text_column, calibration_rows)
-                     if t is not None]
+            texts = [t for t in read_texts(calibration_data, text_column, calibration_rows,
+                                           storage_options) if t is not None]
         result = export_onnx(model_dir, output, fmt=fmt, calibration_texts=texts,
                              fuse=not no_fusion, overwrite=overwrite, allow_pickle=allow_pickle,
                              **given({"tolerance": tolerance, "min_agreement": min_agreement}))
@@ -329,6 +340,7 @@ def _batch_predict_options(command):
         click.option("--preserve-order", is_flag=True,
                      help="Ray: keep input order (parts of --part-rows rows, written in order "
                           "by the driver); slower."),
+        storage_option,
         click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
     ]
     for option in reversed(options):
@@ -338,13 +350,16 @@ def _batch_predict_options(command):
 
 @main.command("batch-predict")
 @click.argument("input_path", metavar="IN")
-@click.argument("output", metavar="OUT", type=click.Path(path_type=Path))
+@click.argument("output", metavar="OUT")
 @_batch_predict_options
-def batch_predict_command(input_path: str, output: Path, quiet: bool, engine: str,
+def batch_predict_command(input_path: str, output: str, quiet: bool, engine: str,
                           address: str | None, num_workers: int | None,
                           gpus_per_worker: float | None, preserve_order: bool,
                           **options) -> None:
     """Classify the texts of IN (a Parquet file, directory or glob) into OUT (Parquet).
+
+    IN and OUT are local paths or object-store URIs (s3://bucket/key, gs://, abfs://,
+    hdfs://), with credentials from the environment and --storage-option settings.
 
     \b
     OUT holds the input columns (or --keep-columns) plus:
@@ -474,9 +489,9 @@ def bench_command(json_path: Path | None, report_path: Path | None, **options) -
 @click.option("--model", "-m", required=True,
               help="Base model: a local HF directory, a hub id, or a bundled alias "
                    "(see `clsx models`).")
-@click.option("--train", "train_path", type=click.Path(path_type=Path), required=True,
-              help="Training data: Parquet, JSONL or CSV.")
-@click.option("--eval", "eval_path", type=click.Path(path_type=Path),
+@click.option("--train", "train_path", required=True,
+              help="Training data: Parquet, JSONL or CSV (a path or an s3://, gs://... URI).")
+@click.option("--eval", "eval_path",
               help="Evaluation data (default: a stratified split of --train).")
 @click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
               help="Directory for the merged model, tokenizer, clsx.json and metrics.json.")
@@ -527,6 +542,7 @@ def bench_command(json_path: Path | None, report_path: Path | None, **options) -
               help="Let a hub base model run its own Python code (off by default).")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint of a run.")
 @click.option("--overwrite", is_flag=True, help="Replace --output if it exists.")
+@storage_option
 def train_command(**options) -> None:
     """Fine-tune a classifier (LoRA or full) and save it merged, ready for export.
 
@@ -570,8 +586,9 @@ def _echo_decisions(manifest: Any, source: str) -> None:
 @main.command("calibrate")
 @click.option("--model", "-m", type=click.Path(path_type=Path), required=True,
               help="Merged PyTorch model directory (calibrate before exporting).")
-@click.option("--data", type=click.Path(path_type=Path), required=True,
-              help="Labelled data the model was not trained on: Parquet, JSONL or CSV.")
+@click.option("--data", required=True,
+              help="Labelled data the model was not trained on: Parquet, JSONL or CSV (a "
+                   "path or an s3://, gs://... URI).")
 @click.option("--output", "-o", type=click.Path(path_type=Path),
               help="Write a copy of --model with the new clsx.json here (default: update "
                    "--model's clsx.json in place).")
@@ -582,6 +599,7 @@ def _echo_decisions(manifest: Any, source: str) -> None:
 @click.option("--device", type=click.Choice(DEVICES), **with_default(CalibrateConfig, "device"))
 @click.option("--overwrite", is_flag=True, help="Replace --output if it exists.")
 @allow_pickle_option
+@storage_option
 def calibrate_command(**options) -> None:
     """Fit temperature scaling for MODEL on labelled DATA, so that scores are probabilities.
 
@@ -602,8 +620,8 @@ def calibrate_command(**options) -> None:
 
 @main.command("eval")
 @click.option("--model", "-m", type=click.Path(path_type=Path), required=True)
-@click.option("--data", type=click.Path(path_type=Path), required=True,
-              help="Labelled data: Parquet, JSONL or CSV.")
+@click.option("--data", required=True,
+              help="Labelled data: Parquet, JSONL or CSV (a path or an s3://, gs://... URI).")
 @click.option("--text-column", **with_default(EvalConfig, "text_column"))
 @click.option("--label-column", **with_default(EvalConfig, "label_column"))
 @click.option("--label-separator",
@@ -624,6 +642,7 @@ def calibrate_command(**options) -> None:
 @click.option("--device", type=click.Choice(DEVICES), **with_default(EvalConfig, "device"))
 @long_text_options(training=False)
 @allow_pickle_option
+@storage_option
 def eval_command(json_path: Path | None, errors_path: Path | None,
                  predictions_path: Path | None, report_path: Path | None, **options) -> None:
     """Metrics, per-class report and confusion matrix of MODEL on labelled DATA."""

@@ -15,6 +15,7 @@ from clsx.runners.base import RunnerOptions
 
 if TYPE_CHECKING:
     from clsx.parquet import ParquetInput
+    from clsx.storage import Location
 
 OUTPUT_FORMATS = ("file", "dataset")
 WINDOW_ROWS = 4096  # rows tokenised and length-sorted together
@@ -41,10 +42,12 @@ class BatchPredictConfig(LongTextOverride):
 
     ``threads`` None is one compute thread per physical core for the local engine, one per
     actor on Ray. ``threshold`` None is the model's tuned per-label thresholds, else 0.5.
+    ``input`` and ``output`` are local paths or object-store URIs; ``storage_options``
+    (``key=value``) configure the URIs' file system (:mod:`clsx.storage`).
     """
 
     input: str
-    output: Path
+    output: str | Path
     model: Path
     backend: str = "auto"
     text_column: str = "text"
@@ -69,6 +72,7 @@ class BatchPredictConfig(LongTextOverride):
     max_num_batched_tokens: int | None = None
     memory_fraction: float | None = None
     allow_pickle: bool = False
+    storage_options: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("batch_tokens", "window_rows", "max_length", "threads", "part_rows"):
@@ -87,10 +91,20 @@ class BatchPredictConfig(LongTextOverride):
                              max_num_batched_tokens=self.max_num_batched_tokens,
                              memory_fraction=self.memory_fraction)
 
+    def output_location(self) -> Location:
+        """Where OUT goes."""
+        from clsx.storage import location
+
+        return location(self.output, self.storage_options)
+
     def job(self, source: ParquetInput, model_fingerprint: str) -> dict[str, Any]:
-        """Everything that decides OUT's content: a resume must match it exactly."""
-        inputs = [[str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns]
-                  for path in source.files]
+        """Everything that decides OUT's content: a resume must match it exactly.
+
+        Inputs are recorded by path or URI (never with credentials, which no URI holds),
+        size and modification time; storage options are not recorded.
+        """
+        inputs = [[path.key(), info.size, info.mtime_ns]
+                  for path, info in ((path, path.info()) for path in source.files)]
         options = ("backend", "text_column", "keep_columns", "window_rows", "batch_tokens",
                    "max_length", "long_text", "window_stride", "aggregate", "windows_column",
                    "output_prefix", "threshold", "device", "threads", "output_format", "dtype")
@@ -129,7 +143,7 @@ class EvalConfig(LongTextOverride):
     """
 
     model: Path
-    data: Path
+    data: str | Path
     text_column: str = "text"
     label_column: str = "label"
     label_separator: str = ","
@@ -141,6 +155,7 @@ class EvalConfig(LongTextOverride):
     window_stride: int | None = None
     aggregate: str | None = None
     allow_pickle: bool = False
+    storage_options: tuple[str, ...] = ()  # for a --data URI (clsx.storage)
 
 
 @dataclass(frozen=True)
@@ -152,7 +167,7 @@ class CalibrateConfig:
     """
 
     model: Path
-    data: Path
+    data: str | Path
     output: Path | None = None
     text_column: str = "text"
     label_column: str = "label"
@@ -160,6 +175,7 @@ class CalibrateConfig:
     device: str = "auto"
     overwrite: bool = False
     allow_pickle: bool = False
+    storage_options: tuple[str, ...] = ()  # for a --data URI (clsx.storage)
 
 
 @dataclass(frozen=True)

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from clsx.errors import ClsxError
-from clsx.parquet import is_text_type, python_strings
+from clsx.parquet import is_text_type, parquet_file, python_strings
+from clsx.storage import Location, location, one_line
 
 SUFFIXES = (".parquet", ".csv", ".jsonl", ".json")
 # Rows per Arrow batch when streaming a file: small enough that a limit stops soon after it
@@ -21,20 +23,24 @@ BATCH_ROWS = 65_536
 
 
 def read_table(path: str | Path, columns: Sequence[str] | None = None,
-               limit: int | None = None) -> pa.Table:
+               limit: int | None = None, storage_options: Sequence[str] = ()) -> pa.Table:
     """The ``columns`` (all when None) of the first ``limit`` rows of a Parquet, CSV or
-    JSON-lines file, in the order asked for.
+    JSON-lines file (a local path or an object-store URI), in the order asked for.
 
     Only those columns are decoded, and reading stops once ``limit`` rows are in, so a wide
     or long file costs what the rows used cost. A missing column is an error that names the
     file's columns.
     """
-    path = Path(path)
-    if not path.is_file():
+    path = location(path, storage_options)
+    try:
+        found = path.is_file()
+    except OSError as exc:
+        raise ClsxError(f"cannot read {path} ({one_line(exc)})") from exc
+    if not found:
         raise ClsxError(f"data file {path} does not exist")
     readers = {".parquet": _read_parquet, ".csv": _read_csv, ".jsonl": _read_json_lines,
                ".json": _read_json_lines}
-    suffix = path.suffix.lower()
+    suffix = PurePosixPath(path.path).suffix.lower()
     if suffix not in readers:
         raise ClsxError(f"{path}: unknown data format {suffix!r}; use one of {SUFFIXES}")
     # The text and the label may be one column; Arrow readers refuse a name asked twice.
@@ -47,7 +53,7 @@ def read_table(path: str | Path, columns: Sequence[str] | None = None,
         raise ClsxError(f"cannot read {path} ({str(exc).splitlines()[0]})") from exc
 
 
-def _check_columns(path: Path, wanted: list[str] | None, found: Sequence[str]) -> None:
+def _check_columns(path: Location, wanted: list[str] | None, found: Sequence[str]) -> None:
     """Refuse a file that lacks a wanted column, naming the columns it has."""
     missing = [c for c in wanted or [] if c not in found]
     if missing:
@@ -73,10 +79,8 @@ def _first_rows(batches: Iterable[pa.RecordBatch], schema: pa.Schema, limit: int
     return table if limit is None else table.slice(0, limit)
 
 
-def _read_parquet(path: Path, columns: list[str] | None, limit: int | None) -> pa.Table:
-    import pyarrow.parquet as pq
-
-    with pq.ParquetFile(path) as file:
+def _read_parquet(path: Location, columns: list[str] | None, limit: int | None) -> pa.Table:
+    with parquet_file(path) as file:
         schema = file.schema_arrow
         _check_columns(path, columns, schema.names)
         if columns is not None:
@@ -88,17 +92,17 @@ def _read_parquet(path: Path, columns: list[str] | None, limit: int | None) -> p
     return table if columns is None else table.select(columns)
 
 
-def _read_csv(path: Path, columns: list[str] | None, limit: int | None) -> pa.Table:
+def _read_csv(path: Location, columns: list[str] | None, limit: int | None) -> pa.Table:
     import pyarrow.csv as pcsv
 
     # Columns left out are split off but never converted (no type inference, no copies).
     convert = pcsv.ConvertOptions(include_columns=columns or [])
     try:
         if limit is None:
-            return pcsv.read_csv(path, convert_options=convert)
-        reader = pcsv.open_csv(path, convert_options=convert)
+            return pcsv.read_csv(path.open(), convert_options=convert)
+        reader = pcsv.open_csv(path.open(), convert_options=convert)
     except pa.ArrowKeyError:  # a missing column: say which ones the header has
-        _check_columns(path, columns, pcsv.open_csv(path).schema.names)
+        _check_columns(path, columns, pcsv.open_csv(path.open()).schema.names)
         raise
     try:
         return _first_rows(reader, reader.schema, limit)
@@ -106,10 +110,10 @@ def _read_csv(path: Path, columns: list[str] | None, limit: int | None) -> pa.Ta
         # The streaming reader fixes each column's type from the first block, so a later
         # value that does not fit (whole numbers, then 1.5) stops it; the whole-file reader
         # widens the type instead, as it did before streaming.
-        return pcsv.read_csv(path, convert_options=convert).slice(0, limit)
+        return pcsv.read_csv(path.open(), convert_options=convert).slice(0, limit)
 
 
-def _read_json_lines(path: Path, columns: list[str] | None, limit: int | None) -> pa.Table:
+def _read_json_lines(path: Location, columns: list[str] | None, limit: int | None) -> pa.Table:
     """One JSON object per line, parsed in Python.
 
     pyarrow's streaming JSON reader cannot leave columns out, and it fixes every column's
@@ -120,7 +124,7 @@ def _read_json_lines(path: Path, columns: list[str] | None, limit: int | None) -
     found: dict[str, None] = {}  # every field seen, in first-seen order (for the error)
     rows: list[dict[str, Any]] = []
     try:
-        with path.open(encoding="utf-8") as lines:
+        with io.TextIOWrapper(path.open(), encoding="utf-8") as lines:
             for number, line in enumerate(lines, start=1):
                 if limit is not None and len(rows) >= limit:
                     break
@@ -154,9 +158,10 @@ def _read_json_lines(path: Path, columns: list[str] | None, limit: int | None) -
     return pa.table(table)
 
 
-def read_texts(path: str | Path, text_column: str, limit: int | None = None) -> list[str | None]:
+def read_texts(path: str | Path, text_column: str, limit: int | None = None,
+               storage_options: Sequence[str] = ()) -> list[str | None]:
     """The text column of a data file as Python strings, at most ``limit`` rows."""
-    return _strings(read_table(path, [text_column], limit), text_column, path)
+    return _strings(read_table(path, [text_column], limit, storage_options), text_column, path)
 
 
 @dataclass(frozen=True)
@@ -180,13 +185,14 @@ def read_labelled(
     problem_type: str,
     labels: Sequence[str] | None = None,
     separator: str = ",",
+    storage_options: Sequence[str] = (),
 ) -> LabelledData:
     """Read texts and targets, deriving the label set unless ``labels`` is given.
 
     With ``labels`` (eval data for a trained model) a value outside them is an error that
     lists the unknown values.
     """
-    table = read_table(path, [text_column, label_column])
+    table = read_table(path, [text_column, label_column], storage_options=storage_options)
     if table.num_rows == 0:
         raise ClsxError(f"{path} has 0 rows; it needs labelled examples")
     texts = _non_null_texts(table, text_column, path)

@@ -53,7 +53,8 @@ def evaluate(config: EvalConfig) -> EvalResult:
     manifest = artifact.manifest
     labelled = read_labelled(config.data, config.text_column, config.label_column,
                              manifest.problem_type, labels=manifest.labels,
-                             separator=config.label_separator)
+                             separator=config.label_separator,
+                             storage_options=config.storage_options)
     with Classifier.from_artifact(artifact, config.backend, RunnerOptions(device=config.device),
                                   long_text=config.long_text_override(),
                                   threshold=config.threshold) as classifier:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import fnmatch
 import glob
 import os
+import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -14,20 +15,54 @@ import pyarrow.parquet as pq
 
 from clsx import durable
 from clsx.errors import ClsxError, os_error
+from clsx.storage import Location, is_uri, local, location, one_line
 
 
 @dataclass(frozen=True)
 class ParquetInput:
-    """Validated input files, read in this order, and the columns they share."""
+    """Validated input files, read in this order, and the columns they share; ``root`` is
+    the input as given (a file, a directory or a glob)."""
 
-    files: tuple[Path, ...]
+    files: tuple[Location, ...]
     schema: pa.Schema
     num_rows: int
     text_column: str
+    root: Location
 
 
-def resolve_inputs(spec: str | Path) -> list[Path]:
-    """A Parquet file, a directory of ``*.parquet`` files, or a glob, as a sorted file list."""
+def resolve_inputs(spec: str | Path, storage_options: Sequence[str] = ()) -> list[Location]:
+    """A Parquet file, a directory of ``*.parquet`` files, or a glob (local or a URI), as a
+    sorted file list."""
+    if not is_uri(spec):
+        return [local(path) for path in _local_inputs(spec)]
+    root = location(spec, storage_options)
+    try:
+        if glob.has_magic(root.path):
+            # List from the deepest directory above the first wildcard.
+            base = root.path[:re.search(r"[*?[]", root.path).start()].rsplit("/", 1)[0]
+            shown = root.uri[:len(root.uri) - len(root.path) + len(base)]
+            directory = replace(root, path=base, uri=shown)
+            files = [f for f in directory.files(recursive=True)
+                     if fnmatch.fnmatchcase(f.path, root.path)]
+            if not files:
+                raise ClsxError(f"input glob {spec} matches no file")
+            return files
+        if root.is_file():
+            return [root]
+        files = [f for f in root.files(recursive=True) if f.name.endswith(".parquet")]
+        if not files:
+            bucket = root.path.split("/", 1)[0]
+            if not replace(root, path=bucket).exists():
+                raise ClsxError(f"input {spec}: bucket {bucket} does not exist (or these "
+                                "credentials cannot see it)")
+            raise ClsxError(f"input {spec} does not exist (no file, and no directory "
+                            "holding *.parquet files)")
+    except OSError as exc:
+        raise ClsxError(f"cannot read {root}: {one_line(exc)}") from exc
+    return files
+
+
+def _local_inputs(spec: str | Path) -> list[Path]:
     path = Path(spec)
     if path.is_dir():
         files = sorted(p for p in path.rglob("*.parquet") if p.is_file())
@@ -43,6 +78,13 @@ def resolve_inputs(spec: str | Path) -> list[Path]:
     return files
 
 
+def parquet_file(source: Location) -> pq.ParquetFile:
+    """``source`` opened for reading (close it, or use it in a ``with``); on an object store
+    each row group is fetched in a few coalesced requests."""
+    return pq.ParquetFile(source.path, filesystem=source.filesystem,
+                          pre_buffer=not source.is_local)
+
+
 def is_text_type(arrow_type: pa.DataType) -> bool:
     """True for string columns, including large and dictionary-encoded ones."""
     if pa.types.is_dictionary(arrow_type):
@@ -53,18 +95,19 @@ def is_text_type(arrow_type: pa.DataType) -> bool:
 
 
 def open_input(
-    spec: str | Path, text_column: str, keep_columns: Sequence[str] | None = None
+    spec: str | Path, text_column: str, keep_columns: Sequence[str] | None = None,
+    storage_options: Sequence[str] = (),
 ) -> ParquetInput:
     """Check every input file's footer and columns before any work starts."""
-    files = resolve_inputs(spec)
+    files = resolve_inputs(spec, storage_options)
     schema = None
     num_rows = 0
     for path in files:
         try:
-            metadata = pq.read_metadata(path)
-            file_schema = pq.read_schema(path)
+            with parquet_file(path) as file:
+                metadata, file_schema = file.metadata, file.schema_arrow
         except (OSError, pa.ArrowException) as exc:
-            raise ClsxError(f"{path} is not a readable Parquet file ({exc})") from exc
+            raise ClsxError(f"{path} is not a readable Parquet file ({one_line(exc)})") from exc
         _check_columns(path, file_schema, text_column, keep_columns)
         wanted = _kept_names(file_schema, keep_columns)
         kept = pa.schema([file_schema.field(name) for name in wanted])
@@ -76,7 +119,8 @@ def open_input(
                 f"{schema.names} ({schema.types}); all input files need the same kept columns"
             )
         num_rows += metadata.num_rows
-    return ParquetInput(tuple(files), schema, num_rows, text_column)
+    root = location(spec, storage_options)
+    return ParquetInput(tuple(files), schema, num_rows, text_column, root)
 
 
 def iter_batches(source: ParquetInput, batch_rows: int) -> Iterator[pa.RecordBatch]:
@@ -84,9 +128,12 @@ def iter_batches(source: ParquetInput, batch_rows: int) -> Iterator[pa.RecordBat
     columns = list(dict.fromkeys([*source.schema.names, source.text_column]))
     for path in source.files:
         try:
-            yield from pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=columns)
+            with parquet_file(path) as file:
+                yield from file.iter_batches(batch_size=batch_rows, columns=columns)
         except (OSError, pa.ArrowException) as exc:
-            raise ClsxError(f"reading {path} failed ({exc}); the file is damaged") from exc
+            cause = "" if path.is_local else " or unreachable"
+            raise ClsxError(f"reading {path} failed ({one_line(exc)}); the file is damaged"
+                            f"{cause}") from exc
 
 
 def text_values(batch: pa.RecordBatch, text_column: str) -> list[str | None]:
@@ -119,26 +166,26 @@ def _decodes(value: pa.Scalar) -> bool:
     return True
 
 
-def check_output_location(output: Path, spec: str | Path, source: ParquetInput) -> None:
-    """Refuse an OUT that is an input file or that a later run over ``spec`` would read.
+def check_output_location(output: Location, source: ParquetInput) -> None:
+    """Refuse an OUT that is an input file or that a later run over the same input would
+    read.
 
     That is OUT (or the part files kept beside it while it is written) inside an input
     directory or matching an input glob.
     """
-    resolved = output.resolve()
-    if any(path.resolve() == resolved for path in source.files):
+    resolved = output.key()
+    if any(path.key() == resolved for path in source.files):
         raise ClsxError(f"output {output} is also an input file; write it elsewhere")
-    spec_path = Path(spec)
-    if spec_path.is_dir():
-        if resolved.is_relative_to(spec_path.resolve()):
-            raise ClsxError(f"output {output} is inside the input directory {spec}, so the next "
+    root = source.root
+    if glob.has_magic(root.path):
+        pattern = os.path.abspath(root.path) if root.is_local else root.uri
+        part = f"{resolved}.parts/part-0.parquet"
+        if fnmatch.fnmatch(resolved, pattern) or fnmatch.fnmatch(part, pattern):
+            raise ClsxError(f"output {output} matches the input pattern {root}, so the next "
                             "run would read it as input; write it elsewhere")
-    elif glob.has_magic(str(spec)):
-        pattern = os.path.abspath(spec)
-        part = resolved.with_name(f"{resolved.name}.parts") / "part-0.parquet"
-        if fnmatch.fnmatch(str(resolved), pattern) or fnmatch.fnmatch(str(part), pattern):
-            raise ClsxError(f"output {output} matches the input pattern {spec}, so the next run "
-                            "would read it as input; write it elsewhere")
+    elif root.is_dir() and (resolved + "/").startswith(root.key().rstrip("/") + "/"):
+        raise ClsxError(f"output {output} is inside the input directory {root}, so the next "
+                        "run would read it as input; write it elsewhere")
 
 
 class AtomicParquetWriter:

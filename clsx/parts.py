@@ -12,6 +12,9 @@ Every file here is written through :mod:`clsx.durable`, so what a crash leaves i
 One process at a time writes an OUT: it holds an exclusive ``flock`` on ``OUT.parts/lock``
 (which holds its pid) from before the job is checked until it has cleaned up
 (:meth:`PartStore.locked`).
+
+:class:`Store` holds what does not depend on the storage; :class:`PartStore` is the local
+disk's, :class:`clsx.object_parts.ObjectPartStore` an object store's (no rename, no lock).
 """
 
 from __future__ import annotations
@@ -32,8 +35,9 @@ import pyarrow.parquet as pq
 
 from clsx import durable
 from clsx.errors import ClsxError, os_error
-from clsx.parquet import AtomicParquetWriter
+from clsx.parquet import AtomicParquetWriter, parquet_file
 from clsx.staging import staged_directory
+from clsx.storage import Location, local
 
 JOB_FILE = "job.json"
 DONE_FILE = "done.json"
@@ -46,14 +50,15 @@ _PART_NAME = re.compile(r"^part-(\d{8})-(\d{8})\.parquet$")
 class Part:
     """One committed part: windows ``first..last`` (inclusive)."""
 
-    path: Path
+    path: Location
     first: int
     last: int
 
     @property
     def rows(self) -> int:
         """Its row count, from the Parquet footer."""
-        return pq.read_metadata(self.path).num_rows
+        with parquet_file(self.path) as file:
+            return file.metadata.num_rows
 
 
 def parts_directory(output: Path) -> Path:
@@ -61,8 +66,121 @@ def parts_directory(output: Path) -> Path:
     return output.with_name(f"{output.name}.parts")
 
 
-class PartStore:
-    """The ``OUT.parts/`` directory: job journal, committed parts, completion marker."""
+def open_store(output: Location) -> Store:
+    """The part store of ``output``: :class:`PartStore` on a local disk, an
+    :class:`~clsx.object_parts.ObjectPartStore` on an object store."""
+    if output.is_local:
+        return PartStore(output.local_path)
+    from clsx.object_parts import ObjectPartStore
+
+    return ObjectPartStore(output)
+
+
+class Store:
+    """What every part store does (the journal, the parts, assembling OUT, the job check),
+    written against the few file operations each storage provides."""
+
+    directory: Path | Location
+
+    def _file(self, name: str) -> Location:
+        """The store's file ``name``."""
+        raise NotImplementedError
+
+    def _write(self, name: str, text: str) -> None:
+        """Replace the store's file ``name`` with ``text``, as one whole."""
+        raise NotImplementedError
+
+    def _files(self) -> list[Location]:
+        """The files in the store."""
+        raise NotImplementedError
+
+    def _make(self) -> None:
+        """Create the store's directory, where the storage has directories."""
+
+    def _output_writer(self, output_schema: pa.Schema):
+        """A ``with`` writer (``write(batch)``) that publishes OUT only when complete."""
+        raise NotImplementedError
+
+    def remove(self) -> None:
+        """Delete the store (but a held lock)."""
+        raise NotImplementedError
+
+    def exists(self) -> bool:
+        """Whether a job was started here (its journal is written), resumable or done."""
+        return self._file(JOB_FILE).is_file()
+
+    def parts(self) -> list[Part]:
+        """Committed parts in window order; a gap (a damaged store) is an error."""
+        found = []
+        for path in self._files():
+            match = _PART_NAME.match(path.name)
+            if match:
+                found.append(Part(path, int(match[1]), int(match[2])))
+        found.sort(key=lambda part: part.first)
+        expected = 0
+        for part in found:
+            if part.first != expected:
+                raise ClsxError(f"{self.directory} is missing windows {expected}..{part.first - 1}"
+                                "; delete it (or pass --overwrite) and start over")
+            expected = part.last + 1
+        return found
+
+    def committed_rows(self) -> int:
+        return sum(part.rows for part in self.parts())
+
+    def start(self, job: dict[str, Any]) -> None:
+        """Create the store for a new job, or check that an existing one is the same job."""
+        if self.exists():
+            self._check_same_job(json.loads(self._file(JOB_FILE).read_bytes()), job)
+        else:
+            self.remove()  # parts without a journal belong to no known job
+            try:
+                self._make()
+                self._write(JOB_FILE, json.dumps(job, indent=2, sort_keys=True) + "\n")
+            except OSError as exc:
+                raise os_error("creating", self.directory, exc) from exc
+
+    def is_done(self) -> bool:
+        return self._file(DONE_FILE).is_file()
+
+    def mark_done(self, rows: int) -> None:
+        """Record that every window is committed (assembly may still be pending)."""
+        try:
+            self._write(DONE_FILE, json.dumps({"rows": rows}) + "\n")
+        except OSError as exc:
+            raise os_error("writing", self._file(DONE_FILE), exc) from exc
+
+    def done_rows(self) -> int:
+        return int(json.loads(self._file(DONE_FILE).read_bytes())["rows"])
+
+    def assemble(self, schema: pa.Schema) -> None:
+        """Concatenate the parts, in order, into OUT (published only when whole), then
+        remove the store.
+
+        OUT is in place before the parts go, so a crash in between leaves both, and a resume
+        assembles again.
+        """
+        with self._output_writer(schema) as writer:
+            for part in self.parts():
+                with parquet_file(part.path) as file:
+                    for batch in file.iter_batches():
+                        writer.write(batch)
+        self.remove()
+
+    def _check_same_job(self, recorded: dict[str, Any], job: dict[str, Any]) -> None:
+        changed = sorted(key for key in set(recorded) | set(job)
+                         if recorded.get(key) != job.get(key))
+        if changed:
+            details = "; ".join(f"{key}: was {_shown(recorded.get(key))}, now "
+                                f"{_shown(job.get(key))}" for key in changed[:3])
+            raise ClsxError(
+                f"cannot resume: the job in {self.directory} differs ({details}); rerun the "
+                "original command, or pass --overwrite to start over"
+            )
+
+
+class PartStore(Store):
+    """``OUT.parts/`` on a local disk: every file durably renamed into place, an ``flock``."""
 
     def __init__(self, output: Path) -> None:
         self.output = output
@@ -71,9 +189,25 @@ class PartStore:
         self.created = [p for p in output.parents if not p.exists()]
         self._lock: int | None = None  # the descriptor holding the flock, while held
 
-    def exists(self) -> bool:
-        """Whether a job was started here (its journal is written), resumable or done."""
-        return (self.directory / JOB_FILE).is_file()
+    def _file(self, name: str) -> Location:
+        return local(self.directory / name)
+
+    def _write(self, name: str, text: str) -> None:
+        durable.write_file(self.directory / name, text)
+
+    def _files(self) -> list[Location]:
+        return [local(path) for path in self.directory.glob("part-*.parquet")]
+
+    def _make(self) -> None:
+        durable.make_directory(self.directory)
+
+    def _output_writer(self, output_schema: pa.Schema) -> AtomicParquetWriter:
+        return AtomicParquetWriter(self.output, output_schema)
+
+    def start(self, job: dict[str, Any]) -> None:
+        super().start(job)
+        for leftover in self.directory.glob(".*.tmp"):
+            leftover.unlink(missing_ok=True)  # an interrupted part, never committed
 
     @contextmanager
     def locked(self) -> Iterator[None]:
@@ -133,68 +267,8 @@ class PartStore:
             descriptor, self._lock = self._lock, None
             os.close(descriptor)
 
-    def parts(self) -> list[Part]:
-        """Committed parts in window order; a gap (a damaged store) is an error."""
-        found = []
-        for path in self.directory.glob("part-*.parquet"):
-            match = _PART_NAME.match(path.name)
-            if match:
-                found.append(Part(path, int(match[1]), int(match[2])))
-        found.sort(key=lambda part: part.first)
-        expected = 0
-        for part in found:
-            if part.first != expected:
-                raise ClsxError(f"{self.directory} is missing windows {expected}..{part.first - 1}"
-                                "; delete it (or pass --overwrite) and start over")
-            expected = part.last + 1
-        return found
-
-    def committed_rows(self) -> int:
-        return sum(part.rows for part in self.parts())
-
-    def start(self, job: dict[str, Any]) -> None:
-        """Create the store for a new job, or check that an existing one is the same job."""
-        journal = self.directory / JOB_FILE
-        if journal.is_file():
-            self._check_same_job(json.loads(journal.read_text()), job)
-        else:
-            self.remove()  # parts without a journal belong to no known job
-            try:
-                durable.make_directory(self.directory)
-                durable.write_file(journal, json.dumps(job, indent=2, sort_keys=True) + "\n")
-            except OSError as exc:
-                raise os_error("creating", self.directory, exc) from exc
-        for leftover in self.directory.glob(".*.tmp"):
-            leftover.unlink(missing_ok=True)  # an interrupted part, never committed
-
-    def is_done(self) -> bool:
-        return (self.directory / DONE_FILE).is_file()
-
-    def mark_done(self, rows: int) -> None:
-        """Record that every window is committed (assembly may still be pending)."""
-        path = self.directory / DONE_FILE
-        try:
-            durable.write_file(path, json.dumps({"rows": rows}) + "\n")
-        except OSError as exc:
-            raise os_error("writing", path, exc) from exc
-
-    def done_rows(self) -> int:
-        return int(json.loads((self.directory / DONE_FILE).read_text())["rows"])
-
     def writer(self, first: int, schema: pa.Schema) -> PartWriter:
         return PartWriter(self.directory, first, schema)
-
-    def assemble(self, schema: pa.Schema) -> None:
-        """Concatenate the parts, in order, into OUT (atomically), then remove the store.
-
-        OUT is on disk before the parts go, so a crash in between leaves both, and a resume
-        assembles again.
-        """
-        with AtomicParquetWriter(self.output, schema) as writer:
-            for part in self.parts():
-                for batch in pq.ParquetFile(part.path).iter_batches():
-                    writer.write(batch)
-        self.remove()
 
     def publish_dataset(self) -> None:
         """Make OUT a directory of the Parquet parts (no journal, no lock), then remove the
@@ -207,7 +281,7 @@ class PartStore:
         try:
             with staged_directory(self.output, overwrite=True) as stage:
                 for part in self.parts():
-                    _link_or_copy(part.path, stage / part.path.name)
+                    _link_or_copy(part.path.local_path, stage / part.path.name)
         except OSError as exc:
             raise os_error("writing", self.output, exc) from exc
         self.remove()
@@ -245,18 +319,6 @@ class PartStore:
             with suppress(OSError):  # not empty, or already gone
                 directory.rmdir()
 
-    def _check_same_job(self, recorded: dict[str, Any], job: dict[str, Any]) -> None:
-        changed = sorted(key for key in set(recorded) | set(job)
-                         if recorded.get(key) != job.get(key))
-        if changed:
-            details = "; ".join(f"{key}: was {_shown(recorded.get(key))}, now "
-                                f"{_shown(job.get(key))}" for key in changed[:3])
-            raise ClsxError(
-                f"cannot resume: the job in {self.directory} differs ({details}); rerun the "
-                "original command, or pass --overwrite to start over"
-            )
-
-
 class PartWriter:
     """Writes one part under a temporary name; :meth:`commit` names it after its windows."""
 
@@ -279,19 +341,24 @@ class PartWriter:
 
     def commit(self, last: int) -> Part:
         """Close, flush to disk and rename: from here on the part survives any crash."""
-        path = self.directory / f"part-{self.first:08d}-{last:08d}.parquet"
+        path = self.directory / part_name(self.first, last)
         try:
             self.writer.close()
             durable.rename(self.temporary, path)
         except OSError as exc:
             raise os_error("writing", path, exc) from exc
-        return Part(path, self.first, last)
+        return Part(local(path), self.first, last)
 
     def discard(self) -> None:
         try:
             self.writer.close()
         finally:
             self.temporary.unlink(missing_ok=True)
+
+
+def part_name(first: int, last: int) -> str:
+    """The name of the part holding windows ``first..last``."""
+    return f"part-{first:08d}-{last:08d}.parquet"
 
 
 def _same_file(path: Path, descriptor: int) -> bool:

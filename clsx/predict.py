@@ -20,7 +20,8 @@ from clsx.parquet import (
     open_input,
     text_values,
 )
-from clsx.parts import PartStore, PartWriter
+from clsx.parts import PartWriter, Store, open_store
+from clsx.storage import Location, one_line
 
 # progress(rows done, rows in total), called after each window; the CLI draws the bar.
 Progress = Callable[[int, int], None]
@@ -37,7 +38,7 @@ class Summary:
     rows: int
     seconds: float
     backend: str
-    output: Path
+    output: str | Path
     counts: Counts | None = None
     resumed_rows: int = 0
     already_complete: bool = False
@@ -73,10 +74,11 @@ def open_classifier(config: BatchPredictConfig, artifact: Artifact,
 def checked_input(config: BatchPredictConfig) -> ParquetInput:
     """The validated input; refuses an empty input and an OUT that a later run over the same
     input would read."""
-    source = open_input(config.input, config.text_column, config.keep_columns)
+    source = open_input(config.input, config.text_column, config.keep_columns,
+                        config.storage_options)
     if source.num_rows == 0:
         raise ClsxError(f"input {config.input} has 0 rows; there is nothing to classify")
-    check_output_location(config.output, config.input, source)
+    check_output_location(config.output_location(), source)
     return source
 
 
@@ -102,10 +104,19 @@ def batch_predict(config: BatchPredictConfig, progress: Progress | None = None) 
     Work is committed in part files beside OUT (see :mod:`clsx.parts`), so a killed run
     continues with ``resume`` where it stopped. ``progress`` is told the rows done so far.
     """
+    try:
+        return _batch_predict(config, progress)
+    except OSError as exc:  # an object store that cannot be reached, or refuses, mid-job
+        raise ClsxError(f"{one_line(exc)} (committed parts stay: rerun the same command with "
+                        "--resume once the storage answers)") from exc
+
+
+def _batch_predict(config: BatchPredictConfig, progress: Progress | None) -> Summary:
     source = checked_input(config)
-    store = PartStore(config.output)
+    output = config.output_location()
+    store = open_store(output)
     with store.locked():  # one writer per OUT, from the job check to the clean-up
-        if not _claim_output(config, store):
+        if not _claim_output(config, output, store):
             return Summary(0, 0.0, config.backend, config.output, already_complete=True)
         artifact = open_artifact(config.model, allow_pickle=config.allow_pickle)
         schema = output_schema(config, source, artifact)
@@ -133,9 +144,8 @@ def batch_predict(config: BatchPredictConfig, progress: Progress | None = None) 
                        config.output, counts, resumed_rows)
 
 
-def _claim_output(config: BatchPredictConfig, store: PartStore) -> bool:
+def _claim_output(config: BatchPredictConfig, output: Location, store: Store) -> bool:
     """Decide what to do with an existing OUT or parts; False when OUT is already complete."""
-    output = config.output
     if config.output_format != "dataset" and output.is_dir():
         raise ClsxError(f"output {output} is a directory; give a file path ending in .parquet "
                         "(or pass --output-format dataset)")
@@ -160,7 +170,7 @@ def _claim_output(config: BatchPredictConfig, store: PartStore) -> bool:
 
 
 def _predict_into_parts(config: BatchPredictConfig, source: ParquetInput, classifier: Classifier,
-                        store: PartStore, schema: pa.Schema, next_window: int,
+                        store: Store, schema: pa.Schema, next_window: int,
                         resumed_rows: int, counts: Counts, progress: Progress | None) -> None:
     """Classify windows ``next_window..`` and commit them as parts; counts what it did."""
     kept = source.schema.names

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -19,10 +18,11 @@ from clsx.artifact import open_artifact
 from clsx.config import BatchPredictConfig, RayOptions
 from clsx.errors import ClsxError, os_error
 from clsx.hardware import physical_cores
-from clsx.parquet import ParquetInput, python_strings
+from clsx.parquet import ParquetInput, parquet_file, python_strings
 from clsx.predict import Summary, checked_input, open_classifier, output_schema
 from clsx.runners import backend_for
-from clsx.staging import staged_directory
+from clsx.staging import staged_location
+from clsx.storage import Location, upload
 
 ACTOR_THREADS = 1  # compute threads per actor unless --threads: replicas scale out, not up
 
@@ -59,8 +59,9 @@ def ray_batch_predict(config: BatchPredictConfig, options: RayOptions,
     source = checked_input(config)
     artifact = open_artifact(config.model, allow_pickle=config.allow_pickle)
     schema = output_schema(config, source, artifact)
-    if config.output.is_file():
-        raise ClsxError(f"output {config.output} is a file; --engine ray writes a directory")
+    output = config.output_location()
+    if output.is_file():
+        raise ClsxError(f"output {output} is a file; --engine ray writes a directory")
     backend_for(artifact, config.backend)  # a bad model or backend fails here, not in an actor
     started = time.perf_counter()
     _start_ray(ray, options.address,
@@ -70,7 +71,9 @@ def ray_batch_predict(config: BatchPredictConfig, options: RayOptions,
     context.enable_progress_bars = progress
     columns = list(dict.fromkeys([*source.schema.names, config.text_column]))
     context.target_max_block_size = _window_bytes(source, config.window_rows)
-    dataset = ray.data.read_parquet([str(path) for path in source.files], columns=columns)
+    # Ray pickles the file system to its workers: credentials come from their environment.
+    dataset = ray.data.read_parquet([path.path for path in source.files], columns=columns,
+                                    filesystem=source.root.filesystem)
     predicted = dataset.map_batches(
         Predictor,
         fn_constructor_kwargs={"config": config, "kept": source.schema.names, "schema": schema},
@@ -80,14 +83,19 @@ def ray_batch_predict(config: BatchPredictConfig, options: RayOptions,
         num_cpus=config.threads or ACTOR_THREADS,
         num_gpus=options.gpus_per_worker or None,
     )
-    with staged_directory(config.output, config.overwrite) as stage:
+    with staged_location(output, config.overwrite) as stage:
         if options.preserve_order:
             _write_in_order(predicted, stage, config.part_rows)
         else:
             # OVERWRITE: the staging directory is new, and names need no write-uuid in them.
-            predicted.write_parquet(str(stage), filename_provider=_part_names(),
+            predicted.write_parquet(stage.path, filesystem=stage.filesystem,
+                                    filename_provider=_part_names(),
                                     mode=ray.data.SaveMode.OVERWRITE)
-        rows = sum(pq.read_metadata(path).num_rows for path in stage.glob("*.parquet"))
+        rows = 0
+        for path in stage.files():
+            if path.name.endswith(".parquet"):
+                with parquet_file(path) as file:
+                    rows += file.metadata.num_rows
     return Summary(rows, time.perf_counter() - started,
                    f"{config.backend} on ray ({options.num_workers} workers)", config.output)
 
@@ -95,7 +103,8 @@ def ray_batch_predict(config: BatchPredictConfig, options: RayOptions,
 def _window_bytes(source: ParquetInput, window_rows: int) -> int:
     """Blocks of about one window: Ray Data's default (128 MiB blocks) would hand a whole
     small file to one actor while the others wait."""
-    metadata = pq.read_metadata(source.files[0])
+    with parquet_file(source.files[0]) as file:
+        metadata = file.metadata
     size = sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups))
     return max(1 << 16, size // max(metadata.num_rows, 1) * window_rows)
 
@@ -123,7 +132,7 @@ def _part_names():
     return PartNames()
 
 
-def _write_in_order(predicted, stage: Path, part_rows: int) -> None:
+def _write_in_order(predicted, stage: Location, part_rows: int) -> None:
     """Write ``part-000000.parquet``, ``part-000001.parquet``, ... of ``part_rows`` rows each
     from the driver, in the order Ray hands the rows out.
 
@@ -133,9 +142,14 @@ def _write_in_order(predicted, stage: Path, part_rows: int) -> None:
     """
     batches = predicted.iter_batches(batch_format="pyarrow", batch_size=part_rows)
     for index, batch in enumerate(batches):
-        path = stage / f"part-{index:06d}.parquet"
+        path = stage.child(f"part-{index:06d}.parquet")
         try:
-            pq.write_table(batch, path)
+            if path.is_local:
+                pq.write_table(batch, path.local_path)
+            else:
+                buffer = pa.BufferOutputStream()
+                pq.write_table(batch, buffer)
+                upload(buffer.getvalue(), path)
         except OSError as exc:
             raise os_error("writing", path, exc) from exc
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from clsx import durable
 from clsx.errors import ClsxError
+from clsx.storage import Location, local, one_line
 
 
 @contextmanager
@@ -43,3 +44,34 @@ def staged_directory(target: Path, overwrite: bool = False) -> Iterator[Path]:
             durable.rename(stage, target)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+@contextmanager
+def staged_location(target: Location, overwrite: bool = False) -> Iterator[Location]:
+    """:func:`staged_directory` for a local ``target``; on an object store, which has no
+    rename, the staged files are copied (server side) into ``target`` at the end
+    (:func:`publish_files`) and the stage is deleted."""
+    if target.is_local:
+        with staged_directory(target.local_path, overwrite) as stage:
+            yield local(stage)
+        return
+    if target.exists() and not overwrite:
+        raise ClsxError(f"output {target} exists; pass --overwrite to replace it")
+    stage = target.with_name(f".{target.name}.clsx-{os.getpid()}.tmp")
+    try:
+        stage.delete_tree()
+        yield stage
+        publish_files(stage.files(), target)
+    except OSError as exc:
+        raise ClsxError(f"writing {target} failed: {one_line(exc)}") from exc
+    finally:
+        with suppress(OSError):  # unreachable now: a hidden leftover no reader of target sees
+            stage.delete_tree()
+
+
+def publish_files(files: list[Location], target: Location) -> None:
+    """Make the object-store directory ``target`` hold copies of ``files`` (same names),
+    copied server side; what ``target`` held before is deleted first."""
+    target.delete_tree()
+    for path in files:
+        target.filesystem.copy_file(path.path, target.child(path.name).path)

@@ -249,9 +249,9 @@ def test_train_options_default_to_the_config(tiny_bases, sentiment, tmp_path, mo
     CliRunner().invoke(main, required)
     CliRunner().invoke(main, [*required, "--epochs", "1", "--problem-type", "regression",
                               "--long-text", "window", "--chat"])
-    default = TrainConfig(model="m", train=sentiment, output=tmp_path / "out")
+    default = TrainConfig(model="m", train=str(sentiment), output=tmp_path / "out")
     assert configs[0] == default
-    assert configs[1] == TrainConfig(model="m", train=sentiment, output=tmp_path / "out",
+    assert configs[1] == TrainConfig(model="m", train=str(sentiment), output=tmp_path / "out",
                                       epochs=1, problem_type="regression", long_text="window",
                                       chat=True)
     recipe = dict(text_column="text", label_column="label", label_separator=",",

@@ -31,9 +31,9 @@ class TrainConfig:
     """
 
     model: str
-    train: Path
+    train: str | Path  # a local path or an object-store URI (clsx.storage), as --eval
     output: Path
-    eval: Path | None = None
+    eval: str | Path | None = None
     text_column: str = "text"
     label_column: str = "label"
     problem_type: str = "single_label_classification"
@@ -64,6 +64,7 @@ class TrainConfig:
     trust_remote_code: bool = False
     resume: bool = False
     overwrite: bool = False
+    storage_options: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         problem = PROBLEM_ALIASES.get(self.problem_type, self.problem_type)

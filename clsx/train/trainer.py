@@ -175,7 +175,8 @@ def train(config: TrainConfig, log: Log = silent) -> TrainResult:
 
 def _load_data(config: TrainConfig) -> tuple[LabelledData, LabelledData]:
     read = dict(text_column=config.text_column, label_column=config.label_column,
-                problem_type=config.problem_type, separator=config.label_separator)
+                problem_type=config.problem_type, separator=config.label_separator,
+                storage_options=config.storage_options)
     train_data = read_labelled(config.train, **read)
     blank = [i for i, text in enumerate(train_data.texts) if not text.strip()]
     if blank:
