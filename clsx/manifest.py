@@ -53,7 +53,8 @@ class Manifest:
     predict time, as is ``long_text`` (what happens to texts longer than ``max_length``).
     ``parent`` is the path of the artifact this one was exported from, relative to this
     directory, and ``parent_fingerprint`` lets a later run notice that it was retrained.
-    ``base_model`` and ``training`` record how ``clsx train`` made it. ``thresholds``
+    ``base_model`` and ``training`` record how ``clsx train`` made it, ``distillation``
+    (``clsx distill``) its teacher, the settings and, with ``--eval``, both models' metrics. ``thresholds``
     (multi-label only) are the per-label decision thresholds ``clsx train`` tuned on its
     evaluation split; without them a label is predicted at probability >= 0.5.
     ``temperatures`` calibrate the probabilities (temperature scaling, fitted by ``clsx
@@ -77,6 +78,7 @@ class Manifest:
     parity: dict[str, Any] = field(default_factory=dict)
     base_model: str | None = None
     training: dict[str, Any] = field(default_factory=dict)
+    distillation: dict[str, Any] = field(default_factory=dict)
     version: int = MANIFEST_VERSION
 
     def __post_init__(self) -> None:
