@@ -54,9 +54,9 @@ class Manifest:
     ``parent`` is the path of the artifact this one was exported from, relative to this
     directory, and ``parent_fingerprint`` lets a later run notice that it was retrained.
     ``base_model`` and ``training`` record how ``clsx train`` made it, ``distillation``
-    (``clsx distill``) its teacher, the settings and, with ``--eval``, both models' metrics. ``thresholds``
-    (multi-label only) are the per-label decision thresholds ``clsx train`` tuned on its
-    evaluation split; without them a label is predicted at probability >= 0.5.
+    (``clsx distill``) its teacher, the settings and, with ``--eval``, both models' metrics.
+    ``thresholds`` (multi-label only) are the per-label decision thresholds ``clsx train``
+    tuned on its evaluation split; without them a label is predicted at probability >= 0.5.
     ``temperatures`` calibrate the probabilities (temperature scaling, fitted by ``clsx
     train`` or ``clsx calibrate``): one value for a single-label model (softmax(logits / T)),
     one per label for a multi-label one (sigmoid(logit_j / T_j)); None (older manifests,

@@ -128,6 +128,7 @@ def distill(config: DistillConfig, log: Log = silent) -> DistillResult:
     kept = np.array([text is not None and bool(text.strip()) and not np.isnan(row).any()
                      for text, row in zip(texts, probs, strict=True)], dtype=bool)
     if not kept.any():
+        shutil.rmtree(work, ignore_errors=True)
         raise ClsxError(f"{config.data}: no row has a text to distil from ({len(kept)} rows, "
                         "all null or blank)")
     dropped = int((~kept).sum())
