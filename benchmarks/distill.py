@@ -33,6 +33,7 @@ from clsx.export import INT8_MIN_AGREEMENT
 from clsx.hardware import machine_description
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import experiments  # noqa: E402
 import realdata  # noqa: E402
 from accuracy import clsx  # noqa: E402
 from experiments import MINILM, SMOLLM2  # noqa: E402
@@ -185,8 +186,8 @@ def main() -> None:
     for dataset in args.datasets.split(","):
         results[dataset] = run(dataset, args.work, args.bench_rows)
         RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    gold = json.loads((HERE / "results" / "experiments.json").read_text())
-    REPORT.write_text(markdown(results, gold))
+    REPORT.write_text(markdown(results, experiments.stored_results()))
+    (HERE / "EXPERIMENTS.md").write_text(experiments.markdown(experiments.stored_results()))
     print(REPORT.read_text())
 
 
