@@ -77,17 +77,18 @@ def decisions(model, texts):
 
 
 @pytest.mark.parametrize("problem_type, student, extra", [
-    ("single_label", "qwen2", ("with-train", "with-eval")),
-    ("multi_label", "bert", ()),
+    ("single_label", "bert", ("with-train", "with-eval")),
     ("regression", "bert", ("with-train",)),
+    pytest.param("multi_label", "bert", ("with-eval",), marks=pytest.mark.slow),
+    pytest.param("single_label", "qwen2", (), marks=pytest.mark.slow),  # a decoder student
 ])
 def test_a_student_learns_the_teachers_labels(problem_type, student, extra, teachers,
                                               tiny_bases, tmp_path):
     teacher = teachers(problem_type)
-    rows = keyword_rows(problem_type, 24, seed=1)
+    rows = keyword_rows(problem_type, 40, seed=1)
     texts = [row["text"] for row in rows]
     data = texts_parquet(tmp_path / "unlabelled.parquet", texts + [None, "  "])
-    gold = write_jsonl(tmp_path / "gold.jsonl", keyword_rows(problem_type, 4, seed=2))
+    gold = write_jsonl(tmp_path / "gold.jsonl", keyword_rows(problem_type, 12, seed=2))
     options = []
     if "with-train" in extra:
         options += ["--train", gold, "--alpha", "0.3"]
@@ -104,21 +105,21 @@ def test_a_student_learns_the_teachers_labels(problem_type, student, extra, teac
     record = manifest["distillation"]
     assert record["teacher"] == str(teacher) and len(record["teacher_fingerprint"]) == 16
     assert record["unlabelled_rows"] == len(texts) and record["dropped_rows"] == 2
-    assert record["gold_rows"] == (len(MEANING[problem_type]) * 4 if options else 0)
+    assert record["gold_rows"] == (len(MEANING[problem_type]) * 12 if "with-train" in extra
+                                   else 0)
     assert not list(tmp_path.glob(".*"))  # no labels or checkpoints left behind
 
     # The teacher's own training texts, which the student never saw: it decides as the
-    # teacher does far above chance (1/2 single-label, about 1/3 for the label sets).
+    # teacher does far above chance (1/2 for a label, single or one of the multi-labels).
     seen = [row["text"] for row in keyword_rows(problem_type, 40)]
     mine, theirs = decisions(out, seen), decisions(teacher, seen)
     if problem_type == "regression":
         assert np.corrcoef(mine, theirs)[0, 1] > 0.9
     else:
-        same = (mine == theirs).all(axis=1) if mine.ndim == 2 else mine == theirs
-        assert same.mean() >= 0.8, same.mean()
+        assert (mine == theirs).mean() >= 0.8, (mine == theirs).mean()
     if "with-eval" in extra:
         evaluation = record["eval"]
-        assert evaluation["rows"] == len(MEANING[problem_type]) * 4
+        assert evaluation["rows"] == len(MEANING[problem_type]) * 12
         assert evaluation["agreement"] >= 0.8 and "accuracy" in evaluation["student"]
         assert "the student decides as the teacher on" in result.output
 
@@ -154,13 +155,13 @@ def test_an_interrupted_distillation_resumes(teachers, tiny_bases, tmp_path, mon
             self.flag = True
 
     data = texts_parquet(tmp_path / "u.parquet",
-                         [row["text"] for row in keyword_rows("single_label", 4)])
+                         [row["text"] for row in keyword_rows("single_label", 12)])
     out = tmp_path / "student"
     args = ["distill", "--teacher", teachers("single_label"), "--student", tiny_bases["bert"],
             "--data", data, "--output", out, "--epochs", "2", *TINY]
     monkeypatch.setattr(trainer_module, "_Interrupt", InterruptAtOnce)
     result = run_clsx(*args)
-    assert result.exit_code == 130 and "--resume" in result.output
+    assert result.exit_code == 130 and "--resume" in result.output, result.output
     assert (labels_directory(out) / "data.parquet").is_file()
     monkeypatch.undo()
     result = run_clsx(*args)

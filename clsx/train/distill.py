@@ -88,6 +88,20 @@ def soft_label_loss(logits: torch.Tensor, labels: torch.Tensor, teacher: torch.T
     return ((1 - weight) * soft + weight * hard).mean()
 
 
+@dataclass(frozen=True)
+class TeacherLabels:
+    """The rows the student learns from, with text: the teacher's probabilities, whether a
+    gold label exists (1.0) and the hard targets (the gold label there, else the teacher's
+    decision); ``decided`` holds the teacher's decisions alone."""
+
+    texts: list[str]
+    probs: np.ndarray
+    has_gold: np.ndarray
+    targets: np.ndarray
+    decided: np.ndarray
+    counts: dict[str, int]
+
+
 def distill(config: DistillConfig, log: Log = silent) -> DistillResult:
     """Label ``config.data`` with the teacher and train the student on its soft labels (see
     the module docstring); the output appears only when complete."""
@@ -110,51 +124,21 @@ def distill(config: DistillConfig, log: Log = silent) -> DistillResult:
                                separator=student.label_separator)
                  if student.eval is not None else None)
     resolve_model(student.model, log)  # a wrong --student fails before the teacher runs
-    durable.make_directory(work)
-    try:
-        texts, probs = _teacher_outputs(config, manifest, _parquet_texts(config, student, work),
-                                        "data", student.text_column, work, log)
-        unlabelled = len(texts)
-        if gold is not None:
-            gold_texts, gold_probs = _teacher_outputs(config, manifest, _gold_texts(gold, work),
-                                                      "train", "text", work, log)
-            texts, probs = texts + gold_texts, np.concatenate([probs, gold_probs])
-    except BaseException:
-        if not any(work.iterdir()):  # nothing to resume: leave no trace
-            work.rmdir()
-        raise
-    has_gold = np.zeros(len(texts), np.float32)
-    has_gold[unlabelled:] = 1.0
-    kept = np.array([text is not None and bool(text.strip()) and not np.isnan(row).any()
-                     for text, row in zip(texts, probs, strict=True)], dtype=bool)
-    if not kept.any():
-        shutil.rmtree(work, ignore_errors=True)
-        raise ClsxError(f"{config.data}: no row has a text to distil from ({len(kept)} rows, "
-                        "all null or blank)")
-    dropped = int((~kept).sum())
-    if dropped:
-        log(f"Dropped {dropped} rows without text (null or blank); "
-            f"{int(kept.sum())} rows remain")
-    decided = _decisions(manifest, probs)
-    targets = decided.copy()  # where gold labels exist, they are the hard targets
-    if gold is not None:
-        targets[unlabelled:] = gold.targets
-    rows = np.flatnonzero(kept)
-    everything = LabelledData([texts[i] for i in rows], decided[rows], manifest.labels,
-                              pa.table({"row": rows}))
-    if eval_data is None:  # held out rows: judged by agreement with the teacher
+    labels = _teacher_labels(config, manifest, student, gold, work, log)
+    everything = LabelledData(labels.texts, labels.decided, manifest.labels,
+                              pa.table({"row": np.arange(len(labels.texts))}))
+    if eval_data is None:  # held-out rows, judged by agreement with the teacher
         train_part, eval_part = split(everything, student.eval_fraction, student.seed,
                                       manifest.problem_type)
     else:
         train_part, eval_part = everything, eval_data
     chosen = train_part.table.column("row").to_numpy()
-    train_data = LabelledData(train_part.texts, targets[chosen], manifest.labels,
+    train_data = LabelledData(train_part.texts, labels.targets[chosen], manifest.labels,
                               train_part.table)
     record = {"teacher": str(Path(config.teacher).resolve()),
               "teacher_fingerprint": fingerprint(teacher.path),
               "teacher_backend": config.teacher_backend, "temperature": config.temperature,
-              "alpha": config.alpha, "unlabelled_rows": int(kept[:unlabelled].sum()),
-              "gold_rows": int(kept[unlabelled:].sum()), "dropped_rows": dropped}
+              "alpha": config.alpha, **labels.counts}
     teacher_eval = _evaluate_teacher(config, student) if eval_data is not None else None
     evaluation: dict[str, Any] = {}
 
@@ -165,14 +149,52 @@ def distill(config: DistillConfig, log: Log = silent) -> DistillResult:
         return student_manifest.replace(distillation={
             **record, **({"eval": evaluation} if evaluation else {})})
 
-    variant = Variant(extras={"teacher": probs[chosen], "gold": has_gold[chosen]},
+    variant = Variant(extras={"teacher": labels.probs[chosen], "gold": labels.has_gold[chosen]},
                       trainer_class=_trainer_class(manifest.problem_type, config.temperature,
                                                    config.alpha),
                       finish=finish)
     result = fit(student, train_data, eval_part, checkpoint, log, variant)
     shutil.rmtree(work, ignore_errors=True)
-    return DistillResult(result, {key: value for key, value in record.items()
-                                  if key.endswith("_rows")}, evaluation)
+    return DistillResult(result, labels.counts, evaluation)
+
+
+def _teacher_labels(config: DistillConfig, teacher: Manifest, student: TrainConfig,
+                    gold: LabelledData | None, work: Path, log: Log) -> TeacherLabels:
+    """The teacher's outputs on the ``--data`` rows, then on the ``--train`` rows; rows
+    without text are dropped (and counted)."""
+    durable.make_directory(work)
+    try:
+        texts, probs = _teacher_outputs(config, teacher, _parquet_texts(config, student, work),
+                                        "data", student.text_column, work, log)
+        unlabelled = len(texts)
+        if gold is not None:
+            gold_texts, gold_probs = _teacher_outputs(config, teacher, _gold_texts(gold, work),
+                                                      "train", "text", work, log)
+            texts, probs = texts + gold_texts, np.concatenate([probs, gold_probs])
+    except BaseException:
+        if not any(work.iterdir()):  # nothing to resume: leave no trace
+            work.rmdir()
+        raise
+    kept = np.array([text is not None and bool(text.strip()) and not np.isnan(row).any()
+                     for text, row in zip(texts, probs, strict=True)], dtype=bool)
+    if not kept.any():
+        shutil.rmtree(work, ignore_errors=True)
+        raise ClsxError(f"{config.data}: no row has a text to distil from ({len(kept)} rows, "
+                        "all null or blank)")
+    dropped = int((~kept).sum())
+    if dropped:
+        log(f"Dropped {dropped} rows without text (null or blank); "
+            f"{int(kept.sum())} rows remain")
+    has_gold = (np.arange(len(texts)) >= unlabelled).astype(np.float32)
+    decided = _decisions(teacher, probs)
+    targets = decided.copy()
+    if gold is not None:
+        targets[unlabelled:] = gold.targets
+    rows = np.flatnonzero(kept)
+    counts = {"unlabelled_rows": int(kept[:unlabelled].sum()),
+              "gold_rows": int(kept[unlabelled:].sum()), "dropped_rows": dropped}
+    return TeacherLabels([texts[i] for i in rows], probs[rows], has_gold[rows], targets[rows],
+                         decided[rows], counts)
 
 
 def labels_directory(output: Path) -> Path:
