@@ -37,6 +37,7 @@ from accuracy import EXPERIMENTS as ACCURACY_EXPERIMENTS  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "experiments.json"
+DISTILL_REPORT = HERE / "results" / "distill.md"
 MINILM = ("--batch-size", "16", "--lr", "5e-4")
 SMOLLM2 = ("--epochs", "1", "--batch-size", "8", "--lr", "1e-4")
 TREC_DESCRIPTIONS = {
@@ -340,7 +341,14 @@ def markdown(results: dict[str, dict]) -> str:
         if missing:
             lines += [f"**Not run yet:** `python benchmarks/experiments.py --runs "
                       f"{','.join(missing)}`.", ""]
+    if DISTILL_REPORT.exists():  # written by benchmarks/distill.py
+        lines.append(DISTILL_REPORT.read_text())
     return "\n".join(lines)
+
+
+def stored_results() -> dict[str, dict]:
+    """Every run's result kept in benchmarks/results/experiments.json."""
+    return json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
 
 
 def main() -> None:
@@ -357,7 +365,7 @@ def main() -> None:
     else:
         numbers = {int(n) for n in args.claims.split(",")} if args.claims else None
         chosen = [e for c in CLAIMS if numbers is None or c.number in numbers for e in c.runs]
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results = stored_results()
     (HERE / "EXPERIMENTS.md").write_text(markdown(results))
     with tempfile.TemporaryDirectory(prefix="clsx-experiments-") as temporary:
         root = Path(temporary)

@@ -19,7 +19,7 @@ from clsx.config import BatchPredictConfig, BenchConfig, CalibrateConfig, EvalCo
 from clsx.environment import environment
 from clsx.errors import ClsxError
 from clsx.export import EXPORT_FORMATS, FP32_TOLERANCE, INT8_MIN_AGREEMENT, VLLM_DTYPE
-from clsx.train.config import PROBLEM_ALIASES, TrainConfig
+from clsx.train.config import PROBLEM_ALIASES, DistillConfig, TrainConfig
 
 # For the duration of a command (a user's own settings win): model loading here never needs
 # the hub's progress bars or advisory logging, and the fast tokenizer may use every core.
@@ -485,6 +485,70 @@ def bench_command(json_path: Path | None, report_path: Path | None, **options) -
         click.echo(f"Wrote {report_path}", err=True)
 
 
+def train_options(command):
+    """The options of ``clsx train`` that say how a model trains, beyond which model and data
+    (``--model``, ``--train``, ``--eval``, ``--output``, ``--problem-type``): shared by every
+    command that trains (``distill``). Each default is the TrainConfig field's."""
+    options = [
+        click.option("--text-column", help=default_note(TrainConfig, "text_column").strip()),
+        click.option("--label-column", help=default_note(TrainConfig, "label_column").strip()),
+        click.option("--label-separator",
+                     help=LABEL_SEPARATOR_HELP + default_note(TrainConfig, "label_separator")),
+        click.option("--method", type=click.Choice(["lora", "full"]),
+                     help=default_note(TrainConfig, "method").strip()),
+        click.option("--epochs", type=float, help=default_note(TrainConfig, "epochs").strip()),
+        click.option("--lr", type=float, help=default_note(TrainConfig, "lr").strip()),
+        click.option("--warmup", type=float,
+                     help="Share of the steps over which the learning rate rises linearly "
+                          "from 0 (the usual BERT fine-tuning recipe; 0 turns it off)."
+                          + default_note(TrainConfig, "warmup")),
+        click.option("--batch-size", type=int,
+                     help=default_note(TrainConfig, "batch_size").strip()),
+        click.option("--eval-batch-size", type=int,
+                     help=default_note(TrainConfig, "eval_batch_size").strip()),
+        click.option("--max-length", type=int,
+                     help="Tokens per model input (also at predict time)."
+                          + default_note(TrainConfig, "max_length")),
+        long_text_options(training=True),
+        click.option("--lora-r", type=int, help=default_note(TrainConfig, "lora_r").strip()),
+        click.option("--lora-alpha", type=int,
+                     help=default_note(TrainConfig, "lora_alpha").strip()),
+        click.option("--lora-dropout", type=float,
+                     help=default_note(TrainConfig, "lora_dropout").strip()),
+        click.option("--target-modules", callback=_comma_list,
+                     help="LoRA targets (default: q/k/v/o/gate/up/down_proj for decoders, "
+                          "query,key,value,dense for BERT)."),
+        click.option("--lora-embeddings", is_flag=True,
+                     help="Also put LoRA on the embedding layer."),
+        click.option("--eval-fraction", type=float,
+                     help="Share of --train held out when no --eval is given."
+                          + default_note(TrainConfig, "eval_fraction")),
+        click.option("--seed", type=int, help=default_note(TrainConfig, "seed").strip()),
+        click.option("--template",
+                     help="Input template with {text} (and optionally {labels}), e.g. "
+                          "'Review: {text}'. Stored and applied at predict time."),
+        click.option("--label-descriptions", type=click.Path(path_type=Path),
+                     help="JSON {label: description} or 'label: description' lines, for "
+                          "{labels}."),
+        click.option("--chat", is_flag=True, help="Wrap the input in the model's chat template."),
+        click.option("--calibration/--no-calibration", default=None,
+                     help="Classifiers: fit temperature scaling on the eval split so that the "
+                          "scores are probabilities (stored in clsx.json); --no-calibration "
+                          "keeps the raw softmax / sigmoid."
+                          + default_note(TrainConfig, "calibration")),
+        click.option("--bf16", is_flag=True,
+                     help="Train in bf16 mixed precision (AMX CPUs, GPUs)."),
+        allow_pickle_option,
+        click.option("--trust-remote-code", is_flag=True,
+                     help="Let a hub base model run its own Python code (off by default)."),
+        click.option("--resume", is_flag=True, help="Continue from the last checkpoint of a run."),
+        click.option("--overwrite", is_flag=True, help="Replace --output if it exists."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @main.command("train")
 @click.option("--model", "-m", required=True,
               help="Base model: a local HF directory, a hub id, or a bundled alias "
@@ -495,53 +559,9 @@ def bench_command(json_path: Path | None, report_path: Path | None, **options) -
               help="Evaluation data (default: a stratified split of --train).")
 @click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
               help="Directory for the merged model, tokenizer, clsx.json and metrics.json.")
-@click.option("--text-column", help=default_note(TrainConfig, "text_column").strip())
-@click.option("--label-column", help=default_note(TrainConfig, "label_column").strip())
 @click.option("--problem-type", type=click.Choice(["single_label", "multi_label", "regression"]),
               help=default_note(TrainConfig, "problem_type").strip())
-@click.option("--label-separator",
-              help=LABEL_SEPARATOR_HELP + default_note(TrainConfig, "label_separator"))
-@click.option("--method", type=click.Choice(["lora", "full"]),
-              help=default_note(TrainConfig, "method").strip())
-@click.option("--epochs", type=float, help=default_note(TrainConfig, "epochs").strip())
-@click.option("--lr", type=float, help=default_note(TrainConfig, "lr").strip())
-@click.option("--warmup", type=float,
-              help="Share of the steps over which the learning rate rises linearly from 0 "
-                   "(the usual BERT fine-tuning recipe; 0 turns it off)."
-                   + default_note(TrainConfig, "warmup"))
-@click.option("--batch-size", type=int, help=default_note(TrainConfig, "batch_size").strip())
-@click.option("--eval-batch-size", type=int,
-              help=default_note(TrainConfig, "eval_batch_size").strip())
-@click.option("--max-length", type=int,
-              help="Tokens per model input (also at predict time)."
-                   + default_note(TrainConfig, "max_length"))
-@long_text_options(training=True)
-@click.option("--lora-r", type=int, help=default_note(TrainConfig, "lora_r").strip())
-@click.option("--lora-alpha", type=int, help=default_note(TrainConfig, "lora_alpha").strip())
-@click.option("--lora-dropout", type=float, help=default_note(TrainConfig, "lora_dropout").strip())
-@click.option("--target-modules", callback=_comma_list,
-              help="LoRA targets (default: q/k/v/o/gate/up/down_proj for decoders, "
-                   "query,key,value,dense for BERT).")
-@click.option("--lora-embeddings", is_flag=True, help="Also put LoRA on the embedding layer.")
-@click.option("--eval-fraction", type=float,
-              help="Share of --train held out when no --eval is given."
-                   + default_note(TrainConfig, "eval_fraction"))
-@click.option("--seed", type=int, help=default_note(TrainConfig, "seed").strip())
-@click.option("--template", help="Input template with {text} (and optionally {labels}), e.g. "
-                                 "'Review: {text}'. Stored and applied at predict time.")
-@click.option("--label-descriptions", type=click.Path(path_type=Path),
-              help="JSON {label: description} or 'label: description' lines, for {labels}.")
-@click.option("--chat", is_flag=True, help="Wrap the input in the model's chat template.")
-@click.option("--calibration/--no-calibration", default=None,
-              help="Classifiers: fit temperature scaling on the eval split so that the scores "
-                   "are probabilities (stored in clsx.json); --no-calibration keeps the raw "
-                   "softmax / sigmoid." + default_note(TrainConfig, "calibration"))
-@click.option("--bf16", is_flag=True, help="Train in bf16 mixed precision (AMX CPUs, GPUs).")
-@allow_pickle_option
-@click.option("--trust-remote-code", is_flag=True,
-              help="Let a hub base model run its own Python code (off by default).")
-@click.option("--resume", is_flag=True, help="Continue from the last checkpoint of a run.")
-@click.option("--overwrite", is_flag=True, help="Replace --output if it exists.")
+@train_options
 @storage_option
 def train_command(**options) -> None:
     """Fine-tune a classifier (LoRA or full) and save it merged, ready for export.
@@ -564,6 +584,85 @@ def train_command(**options) -> None:
         click.echo(format_report(result.calibration), err=True)
     _echo_decisions(result.manifest, "the eval split")
     click.echo(f"Trained in {result.seconds / 60:.1f} min; wrote {result.output}")
+
+
+@main.command("distill")
+@click.option("--teacher", type=click.Path(path_type=Path), required=True,
+              help="The teacher: any clsx model directory or export (its template and "
+                   "long-text setting apply).")
+@click.option("--student", required=True,
+              help="The student's base model: a local HF directory, a hub id, or a bundled "
+                   "alias (see `clsx models`).")
+@click.option("--data", type=click.Path(path_type=Path), required=True,
+              help="Unlabelled texts for the teacher to label: Parquet (a file, directory or "
+                   "glob), JSONL or CSV; rows without text are dropped.")
+@click.option("--train", "train_path", type=click.Path(path_type=Path),
+              help="Gold-labelled rows (Parquet, JSONL or CSV), with the teacher's labels; "
+                   "the student learns them mixed with the teacher's soft labels (--alpha).")
+@click.option("--eval", "eval_path", type=click.Path(path_type=Path),
+              help="Labelled data to keep the student's best epoch on and to report both "
+                   "models' metrics and their agreement (default: a split of the teacher-"
+                   "labelled rows, judged by agreement with the teacher).")
+@click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
+              help="Directory for the student: a normal clsx model directory.")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True),
+              **with_default(DistillConfig, "temperature",
+                             "Single-label: softens both distributions in the KL term."))
+@click.option("--alpha", type=click.FloatRange(0, 1),
+              **with_default(DistillConfig, "alpha",
+                             "Weight of the gold labels' loss on the --train rows (the "
+                             "teacher's soft labels get the rest)."))
+@click.option("--teacher-backend", type=click.Choice(BACKENDS),
+              **with_default(DistillConfig, "teacher_backend",
+                             "Backend the teacher labels with (auto: its own format's)."))
+@click.option("--problem-type", type=click.Choice(["single_label", "multi_label", "regression"]),
+              help="Must be the teacher's  [default: the teacher's]")
+@train_options
+def distill_command(teacher: Path, student: str, data: Path, train_path: Path | None,
+                    eval_path: Path | None, output: Path, temperature: float | None,
+                    alpha: float | None, teacher_backend: str | None,
+                    problem_type: str | None, **options) -> None:
+    """Train a small student on a teacher's soft labels over unlabelled texts.
+
+    The teacher labels --data (and --train) through batch-predict, keeping its probabilities;
+    the student learns them: KL divergence at --temperature (single-label), BCE on the
+    teacher's sigmoid outputs (multi-label), MSE on its values (regression), mixed with the
+    gold labels of --train by --alpha. The student has the teacher's labels and problem type;
+    its clsx.json records the teacher (path and fingerprint), the settings and, with --eval,
+    both models' metrics and their agreement. Ctrl-C keeps the labels and checkpoints done;
+    rerun the same command with --resume to continue.
+    """
+    from clsx.metrics import format_report
+    from clsx.train.distill import distill
+
+    config = DistillConfig(teacher=teacher, data=data, student=student, output=output,
+                           train=train_path, eval=eval_path, training=given(options),
+                           **given({"problem_type": problem_type, "temperature": temperature,
+                                    "alpha": alpha, "teacher_backend": teacher_backend}))
+    result = distill(config, log=lambda line: click.echo(line, err=True))
+    click.echo(format_report(result.train.best_metrics), err=True)
+    _echo_decisions(result.train.manifest, "the eval split")
+    if result.evaluation:
+        click.echo(_format_comparison(result.evaluation, eval_path), err=True)
+    click.echo(f"Distilled in {result.train.seconds / 60:.1f} min from "
+               f"{result.rows['unlabelled_rows']} unlabelled and {result.rows['gold_rows']} "
+               f"gold rows; wrote {result.train.output}")
+
+
+def _format_comparison(evaluation: dict[str, Any], source: Path) -> str:
+    """Teacher and student metrics side by side, and how often they agree."""
+    teacher, student = evaluation["teacher"], evaluation["student"]
+    names = [name for name in teacher if name in student and not name.endswith("_uncalibrated")]
+    lines = [f"On {source} ({evaluation['rows']} rows): {'teacher':>10} {'student':>10}"]
+    lines += [f"  {name:<20} {teacher[name]:>10.4f} {student[name]:>10.4f}" for name in names
+              if name != "rows"]
+    if "agreement" in evaluation:
+        lines.append(f"  the student decides as the teacher on {evaluation['agreement']:.2%} "
+                     "of the rows")
+    else:
+        lines.append(f"  mean squared difference from the teacher's values: "
+                     f"{evaluation['mse_to_teacher']:.4f}")
+    return "\n".join(lines)
 
 
 def _echo_decisions(manifest: Any, source: str) -> None:

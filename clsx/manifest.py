@@ -55,9 +55,10 @@ class Manifest:
     directory, and ``parent_fingerprint`` lets a later run notice that it was retrained.
     ``fusions`` (ONNX exports) counts the ONNX Runtime fusions applied to the graph, by
     name; None is the exporter's unfused graph.
-    ``base_model`` and ``training`` record how ``clsx train`` made it. ``thresholds``
-    (multi-label only) are the per-label decision thresholds ``clsx train`` tuned on its
-    evaluation split; without them a label is predicted at probability >= 0.5.
+    ``base_model`` and ``training`` record how ``clsx train`` made it, ``distillation``
+    (``clsx distill``) its teacher, the settings and, with ``--eval``, both models' metrics.
+    ``thresholds`` (multi-label only) are the per-label decision thresholds ``clsx train``
+    tuned on its evaluation split; without them a label is predicted at probability >= 0.5.
     ``temperatures`` calibrate the probabilities (temperature scaling, fitted by ``clsx
     train`` or ``clsx calibrate``): one value for a single-label model (softmax(logits / T)),
     one per label for a multi-label one (sigmoid(logit_j / T_j)); None (older manifests,
@@ -80,6 +81,7 @@ class Manifest:
     fusions: dict[str, int] | None = None
     base_model: str | None = None
     training: dict[str, Any] = field(default_factory=dict)
+    distillation: dict[str, Any] = field(default_factory=dict)
     version: int = MANIFEST_VERSION
 
     def __post_init__(self) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ class TrainConfig:
     """
 
     model: str
-    train: str | Path  # a local path or an object-store URI (clsx.storage), as --eval
+    train: str | Path | None  # a path or object-store URI; None only for ``clsx distill``
     output: Path
     eval: str | Path | None = None
     text_column: str = "text"
@@ -106,3 +106,51 @@ class TrainConfig:
 
     def to_json(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Every option of ``clsx distill``: the teacher that labels ``data``, the student and how
+    it learns from the soft labels; ``training`` holds the student's other ``clsx train``
+    options given (TrainConfig field names; the rest keep TrainConfig's defaults).
+
+    ``temperature`` softens both models' single-label distributions in the KL term (scaled
+    by its square, as in Hinton et al.); ``alpha`` is the weight of the gold-label loss on
+    the rows ``train`` labels (the teacher's soft labels get 1 - alpha there, and everything
+    on the other rows). ``problem_type`` None is the teacher's.
+    """
+
+    teacher: Path
+    data: Path
+    student: str
+    output: Path
+    train: Path | None = None
+    eval: Path | None = None
+    problem_type: str | None = None
+    temperature: float = 2.0
+    alpha: float = 0.5
+    teacher_backend: str = "auto"
+    training: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ClsxError(f"--temperature must be > 0, got {self.temperature}")
+        if not 0 <= self.alpha <= 1:
+            raise ClsxError(f"--alpha must be in [0, 1], got {self.alpha}")
+        self._train_config(self.problem_type or "single_label")  # fails on a bad option
+
+    def student_config(self, teacher_problem_type: str) -> TrainConfig:
+        """The student's ``clsx train`` options: the teacher's problem type, which a given
+        ``problem_type`` must equal."""
+        given = PROBLEM_ALIASES.get(self.problem_type or "", self.problem_type)
+        if given is not None and given != teacher_problem_type:
+            shown = {full: alias for alias, full in PROBLEM_ALIASES.items()}
+            raise ClsxError(
+                f"the teacher is a {shown.get(teacher_problem_type, teacher_problem_type)} "
+                f"model and a student learns its problem type; drop --problem-type "
+                f"{self.problem_type} (or distil from a {self.problem_type} teacher)")
+        return self._train_config(teacher_problem_type)
+
+    def _train_config(self, problem_type: str) -> TrainConfig:
+        return TrainConfig(model=self.student, train=self.train, output=self.output,
+                           eval=self.eval, problem_type=problem_type, **self.training)

@@ -12,7 +12,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,29 +56,39 @@ class EncodedDataset(torch.utils.data.Dataset):
 
     With ``--long-text window`` a text is several rows (its windows), each with the text's
     target; ``pieces`` says how many, so that evaluation can combine them per text.
+    ``extras`` are further per-row arrays (a distillation teacher's probabilities), each item
+    carrying its row of them under the same name.
     """
 
     def __init__(self, ids: list[list[int]], targets: np.ndarray,
-                 pieces: np.ndarray | None = None) -> None:
+                 pieces: np.ndarray | None = None,
+                 extras: dict[str, np.ndarray] | None = None) -> None:
         self.ids = ids
         self.targets = targets
         self.pieces = pieces
+        self.extras = extras or {}
 
     @classmethod
-    def of(cls, encoded: EncodedWindow, targets: np.ndarray) -> EncodedDataset:
+    def of(cls, encoded: EncodedWindow, targets: np.ndarray,
+           extras: dict[str, np.ndarray] | None = None) -> EncodedDataset:
+        extras = extras or {}
         if encoded.pieces is None:
-            return cls(encoded.ids, targets)
-        return cls(encoded.ids, np.repeat(targets, encoded.pieces, axis=0), encoded.pieces)
+            return cls(encoded.ids, targets, extras=extras)
+        return cls(encoded.ids, np.repeat(targets, encoded.pieces, axis=0), encoded.pieces,
+                   {name: np.repeat(values, encoded.pieces, axis=0)
+                    for name, values in extras.items()})
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return {"input_ids": self.ids[index], "labels": self.targets[index]}
+        return {"input_ids": self.ids[index], "labels": self.targets[index],
+                **{name: values[index] for name, values in self.extras.items()}}
 
 
 class Collator:
-    """Dynamic padding with the manifest's pad id, exactly as the predict scheduler pads."""
+    """Dynamic padding with the manifest's pad id, exactly as the predict scheduler pads;
+    the items' extra entries (see :class:`EncodedDataset`) become float tensors."""
 
     def __init__(self, pad_token_id: int, problem_type: str) -> None:
         self.pad_token_id = pad_token_id
@@ -88,8 +98,26 @@ class Collator:
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         input_ids, attention_mask = pad([row["input_ids"] for row in rows], self.pad_token_id)
         labels = torch.tensor(np.array([row["labels"] for row in rows]), dtype=self.label_dtype)
+        extras = {name: torch.tensor(np.array([row[name] for row in rows]), dtype=torch.float32)
+                  for name in rows[0] if name not in ("input_ids", "labels")}
         return {"input_ids": torch.from_numpy(input_ids),
-                "attention_mask": torch.from_numpy(attention_mask), "labels": labels}
+                "attention_mask": torch.from_numpy(attention_mask), "labels": labels, **extras}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What a variant of training (distillation) changes in :func:`fit`.
+
+    ``extras``: per-row arrays beside the targets of the training rows (e.g. a teacher's
+    probabilities), handed to the loss as batch entries of the same names; ``trainer_class``:
+    the :class:`transformers.Trainer` subclass whose ``compute_loss`` uses them; ``finish``:
+    the last word on the manifest before it is saved, given the kept model's logits on the
+    eval split (one row per text).
+    """
+
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+    trainer_class: type | None = None
+    finish: Callable[[Manifest, np.ndarray], Manifest] | None = None
 
 
 def train(config: TrainConfig, log: Log = silent) -> TrainResult:
@@ -99,16 +127,45 @@ def train(config: TrainConfig, log: Log = silent) -> TrainResult:
     A Ctrl-C that saved a checkpoint ends in :class:`KeyboardInterrupt`, whose message says
     how to resume.
     """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
+    checkpoint = start_run(config)
+    train_data, eval_data = _load_data(config)
+    return fit(config, train_data, eval_data, checkpoint, log)
 
-    started = time.perf_counter()
-    set_seed(config.seed)  # the new head's initialisation too, so that runs repeat
+
+def start_run(config: TrainConfig) -> str | None:
+    """Refuse an existing output (without ``overwrite``) and check the work directory against
+    ``resume``; return the checkpoint to continue from (None: a fresh start)."""
     if config.output.exists() and not config.overwrite:
         raise ClsxError(f"output {config.output} exists; pass --overwrite to replace it")
-    work = config.output.with_name(f".{config.output.name}.clsx-train")
-    checkpoint = _checkpoint_to_resume(work, config.resume)
+    return _checkpoint_to_resume(work_directory(config.output), config.resume)
+
+
+def work_directory(output: Path) -> Path:
+    """Where the checkpoints of a run writing ``output`` are kept until it finishes."""
+    return output.with_name(f".{output.name}.clsx-train")
+
+
+def checkpoints(work: Path) -> list[Path]:
+    """The checkpoints in ``work``, oldest first."""
+    return sorted(work.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+
+
+def fit(config: TrainConfig, train_data: LabelledData, eval_data: LabelledData,
+        checkpoint: str | None, log: Log = silent, variant: Variant | None = None
+        ) -> TrainResult:
+    """Train on ``train_data``, keep the best epoch on ``eval_data``, calibrate and save:
+    the part of :func:`train` after its data is read (``checkpoint`` from :func:`start_run`).
+
+    The label set is ``train_data.labels``; ``variant`` changes the loss and the manifest
+    (distillation).
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
+
+    variant = variant or Variant()
+    started = time.perf_counter()
+    set_seed(config.seed)  # the new head's initialisation too, so that runs repeat
+    work = work_directory(config.output)
     reference = resolve_model(config.model, log)
-    train_data, eval_data = _load_data(config)
     labels = train_data.labels
     trust = {"trust_remote_code": config.trust_remote_code}
     tokenizer = AutoTokenizer.from_pretrained(reference, **trust)
@@ -127,9 +184,11 @@ def train(config: TrainConfig, log: Log = silent) -> TrainResult:
     if config.method == "lora":
         model = _with_lora(model, config, manifest.is_decoder)
     encoder = TextEncoder(tokenizer, manifest)
-    train_set = EncodedDataset.of(encoder.encode(train_data.texts), train_data.targets)
+    train_set = EncodedDataset.of(encoder.encode(train_data.texts), train_data.targets,
+                                  variant.extras)
     eval_set = EncodedDataset.of(encoder.encode(eval_data.texts), eval_data.targets)
-    trainer = _trainer(model, config, manifest, work, train_set, eval_set)
+    trainer = _trainer(model, config, manifest, work, train_set, eval_set,
+                       variant.trainer_class)
     interrupted = _stop_on_interrupt(trainer, log)
     # Signal handlers can only be installed from the main thread (the CLI's case).
     in_main_thread = threading.current_thread() is threading.main_thread()
@@ -149,14 +208,16 @@ def train(config: TrainConfig, log: Log = silent) -> TrainResult:
     best = _best_epoch(trainer.state)
     manifest = manifest.replace(training={**config.to_json(), "best_epoch": best.get("epoch")})
     calibration: dict[str, float] = {}
+    # The kept epoch's model is loaded: calibrate it on the eval split, then (multi-label)
+    # tune its cut-offs on the calibrated probabilities.
+    logits, targets = per_text(trainer.predict(eval_set), eval_set, config)
     if config.problem_type != "regression":
-        # The kept epoch's model is loaded: calibrate it on the eval split, then (multi-label)
-        # tune its cut-offs on the calibrated probabilities.
-        logits, targets = per_text(trainer.predict(eval_set), eval_set, config)
         manifest = calibrate_manifest(manifest, logits, targets, config.calibration, log)
         if config.calibration:
             calibration = before_and_after(logits, targets, config.problem_type,
                                            manifest.temperatures)
+    if variant.finish is not None:
+        manifest = variant.finish(manifest, logits)
     with staged_directory(config.output, config.overwrite) as stage:
         if config.method == "lora":
             trainer.model.save_pretrained(stage / "adapter")
@@ -189,7 +250,7 @@ def _load_data(config: TrainConfig) -> tuple[LabelledData, LabelledData]:
         _refuse_separators_in_labels(config, train_data.labels)
     if config.eval is not None:
         return train_data, read_labelled(config.eval, labels=train_data.labels, **read)
-    return _split(train_data, config.eval_fraction, config.seed, config.problem_type)
+    return split(train_data, config.eval_fraction, config.seed, config.problem_type)
 
 
 def _refuse_separators_in_labels(config: TrainConfig, labels: Sequence[str]) -> None:
@@ -210,7 +271,7 @@ def _refuse_separators_in_labels(config: TrainConfig, labels: Sequence[str]) -> 
         )
 
 
-def _split(data: LabelledData, fraction: float, seed: int, problem_type: str
+def split(data: LabelledData, fraction: float, seed: int, problem_type: str
            ) -> tuple[LabelledData, LabelledData]:
     """A stratified (single-label) or plain random split with a fixed seed."""
     from sklearn.model_selection import train_test_split
@@ -294,7 +355,8 @@ def _with_lora(model: Any, config: TrainConfig, is_decoder: bool) -> Any:
 
 
 def _trainer(model: Any, config: TrainConfig, manifest: Manifest, work: Path,
-             train_set: EncodedDataset, eval_set: EncodedDataset) -> Any:
+             train_set: EncodedDataset, eval_set: EncodedDataset,
+             trainer_class: type | None = None) -> Any:
     from transformers import Trainer, TrainingArguments
 
     metric, greater_is_better = _selection_metric(config.problem_type)
@@ -331,9 +393,10 @@ def _trainer(model: Any, config: TrainConfig, manifest: Manifest, work: Path,
         return scalar_metrics(compute_metrics(logits, targets,
                                               config.problem_type, manifest.labels, threshold))
 
-    return Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
-                   data_collator=Collator(manifest.padding_id, config.problem_type),
-                   compute_metrics=metrics)
+    return (trainer_class or Trainer)(
+        model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
+        data_collator=Collator(manifest.padding_id, config.problem_type),
+        compute_metrics=metrics)
 
 
 def per_text(prediction: Any, eval_set: EncodedDataset, config: TrainConfig
@@ -382,12 +445,12 @@ def _stop_on_interrupt(trainer: Any, log: Log = silent) -> _Interrupt:
 
 
 def _checkpoint_to_resume(work: Path, resume: bool) -> str | None:
-    checkpoints = sorted(work.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    saved = checkpoints(work)
     if resume:
-        if not checkpoints:
+        if not saved:
             raise ClsxError(f"--resume: no checkpoint in {work}; start without --resume")
-        return str(checkpoints[-1])
-    if checkpoints:
+        return str(saved[-1])
+    if saved:
         raise ClsxError(f"an earlier run left checkpoints in {work}; add --resume to continue "
                         "it, or delete that directory to start over")
     shutil.rmtree(work, ignore_errors=True)

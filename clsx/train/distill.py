@@ -1,0 +1,331 @@
+"""``clsx distill``: a teacher's soft labels on unlabelled texts train a smaller student.
+
+The teacher (any clsx model directory or export, any backend) labels the texts of ``--data``
+(and of ``--train``, where gold labels exist too) through :func:`clsx.predict.batch_predict`,
+keeping its probability vectors. Its outputs are committed in parts in a hidden work
+directory beside the output (``.NAME.clsx-distill``), so a killed run continues the labelling
+with ``--resume``, and the student's training continues from its checkpoint. The student is
+then trained by :func:`clsx.train.trainer.fit` with :func:`soft_label_loss`; it learns the
+teacher's labels (in the teacher's order) and problem type.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from clsx import durable
+from clsx.artifact import fingerprint, open_artifact
+from clsx.config import BatchPredictConfig, EvalConfig
+from clsx.data import LabelledData, read_labelled, read_texts
+from clsx.decisions import MULTI, SINGLE, DecisionRule
+from clsx.errors import ClsxError
+from clsx.evaluate import EvalResult, evaluate, score
+from clsx.log import Log, silent
+from clsx.manifest import Manifest
+from clsx.metrics import scalar_metrics
+from clsx.models import resolve_model
+from clsx.parquet import python_strings
+from clsx.predict import batch_predict
+from clsx.train.config import DistillConfig, TrainConfig
+from clsx.train.trainer import TrainResult, Variant, checkpoints, fit, split, start_run
+from clsx.train.trainer import work_directory as train_work_directory
+
+PREFIX = "teacher_"  # of the teacher's output columns in the work directory's files
+TINY = 1e-12  # floor of a teacher probability before its log (softmax outputs can be 0)
+TABULAR = (".csv", ".jsonl", ".json")  # --data formats copied to Parquet for batch-predict
+
+
+@dataclass(frozen=True)
+class DistillResult:
+    """The student's training result and, with ``--eval``, both models' metrics on it and
+    how often the student decides as the teacher does (``agreement``; regression:
+    ``mse_to_teacher``)."""
+
+    train: TrainResult
+    rows: dict[str, int]
+    evaluation: dict[str, Any]
+
+
+def soft_label_loss(logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor,
+                    gold: torch.Tensor, problem_type: str, temperature: float,
+                    alpha: float) -> torch.Tensor:
+    """The distillation loss of one batch: per row, ``alpha * hard + (1 - alpha) * soft``
+    where ``gold`` is 1 (a gold label in ``labels``), ``soft`` alone where it is 0; the mean
+    over the rows.
+
+    - single-label: soft = T^2 * KL(teacher_T || student_T), each distribution softened by
+      the temperature T (the teacher's from its probabilities: softmax(log p / T)); hard =
+      cross-entropy with the gold label id;
+    - multi-label: soft = binary cross-entropy with the teacher's sigmoid probabilities,
+      hard = with the gold multi-hot row (each averaged over the labels);
+    - regression: soft = squared error to the teacher's value, hard = to the gold value.
+    """
+    functional = torch.nn.functional
+    if problem_type == SINGLE:
+        teacher_log = functional.log_softmax(torch.log(teacher.clamp_min(TINY)) / temperature,
+                                             dim=-1)
+        student_log = functional.log_softmax(logits / temperature, dim=-1)
+        soft = (teacher_log.exp() * (teacher_log - student_log)).sum(dim=-1) * temperature ** 2
+        hard = functional.cross_entropy(logits, labels.long(), reduction="none")
+    elif problem_type == MULTI:
+        soft = functional.binary_cross_entropy_with_logits(logits, teacher,
+                                                           reduction="none").mean(dim=-1)
+        hard = functional.binary_cross_entropy_with_logits(logits, labels.float(),
+                                                           reduction="none").mean(dim=-1)
+    else:
+        values = logits.reshape(-1)
+        soft = (values - teacher.reshape(-1)) ** 2
+        hard = (values - labels.float().reshape(-1)) ** 2
+    weight = alpha * gold
+    return ((1 - weight) * soft + weight * hard).mean()
+
+
+@dataclass(frozen=True)
+class TeacherLabels:
+    """The rows the student learns from, with text: the teacher's probabilities, whether a
+    gold label exists (1.0) and the hard targets (the gold label there, else the teacher's
+    decision); ``decided`` holds the teacher's decisions alone."""
+
+    texts: list[str]
+    probs: np.ndarray
+    has_gold: np.ndarray
+    targets: np.ndarray
+    decided: np.ndarray
+    counts: dict[str, int]
+
+
+def distill(config: DistillConfig, log: Log = silent) -> DistillResult:
+    """Label ``config.data`` with the teacher and train the student on its soft labels (see
+    the module docstring); the output appears only when complete."""
+    teacher = open_artifact(config.teacher, allow_pickle=config.training.get("allow_pickle",
+                                                                             False))
+    manifest = teacher.manifest
+    student = config.student_config(manifest.problem_type)
+    work = labels_directory(config.output)
+    if work.exists() and not student.resume:
+        raise ClsxError(f"an earlier run left teacher labels in {work}; add --resume to "
+                        "continue it, or delete that directory to start over")
+    # The student continues from a checkpoint only where one was saved (a run killed while
+    # the teacher labelled has none).
+    student = replace(student, resume=student.resume and bool(
+        checkpoints(train_work_directory(student.output))))
+    checkpoint = start_run(student)
+    gold = _gold(student, manifest) if student.train is not None else None
+    eval_data = (read_labelled(student.eval, student.text_column, student.label_column,
+                               manifest.problem_type, labels=manifest.labels,
+                               separator=student.label_separator)
+                 if student.eval is not None else None)
+    resolve_model(student.model, log)  # a wrong --student fails before the teacher runs
+    labels = _teacher_labels(config, manifest, student, gold, work, log)
+    everything = LabelledData(labels.texts, labels.decided, manifest.labels,
+                              pa.table({"row": np.arange(len(labels.texts))}))
+    if eval_data is None:  # held-out rows, judged by agreement with the teacher
+        train_part, eval_part = split(everything, student.eval_fraction, student.seed,
+                                      manifest.problem_type)
+    else:
+        train_part, eval_part = everything, eval_data
+    chosen = train_part.table.column("row").to_numpy()
+    train_data = LabelledData(train_part.texts, labels.targets[chosen], manifest.labels,
+                              train_part.table)
+    record = {"teacher": str(Path(config.teacher).resolve()),
+              "teacher_fingerprint": fingerprint(teacher.path),
+              "teacher_backend": config.teacher_backend, "temperature": config.temperature,
+              "alpha": config.alpha, **labels.counts}
+    teacher_eval = _evaluate_teacher(config, student) if eval_data is not None else None
+    evaluation: dict[str, Any] = {}
+
+    def finish(student_manifest: Manifest, logits: np.ndarray) -> Manifest:
+        if teacher_eval is not None:
+            evaluation.update(_compare(student, student_manifest, eval_data, logits,
+                                       teacher_eval))
+        return student_manifest.replace(distillation={
+            **record, **({"eval": evaluation} if evaluation else {})})
+
+    variant = Variant(extras={"teacher": labels.probs[chosen], "gold": labels.has_gold[chosen]},
+                      trainer_class=_trainer_class(manifest.problem_type, config.temperature,
+                                                   config.alpha),
+                      finish=finish)
+    result = fit(student, train_data, eval_part, checkpoint, log, variant)
+    shutil.rmtree(work, ignore_errors=True)
+    return DistillResult(result, labels.counts, evaluation)
+
+
+def _teacher_labels(config: DistillConfig, teacher: Manifest, student: TrainConfig,
+                    gold: LabelledData | None, work: Path, log: Log) -> TeacherLabels:
+    """The teacher's outputs on the ``--data`` rows, then on the ``--train`` rows; rows
+    without text are dropped (and counted)."""
+    durable.make_directory(work)
+    try:
+        texts, probs = _teacher_outputs(config, teacher, _parquet_texts(config, student, work),
+                                        "data", student.text_column, work, log)
+        unlabelled = len(texts)
+        if gold is not None:
+            gold_texts, gold_probs = _teacher_outputs(config, teacher, _gold_texts(gold, work),
+                                                      "train", "text", work, log)
+            texts, probs = texts + gold_texts, np.concatenate([probs, gold_probs])
+    except BaseException:
+        if not any(work.iterdir()):  # nothing to resume: leave no trace
+            work.rmdir()
+        raise
+    kept = np.array([text is not None and bool(text.strip()) and not np.isnan(row).any()
+                     for text, row in zip(texts, probs, strict=True)], dtype=bool)
+    if not kept.any():
+        shutil.rmtree(work, ignore_errors=True)
+        raise ClsxError(f"{config.data}: no row has a text to distil from ({len(kept)} rows, "
+                        "all null or blank)")
+    dropped = int((~kept).sum())
+    if dropped:
+        log(f"Dropped {dropped} rows without text (null or blank); "
+            f"{int(kept.sum())} rows remain")
+    has_gold = (np.arange(len(texts)) >= unlabelled).astype(np.float32)
+    decided = _decisions(teacher, probs)
+    targets = decided.copy()
+    if gold is not None:
+        targets[unlabelled:] = gold.targets
+    rows = np.flatnonzero(kept)
+    counts = {"unlabelled_rows": int(kept[:unlabelled].sum()),
+              "gold_rows": int(kept[unlabelled:].sum()), "dropped_rows": dropped}
+    return TeacherLabels([texts[i] for i in rows], probs[rows], has_gold[rows], targets[rows],
+                         decided[rows], counts)
+
+
+def labels_directory(output: Path) -> Path:
+    """Where the teacher's outputs for a student at ``output`` wait until it is saved."""
+    return output.with_name(f".{output.name}.clsx-distill")
+
+
+def _gold(student: TrainConfig, teacher: Manifest) -> LabelledData:
+    """The ``--train`` rows, their labels in the teacher's order; a label the teacher does not
+    have is refused."""
+    read = dict(text_column=student.text_column, label_column=student.label_column,
+                problem_type=teacher.problem_type, separator=student.label_separator)
+    data = read_labelled(student.train, **read)
+    if teacher.problem_type == "regression":
+        return data
+    unknown = sorted(set(data.labels) - set(teacher.labels))
+    if unknown:
+        raise ClsxError(
+            f"{student.train}: the labels differ from the teacher's: "
+            f"{', '.join(map(repr, unknown[:10]))} are not among the teacher's labels "
+            f"({', '.join(teacher.labels)}); the student learns the teacher's label set")
+    return read_labelled(student.train, labels=teacher.labels, **read)
+
+
+def _parquet_texts(config: DistillConfig, student: TrainConfig, work: Path) -> Path:
+    """``--data`` as batch-predict reads it: Parquet as it is, CSV / JSON lines copied."""
+    if Path(config.data).suffix.lower() not in TABULAR:
+        return Path(config.data)
+    target = work / "data-texts.parquet"
+    if not target.exists():
+        texts = read_texts(config.data, student.text_column)
+        _write_texts(pa.table({student.text_column: pa.array(texts, pa.string())}), target)
+    return target
+
+
+def _gold_texts(gold: LabelledData, work: Path) -> Path:
+    """The texts of the ``--train`` rows as a Parquet file for batch-predict."""
+    target = work / "train-texts.parquet"
+    if not target.exists():
+        _write_texts(pa.table({"text": pa.array(gold.texts, pa.string())}), target)
+    return target
+
+
+def _write_texts(table: pa.Table, target: Path) -> None:
+    temporary = durable.temporary_name(target)
+    try:
+        pq.write_table(table, temporary)
+        durable.rename(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _teacher_outputs(config: DistillConfig, teacher: Manifest, source: Path, name: str,
+                     text_column: str, work: Path, log: Log
+                     ) -> tuple[list[str | None], np.ndarray]:
+    """The texts of ``source`` and the teacher's probabilities for them, row for row (NaN
+    rows for null texts), through batch-predict into ``work`` (resumable)."""
+    output = work / f"{name}.parquet"
+    summary = batch_predict(BatchPredictConfig(
+        input=str(source), output=output, model=Path(config.teacher),
+        backend=config.teacher_backend, text_column=text_column, keep_columns=(text_column,),
+        output_prefix=PREFIX, resume=True,
+        allow_pickle=config.training.get("allow_pickle", False)))
+    log(f"Teacher on {source}: {summary.line()}")
+    table = pq.read_table(output, columns=[text_column, f"{PREFIX}probs"])
+    column = table.column(f"{PREFIX}probs").combine_chunks()
+    valid = column.is_valid().to_numpy(zero_copy_only=False)
+    values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+    probs = np.full((len(table), teacher.num_labels), np.nan, np.float32)
+    probs[valid] = values.reshape(-1, teacher.num_labels)
+    return python_strings(table.column(text_column), text_column), probs
+
+
+def _decisions(teacher: Manifest, probs: np.ndarray) -> np.ndarray:
+    """The teacher's decisions from its probabilities, as the targets of its problem type:
+    label ids, multi-hot rows at its thresholds, or values."""
+    rule = DecisionRule.of(teacher)
+    filled = np.nan_to_num(probs)
+    if teacher.problem_type == SINGLE:
+        return filled.argmax(axis=1).astype(np.int64)
+    if teacher.problem_type == MULTI:
+        return (filled >= rule.cut).astype(np.float32)
+    return filled[:, 0].astype(np.float32)
+
+
+def _eval_config(model: Path, student: TrainConfig, backend: str) -> EvalConfig:
+    return EvalConfig(model, student.eval, text_column=student.text_column,
+                      label_column=student.label_column, label_separator=student.label_separator,
+                      backend=backend)
+
+
+def _evaluate_teacher(config: DistillConfig, student: TrainConfig) -> EvalResult:
+    return evaluate(_eval_config(Path(config.teacher), student, config.teacher_backend))
+
+
+def _compare(student: TrainConfig, manifest: Manifest, eval_data: LabelledData,
+             logits: np.ndarray, teacher: EvalResult) -> dict[str, Any]:
+    """Both models' metrics on ``--eval`` and how often the student decides as the teacher."""
+    mine = score(_eval_config(student.output, student, "torch"), manifest, eval_data, logits,
+                 DecisionRule.of(manifest))
+    compared: dict[str, Any] = {"rows": len(eval_data.texts),
+                                "teacher": scalar_metrics(teacher.metrics),
+                                "student": scalar_metrics(mine.metrics)}
+    if manifest.problem_type == "regression":
+        gap = (np.array(mine.predictions.column("predicted_score").to_pylist(), np.float64)
+               - np.array(teacher.predictions.column("predicted_score").to_pylist(), np.float64))
+        compared["mse_to_teacher"] = float(np.mean(gap ** 2))
+    else:
+        same = [a == b for a, b in zip(mine.predictions.column("predicted_label").to_pylist(),
+                                       teacher.predictions.column("predicted_label").to_pylist(),
+                                       strict=True)]
+        compared["agreement"] = float(np.mean(same))
+    return compared
+
+
+def _trainer_class(problem_type: str, temperature: float, alpha: float) -> type:
+    """A :class:`transformers.Trainer` whose loss is :func:`soft_label_loss` on batches that
+    carry the teacher's probabilities (training); other batches (evaluation) keep the
+    model's own loss."""
+    from transformers import Trainer
+
+    class DistillTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if "teacher" not in inputs:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            inputs = dict(inputs)
+            teacher, gold, labels = inputs.pop("teacher"), inputs.pop("gold"), inputs.pop(
+                "labels")
+            outputs = model(**inputs)
+            loss = soft_label_loss(outputs.logits, labels, teacher, gold, problem_type,
+                                   temperature, alpha)
+            return (loss, outputs) if return_outputs else loss
+
+    return DistillTrainer

@@ -1,0 +1,202 @@
+"""``clsx distill`` on tiny models: a teacher trained on keyword labels, a student that learns
+them from its soft labels; the loss by hand; the one-line errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from clsx.classifier import Classifier
+from clsx.train import trainer as trainer_module
+from clsx.train.distill import labels_directory, soft_label_loss
+from tests.conftest import run_clsx
+
+FILLER = ["the", "delivery", "was", "fast", "and", "food", "arrived", "hot", "service", "waiter",
+          "ignored", "us", "for", "an", "hour", "sound", "quality", "battery", "dies", "quickly"]
+# Each problem type's keywords and what a text holding one means: the teacher learns it.
+MEANING = {
+    "single_label": {"excellent": "pos", "terrible": "neg"},
+    "multi_label": {"excellent": "a", "terrible": "b", "excellent terrible": "a,b"},
+    "regression": {"excellent": 1.0, "terrible": -1.0},
+}
+TINY = ("--max-length", "32", "--batch-size", "8", "--lr", "1e-3", "--method", "full")
+
+
+def keyword_rows(problem_type: str, per_keyword: int = 16, seed: int = 0) -> list[dict]:
+    """Texts of filler words with one keyword (or two) inserted, labelled by it."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(per_keyword):
+        for keyword, label in MEANING[problem_type].items():
+            words = rng.sample(FILLER, 5)
+            words.insert(rng.randrange(6), keyword)
+            rows.append({"text": " ".join(words), "label": label})
+    return rows
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def texts_parquet(path, texts, column="text"):
+    pq.write_table(pa.table({column: pa.array(texts, pa.string())}), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def teachers(tiny_bases, tmp_path_factory):
+    """A tiny BERT teacher per problem type, trained on its keyword rows (built on first use)."""
+    root = tmp_path_factory.mktemp("teachers")
+    built = {}
+
+    def teacher(problem_type: str):
+        if problem_type not in built:
+            data = write_jsonl(root / f"{problem_type}.jsonl", keyword_rows(problem_type, 40))
+            result = run_clsx("train", "--model", tiny_bases["bert"], "--train", data, "--eval",
+                              data, "--output", root / problem_type, "--problem-type",
+                              problem_type, "--epochs", "4", *TINY)
+            assert result.exit_code == 0, result.output
+            built[problem_type] = root / problem_type
+        return built[problem_type]
+
+    return teacher
+
+
+def decisions(model, texts):
+    with Classifier.open(model, "torch") as classifier:
+        prediction = classifier.predict_all(texts)
+        return classifier.rule.decide(prediction.logits)
+
+
+@pytest.mark.parametrize("problem_type, student, extra", [
+    ("single_label", "bert", ("with-train", "with-eval")),
+    ("regression", "bert", ("with-train",)),
+    pytest.param("multi_label", "bert", ("with-eval",), marks=pytest.mark.slow),
+    pytest.param("single_label", "qwen2", (), marks=pytest.mark.slow),  # a decoder student
+])
+def test_a_student_learns_the_teachers_labels(problem_type, student, extra, teachers,
+                                              tiny_bases, tmp_path):
+    teacher = teachers(problem_type)
+    rows = keyword_rows(problem_type, 40, seed=1)
+    texts = [row["text"] for row in rows]
+    data = texts_parquet(tmp_path / "unlabelled.parquet", texts + [None, "  "])
+    gold = write_jsonl(tmp_path / "gold.jsonl", keyword_rows(problem_type, 12, seed=2))
+    options = []
+    if "with-train" in extra:
+        options += ["--train", gold, "--alpha", "0.3"]
+    if "with-eval" in extra:
+        options += ["--eval", gold]
+    out = tmp_path / "student"
+    result = run_clsx("distill", "--teacher", teacher, "--student", tiny_bases[student],
+                      "--data", data, "--output", out, "--epochs", "6", *TINY, *options)
+    assert result.exit_code == 0, result.output
+    assert "Dropped 2 rows without text" in result.output
+    manifest = json.loads((out / "clsx.json").read_text())
+    assert manifest["problem_type"] == json.loads((teacher / "clsx.json").read_text())[
+        "problem_type"]
+    record = manifest["distillation"]
+    assert record["teacher"] == str(teacher) and len(record["teacher_fingerprint"]) == 16
+    assert record["unlabelled_rows"] == len(texts) and record["dropped_rows"] == 2
+    assert record["gold_rows"] == (len(MEANING[problem_type]) * 12 if "with-train" in extra
+                                   else 0)
+    assert not list(tmp_path.glob(".*"))  # no labels or checkpoints left behind
+
+    # The teacher's own training texts, which the student never saw: it decides as the
+    # teacher does far above chance (1/2 for a label, single or one of the multi-labels).
+    seen = [row["text"] for row in keyword_rows(problem_type, 40)]
+    mine, theirs = decisions(out, seen), decisions(teacher, seen)
+    if problem_type == "regression":
+        assert np.corrcoef(mine, theirs)[0, 1] > 0.9
+    else:
+        assert (mine == theirs).mean() >= 0.8, (mine == theirs).mean()
+    if "with-eval" in extra:
+        evaluation = record["eval"]
+        assert evaluation["rows"] == len(MEANING[problem_type]) * 12
+        assert evaluation["agreement"] >= 0.8 and "macro_f1" in evaluation["student"]
+        assert "the student decides as the teacher on" in result.output
+
+
+def test_soft_label_loss_by_hand():
+    # Single-label, T = 2, alpha = 0.25. Row 1 (gold label 0): teacher p = (0.8, 0.2)
+    # softened is sqrt(p) / sum = (2/3, 1/3); the student's logits (2, 0) / 2 give
+    # softmax (0.731059, 0.268941). KL = 2/3 ln(0.666667 / 0.731059)
+    # + 1/3 ln(0.333333 / 0.268941) = 0.010085, times T^2 = 0.040339; cross-entropy
+    # -ln softmax(2, 0)_0 = 0.126928; 0.25 * 0.126928 + 0.75 * 0.040339 = 0.061986.
+    # Row 2 (no gold): the teacher (0.5, 0.5) and logits (0, 0) agree: 0. Mean 0.030993.
+    loss = soft_label_loss(torch.tensor([[2.0, 0.0], [0.0, 0.0]]), torch.tensor([0, 1]),
+                           torch.tensor([[0.8, 0.2], [0.5, 0.5]]), torch.tensor([1.0, 0.0]),
+                           "single_label_classification", temperature=2.0, alpha=0.25)
+    assert loss.item() == pytest.approx(0.030993, abs=1e-5)
+    # Multi-label, alpha 0.5, one label, logit ln 3 (sigmoid 0.75): soft BCE with the
+    # teacher's 0.8 is -(0.8 ln 0.75 + 0.2 ln 0.25) = 0.507405; hard with gold 0 is
+    # -ln 0.25 = 1.386294; half each: 0.946850.
+    loss = soft_label_loss(torch.tensor([[math.log(3)]]), torch.tensor([[0.0]]),
+                           torch.tensor([[0.8]]), torch.tensor([1.0]),
+                           "multi_label_classification", temperature=2.0, alpha=0.5)
+    assert loss.item() == pytest.approx(0.946850, abs=1e-5)
+    # Regression, alpha 0.5: prediction 1, teacher 3 (error 4), gold 2 (error 1): 2.5.
+    loss = soft_label_loss(torch.tensor([[1.0]]), torch.tensor([2.0]), torch.tensor([[3.0]]),
+                           torch.tensor([1.0]), "regression", temperature=2.0, alpha=0.5)
+    assert loss.item() == pytest.approx(2.5)
+
+
+def test_an_interrupted_distillation_resumes(teachers, tiny_bases, tmp_path, monkeypatch):
+    class InterruptAtOnce(trainer_module._Interrupt):
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.flag = True
+
+    data = texts_parquet(tmp_path / "u.parquet",
+                         [row["text"] for row in keyword_rows("single_label", 12)])
+    out = tmp_path / "student"
+    args = ["distill", "--teacher", teachers("single_label"), "--student", tiny_bases["bert"],
+            "--data", data, "--output", out, "--epochs", "2", *TINY]
+    monkeypatch.setattr(trainer_module, "_Interrupt", InterruptAtOnce)
+    result = run_clsx(*args)
+    assert result.exit_code == 130 and "--resume" in result.output, result.output
+    assert (labels_directory(out) / "data.parquet").is_file()
+    monkeypatch.undo()
+    result = run_clsx(*args)
+    assert result.exit_code == 1 and "left teacher labels" in result.output
+    result = run_clsx(*args, "--resume")
+    assert result.exit_code == 0, result.output
+    assert out.is_dir() and not list(tmp_path.glob(".*"))
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("labels differ", "the labels differ from the teacher's: 'pos' are not among the "
+                      "teacher's labels (negative, neutral, positive)"),
+    ("problem type", "the teacher is a single_label model and a student learns its problem "
+                     "type; drop --problem-type regression"),
+    ("no rows", "has 0 rows; there is nothing to classify"),
+    ("only null texts", "no row has a text to distil from (2 rows, all null or blank)"),
+    ("no text column", "has no column 'text'"),
+])
+def test_bad_input_is_one_line(case, expected, tiny_models, tiny_bases, tmp_path):
+    data = texts_parquet(tmp_path / "u.parquet", ["fine", "good"])
+    extra = []
+    if case == "labels differ":
+        extra = ["--train", write_jsonl(tmp_path / "g.jsonl", [{"text": "x", "label": "pos"}])]
+    elif case == "problem type":
+        extra = ["--problem-type", "regression"]
+    elif case == "no rows":
+        data = texts_parquet(tmp_path / "u.parquet", [])
+    elif case == "only null texts":
+        data = texts_parquet(tmp_path / "u.parquet", [None, " "])
+    else:
+        data = texts_parquet(tmp_path / "u.parquet", ["fine"], column="body")
+    result = run_clsx("distill", "--teacher", tiny_models["bert"], "--student",
+                      tiny_bases["bert"], "--data", data, "--output", tmp_path / "student",
+                      *extra)
+    assert result.exit_code == 1, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("Error: ") and expected in last, result.output
+    assert not (tmp_path / "student").exists() and not list(tmp_path.glob(".*"))
