@@ -92,12 +92,15 @@ class Collator:
                 "attention_mask": torch.from_numpy(attention_mask), "labels": labels}
 
 
-def train(config: TrainConfig, log: Log = silent) -> TrainResult:
+def train(config: TrainConfig, log: Log = silent, callbacks: Sequence[Any] = ()
+          ) -> TrainResult:
     """Run one fine-tuning job end to end (see the module docstring for the layout).
 
     ``log`` hears the status lines (a bundled model's first-use install, Ctrl-C handling).
     A Ctrl-C that saved a checkpoint ends in :class:`KeyboardInterrupt`, whose message says
-    how to resume.
+    how to resume. ``callbacks`` are extra ``transformers.TrainerCallback`` objects
+    (``clsx sweep`` prunes trials with one); an exception raised in one ends the run and
+    leaves its checkpoints in the work directory.
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
@@ -105,7 +108,7 @@ def train(config: TrainConfig, log: Log = silent) -> TrainResult:
     set_seed(config.seed)  # the new head's initialisation too, so that runs repeat
     if config.output.exists() and not config.overwrite:
         raise ClsxError(f"output {config.output} exists; pass --overwrite to replace it")
-    work = config.output.with_name(f".{config.output.name}.clsx-train")
+    work = work_directory(config.output)
     checkpoint = _checkpoint_to_resume(work, config.resume)
     reference = resolve_model(config.model, log)
     train_data, eval_data = _load_data(config)
@@ -130,6 +133,8 @@ def train(config: TrainConfig, log: Log = silent) -> TrainResult:
     train_set = EncodedDataset.of(encoder.encode(train_data.texts), train_data.targets)
     eval_set = EncodedDataset.of(encoder.encode(eval_data.texts), eval_data.targets)
     trainer = _trainer(model, config, manifest, work, train_set, eval_set)
+    for callback in callbacks:
+        trainer.add_callback(callback)
     interrupted = _stop_on_interrupt(trainer, log)
     # Signal handlers can only be installed from the main thread (the CLI's case).
     in_main_thread = threading.current_thread() is threading.main_thread()
@@ -171,6 +176,10 @@ def train(config: TrainConfig, log: Log = silent) -> TrainResult:
     return TrainResult(config.output, manifest, best, epochs, time.perf_counter() - started,
                        calibration)
 
+
+def work_directory(output: Path) -> Path:
+    """The hidden directory beside ``output`` where a run keeps its checkpoints."""
+    return output.with_name(f".{output.name}.clsx-train")
 
 
 def _load_data(config: TrainConfig) -> tuple[LabelledData, LabelledData]:
