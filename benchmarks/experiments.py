@@ -225,6 +225,8 @@ CLAIMS = (*CLAIMS, Claim(
     7, "Temperature scaling fitted on the eval split gives test ECE <= 0.03 (15 bins)",
     CALIBRATION_RUNS, _calibration_verdict))
 RUNS = {experiment.name: (claim, experiment) for claim in CLAIMS for experiment in claim.runs}
+# Sections that other scripts measure and write, appended to EXPERIMENTS.md as they stand.
+APPENDED = (HERE / "results" / "sweep_sst2.md",)  # benchmarks/sweep_sst2.py
 PSEUDO_CONFIDENCE = 0.9
 
 
@@ -340,6 +342,7 @@ def markdown(results: dict[str, dict]) -> str:
         if missing:
             lines += [f"**Not run yet:** `python benchmarks/experiments.py --runs "
                       f"{','.join(missing)}`.", ""]
+    lines += [section.read_text() for section in APPENDED if section.is_file()]
     return "\n".join(lines)
 
 
