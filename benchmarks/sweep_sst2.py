@@ -42,7 +42,7 @@ from experiments import bootstrap, paired_difference  # noqa: E402
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results"
 MODEL = "minilm-l6"
-SEARCH = ("--method", "full", "--lr", "2e-5:3e-4", "--epochs", "2:3", "--batch-size", "16,32")
+SEARCH = ("--method", "full", "--lr", "2e-5:3e-4", "--epochs", "1:2", "--batch-size", "16,32")
 FIXED = ("--max-length", "128", "--eval-batch-size", "32")  # for the sweep and the retraining
 REFERENCE = "sst2-minilm-lora"  # claim 1: all train rows, LoRA lr 5e-4, batch 16, 3 epochs
 
@@ -97,8 +97,8 @@ def compare(a: str, b: str, runs: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1200, help="train rows for steps 1 and 2")
-    parser.add_argument("--trials", type=int, default=6)
+    parser.add_argument("--rows", type=int, default=1000, help="train rows for steps 1 and 2")
+    parser.add_argument("--trials", type=int, default=5)
     parser.add_argument("--full-rows", type=int, help="train rows for step 3 (default: all)")
     parser.add_argument("--test-rows", type=int, help="a smoke run: fewer test rows")
     parser.add_argument("--dev-rows", type=int, help="a smoke run: fewer dev rows")
