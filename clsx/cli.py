@@ -568,7 +568,7 @@ def train_command(**options) -> None:
                    "accuracy; multi-label macro_f1; regression mse]")
 @click.option("--prune/--no-prune", default=True, show_default=True,
               help="Stop a trial whose metric after an epoch is below the median of the "
-                   "completed trials' after that epoch (from the third completed trial on).")
+                   "completed trials' after that epoch (once two trials have completed).")
 @click.option("--resume", is_flag=True,
               help="Continue the sweep in --output (same settings); a trial it was running "
                    "runs again.")
