@@ -37,7 +37,6 @@ from accuracy import EXPERIMENTS as ACCURACY_EXPERIMENTS  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "experiments.json"
-DISTILL_REPORT = HERE / "results" / "distill.md"
 MINILM = ("--batch-size", "16", "--lr", "5e-4")
 SMOLLM2 = ("--epochs", "1", "--batch-size", "8", "--lr", "1e-4")
 TREC_DESCRIPTIONS = {
@@ -226,6 +225,9 @@ CLAIMS = (*CLAIMS, Claim(
     7, "Temperature scaling fitted on the eval split gives test ECE <= 0.03 (15 bins)",
     CALIBRATION_RUNS, _calibration_verdict))
 RUNS = {experiment.name: (claim, experiment) for claim in CLAIMS for experiment in claim.runs}
+# Sections that other scripts measure and write, appended to EXPERIMENTS.md as they stand.
+APPENDED = (HERE / "results" / "distill.md",  # benchmarks/distill.py
+            HERE / "results" / "sweep_sst2.md")  # benchmarks/sweep_sst2.py
 PSEUDO_CONFIDENCE = 0.9
 
 
@@ -341,8 +343,7 @@ def markdown(results: dict[str, dict]) -> str:
         if missing:
             lines += [f"**Not run yet:** `python benchmarks/experiments.py --runs "
                       f"{','.join(missing)}`.", ""]
-    if DISTILL_REPORT.exists():  # written by benchmarks/distill.py
-        lines.append(DISTILL_REPORT.read_text())
+    lines += [section.read_text() for section in APPENDED if section.is_file()]
     return "\n".join(lines)
 
 

@@ -665,6 +665,85 @@ def _format_comparison(evaluation: dict[str, Any], source: Path) -> str:
     return "\n".join(lines)
 
 
+@main.command("sweep")
+@click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
+              help="Directory for the sweep: best/ (the best trial's model), trials/, "
+                   "trials.md, trials.json, sweep.png and sweep.db.")
+@click.option("--trials", type=click.IntRange(min=1),
+              help="Search with Optuna's TPE sampler for this many trials in all (a resumed "
+                   "sweep counts the earlier ones).")
+@click.option("--grid", is_flag=True, help="Train every combination of the lists instead.")
+@click.option("--lr", help="Learning rates: a list (1e-5,1e-4) or a range (1e-5:1e-3), "
+                           "searched on a log scale."
+                           + default_note(TrainConfig, "lr"))
+@click.option("--epochs", help="Epochs: a list (2,3) or a range of whole numbers (1:4)."
+                               + default_note(TrainConfig, "epochs"))
+@click.option("--batch-size", help="Batch sizes: a list (8,16,32) or a range (8:32), log scale."
+                                   + default_note(TrainConfig, "batch_size"))
+@click.option("--lora-r", help="LoRA ranks: a list (8,64) or a range (4:64), log scale."
+                               + default_note(TrainConfig, "lora_r"))
+@click.option("--lora-alpha", help="LoRA alphas: a list (16,128) or a range (8:128), log scale."
+                                   + default_note(TrainConfig, "lora_alpha"))
+@click.option("--method", help="lora, full, or lora,full to try both."
+                               + default_note(TrainConfig, "method"))
+@click.option("--metric",
+              help="The eval-split metric to optimise (the kept epoch's): accuracy, macro_f1, "
+                   "micro_f1, ... or loss; mse, mae and loss are minimised.  [default: "
+                   "accuracy; multi-label macro_f1; regression mse]")
+@click.option("--prune/--no-prune", default=True, show_default=True,
+              help="Stop a trial whose metric after an epoch is below the median of the "
+                   "completed trials' after that epoch (once two trials have completed).")
+@click.option("--resume", is_flag=True,
+              help="Continue the sweep in --output (same settings); a trial it was running "
+                   "runs again.")
+@click.option("--overwrite", is_flag=True, help="Delete --output's sweep and start over.")
+def sweep_command(output: Path, trials: int | None, grid: bool, metric: str | None,
+                  prune: bool, resume: bool, overwrite: bool, **options) -> None:
+    """Search learning rate, epochs, batch size, LoRA rank/alpha and method.
+
+    Every trial is a `clsx train` run with the other options as given here. Each search
+    flag takes a list (--lr 1e-5,1e-4) or a range (--lr 1e-5:1e-3); one value fixes it,
+    and a flag left out keeps train's default. The best trial's model becomes OUTPUT/best;
+    Ctrl-C or a kill leaves the sweep resumable with --resume.
+    """
+    from clsx.train.search_space import PARAMETERS, parse_space, settings_text
+    from clsx.train.sweep import SweepConfig, sweep
+
+    searched = {name: options.pop(name) for name in PARAMETERS}
+    options["train"] = options.pop("train_path")
+    options["eval"] = options.pop("eval_path")
+    config = SweepConfig(TrainConfig(output=output, **given(options)),
+                         parse_space(given(searched)), trials=trials, grid=grid,
+                         metric=metric, prune=prune, resume=resume, overwrite=overwrite)
+    result = sweep(config, log=lambda line: click.echo(line, err=True))
+    if result.best is None:
+        raise ClsxError(f"no trial completed (see {output / 'trials.md'})")
+    best = result.best
+    click.echo(f"Best: trial {best.number}, {result.metric} {best.value:.4f} "
+               f"({settings_text(best.params)}); {len(result.rows)} trials, "
+               f"{result.minutes:.1f} min of training; wrote {output / 'best'}")
+
+
+# The options every trial shares are train's own (the same click.Option objects), so that
+# their flags, types, defaults and help are defined once.
+SWEEP_TRAIN_OPTIONS = ("model", "train_path", "eval_path")
+SWEEP_FIXED_OPTIONS = (
+    "text_column", "label_column", "problem_type", "label_separator", "warmup",
+    "eval_batch_size", "max_length", "long_text", "window_stride", "aggregate", "lora_dropout",
+    "target_modules", "lora_embeddings", "eval_fraction", "seed", "template",
+    "label_descriptions", "chat", "calibration", "bf16", "allow_pickle", "trust_remote_code",
+    "storage_options")
+
+
+def _train_options(*names: str) -> list[click.Parameter]:
+    by_name = {param.name: param for param in train_command.params}
+    return [by_name[name] for name in names]
+
+
+sweep_command.params[:0] = _train_options(*SWEEP_TRAIN_OPTIONS)
+sweep_command.params += _train_options(*SWEEP_FIXED_OPTIONS)
+
+
 def _echo_decisions(manifest: Any, source: str) -> None:
     """Report a manifest's fitted temperatures and tuned thresholds, fitted on ``source``."""
     def per_label(values: tuple[float, ...]) -> str:

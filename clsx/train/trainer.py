@@ -120,16 +120,19 @@ class Variant:
     finish: Callable[[Manifest, np.ndarray], Manifest] | None = None
 
 
-def train(config: TrainConfig, log: Log = silent) -> TrainResult:
+def train(config: TrainConfig, log: Log = silent, callbacks: Sequence[Any] = ()
+          ) -> TrainResult:
     """Run one fine-tuning job end to end (see the module docstring for the layout).
 
     ``log`` hears the status lines (a bundled model's first-use install, Ctrl-C handling).
     A Ctrl-C that saved a checkpoint ends in :class:`KeyboardInterrupt`, whose message says
-    how to resume.
+    how to resume. ``callbacks`` are extra ``transformers.TrainerCallback`` objects
+    (``clsx sweep`` prunes trials with one); an exception raised in one ends the run and
+    leaves its checkpoints in the work directory.
     """
     checkpoint = start_run(config)
     train_data, eval_data = _load_data(config)
-    return fit(config, train_data, eval_data, checkpoint, log)
+    return fit(config, train_data, eval_data, checkpoint, log, callbacks=callbacks)
 
 
 def start_run(config: TrainConfig) -> str | None:
@@ -151,13 +154,13 @@ def checkpoints(work: Path) -> list[Path]:
 
 
 def fit(config: TrainConfig, train_data: LabelledData, eval_data: LabelledData,
-        checkpoint: str | None, log: Log = silent, variant: Variant | None = None
-        ) -> TrainResult:
+        checkpoint: str | None, log: Log = silent, variant: Variant | None = None,
+        callbacks: Sequence[Any] = ()) -> TrainResult:
     """Train on ``train_data``, keep the best epoch on ``eval_data``, calibrate and save:
     the part of :func:`train` after its data is read (``checkpoint`` from :func:`start_run`).
 
     The label set is ``train_data.labels``; ``variant`` changes the loss and the manifest
-    (distillation).
+    (distillation); ``callbacks`` are :func:`train`'s.
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
@@ -189,6 +192,8 @@ def fit(config: TrainConfig, train_data: LabelledData, eval_data: LabelledData,
     eval_set = EncodedDataset.of(encoder.encode(eval_data.texts), eval_data.targets)
     trainer = _trainer(model, config, manifest, work, train_set, eval_set,
                        variant.trainer_class)
+    for callback in callbacks:
+        trainer.add_callback(callback)
     interrupted = _stop_on_interrupt(trainer, log)
     # Signal handlers can only be installed from the main thread (the CLI's case).
     in_main_thread = threading.current_thread() is threading.main_thread()
@@ -231,7 +236,6 @@ def fit(config: TrainConfig, train_data: LabelledData, eval_data: LabelledData,
     shutil.rmtree(work, ignore_errors=True)
     return TrainResult(config.output, manifest, best, epochs, time.perf_counter() - started,
                        calibration)
-
 
 
 def _load_data(config: TrainConfig) -> tuple[LabelledData, LabelledData]:
