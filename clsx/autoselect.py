@@ -58,13 +58,13 @@ def choose_dtype(artifact: Artifact, options: RunnerOptions,
     cache = cache or cache_dir() / "auto-dtype.json"
     key = "|".join([fingerprint(artifact.path), device, str(options.threads),
                     machine_description(), ",".join(candidates)])
-    remembered = _read(cache).get(key)
+    remembered = read_choices(cache).get(key)
     if remembered is not None:
         return DtypeChoice(remembered["dtype"], remembered["measured"], cached=True)
     measured = _measure(artifact, dataclasses.replace(options, device=device), candidates)
     qualified = [d for d, m in measured.items() if m["qualifies"]]
     dtype = max(qualified, key=lambda d: measured[d]["rows_per_s"])
-    _write(cache, key, {"dtype": dtype, "measured": measured})
+    remember(cache, key, {"dtype": dtype, "measured": measured})
     return DtypeChoice(dtype, measured)
 
 
@@ -99,18 +99,20 @@ def _measure(artifact: Artifact, options: RunnerOptions, candidates: tuple[str, 
     return measured
 
 
-def _read(cache: Path) -> dict[str, Any]:
+def read_choices(cache: Path) -> dict[str, Any]:
+    """The choices remembered in ``cache`` (none when it is missing or unreadable)."""
     try:
         return json.loads(cache.read_text())
     except (OSError, ValueError):
         return {}
 
 
-def _write(cache: Path, key: str, value: dict[str, Any]) -> None:
-    """Remember a choice; a cache that cannot be written only costs a new measurement."""
+def remember(cache: Path, key: str, value: dict[str, Any]) -> None:
+    """Remember a choice under ``key``; a cache that cannot be written only costs a new
+    measurement."""
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        entries = {**_read(cache), key: value}
+        entries = {**read_choices(cache), key: value}
         durable.write_file(cache, json.dumps(entries, indent=2) + "\n")
     except OSError:
         pass

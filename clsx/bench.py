@@ -15,14 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from clsx import durable
-from clsx.artifact import fingerprint
 from clsx.classifier import Classifier
 from clsx.config import BenchConfig
 from clsx.data import read_texts
 from clsx.errors import ClsxError
+from clsx.export.cache import cached_export
 from clsx.export.parity import compare
 from clsx.log import Log, silent
-from clsx.manifest import Manifest
 from clsx.runners.tensorrt import require_tensorrt
 
 VARIANTS = ("torch", "torch-bf16", "onnx", "onnx-int8", "tensorrt")
@@ -76,7 +75,9 @@ def run_bench(config: BenchConfig, log: Log = silent) -> list[BenchRow]:
                 directory, backend = model_dir, "torch"
                 variant_options = replace(options, dtype=TORCH_DTYPES[variant])
             else:
-                directory, backend = _export(model_dir, variant, cache, log), "auto"
+                directory = cached_export(model_dir, variant, cache / variant, log,
+                                          min_agreement=0.0)
+                backend = "auto"
                 variant_options = options
             log(f"bench: running {variant} on {len(texts)} rows")
             with _peak_rss() as peak, Classifier.open(directory, backend, variant_options,
@@ -138,19 +139,6 @@ def write_json(results: Sequence[BenchRow], path: Path, **context: object) -> No
     """Write the results and the run's context (model, data, machine) as JSON."""
     payload = {**context, "results": [asdict(r) for r in results]}
     durable.write_file(path, json.dumps(payload, indent=2, default=str) + "\n")
-
-
-def _export(model_dir: Path, variant: str, cache: Path, log: Log) -> Path:
-    from clsx.export.onnx import export_onnx
-
-    target = cache / variant
-    if target.is_dir():
-        manifest = Manifest.load(target)
-        if manifest is not None and manifest.parent_fingerprint == fingerprint(model_dir):
-            return target
-    log(f"bench: exporting {model_dir} to {variant} in {target}")
-    export_onnx(model_dir, target, fmt=variant, overwrite=True, min_agreement=0.0)
-    return target
 
 
 @contextmanager

@@ -87,6 +87,11 @@ def with_default(config: type, name: str, help_text: str = "") -> dict[str, Any]
     return {"default": None, "help": (help_text + default_note(config, name)).lstrip()}
 
 
+def echo_err(line: str) -> None:
+    """The ``log`` the commands hand to library code: status lines on stderr."""
+    click.echo(line, err=True)
+
+
 def given(options: dict[str, Any]) -> dict[str, Any]:
     """The options the user gave (None: left to the config dataclass's default)."""
     return {name: value for name, value in options.items() if value is not None}
@@ -281,7 +286,15 @@ def _batch_predict_options(command):
                      help="Model directory: merged PyTorch checkpoint or a clsx export."),
         click.option("--backend", type=click.Choice(BACKENDS), **default("backend",
                      "auto runs the model directory's own format (a PyTorch model in the "
-                          "fastest dtype that keeps its labels here).")),
+                          "fastest dtype that keeps its labels here; on CPU, for big jobs, "
+                          "the fastest of torch, onnx and onnx-int8: see --auto-formats).")),
+        click.option("--auto-formats/--no-auto-formats", default=None,
+                     help="With --backend auto, a PyTorch model and the CPU: export the model "
+                          "once to onnx and onnx-int8 (gated as clsx export gates them, int8 "
+                          "on IN's first 500 texts; cached), time each format and torch on "
+                          "IN's first 256 texts, and run the fastest that passed its gate (a "
+                          "less exact one only when 10% faster). The choice is remembered per "
+                          "model and machine.  [default: on for IN of 20,000 rows or more]"),
         click.option("--text-column", **default("text_column")),
         click.option("--keep-columns", callback=_comma_list,
                      help="Comma-separated input columns to copy to OUT  [default: all]"),
@@ -394,12 +407,12 @@ def batch_predict_command(input_path: str, output: str, quiet: bool, engine: str
 
             summary = ray_batch_predict(config, RayOptions(**ray_options,
                                                            preserve_order=preserve_order),
-                                        progress=not quiet)
+                                        progress=not quiet, log=echo_err)
         else:
             if ray_options or preserve_order:
                 raise ClsxError("--address, --num-workers, --gpus-per-worker and "
                                 "--preserve-order apply to --engine ray only")
-            summary = batch_predict(config, progress)
+            summary = batch_predict(config, progress, log=echo_err)
     click.echo(summary.line(), err=True)
 
 
@@ -469,7 +482,7 @@ def bench_command(json_path: Path | None, report_path: Path | None, **options) -
         from clsx.reports.page import check_report_path
 
         check_report_path(report_path)
-    results = run_bench(config, log=lambda line: click.echo(line, err=True))
+    results = run_bench(config, log=echo_err)
     click.echo(format_table(results))
     if json_path is not None:
         write_json(results, json_path, model=str(config.model), data=str(config.data),
@@ -578,7 +591,7 @@ def train_command(**options) -> None:
     options["eval"] = options.pop("eval_path")
     # An option not given (None) leaves the field to TrainConfig's default.
     given = {name: value for name, value in options.items() if value is not None}
-    result = train(TrainConfig(**given), log=lambda line: click.echo(line, err=True))
+    result = train(TrainConfig(**given), log=echo_err)
     click.echo(format_report(result.best_metrics), err=True)
     if result.calibration:  # ECE / Brier / NLL on the eval split, raw and calibrated
         click.echo(format_report(result.calibration), err=True)
@@ -639,7 +652,7 @@ def distill_command(teacher: Path, student: str, data: Path, train_path: Path | 
                            train=train_path, eval=eval_path, training=given(options),
                            **given({"problem_type": problem_type, "temperature": temperature,
                                     "alpha": alpha, "teacher_backend": teacher_backend}))
-    result = distill(config, log=lambda line: click.echo(line, err=True))
+    result = distill(config, log=echo_err)
     click.echo(format_report(result.train.best_metrics), err=True)
     _echo_decisions(result.train.manifest, "the eval split")
     if result.evaluation:
@@ -715,7 +728,7 @@ def sweep_command(output: Path, trials: int | None, grid: bool, metric: str | No
     config = SweepConfig(TrainConfig(output=output, **given(options)),
                          parse_space(given(searched)), trials=trials, grid=grid,
                          metric=metric, prune=prune, resume=resume, overwrite=overwrite)
-    result = sweep(config, log=lambda line: click.echo(line, err=True))
+    result = sweep(config, log=echo_err)
     if result.best is None:
         raise ClsxError(f"no trial completed (see {output / 'trials.md'})")
     best = result.best
@@ -789,8 +802,7 @@ def calibrate_command(**options) -> None:
     from clsx.calibrate import calibrate
     from clsx.metrics import format_calibration
 
-    result = calibrate(CalibrateConfig(**given(options)), log=lambda line: click.echo(line,
-                                                                                       err=True))
+    result = calibrate(CalibrateConfig(**given(options)), log=echo_err)
     click.echo(format_calibration(result.before, result.after, ("before", "after")))
     _echo_decisions(result.manifest, f"{result.rows} rows of {options['data']}")
     click.echo(f"Wrote {result.output / 'clsx.json'}")

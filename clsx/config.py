@@ -73,6 +73,7 @@ class BatchPredictConfig(LongTextOverride):
     memory_fraction: float | None = None
     allow_pickle: bool = False
     storage_options: tuple[str, ...] = ()
+    auto_formats: bool | None = None  # None: when IN has FORMAT_SEARCH_MIN_ROWS rows or more
 
     def __post_init__(self) -> None:
         for name in ("batch_tokens", "window_rows", "max_length", "threads", "part_rows"):
@@ -107,7 +108,8 @@ class BatchPredictConfig(LongTextOverride):
                   for path, info in ((path, path.info()) for path in source.files)]
         options = ("backend", "text_column", "keep_columns", "window_rows", "batch_tokens",
                    "max_length", "long_text", "window_stride", "aggregate", "windows_column",
-                   "output_prefix", "threshold", "device", "threads", "output_format", "dtype")
+                   "output_prefix", "threshold", "device", "threads", "output_format", "dtype",
+                   "auto_formats")
         return {"inputs": inputs, "model": str(self.model.resolve()),
                 "model_fingerprint": model_fingerprint,
                 **{name: _json_value(getattr(self, name)) for name in options}}

@@ -13,6 +13,7 @@ from clsx.artifact import Artifact, fingerprint, open_artifact
 from clsx.classifier import Classifier, Counts, output_fields
 from clsx.config import BatchPredictConfig
 from clsx.errors import ClsxError
+from clsx.log import Log, silent
 from clsx.parquet import (
     ParquetInput,
     check_output_location,
@@ -59,6 +60,62 @@ class Summary:
         )
 
 
+def pin_auto_format(config: BatchPredictConfig, source: ParquetInput, artifact: Artifact,
+                    threads: int | None = None, log: Log = silent
+                    ) -> tuple[BatchPredictConfig, str | None]:
+    """``config`` with ``--backend auto``'s format choice (:mod:`clsx.autoformat`) pinned
+    as its model directory, backend and dtype, and why it was chosen; ``config`` as it is
+    (and None) where no format search applies. ``threads`` is what each model replica runs
+    with (``config.threads`` when None)."""
+    from clsx.autoformat import CALIBRATION_TEXTS, FORMAT_SEARCH_MIN_ROWS, choose_format, rates
+
+    wanted = config.auto_formats
+    if wanted is None:
+        wanted = source.num_rows >= FORMAT_SEARCH_MIN_ROWS
+    if not wanted:
+        return config, None
+    obstacle = _format_search_obstacle(config, artifact)
+    if obstacle is not None:
+        if config.auto_formats:
+            raise ClsxError(f"--auto-formats {obstacle}")
+        return config, None
+    options = replace(config.runner_options(), threads=threads or config.threads)
+    choice = choose_format(
+        artifact, options, first_texts(source, config, CALIBRATION_TEXTS),
+        log=lambda line: log(f"--backend auto: {line}"),
+        max_length=config.max_length, long_text=config.long_text_override(),
+        batch_tokens=config.batch_tokens, threshold=config.threshold)
+    remembered = ", remembered" if choice.cached else ""
+    log(f"--backend auto chose {choice.name}{remembered}: {choice.reason} "
+        f"({rates(choice.measured)})")
+    pinned = replace(config, model=choice.directory, backend=choice.backend, dtype=choice.dtype)
+    return pinned, f"{choice.name} chosen by --backend auto{remembered}: {choice.reason}"
+
+
+def _format_search_obstacle(config: BatchPredictConfig, artifact: Artifact) -> str | None:
+    """Why the format search cannot run for this job (None: it can)."""
+    if config.backend != "auto" or config.dtype is not None:
+        return "applies to --backend auto without --dtype"
+    if artifact.manifest.format != "torch":
+        return (f"applies to a PyTorch model directory; {config.model} is already an "
+                f"export ({artifact.manifest.format})")
+    from clsx.runners.torch import resolve_device
+
+    if resolve_device(config.device) != "cpu":
+        return "compares CPU formats (onnx, onnx-int8); on a GPU, pass --device cpu or drop it"
+    return None
+
+
+def first_texts(source: ParquetInput, config: BatchPredictConfig, count: int) -> list[str]:
+    """The first ``count`` non-null texts of the input."""
+    texts: list[str] = []
+    for batch in iter_batches(source, config.window_rows):
+        texts += [t for t in text_values(batch, config.text_column) if t is not None]
+        if len(texts) >= count:
+            break
+    return texts[:count]
+
+
 def open_classifier(config: BatchPredictConfig, artifact: Artifact,
                     threads: int | None = None) -> Classifier:
     """The classifier ``config`` asks for (``threads`` overrides ``config.threads``)."""
@@ -98,20 +155,23 @@ def output_schema(config: BatchPredictConfig, source: ParquetInput, artifact: Ar
     return pa.schema(list(source.schema) + fields)
 
 
-def batch_predict(config: BatchPredictConfig, progress: Progress | None = None) -> Summary:
+def batch_predict(config: BatchPredictConfig, progress: Progress | None = None,
+                  log: Log = silent) -> Summary:
     """Classify ``config.input`` into ``config.output``; the output appears only when complete.
 
     Work is committed in part files beside OUT (see :mod:`clsx.parts`), so a killed run
-    continues with ``resume`` where it stopped. ``progress`` is told the rows done so far.
+    continues with ``resume`` where it stopped. ``progress`` is told the rows done so far;
+    ``log`` gets status lines (``--backend auto``'s format search).
     """
     try:
-        return _batch_predict(config, progress)
+        return _batch_predict(config, progress, log)
     except OSError as exc:  # an object store that cannot be reached, or refuses, mid-job
         raise ClsxError(f"{one_line(exc)} (committed parts stay: rerun the same command with "
                         "--resume once the storage answers)") from exc
 
 
-def _batch_predict(config: BatchPredictConfig, progress: Progress | None) -> Summary:
+def _batch_predict(config: BatchPredictConfig, progress: Progress | None, log: Log
+                   ) -> Summary:
     source = checked_input(config)
     output = config.output_location()
     store = open_store(output)
@@ -124,7 +184,10 @@ def _batch_predict(config: BatchPredictConfig, progress: Progress | None) -> Sum
         # A damaged store fails here, before the model loads; a new job starts with no parts.
         parts = store.parts() if store.exists() else []
         resumed_rows = sum(part.rows for part in parts)
-        classifier = open_classifier(config, artifact)
+        pinned, chosen_because = pin_auto_format(config, source, artifact, log=log)
+        if pinned.model != config.model:
+            artifact = open_artifact(pinned.model)
+        classifier = open_classifier(pinned, artifact)
         store.start(job)  # after the model loaded: a model that fails to load leaves nothing
         started = time.perf_counter()
         counts = Counts()
@@ -140,8 +203,11 @@ def _batch_predict(config: BatchPredictConfig, progress: Progress | None) -> Sum
             store.publish_dataset()
         else:
             store.assemble(schema)
-        return Summary(counts.rows, time.perf_counter() - started, classifier.description,
-                       config.output, counts, resumed_rows)
+        backend = classifier.description
+        if chosen_because is not None:
+            backend += f", {chosen_because}"
+        return Summary(counts.rows, time.perf_counter() - started, backend, config.output,
+                       counts, resumed_rows)
 
 
 def _claim_output(config: BatchPredictConfig, output: Location, store: Store) -> bool:

@@ -18,8 +18,9 @@ from clsx.artifact import open_artifact
 from clsx.config import BatchPredictConfig, RayOptions
 from clsx.errors import ClsxError, os_error
 from clsx.hardware import physical_cores
+from clsx.log import Log, silent
 from clsx.parquet import ParquetInput, parquet_file, python_strings
-from clsx.predict import Summary, checked_input, open_classifier, output_schema
+from clsx.predict import Summary, checked_input, open_classifier, output_schema, pin_auto_format
 from clsx.runners import backend_for
 from clsx.staging import staged_location
 from clsx.storage import Location, upload
@@ -46,9 +47,10 @@ class Predictor:
 
 
 def ray_batch_predict(config: BatchPredictConfig, options: RayOptions,
-                      progress: bool = False) -> Summary:
+                      progress: bool = False, log: Log = silent) -> Summary:
     """Classify ``config.input`` on Ray into the dataset directory ``config.output``;
-    ``progress`` turns on Ray Data's own progress bars."""
+    ``progress`` turns on Ray Data's own progress bars; ``log`` gets status lines
+    (``--backend auto``'s format search, done here once for every actor)."""
     ray = _import_ray()
     if config.resume:
         raise ClsxError("--resume works with the local engine only; Ray retries failed tasks "
@@ -63,6 +65,8 @@ def ray_batch_predict(config: BatchPredictConfig, options: RayOptions,
     if output.is_file():
         raise ClsxError(f"output {output} is a file; --engine ray writes a directory")
     backend_for(artifact, config.backend)  # a bad model or backend fails here, not in an actor
+    config, chosen_because = pin_auto_format(config, source, artifact,
+                                             threads=config.threads or ACTOR_THREADS, log=log)
     started = time.perf_counter()
     _start_ray(ray, options.address,
                options.num_workers * (config.threads or ACTOR_THREADS))
@@ -96,8 +100,10 @@ def ray_batch_predict(config: BatchPredictConfig, options: RayOptions,
             if path.name.endswith(".parquet"):
                 with parquet_file(path) as file:
                     rows += file.metadata.num_rows
-    return Summary(rows, time.perf_counter() - started,
-                   f"{config.backend} on ray ({options.num_workers} workers)", config.output)
+    backend = f"{config.backend} on ray ({options.num_workers} workers)"
+    if chosen_because is not None:
+        backend += f", {chosen_because}"
+    return Summary(rows, time.perf_counter() - started, backend, config.output)
 
 
 def _window_bytes(source: ParquetInput, window_rows: int) -> int:

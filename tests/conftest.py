@@ -183,8 +183,10 @@ def fp32_when_auto():
     """``--backend auto`` tries bf16 only where the CPU computes it natively, which varies
     between this project's machines: tests pin fp32 in this process (session-wide, so that
     module-scoped reference runs get it too) so that results do not depend on the CPU.
-    tests/test_autoselect.py covers the choice itself; subprocesses and Ray actors are not
+    tests/test_autoselect.py covers the choice itself (and its format search, which
+    this pins the same way, test_autoformat.py); subprocesses and Ray actors are not
     covered and pass --dtype where they compare with this process."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("clsx.autoselect.native_low_precision", lambda device: ())
+        patch.setattr("clsx.autoformat.native_low_precision", lambda device: ())
         yield

@@ -82,3 +82,19 @@ def test_missing_ray_says_how_to_install(tiny_models, texts_parquet, tmp_path, m
     result = predict(texts_parquet, tmp_path / "o", "-m", tiny_models["qwen2"], "--engine",
                      "ray")
     assert result.exit_code == 1 and "pip install 'clsx[ray]'" in result.output
+
+
+def test_ray_actors_run_the_format_auto_chose_in_the_driver(tiny_models, tmp_path,
+                                                             monkeypatch):
+    from clsx import autoformat
+
+    monkeypatch.setenv("CLSX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(autoformat, "pick", lambda measured: "onnx")  # the search runs once
+    source = write_parquet(tmp_path / "in.parquet", (TEXTS * 50)[:400])
+    local, on_ray = tmp_path / "local.parquet", tmp_path / "ray-out"
+    assert predict(source, local, "-m", tiny_models["bert"], "--dtype", "fp32").exit_code == 0
+    result = predict(source, on_ray, "-m", tiny_models["bert"], "--auto-formats",
+                     "--engine", "ray", "--num-workers", "2", "--preserve-order")
+    assert result.exit_code == 0, result.output
+    assert "backend onnx on ray (2 workers), onnx chosen by --backend auto: " in result.output
+    assert_same_predictions(pq.read_table(local), pq.read_table(on_ray))

@@ -1,0 +1,32 @@
+"""Exports made on the fly (``clsx bench``, ``--backend auto``), kept for the next run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from clsx.artifact import fingerprint
+from clsx.log import Log, silent
+from clsx.manifest import Manifest
+
+
+def cached_export(model_dir: Path, fmt: str, target: Path, log: Log = silent,
+                  **gates: Any) -> Path:
+    """``target``, holding ``model_dir`` exported as ``fmt`` (``onnx``, ``onnx-int8`` or
+    ``tensorrt``).
+
+    An export already at ``target`` is reused when it was made from ``model_dir`` as it is
+    now (same fingerprint); otherwise ``model_dir`` is exported there anew, through the
+    export's gates. ``gates`` are :func:`~clsx.export.onnx.export_onnx`'s keyword
+    arguments (``calibration_texts``, ``min_agreement``, ...). Raises the export's
+    :class:`~clsx.errors.ClsxError` when a gate refuses it.
+    """
+    from clsx.export.onnx import export_onnx
+
+    if target.is_dir():
+        manifest = Manifest.load(target)
+        if manifest is not None and manifest.parent_fingerprint == fingerprint(model_dir):
+            return target
+    log(f"exporting {model_dir} to {fmt} in {target}")
+    export_onnx(model_dir, target, fmt=fmt, overwrite=True, **gates)
+    return target

@@ -1,0 +1,99 @@
+"""``--backend auto``'s format search: torch, onnx and onnx-int8 measured on the job's texts,
+the fastest that passed its gate run, the choice remembered per model and machine."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from clsx import autoformat
+from clsx.autoformat import LESS_EXACT_MARGIN, pick
+from tests.conftest import TEXTS, predict, write_parquet
+
+
+def measured(**rates: float | None) -> dict[str, dict]:
+    """Figures as ``_measure`` records them: rows/s per candidate, None for one its gate
+    refused."""
+    precision = {"torch fp32": "fp32", "torch bf16": "bf16", "onnx": "fp32", "onnx-int8": "int8"}
+    figures = {}
+    for key, rate in rates.items():
+        name = key.replace("_", " ").replace("onnx int8", "onnx-int8")
+        figures[name] = ({"precision": precision[name], "qualifies": False, "refused": "gate"}
+                         if rate is None else
+                         {"precision": precision[name], "qualifies": True, "rows_per_s": rate,
+                          "rows": 256})
+    return figures
+
+
+def test_int8_barely_faster_than_fp32_is_not_chosen():
+    assert pick(measured(torch_fp32=100.0, onnx=103.0, onnx_int8=105.0)) == "onnx"
+    faster = 103.0 * LESS_EXACT_MARGIN + 1
+    assert pick(measured(torch_fp32=100.0, onnx=103.0, onnx_int8=faster)) == "onnx-int8"
+
+
+def test_a_refused_or_failing_candidate_is_never_chosen():
+    assert pick(measured(torch_fp32=100.0, onnx=None, onnx_int8=None)) == "torch fp32"
+    outside = measured(torch_fp32=100.0, torch_bf16=300.0)
+    outside["torch bf16"]["qualifies"] = False
+    assert pick(outside) == "torch fp32"
+
+
+def test_each_less_exact_format_must_beat_the_best_more_exact_one():
+    # bf16 is 1.36x torch but only 1.05x onnx fp32: onnx stays; int8 beats onnx by 1.2x.
+    figures = measured(torch_fp32=100.0, onnx=130.0, torch_bf16=136.0, onnx_int8=156.0)
+    assert pick(figures) == "onnx-int8"
+    assert autoformat.explain("onnx-int8", figures) == "1.56x torch fp32 on 256 rows of IN"
+    assert autoformat.rates(figures).startswith("rows/s: torch fp32 100.0, onnx 130.0")
+    assert pick(measured(torch_fp32=100.0, onnx=130.0, torch_bf16=136.0)) == "onnx"
+
+
+@pytest.fixture
+def big_enough(tiny_models, tmp_path, monkeypatch):
+    """IN of 400 texts, a cache of its own, and a copy of the tiny BERT (its exports are
+    made from it)."""
+    monkeypatch.setenv("CLSX_CACHE", str(tmp_path / "cache"))
+    return write_parquet(tmp_path / "in.parquet", (TEXTS * 50)[:400])
+
+
+def test_auto_formats_runs_the_fastest_gated_format_and_remembers_it(
+        tiny_models, big_enough, tmp_path, monkeypatch):
+    out = tmp_path / "out.parquet"
+    result = predict(big_enough, out, "-m", tiny_models["bert"], "--auto-formats")
+    assert result.exit_code == 0, result.output
+    assert " chosen by --backend auto: " in result.output
+    choices = json.loads((tmp_path / "cache" / "auto-format.json").read_text())
+    (choice,) = choices.values()
+    assert set(choice["measured"]) == {"torch fp32", "onnx", "onnx-int8"}
+    assert choice["name"] == pick(choice["measured"])
+    assert f"backend {'torch' if choice['name'] == 'torch fp32' else 'onnx'}" in result.output
+    exports = next((tmp_path / "cache" / "exports").iterdir())
+    assert (exports / "onnx" / "model.onnx").is_file()
+    # The same model on the same machine: the remembered choice, without measuring again.
+    monkeypatch.setattr(autoformat, "_measure", lambda *args: pytest.fail("measured again"))
+    again = predict(big_enough, out, "-m", tiny_models["bert"], "--auto-formats", "--overwrite")
+    assert again.exit_code == 0, again.output
+    assert "chosen by --backend auto, remembered: " in again.output
+    assert pq.read_table(out).num_rows == 400
+
+
+def test_small_jobs_and_explicit_backends_do_not_search(tiny_models, big_enough, tmp_path,
+                                                       monkeypatch):
+    monkeypatch.setattr(autoformat, "_measure", lambda *args: pytest.fail("searched"))
+    result = predict(big_enough, tmp_path / "a.parquet", "-m", tiny_models["bert"])
+    assert result.exit_code == 0, result.output
+    assert "chosen by" not in result.output and "backend torch (fp32, cpu)" in result.output
+    explicit = predict(big_enough, tmp_path / "b.parquet", "-m", tiny_models["bert"],
+                       "--backend", "torch", "--auto-formats")
+    assert explicit.exit_code == 1
+    assert "Error: --auto-formats applies to --backend auto without --dtype" in explicit.output
+
+
+def test_auto_formats_on_an_export_is_refused(tiny_exports, big_enough, tmp_path):
+    result = predict(big_enough, tmp_path / "out.parquet", "-m", tiny_exports["bert"],
+                     "--auto-formats")
+    assert result.exit_code == 1
+    assert "applies to a PyTorch model directory;" in result.output
+    assert "is already an export (onnx)" in result.output
+    assert not (tmp_path / "out.parquet").exists()
