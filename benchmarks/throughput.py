@@ -9,8 +9,9 @@ For each model and workload (short: SST-2 sentences + disaster tweets; long: BBC
 - vLLM ``LLM.classify`` used directly on the texts (decoder models, where vllm is installed);
 - ``clsx batch-predict`` Parquet to Parquet with each backend (torch fp32, torch bf16 where the
   CPU computes bf16 natively, onnx, onnx-int8 (both as exported, with ONNX Runtime's fusions,
-  and with ``--no-fusion``), vllm fp32 for decoders), and the same backends
-  model-only (texts in memory, ``Classifier.predict_all``) for the share that Parquet I/O costs.
+  and with ``--no-fusion``), vllm fp32 for decoders, and ``--backend auto --auto-formats``
+  running what it chose), and the same backends model-only (texts in memory,
+  ``Classifier.predict_all``) for the share that Parquet I/O costs.
 It reports rows/s, tokens/s, the share of the matmul peak measured in the same run
 (2 x non-embedding parameters x tokens/s over the fp32, bf16 or int8 peak), peak RSS, label
 agreement with the fp32 baseline and the ratio to it, and writes
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -57,6 +59,9 @@ CALIBRATION_ROWS = 500
 UNFUSED = "-unfused"
 ONNX_VARIANTS = ("onnx", f"onnx{UNFUSED}", "onnx-int8", f"onnx-int8{UNFUSED}")
 REFUSED_AGREEMENT = re.compile(r"int8 labels agree with fp32 on ([\d.]+)%")
+AUTO_CHOICE = re.compile(r"--backend auto chose (.+?)(?:, remembered)?: .*")
+# The number format of what --backend auto chose, for the share of its peak.
+AUTO_DTYPES = {"torch fp32": "fp32", "torch bf16": "bf16", "onnx": "fp32", "onnx-int8": "int8"}
 
 
 def real_texts(workload: str) -> list[str]:
@@ -221,15 +226,17 @@ def vllm_direct(model_dir: Path, texts: list[str], warm_up: list[str], max_lengt
 
 
 def clsx_parquet(model_dir: Path, backend: str, data: Path, out: Path, max_length: int,
-                 dtype: str | None, device: str = "cpu") -> dict:
-    """``clsx batch-predict`` Parquet to Parquet in a subprocess (its RSS tree sampled)."""
+                 dtype: str | None, device: str = "cpu", extra: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None) -> dict:
+    """``clsx batch-predict`` Parquet to Parquet in a subprocess (its RSS tree sampled);
+    ``extra`` options are added to its command line, ``env`` replaces its environment."""
     command = [sys.executable, "-m", "clsx", "batch-predict", str(data), str(out), "--model",
                str(model_dir), "--backend", backend, "--max-length", str(max_length),
                "--device", device, "--overwrite", "--quiet",
-               *(["--dtype", dtype] if dtype else [])]
+               *(["--dtype", dtype] if dtype else []), *extra]
     print("$ " + " ".join(command[2:]), flush=True)
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
+                               text=True, env=env)
     with peak_rss(process.pid) as peak:
         log, _ = process.communicate()
     if process.returncode != 0:
@@ -238,6 +245,29 @@ def clsx_parquet(model_dir: Path, backend: str, data: Path, out: Path, max_lengt
     table = pq.read_table(out, columns=["label"])
     return measurement(int(rows), int(tokens_s) * float(seconds), float(seconds), peak[0],
                        table.column("label").to_pylist())
+
+
+def clsx_auto(model_dir: Path, data: Path, root: Path, max_length: int) -> dict:
+    """``clsx batch-predict --backend auto --auto-formats``: a first run makes the choice
+    (exports and timings; its whole wall time is ``search_s``), a second one runs the
+    remembered choice and is measured as the other Parquet-to-Parquet rows are."""
+    env = {**os.environ, "CLSX_CACHE": str(root / f"auto-cache-{max_length}")}
+    command = [sys.executable, "-m", "clsx", "batch-predict", str(data),
+               str(root / "out.parquet"), "--model", str(model_dir), "--backend", "auto",
+               "--auto-formats", "--max-length", str(max_length), "--device", "cpu",
+               "--overwrite", "--quiet"]
+    print("$ " + " ".join(command[2:]), flush=True)
+    started = time.perf_counter()
+    first = subprocess.run(command, capture_output=True, text=True, env=env)
+    search_s = time.perf_counter() - started
+    chose = AUTO_CHOICE.search(first.stderr)
+    if first.returncode != 0 or chose is None:
+        raise SystemExit(f"failed:\n{first.stderr}")
+    print(chose.group(0), flush=True)
+    result = clsx_parquet(model_dir, "auto", data, root / "out.parquet", max_length, None,
+                          extra=("--auto-formats",), env=env)
+    result.update(chose=chose.group(1), search_s=round(search_s, 1))
+    return result
 
 
 def clsx_model_only(model_dir: Path, backend: str, texts: list[str], warm_up: list[str],
@@ -352,6 +382,8 @@ def measure_model(name: str, model_dir: Path, root: Path, scale: float, peaks: d
                 p2p=True)
             record(system, shown, clsx_model_only(
                 directories[variant], backend, texts, warm_up, max_length, dtype))
+        auto = clsx_auto(model_dir, data, root, max_length)
+        record(f"clsx auto: {auto['chose']}", AUTO_DTYPES[auto["chose"]], auto, p2p=True)
     return finish(rows, peaks)
 
 
@@ -368,10 +400,12 @@ def finish(rows: list[dict], peaks: dict) -> list[dict]:
         row["peak_share"] = peak_share(row, peaks)
     for row in rows:  # model-only partner of each Parquet-to-Parquet row
         if row["parquet_to_parquet"]:
-            alone = next(r for r in rows if not r["parquet_to_parquet"]
-                         and r["model"] == row["model"] and r["workload"] == row["workload"]
-                         and r["system"] == row["system"] and r["dtype"] == row["dtype"])
-            row["share_of_model_only"] = round(row["rows_per_s"] / alone["rows_per_s"], 3)
+            alone = next((r for r in rows if not r["parquet_to_parquet"]
+                          and r["model"] == row["model"] and r["workload"] == row["workload"]
+                          and r["system"] == row["system"] and r["dtype"] == row["dtype"]),
+                         None)  # clsx auto has none
+            if alone is not None:
+                row["share_of_model_only"] = round(row["rows_per_s"] / alone["rows_per_s"], 3)
     for row in rows:
         del row["labels"]
     return rows
@@ -401,7 +435,12 @@ def markdown(rows: list[dict], runs: dict[str, dict]) -> str:
              "the int8 peak, although the export may keep some MatMuls in fp32). `gate "
              "refused`: `clsx export` refused int8 at its default 98% agreement on 500 other "
              "short texts; it was exported with the gate at the agreement reached, to show "
-             "what it would cost.", "",
+             "what it would cost. `clsx auto: X`: `--backend auto --auto-formats`, run once to "
+             "choose X (exports and timings on the first texts of the same input; the seconds "
+             "below), then measured running the remembered choice.", "",
+             *(f"- {r['model']} {r['workload']}: `--backend auto` chose {r['chose']} in "
+               f"{r['search_s']} s (first run, exports included)"
+               for r in rows if "chose" in r), "",
              "| model | workload | system | dtype | P2P | rows | rows/s | tokens/s | x HF fp32 "
              "| agreement | % peak | P2P / model-only | peak RSS MB |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]

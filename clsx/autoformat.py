@@ -16,8 +16,9 @@ Gates: onnx: logits within 1e-4 of PyTorch (the export's); onnx-int8: the labels
 equal to fp32's on >= 98% of the calibration texts (the export's); torch bf16: probabilities
 within 5e-2 of fp32's and every label equal on the probe texts (:mod:`clsx.autoselect`'s).
 
-The choice is cached per model fingerprint, threads and machine (CPU model, cores, vector
-and int8 flags) in ``auto-format.json`` under the clsx cache, next to the exports
+The choice is cached per model fingerprint, ``--max-length`` (the fastest format differs
+between short and long inputs), threads and machine (CPU model, cores, vector and int8
+flags) in ``auto-format.json`` under the clsx cache, next to the exports
 (``exports/<fingerprint>/``), so that later runs and a ``--resume`` run the same format
 without measuring again.
 """
@@ -109,8 +110,9 @@ def choose_format(artifact: Artifact, options: RunnerOptions, texts: Sequence[st
     model_fingerprint = fingerprint(artifact.path)
     exports = cache / "exports" / model_fingerprint
     tried = candidates("cpu")
-    key = "|".join([model_fingerprint, str(options.threads), machine_description(),
-                    ",".join(c.name for c in tried)])
+    max_length = settings.get("max_length") or artifact.manifest.max_length
+    key = "|".join([model_fingerprint, f"max_length={max_length}", str(options.threads),
+                    machine_description(), ",".join(c.name for c in tried)])
     choices = cache / "auto-format.json"
     remembered = read_choices(choices).get(key)
     if remembered is not None and _still_there(artifact, exports, remembered["name"]):
