@@ -20,6 +20,7 @@ from clsx.environment import environment
 from clsx.errors import ClsxError
 from clsx.export import EXPORT_FORMATS, FP32_TOLERANCE, INT8_MIN_AGREEMENT, VLLM_DTYPE
 from clsx.train.config import PROBLEM_ALIASES, DistillConfig, TrainConfig
+from clsx.train.search_space import PARAMETERS
 
 # For the duration of a command (a user's own settings win): model loading here never needs
 # the hub's progress bars or advisory logging, and the fast tokenizer may use every core.
@@ -498,10 +499,34 @@ def bench_command(json_path: Path | None, report_path: Path | None, **options) -
         click.echo(f"Wrote {report_path}", err=True)
 
 
-def train_options(command):
-    """The options of ``clsx train`` that say how a model trains, beyond which model and data
-    (``--model``, ``--train``, ``--eval``, ``--output``, ``--problem-type``): shared by every
-    command that trains (``distill``). Each default is the TrainConfig field's."""
+PROBLEM_TYPES = ("single_label", "multi_label", "regression")
+
+
+def train_data_options(command):
+    """``--model``, ``--train``, ``--eval`` and ``--problem-type``: what ``clsx train`` and
+    every trial of ``clsx sweep`` train on."""
+    options = [
+        click.option("--model", "-m", required=True,
+                     help="Base model: a local HF directory, a hub id, or a bundled alias "
+                          "(see `clsx models`)."),
+        click.option("--train", "train_path", required=True,
+                     help="Training data: Parquet, JSONL or CSV (a path or an s3://, gs://... "
+                          "URI)."),
+        click.option("--eval", "eval_path",
+                     help="Evaluation data (default: a stratified split of --train)."),
+        click.option("--problem-type", type=click.Choice(PROBLEM_TYPES),
+                     help=default_note(TrainConfig, "problem_type").strip()),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def train_options(leave_out: tuple[str, ...] = ()):
+    """A decorator adding the options of ``clsx train`` that say how a model trains, beyond
+    which model and data (:func:`train_data_options`) and ``--output``, but ``leave_out``
+    (parameter names): shared by every command that trains (``distill``, and ``sweep``,
+    which turns some into search flags). Each default is the TrainConfig field's."""
     options = [
         click.option("--text-column", help=default_note(TrainConfig, "text_column").strip()),
         click.option("--label-column", help=default_note(TrainConfig, "label_column").strip()),
@@ -557,24 +582,23 @@ def train_options(command):
         click.option("--resume", is_flag=True, help="Continue from the last checkpoint of a run."),
         click.option("--overwrite", is_flag=True, help="Replace --output if it exists."),
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+
+    def decorate(command):
+        for option in reversed(options):
+            command = option(command)
+        # click.option collects the options on the function until the command is made.
+        command.__click_params__ = [param for param in command.__click_params__
+                                    if param.name not in leave_out]
+        return command
+
+    return decorate
 
 
 @main.command("train")
-@click.option("--model", "-m", required=True,
-              help="Base model: a local HF directory, a hub id, or a bundled alias "
-                   "(see `clsx models`).")
-@click.option("--train", "train_path", required=True,
-              help="Training data: Parquet, JSONL or CSV (a path or an s3://, gs://... URI).")
-@click.option("--eval", "eval_path",
-              help="Evaluation data (default: a stratified split of --train).")
+@train_data_options
 @click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
               help="Directory for the merged model, tokenizer, clsx.json and metrics.json.")
-@click.option("--problem-type", type=click.Choice(["single_label", "multi_label", "regression"]),
-              help=default_note(TrainConfig, "problem_type").strip())
-@train_options
+@train_options()
 @storage_option
 def train_command(**options) -> None:
     """Fine-tune a classifier (LoRA or full) and save it merged, ready for export.
@@ -628,9 +652,9 @@ def train_command(**options) -> None:
 @click.option("--teacher-backend", type=click.Choice(BACKENDS),
               **with_default(DistillConfig, "teacher_backend",
                              "Backend the teacher labels with (auto: its own format's)."))
-@click.option("--problem-type", type=click.Choice(["single_label", "multi_label", "regression"]),
+@click.option("--problem-type", type=click.Choice(PROBLEM_TYPES),
               help="Must be the teacher's  [default: the teacher's]")
-@train_options
+@train_options()
 def distill_command(teacher: Path, student: str, data: Path, train_path: Path | None,
                     eval_path: Path | None, output: Path, temperature: float | None,
                     alpha: float | None, teacher_backend: str | None,
@@ -679,6 +703,7 @@ def _format_comparison(evaluation: dict[str, Any], source: Path) -> str:
 
 
 @main.command("sweep")
+@train_data_options
 @click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
               help="Directory for the sweep: best/ (the best trial's model), trials/, "
                    "trials.md, trials.json, sweep.png and sweep.db.")
@@ -710,6 +735,8 @@ def _format_comparison(evaluation: dict[str, Any], source: Path) -> str:
               help="Continue the sweep in --output (same settings); a trial it was running "
                    "runs again.")
 @click.option("--overwrite", is_flag=True, help="Delete --output's sweep and start over.")
+@train_options(leave_out=(*PARAMETERS, "resume", "overwrite"))
+@storage_option
 def sweep_command(output: Path, trials: int | None, grid: bool, metric: str | None,
                   prune: bool, resume: bool, overwrite: bool, **options) -> None:
     """Search learning rate, epochs, batch size, LoRA rank/alpha and method.
@@ -735,26 +762,6 @@ def sweep_command(output: Path, trials: int | None, grid: bool, metric: str | No
     click.echo(f"Best: trial {best.number}, {result.metric} {best.value:.4f} "
                f"({settings_text(best.params)}); {len(result.rows)} trials, "
                f"{result.minutes:.1f} min of training; wrote {output / 'best'}")
-
-
-# The options every trial shares are train's own (the same click.Option objects), so that
-# their flags, types, defaults and help are defined once.
-SWEEP_TRAIN_OPTIONS = ("model", "train_path", "eval_path")
-SWEEP_FIXED_OPTIONS = (
-    "text_column", "label_column", "problem_type", "label_separator", "warmup",
-    "eval_batch_size", "max_length", "long_text", "window_stride", "aggregate", "lora_dropout",
-    "target_modules", "lora_embeddings", "eval_fraction", "seed", "template",
-    "label_descriptions", "chat", "calibration", "bf16", "allow_pickle", "trust_remote_code",
-    "storage_options")
-
-
-def _train_options(*names: str) -> list[click.Parameter]:
-    by_name = {param.name: param for param in train_command.params}
-    return [by_name[name] for name in names]
-
-
-sweep_command.params[:0] = _train_options(*SWEEP_TRAIN_OPTIONS)
-sweep_command.params += _train_options(*SWEEP_FIXED_OPTIONS)
 
 
 def _echo_decisions(manifest: Any, source: str) -> None:
