@@ -166,6 +166,11 @@ def test_an_interrupted_distillation_resumes(teachers, tiny_bases, tmp_path, mon
     monkeypatch.undo()
     result = run_clsx(*args)
     assert result.exit_code == 1 and "left teacher labels" in result.output
+    other_teacher = [teachers("regression") if a == teachers("single_label") else a
+                     for a in args]
+    result = run_clsx(*other_teacher, "--resume")
+    assert result.exit_code == 1
+    assert "were made with another teacher, fingerprint" in result.output, result.output
     result = run_clsx(*args, "--resume")
     assert result.exit_code == 0, result.output
     assert out.is_dir() and not list(tmp_path.glob(".*"))

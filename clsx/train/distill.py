@@ -11,6 +11,7 @@ teacher's labels (in the teacher's order) and problem type.
 
 from __future__ import annotations
 
+import json
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -41,6 +42,7 @@ from clsx.train.trainer import work_directory as train_work_directory
 PREFIX = "teacher_"  # of the teacher's output columns in the work directory's files
 TINY = 1e-12  # floor of a teacher probability before its log (softmax outputs can be 0)
 TABULAR = (".csv", ".jsonl", ".json")  # --data formats copied to Parquet for batch-predict
+LABELLING_FILE = "labelling.json"  # in the work directory: which teacher labelled which data
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,9 @@ def distill(config: DistillConfig, log: Log = silent) -> DistillResult:
                                separator=student.label_separator)
                  if student.eval is not None else None)
     resolve_model(student.model, log)  # a wrong --student fails before the teacher runs
-    labels = _teacher_labels(config, manifest, student, gold, work, log)
+    teacher_fingerprint = fingerprint(teacher.path)
+    labels = _teacher_labels(config, manifest, student, gold, work, log,
+                             _labelling(config, student, teacher_fingerprint))
     everything = LabelledData(labels.texts, labels.decided, manifest.labels,
                               pa.table({"row": np.arange(len(labels.texts))}))
     if eval_data is None:  # held-out rows, judged by agreement with the teacher
@@ -136,7 +140,7 @@ def distill(config: DistillConfig, log: Log = silent) -> DistillResult:
     train_data = LabelledData(train_part.texts, labels.targets[chosen], manifest.labels,
                               train_part.table)
     record = {"teacher": str(Path(config.teacher).resolve()),
-              "teacher_fingerprint": fingerprint(teacher.path),
+              "teacher_fingerprint": teacher_fingerprint,
               "teacher_backend": config.teacher_backend, "temperature": config.temperature,
               "alpha": config.alpha, **labels.counts}
     teacher_eval = _evaluate_teacher(config, student) if eval_data is not None else None
@@ -158,11 +162,38 @@ def distill(config: DistillConfig, log: Log = silent) -> DistillResult:
     return DistillResult(result, labels.counts, evaluation)
 
 
+def _labelling(config: DistillConfig, student: TrainConfig, teacher_fingerprint: str
+               ) -> dict[str, str | None]:
+    """What decides the teacher's labels: the teacher (path, fingerprint, backend) and the
+    texts it labels."""
+    return {"teacher": str(Path(config.teacher).resolve()), "fingerprint": teacher_fingerprint,
+            "backend": config.teacher_backend, "data": str(config.data),
+            "train": None if student.train is None else str(student.train)}
+
+
+def _check_labelling(work: Path, labelling: dict[str, str | None]) -> None:
+    """Record ``labelling`` in ``work``; on a resume, refuse labels made otherwise (a
+    retrained teacher, other data): complete labels would otherwise be reused as they are."""
+    path = work / LABELLING_FILE
+    if not path.is_file():
+        durable.write_file(path, json.dumps(labelling, indent=2) + "\n")
+        return
+    recorded = json.loads(path.read_text())
+    changed = [name for name, value in labelling.items() if recorded.get(name) != value]
+    if changed:
+        raise ClsxError(f"the teacher labels in {work} were made with another "
+                        f"{', '.join(changed)} (teacher {recorded.get('teacher')}, data "
+                        f"{recorded.get('data')}); delete {work} to label again")
+
+
 def _teacher_labels(config: DistillConfig, teacher: Manifest, student: TrainConfig,
-                    gold: LabelledData | None, work: Path, log: Log) -> TeacherLabels:
+                    gold: LabelledData | None, work: Path, log: Log,
+                    labelling: dict[str, str | None]) -> TeacherLabels:
     """The teacher's outputs on the ``--data`` rows, then on the ``--train`` rows; rows
-    without text are dropped (and counted)."""
+    without text are dropped (and counted). ``labelling`` says what made them (see
+    :func:`_check_labelling`)."""
     durable.make_directory(work)
+    _check_labelling(work, labelling)
     try:
         texts, probs = _teacher_outputs(config, teacher, _parquet_texts(config, student, work),
                                         "data", student.text_column, work, log)
@@ -172,8 +203,8 @@ def _teacher_labels(config: DistillConfig, teacher: Manifest, student: TrainConf
                                                       "train", "text", work, log)
             texts, probs = texts + gold_texts, np.concatenate([probs, gold_probs])
     except BaseException:
-        if not any(work.iterdir()):  # nothing to resume: leave no trace
-            work.rmdir()
+        if all(path.name == LABELLING_FILE for path in work.iterdir()):  # nothing to resume
+            shutil.rmtree(work)  # leave no trace
         raise
     kept = np.array([text is not None and bool(text.strip()) and not np.isnan(row).any()
                      for text, row in zip(texts, probs, strict=True)], dtype=bool)
@@ -256,7 +287,7 @@ def _teacher_outputs(config: DistillConfig, teacher: Manifest, source: Path, nam
     summary = batch_predict(BatchPredictConfig(
         input=str(source), output=output, model=Path(config.teacher),
         backend=config.teacher_backend, text_column=text_column, keep_columns=(text_column,),
-        output_prefix=PREFIX, resume=True,
+        output_prefix=PREFIX, resume=True, auto_formats=False,  # the teacher's own values
         allow_pickle=config.training.get("allow_pickle", False)))
     log(f"Teacher on {source}: {summary.line()}")
     table = pq.read_table(output, columns=[text_column, f"{PREFIX}probs"])
