@@ -105,7 +105,7 @@ def choose_format(artifact: Artifact, options: RunnerOptions, texts: Sequence[st
     ``long_text``, ``batch_tokens``, ...), so that the probe runs as the job will.
     """
     if not texts:
-        raise ClsxError("--auto-formats needs texts to measure on, and IN has none")
+        raise ValueError("choose_format needs texts to measure on")
     cache = cache or cache_dir()
     model_fingerprint = fingerprint(artifact.path)
     exports = cache / "exports" / model_fingerprint

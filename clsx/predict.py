@@ -79,9 +79,12 @@ def pin_auto_format(config: BatchPredictConfig, source: ParquetInput, artifact: 
         if config.auto_formats:
             raise ClsxError(f"--auto-formats {obstacle}")
         return config, None
+    texts = first_texts(source, config, CALIBRATION_TEXTS)
+    if not texts:  # only null texts: nothing to measure, nothing for a model to do
+        return config, None
     options = replace(config.runner_options(), threads=threads or config.threads)
     choice = choose_format(
-        artifact, options, first_texts(source, config, CALIBRATION_TEXTS),
+        artifact, options, texts,
         log=lambda line: log(f"--backend auto: {line}"),
         max_length=config.max_length, long_text=config.long_text_override(),
         batch_tokens=config.batch_tokens, threshold=config.threshold)
