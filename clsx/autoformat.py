@@ -6,15 +6,17 @@ CPU, and IN of at least :data:`FORMAT_SEARCH_MIN_ROWS` rows or ``--auto-formats`
 exports the model once to ``onnx`` (fp32, fused) and ``onnx-int8`` through ``clsx export``'s
 gates (int8 calibrated and gated on IN's first :data:`CALIBRATION_TEXTS` texts), keeps the
 exports in its cache, and classifies IN's first :data:`PROBE_TEXTS` texts with each candidate:
-torch fp32, torch in the CPU's native lower precision (bf16 with AVX-512 BF16 or AMX), onnx
-and onnx-int8. It runs the fastest candidate that passed its gate, except that a less exact
+torch fp32 and in the CPU's native lower precision (bf16 with AVX-512 BF16 or AMX), onnx,
+onnx-int8 and, for a decoder where vLLM is installed, vLLM on the model directory in the same
+dtypes as torch. It runs the fastest candidate that passed its gate, except that a less exact
 number format (bf16 below fp32, int8 below both) must be at least
 :data:`LESS_EXACT_MARGIN` times as fast as the best more exact one: where int8 is about as
 fast as fp32 (CPUs without VNNI), fp32 stays.
 
 Gates: onnx: logits within 1e-4 of PyTorch (the export's); onnx-int8: the labels users get
 equal to fp32's on >= 98% of the calibration texts (the export's); torch bf16: probabilities
-within 5e-2 of fp32's and every label equal on the probe texts (:mod:`clsx.autoselect`'s).
+within 5e-2 of fp32's and every label equal on the probe texts (:mod:`clsx.autoselect`'s);
+vLLM: the same, within 2e-3 in fp32.
 
 The choice is cached per model fingerprint, ``--max-length`` (the fastest format differs
 between short and long inputs), threads and machine (CPU model, cores, vector and int8
@@ -26,6 +28,7 @@ without measuring again.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -58,18 +61,15 @@ REFERENCE = "torch fp32"
 
 @dataclass(frozen=True)
 class Candidate:
-    """One way to run the model: ``name`` as summaries show it, the backend, the torch
-    dtype (None for exports) and its number format."""
+    """One way to run the model: ``name`` as summaries show it, the backend, the dtype it
+    runs the model directory in (None for exports), its number format, and the ``clsx
+    export`` format it runs (None: the model directory itself)."""
 
     name: str
     backend: str
     dtype: str | None
     precision: str
-
-    @property
-    def export_format(self) -> str | None:
-        """The ``clsx export`` format this candidate runs (None: the model directory)."""
-        return None if self.backend == "torch" else self.name
+    export_format: str | None = None
 
 
 @dataclass(frozen=True)
@@ -86,12 +86,19 @@ class FormatChoice:
     cached: bool = False
 
 
-def candidates(device: str = "cpu") -> list[Candidate]:
-    """torch fp32, torch in the device's native lower precisions, onnx and onnx-int8."""
-    native = [Candidate(f"torch {dtype}", "torch", dtype, dtype)
-              for dtype in native_low_precision(device)]
-    return [Candidate(REFERENCE, "torch", "fp32", "fp32"), *native,
-            Candidate("onnx", "onnx", None, "fp32"), Candidate("onnx-int8", "onnx", None, "int8")]
+def candidates(decoder: bool) -> list[Candidate]:
+    """torch fp32, vLLM fp32 (a decoder, where vLLM is installed), onnx, onnx-int8, then
+    torch and vLLM in the CPU's native lower precisions; the reference comes first."""
+    vllm = decoder and importlib.util.find_spec("vllm") is not None
+    engines = ("torch", "vllm") if vllm else ("torch",)
+
+    def run(dtype: str) -> list[Candidate]:
+        return [Candidate(f"{engine} {dtype}", engine, dtype, dtype) for engine in engines]
+
+    exported = [Candidate("onnx", "onnx", None, "fp32", "onnx"),
+                Candidate("onnx-int8", "onnx", None, "int8", "onnx-int8")]
+    lower = [candidate for dtype in native_low_precision("cpu") for candidate in run(dtype)]
+    return [*run("fp32"), *exported, *lower]
 
 
 def choose_format(artifact: Artifact, options: RunnerOptions, texts: Sequence[str], *,
@@ -109,19 +116,20 @@ def choose_format(artifact: Artifact, options: RunnerOptions, texts: Sequence[st
     cache = cache or cache_dir()
     model_fingerprint = fingerprint(artifact.path)
     exports = cache / "exports" / model_fingerprint
-    tried = candidates("cpu")
+    tried = candidates(artifact.manifest.is_decoder)
     max_length = settings.get("max_length") or artifact.manifest.max_length
     key = "|".join([model_fingerprint, f"max_length={max_length}", str(options.threads),
                     machine_description(), ",".join(c.name for c in tried)])
     choices = cache / "auto-format.json"
+    by_name = {candidate.name: candidate for candidate in tried}
     remembered = read_choices(choices).get(key)
-    if remembered is not None and _still_there(artifact, exports, remembered["name"]):
-        return _choice(artifact, exports, tried, remembered["name"], remembered["measured"],
+    if remembered is not None and _still_there(artifact, exports, by_name[remembered["name"]]):
+        return _choice(artifact, exports, by_name[remembered["name"]], remembered["measured"],
                        cached=True)
     measured = _measure(artifact, options, texts, tried, exports, log, settings)
     name = pick(measured)
     remember(choices, key, {"name": name, "measured": measured})
-    return _choice(artifact, exports, tried, name, measured)
+    return _choice(artifact, exports, by_name[name], measured)
 
 
 def pick(measured: dict[str, dict[str, Any]]) -> str:
@@ -175,22 +183,23 @@ def _measure(artifact: Artifact, options: RunnerOptions, texts: Sequence[str],
     for candidate in tried:
         figures: dict[str, Any] = {"precision": candidate.precision}
         measured[candidate.name] = figures
-        if candidate.export_format is None:
-            opened = Classifier.from_artifact(
-                artifact, "torch", dataclasses.replace(options, dtype=candidate.dtype),
-                **settings)
-        else:
-            try:
+        try:
+            if candidate.export_format is None:
+                opened = Classifier.from_artifact(
+                    artifact, candidate.backend,
+                    dataclasses.replace(options, dtype=candidate.dtype), **settings)
+            else:
                 directory = cached_export(
-                    artifact.path, candidate.export_format, exports / candidate.name, log,
+                    artifact.path, candidate.export_format, exports / candidate.export_format,
+                    log,
                     calibration_texts=list(texts[:CALIBRATION_TEXTS]),
                     allow_pickle=artifact.allow_pickle)
-            except ClsxError as exc:
-                figures.update(qualifies=False, refused=str(exc))
-                log(f"{candidate.name} refused: {exc}")
-                continue
-            opened = Classifier.open(directory, candidate.backend, options, **settings)
-            figures["gate_agreement"] = _gate_agreement(directory)
+                opened = Classifier.open(directory, candidate.backend, options, **settings)
+                figures["gate_agreement"] = _gate_agreement(directory)
+        except ClsxError as exc:  # a gate that refused, an engine that cannot start here
+            figures.update(qualifies=False, refused=str(exc))
+            log(f"{candidate.name} refused: {exc}")
+            continue
         with opened as classifier:
             logits, seconds = _timed(classifier, probe)
             rule = classifier.rule
@@ -217,9 +226,10 @@ def _timed(classifier: Any, texts: list[str]) -> tuple[np.ndarray, float]:
 
 
 def _passes(candidate: Candidate, parity: Any) -> bool:
-    """Exports passed their gates when they were made; a torch dtype below fp32 must pass
-    the dtype gate on the probe texts."""
-    if candidate.export_format is not None or candidate.dtype == "fp32":
+    """Exports passed their gates when they were made; torch below fp32 and vLLM must keep
+    their probabilities within the dtype's tolerance of torch fp32's, and every label, on
+    the probe texts."""
+    if candidate.export_format is not None or candidate.name == REFERENCE:
         return True
     return (parity.max_prob_diff <= PROB_TOLERANCES[candidate.dtype]
             and parity.label_agreement in (None, 1.0))
@@ -232,18 +242,19 @@ def _gate_agreement(directory: Path) -> float | None:
     return (parity.get("int8_calibration") or {}).get("label_agreement")
 
 
-def _still_there(artifact: Artifact, exports: Path, name: str) -> bool:
+def _still_there(artifact: Artifact, exports: Path, candidate: Candidate) -> bool:
     """Whether a remembered choice can run as it was measured: its export (if any) is
     still in the cache and made from the model as it is now."""
-    if not name.startswith("onnx"):
+    if candidate.export_format is None:  # the model directory itself
         return True
-    manifest = Manifest.load(exports / name) if (exports / name).is_dir() else None
+    directory = exports / candidate.export_format
+    manifest = Manifest.load(directory) if directory.is_dir() else None
     return manifest is not None and manifest.parent_fingerprint == fingerprint(artifact.path)
 
 
-def _choice(artifact: Artifact, exports: Path, tried: list[Candidate], name: str,
+def _choice(artifact: Artifact, exports: Path, candidate: Candidate,
             measured: dict[str, dict[str, Any]], cached: bool = False) -> FormatChoice:
-    candidate = next(c for c in tried if c.name == name)
-    directory = artifact.path if candidate.export_format is None else exports / name
-    return FormatChoice(name, directory, candidate.backend, candidate.dtype,
-                        explain(name, measured), measured, cached)
+    directory = (artifact.path if candidate.export_format is None
+                 else exports / candidate.export_format)
+    return FormatChoice(candidate.name, directory, candidate.backend, candidate.dtype,
+                        explain(candidate.name, measured), measured, cached)

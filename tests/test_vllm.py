@@ -24,7 +24,7 @@ from clsx.decisions import probabilities
 from clsx.predict import batch_predict
 from clsx.runners import RunnerOptions
 from clsx.testing import build_tiny_classifier
-from tests.conftest import TEXTS, write_parquet
+from tests.conftest import TEXTS, predict, write_parquet
 
 if os.environ.get("CLSX_REQUIRE_VLLM") == "1":
     import vllm  # noqa: F401  (make test: a missing vLLM must fail, not skip)
@@ -143,3 +143,22 @@ def test_long_text_windows_on_vllm_equal_torch(models, pipelines):
     assert on_vllm.encoder.encode(texts).pieces[0] > 5
     np.testing.assert_allclose(on_vllm.predict_all(texts).logits,
                                torch.predict_all(texts).logits, atol=2e-5)
+
+
+def test_auto_formats_measures_vllm_for_a_decoder_and_runs_it(models, tmp_path, monkeypatch):
+    from clsx import autoformat
+
+    monkeypatch.setenv("CLSX_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(autoformat, "pick", lambda measured: "vllm fp32")
+    source = write_parquet(tmp_path / "in.parquet", (TEXTS * 40)[:300])
+    model = models["qwen2", SINGLE]
+    result = predict(source, tmp_path / "auto.parquet", "-m", model, "--auto-formats")
+    assert result.exit_code == 0, result.output
+    assert "backend vllm (fp32" in result.output
+    (choice,) = json.loads((tmp_path / "cache" / "auto-format.json").read_text()).values()
+    assert list(choice["measured"]) == ["torch fp32", "vllm fp32", "onnx", "onnx-int8"]
+    assert choice["measured"]["vllm fp32"]["qualifies"]  # within 2e-3, every label equal
+    torch_run = predict(source, tmp_path / "torch.parquet", "-m", model, "--backend", "torch")
+    assert torch_run.exit_code == 0, torch_run.output
+    assert (pq.read_table(tmp_path / "auto.parquet").column("label")
+            .equals(pq.read_table(tmp_path / "torch.parquet").column("label")))
