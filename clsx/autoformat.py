@@ -189,10 +189,10 @@ def _measure(artifact: Artifact, options: RunnerOptions, texts: Sequence[str],
                     artifact, candidate.backend,
                     dataclasses.replace(options, dtype=candidate.dtype), **settings)
             else:
+                int8 = candidate.precision == "int8"
                 directory = cached_export(
                     artifact.path, candidate.export_format, exports / candidate.export_format,
-                    log,
-                    calibration_texts=list(texts[:CALIBRATION_TEXTS]),
+                    log, calibration_texts=list(texts[:CALIBRATION_TEXTS]) if int8 else None,
                     allow_pickle=artifact.allow_pickle)
                 opened = Classifier.open(directory, candidate.backend, options, **settings)
                 figures["gate_agreement"] = _gate_agreement(directory)
