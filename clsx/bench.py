@@ -30,6 +30,8 @@ REFERENCE = "torch"
 # torch variants run the model directory itself in a dtype; the others run an export, with
 # the backend its format names (``auto``).
 TORCH_DTYPES = {"torch": "fp32", "torch-bf16": "bf16"}
+# The bench's own texts an onnx-int8 export calibrates on.
+CALIBRATION_ROWS = 256
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ def run_bench(config: BenchConfig, log: Log = silent) -> list[BenchRow]:
                 directory, backend = model_dir, "torch"
                 variant_options = replace(options, dtype=TORCH_DTYPES[variant])
             else:
-                directory, backend = _export(model_dir, variant, cache, log), "auto"
+                directory, backend = _export(model_dir, variant, cache, texts, log), "auto"
                 variant_options = options
             log(f"bench: running {variant} on {len(texts)} rows")
             with _peak_rss() as peak, Classifier.open(directory, backend, variant_options,
@@ -140,7 +142,10 @@ def write_json(results: Sequence[BenchRow], path: Path, **context: object) -> No
     durable.write_file(path, json.dumps(payload, indent=2, default=str) + "\n")
 
 
-def _export(model_dir: Path, variant: str, cache: Path, log: Log) -> Path:
+def _export(model_dir: Path, variant: str, cache: Path, texts: list[str], log: Log) -> Path:
+    """``variant`` exported into ``cache`` (reused there while the parent is unchanged).
+    int8 calibrates on the first CALIBRATION_ROWS of the bench's texts: decoders need real
+    texts, and the gate is off (the bench reports agreement itself)."""
     from clsx.export.onnx import export_onnx
 
     target = cache / variant
@@ -149,7 +154,9 @@ def _export(model_dir: Path, variant: str, cache: Path, log: Log) -> Path:
         if manifest is not None and manifest.parent_fingerprint == fingerprint(model_dir):
             return target
     log(f"bench: exporting {model_dir} to {variant} in {target}")
-    export_onnx(model_dir, target, fmt=variant, overwrite=True, min_agreement=0.0)
+    calibration = [t for t in texts[:CALIBRATION_ROWS] if t is not None]
+    export_onnx(model_dir, target, fmt=variant, overwrite=True, min_agreement=0.0,
+                calibration_texts=calibration if variant == "onnx-int8" else None)
     return target
 
 

@@ -75,6 +75,13 @@ def export_onnx(
     """
     artifact = open_torch_artifact(model_dir, allow_pickle)
     int8 = fmt == "onnx-int8"
+    if int8 and artifact.manifest.is_decoder and not calibration_texts:
+        raise ClsxError(
+            f"int8 export of a {artifact.manifest.family} (decoder) classifier needs "
+            "--calibration-data: random-token parity batches have passed decoders whose int8 "
+            "labels then changed on real texts; pass a few hundred texts like the ones it will "
+            "classify"
+        )
     probe = parity_inputs(artifact.manifest, artifact.tokenizer, rows=32)
     with Classifier.from_artifact(artifact, "torch",
                                   RunnerOptions(device="cpu", dtype="fp32")) as torch_model:
