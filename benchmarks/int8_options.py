@@ -35,21 +35,23 @@ import pyarrow.parquet as pq
 
 from clsx.artifact import ONNX_FILE, open_artifact
 from clsx.classifier import Classifier
+from clsx.encoding import TextEncoder
 from clsx.export.common import open_export
 from clsx.export.fusion import FULL, INT8, fuse_for_ort
 from clsx.export.onnx import export_onnx
 from clsx.export.parity import compare
 from clsx.hardware import machine_description, physical_cores
 from clsx.runners import RunnerOptions
+from clsx.scheduler import pad
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import realdata  # noqa: E402
-from profile_ops import clsx_batches  # noqa: E402
 from report import save  # noqa: E402
 
 CPU = RunnerOptions(device="cpu")
 DISTILL = Path("/tmp/clsx-distill")
 PRECISION_KEY = "session.x64quantprecision"
+CALIBRATION_BATCH = 32
 
 
 @dataclass(frozen=True)
@@ -121,10 +123,17 @@ def fp32_graph(model_dir: Path, root: Path, fusion_set: str | None) -> Path:
 
 
 class Batches:
-    """ORT calibration reader: the padded batches clsx sends for the calibration texts."""
+    """ORT calibration reader: the calibration texts in batches of CALIBRATION_BATCH rows, all
+    padded to the longest text (the histogram calibrators stack every batch's tensors, so
+    the shapes must agree; a last, shorter batch is left out)."""
 
     def __init__(self, directory: Path, texts: list[str]) -> None:
-        self.batches = iter(clsx_batches(directory, texts)[0])
+        artifact = open_artifact(directory)
+        ids = TextEncoder(artifact.tokenizer, artifact.manifest).encode(texts).ids
+        input_ids, mask = pad(ids, artifact.manifest.padding_id)
+        self.batches = iter([(input_ids[i:i + CALIBRATION_BATCH], mask[i:i + CALIBRATION_BATCH])
+                             for i in range(0, len(ids) - CALIBRATION_BATCH + 1,
+                                            CALIBRATION_BATCH)])
 
     def __iter__(self):  # SmoothQuant iterates over a copy of the reader
         return self
@@ -143,10 +152,10 @@ def quantize(fp32: Path, target: Path, scheme: Scheme, calibration: list[str]) -
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
                                           quantize_dynamic, quantize_static)
 
-    from clsx.export.onnx import _sensitive_matmuls
+    from clsx.export.quantize import sensitive_matmuls
 
     shutil.copytree(fp32, target, ignore=shutil.ignore_patterns("model.onnx*"))
-    excluded = _sensitive_matmuls(fp32 / ONNX_FILE) if scheme.sensitive_fp32 else []
+    excluded = sensitive_matmuls(fp32 / ONNX_FILE) if scheme.sensitive_fp32 else []
     common = dict(per_channel=True, reduce_range=scheme.reduce_range,
                   weight_type=QuantType[scheme.weight], op_types_to_quantize=["MatMul"],
                   nodes_to_exclude=excluded)
