@@ -248,9 +248,9 @@ def fusion_run(name: str, model_dir: Path, dataset: str, args, root: Path,
                log: Callable[[str], None]) -> list[dict]:
     """The shipped int8 scheme on the unfused, fully fused and int8-fused graphs, short and
     512-token texts; ratios against the unfused fp32 graph."""
-    from clsx.export.onnx import quantize_int8
+    from clsx.export.quantize import quantize_int8
 
-    evaluation, calibration = texts_for(dataset, args.fusion_rows, args.calibration_rows)
+    evaluation = texts_for(dataset, args.fusion_rows, args.calibration_rows)[0]
     workloads = {"short": evaluation, "long (512 tokens)": long_texts(args.long_rows)}
     variants: dict[str, Callable[[], Classifier]] = {}
     for fusion_set in (None, FULL, INT8):
@@ -259,7 +259,7 @@ def fusion_run(name: str, model_dir: Path, dataset: str, args, root: Path,
         variants[f"fp32 {label}"] = lambda d=fp32: open_export(d, "onnx", CPU)
         target = root / f"{name}-fusion" / f"int8-{label}"
         shutil.copytree(fp32, target, ignore=shutil.ignore_patterns("model.onnx*"))
-        quantize_int8(fp32 / ONNX_FILE, target / ONNX_FILE, [], calibration)
+        quantize_int8(fp32 / ONNX_FILE, target / ONNX_FILE, [])
         variants[f"int8 {label}"] = lambda d=target: open_export(d, "onnx", CPU)
     results = measure(variants, workloads, args.rounds, log)
     with variants["fp32 unfused"]() as classifier:

@@ -1,11 +1,16 @@
 """int8 for ``clsx export --format onnx-int8``: ONNX Runtime's dynamic quantization of an
 fp32 graph, gated on agreement with fp32 on the labels users get.
 
-Weights are per-channel int8 (the full 8 bits) and activations are quantized per batch, for
-every MatMul with a constant weight. On x86 CPUs without VNNI (AVX2 only), ONNX Runtime
-multiplies u8 activations by s8 weights with ``VPMADDUBSW``, which saturates sums of two
-products in int16; :mod:`clsx.runners.onnx` turns on ``session.x64quantprecision`` there,
-so those CPUs compute the same exact products (u8u8 kernels, slower) as VNNI ones.
+Weights are per-channel int8 in a 7-bit range (``reduce_range``) and activations are
+quantized per batch, for every MatMul with a constant weight. On x86 CPUs without VNNI
+(AVX2 only), ONNX Runtime multiplies u8 activations by s8 weights with ``VPMADDUBSW``, which
+saturates sums of two products in int16; 7-bit weights cannot saturate, so every x86 CPU
+computes the labels the gate measured, at full u8s8 speed. benchmarks/int8_options.py
+measured the alternatives on four trained heads (AMD EPYC with AVX-512 VNNI): 8-bit weights
+agree within 0.6 points either way at the same speed (and would need ONNX Runtime's
+``session.x64quantprecision``, its slower u8u8 kernels, on AVX2 CPUs); u8u8 weights and that
+option run at 0.66x; static QDQ (MinMax, Percentile, Entropy, s8s8, SmoothQuant) loses 2 to
+17 points of agreement without being faster.
 """
 
 from __future__ import annotations
@@ -95,7 +100,7 @@ def sensitive_matmuls(fp32_path: Path) -> list[str]:
 
 def quantize_int8(fp32_path: Path, int8_path: Path, fp32_nodes: list[str]) -> None:
     """ONNX Runtime's dynamic int8 of every MatMul with a constant weight but ``fp32_nodes``:
-    per-channel 8-bit weights, activations quantized per batch."""
+    per-channel 7-bit weights, activations quantized per batch."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     root = logging.getLogger()
@@ -103,7 +108,7 @@ def quantize_int8(fp32_path: Path, int8_path: Path, fp32_nodes: list[str]) -> No
     root.setLevel(logging.ERROR)  # quantize_dynamic logs an unactionable pre-processing hint
     try:
         quantize_dynamic(fp32_path, int8_path, weight_type=QuantType.QInt8, per_channel=True,
-                         reduce_range=False, op_types_to_quantize=["MatMul"],
+                         reduce_range=True, op_types_to_quantize=["MatMul"],
                          nodes_to_exclude=fp32_nodes)
     finally:
         root.setLevel(level)
