@@ -9,18 +9,19 @@ runs every variant through the Classifier users run (tokenizer, batching, thresh
 the model's thresholds for multi-label) equal the fp32 ONNX graph's. Rounds alternate the
 variants' order; rows/s is the best round.
 
-    python benchmarks/int8_options.py --model minilm-sst2=DIR:sst2 [--schemes a,b] \
-        [--fusion-model minilm-sst2=DIR:sst2] [--name int8_options]
+    python benchmarks/int8_options.py --model minilm-sst2=DIR:sst2 [--schemes 'a;b'] \
+        [--fusion-model minilm-sst2=DIR:sst2] [--name int8_options] [--report-only]
 
 ``--fusion-model`` also compares the graphs quantized with the shipped scheme: unfused, the
 full fusion set (BERT's packed-QKV ``Attention``, left fp32 by the quantizer) and the int8
-fusion set, on short texts and on BBC news cut at 512 tokens. Writes
-benchmarks/results/NAME.{json,md}.
+fusion set, on short texts and on BBC news cut at 512 tokens. Each invocation adds its run
+to benchmarks/results/NAME.json; NAME.md shows them all.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
@@ -40,13 +41,14 @@ from clsx.export.common import open_export
 from clsx.export.fusion import FULL, INT8, fuse_for_ort
 from clsx.export.onnx import export_onnx
 from clsx.export.parity import compare
+from clsx.hardware import cpu_flags as hardware_flags
 from clsx.hardware import machine_description, physical_cores
 from clsx.runners import RunnerOptions
 from clsx.scheduler import pad
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import realdata  # noqa: E402
-from report import save  # noqa: E402
+from report import RESULTS, save  # noqa: E402
 
 CPU = RunnerOptions(device="cpu")
 DISTILL = Path("/tmp/clsx-distill")
@@ -149,8 +151,13 @@ class Batches:
 def quantize(fp32: Path, target: Path, scheme: Scheme, calibration: list[str]) -> None:
     """``fp32`` (an export directory) quantized with ``scheme`` into the directory
     ``target`` (a copy of its tokenizer, config and manifest)."""
-    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_dynamic, quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
 
     from clsx.export.quantize import sensitive_matmuls
 
@@ -301,15 +308,25 @@ def main() -> None:
     parser.add_argument("--name", default="int8_options")
     parser.add_argument("--neural-compressor", help="a directory holding neural-compressor "
                         "2.x (SmoothQuant; 3.x has no ONNX Runtime support)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="rewrite NAME.md from NAME.json; measure nothing")
     args = parser.parse_args()
+    runs = stored_runs(args.name)
+    if not args.report_only:
+        runs.append(measure_run(args))
+    save(args.name, {"runs": runs}, report(runs))
+    print(report(runs))
+
+
+def measure_run(args: argparse.Namespace) -> dict[str, Any]:
+    """One invocation's measurements: the schemes of each --model, the --fusion-model's
+    fusion sets."""
     schemes = args.schemes.split(";") if args.schemes else list(SCHEMES)
     if args.neural_compressor:
         sys.path.append(args.neural_compressor)  # after the venv: its numpy wins
-    machine = machine_description()
-    flags = cpu_flags()
-    print(f"CPU: {machine}; int8 flags: {', '.join(flags)}", flush=True)
-    data: dict[str, Any] = {"machine": machine, "cpu_flags": flags, "command": sys.argv,
-                            "options": [], "fusion": []}
+    data: dict[str, Any] = {"machine": machine_description(), "cpu_flags": cpu_flags(),
+                            "command": sys.argv, "options": [], "fusion": []}
+    print(f"CPU: {data['machine']}; int8 flags: {', '.join(data['cpu_flags'])}", flush=True)
     with tempfile.TemporaryDirectory(prefix="clsx-int8-") as tmp:
         root = Path(tmp)
         for spec in args.model:
@@ -319,46 +336,34 @@ def main() -> None:
         if args.fusion_model:
             name, directory, dataset = parse_model(args.fusion_model)
             data["fusion"] = fusion_run(name, directory, dataset, args, root, print)
-    text = (f"# int8 options\n\nCPU: {machine}; int8-relevant flags: {', '.join(flags)}.\n"
-            f"Command: `{' '.join(sys.argv)}`\n\n")
-    if data["options"]:
-        text += markdown(data["options"], "Schemes (agreement with the fp32 ONNX graph's "
-                         "labels on texts no quantizer saw)", "onnx fp32") + "\n"
-    if data["fusion"]:
-        text += markdown(data["fusion"], "Fusion sets (shipped int8 scheme)", "fp32 unfused")
-    print(text)
-    previous = realdata_results(args.name)
-    save(args.name, merge(previous, data), text if not previous else previous_text(args.name)
-         + "\n" + text)
+    return data
+
+
+def report(runs: list[dict[str, Any]]) -> str:
+    """Markdown of every stored run (one invocation each), with its CPU and command."""
+    text = "## int8 options and fusion sets (issue 16)\n\n"
+    for run in runs:
+        text += (f"CPU: {run['machine']}; int8-relevant flags: {', '.join(run['cpu_flags'])}. "
+                 f"Command: `python {' '.join(run['command'])}`\n\n")
+        if run["options"]:
+            text += markdown(run["options"], "Schemes (agreement with the fp32 ONNX graph's "
+                             "labels on texts no quantizer saw)", "onnx fp32") + "\n"
+        if run["fusion"]:
+            text += markdown(run["fusion"], "Fusion sets (shipped int8 scheme; agreement "
+                             "with the unfused fp32 graph)", "fp32 unfused") + "\n"
+    return text
 
 
 def cpu_flags() -> list[str]:
     """The CPU flags int8 kernels choose by (VNNI: 32-bit accumulation of u8s8 products)."""
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
-    flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() \
-        else set()
-    return [flag for flag in wanted if flag in flags]
+    return [flag for flag in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16",
+                              "amx_int8") if flag in hardware_flags()]
 
 
-def realdata_results(name: str) -> dict | None:
-    """Results an earlier run (another model) saved under ``name``, kept beside this one."""
-    import json
-
-    from report import RESULTS
-
+def stored_runs(name: str) -> list[dict[str, Any]]:
+    """The runs earlier invocations saved under ``name`` (each measures other models)."""
     path = RESULTS / f"{name}.json"
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def previous_text(name: str) -> str:
-    from report import RESULTS
-
-    return (RESULTS / f"{name}.md").read_text()
-
-
-def merge(previous: dict | None, data: dict) -> dict:
-    """``data`` with the runs an earlier invocation saved (one entry per invocation)."""
-    return {"runs": [*(previous or {}).get("runs", []), data]}
+    return json.loads(path.read_text())["runs"] if path.exists() else []
 
 
 if __name__ == "__main__":

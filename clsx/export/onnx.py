@@ -68,10 +68,10 @@ def export_onnx(
     batch (a fused graph that misses it is replaced by the unfused one, which must meet it).
     int8 must agree with fp32 on the labels users get (the model's thresholds for
     multi-label) on at least ``min_agreement`` of the calibration texts (or, without them,
-    of the parity batch; decoders need calibration texts, checked first). A TensorRT engine, where one can be built here, must keep
-    probabilities within the fp16 tolerance. Every candidate is checked as users run it: an
-    artifact directory opened by :class:`~clsx.classifier.Classifier`. Nothing is left at
-    ``output`` on failure.
+    of the parity batch; decoders need calibration texts, checked first). A TensorRT
+    engine, where one can be built here, must keep probabilities within the fp16 tolerance.
+    Every candidate is checked as users run it: an artifact directory opened by
+    :class:`~clsx.classifier.Classifier`. Nothing is left at ``output`` on failure.
     """
     artifact = open_torch_artifact(model_dir, allow_pickle)
     int8 = fmt == "onnx-int8"
@@ -129,8 +129,9 @@ class _Fp32Graph:
 
     def export(self, module: LogitsOnly, fuse: bool, tolerance: float,
                fusion_set: str = FULL) -> None:
-        """Export ``module``, fuse it (``fusion_set``) when ``fuse``, and open the graph that passes the
-        ``tolerance`` gate (the unfused one when fusing broke parity); raise if none does."""
+        """Export ``module``, fuse it (``fusion_set``) when ``fuse``, and open the graph that
+        passes the ``tolerance`` gate (the unfused one when fusing broke parity); raise if
+        none does."""
         self.directory.mkdir(exist_ok=True)
         unfused = self.directory / UNFUSED_STAGE
         unfused.mkdir()
