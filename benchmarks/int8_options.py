@@ -54,6 +54,7 @@ CPU = RunnerOptions(device="cpu")
 DISTILL = Path("/tmp/clsx-distill")
 PRECISION_KEY = "session.x64quantprecision"
 CALIBRATION_BATCH = 32
+UNFUSED = "unfused"
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,8 @@ class Scheme:
 
 
 SCHEMES = {
-    "dyn s8 7-bit (old)": Scheme(False, reduce_range=True),
-    "dyn s8 7-bit, ffn-out+head fp32 (old fallback)": Scheme(False, reduce_range=True,
+    "dyn s8 7-bit (default)": Scheme(False, reduce_range=True),
+    "dyn s8 7-bit, ffn-out+head fp32 (fallback)": Scheme(False, reduce_range=True,
                                                               sensitive_fp32=True),
     "dyn s8 8-bit": Scheme(False),
     "dyn s8 8-bit + x64quantprecision": Scheme(False, session={PRECISION_KEY: "1"}),
@@ -262,17 +263,17 @@ def fusion_run(name: str, model_dir: Path, dataset: str, args, root: Path,
     variants: dict[str, Callable[[], Classifier]] = {}
     for fusion_set in (None, FULL, INT8):
         fp32 = fp32_graph(model_dir, root / f"{name}-fusion", fusion_set)
-        label = fusion_set or "unfused"
-        variants[f"fp32 {label}"] = lambda d=fp32: open_export(d, "onnx", CPU)
-        target = root / f"{name}-fusion" / f"int8-{label}"
+        label = f"{fusion_set} fusion set" if fusion_set else UNFUSED
+        variants[f"fp32, {label}"] = lambda d=fp32: open_export(d, "onnx", CPU)
+        target = root / f"{name}-fusion" / f"int8-{fusion_set}"
         shutil.copytree(fp32, target, ignore=shutil.ignore_patterns("model.onnx*"))
         quantize_int8(fp32 / ONNX_FILE, target / ONNX_FILE, [])
-        variants[f"int8 {label}"] = lambda d=target: open_export(d, "onnx", CPU)
+        variants[f"int8, {label}"] = lambda d=target: open_export(d, "onnx", CPU)
     results = measure(variants, workloads, args.rounds, log)
-    with variants["fp32 unfused"]() as classifier:
+    with variants[f"fp32, {UNFUSED}"]() as classifier:
         rule = classifier.rule
     return [{"model": name, **row}
-            for row in table(results, "fp32 unfused", rule, "fp32 unfused")]
+            for row in table(results, f"fp32, {UNFUSED}", rule, f"fp32, {UNFUSED}")]
 
 
 def markdown(rows: list[dict], title: str, baseline: str) -> str:
@@ -350,7 +351,7 @@ def report(runs: list[dict[str, Any]]) -> str:
                              "labels on texts no quantizer saw)", "onnx fp32") + "\n"
         if run["fusion"]:
             text += markdown(run["fusion"], "Fusion sets (shipped int8 scheme; agreement "
-                             "with the unfused fp32 graph)", "fp32 unfused") + "\n"
+                             "with the unfused fp32 graph)", f"fp32, {UNFUSED}") + "\n"
     return text
 
 
