@@ -342,7 +342,13 @@ def measure_run(args: argparse.Namespace) -> dict[str, Any]:
 
 def report(runs: list[dict[str, Any]]) -> str:
     """Markdown of every stored run (one invocation each), with its CPU and command."""
-    text = "## int8 options and fusion sets (issue 16)\n\n"
+    text = ("## int8 options and fusion sets (issue 16)\n\n"
+            "Made with `python benchmarks/int8_options.py`. Each variant runs through the "
+            "Classifier users run; agreement: the share of texts whose labels (argmax; the "
+            "whole label set at the model's thresholds for multi-label) equal the reference "
+            "graph's, on texts that neither training nor calibration (256 other texts, for "
+            "the static schemes) saw; rows/s: best of the rounds, which alternate the "
+            "variants' order; `x`: rows/s over the reference's in the same run.\n\n")
     for run in runs:
         text += (f"CPU: {run['machine']}; int8-relevant flags: {', '.join(run['cpu_flags'])}. "
                  f"Command: `python {' '.join(run['command'])}`\n\n")
