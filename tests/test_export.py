@@ -199,3 +199,16 @@ def test_int8_gate_measures_multi_label_agreement_at_the_models_thresholds(tmp_p
     with pytest.raises(ClsxError, match=r"int8 labels agree with fp32 on \d+\.\d+% of the 32"):
         export_onnx(model, tmp_path / "tuned", fmt="onnx-int8")
     assert not (tmp_path / "tuned").exists()
+
+
+def test_int8_weights_use_seven_bits(tiny_models, tmp_path):
+    # 8-bit weights saturate u8s8 products on CPUs without VNNI; 7 bits never do.
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    export_onnx(tiny_models["bert"], tmp_path / "int8", fmt="onnx-int8", min_agreement=0.0)
+    weights = [numpy_helper.to_array(t) for t in onnx.load(
+        str(tmp_path / "int8" / "model.onnx")).graph.initializer
+        if t.data_type == onnx.TensorProto.INT8 and t.dims]
+    assert weights and max(int(np.abs(w.astype(np.int16)).max()) for w in weights) == 64
