@@ -7,7 +7,7 @@ quantized per batch, for every MatMul with a constant weight. On x86 CPUs withou
 saturates sums of two products in int16; 7-bit weights cannot saturate, so every x86 CPU
 computes the labels the gate measured, at full u8s8 speed. benchmarks/int8_options.py
 measured the alternatives on four trained heads (AMD EPYC with AVX-512 VNNI): 8-bit weights
-agree within 0.6 points either way at the same speed (and would need ONNX Runtime's
+agree within 0.8 points either way at the same speed (and would need ONNX Runtime's
 ``session.x64quantprecision``, its slower u8u8 kernels, on AVX2 CPUs); u8u8 weights and that
 option run at 0.66x; static QDQ (MinMax, Percentile, Entropy, s8s8, SmoothQuant) loses 2 to
 17 points of agreement without being faster.
