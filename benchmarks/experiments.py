@@ -227,7 +227,8 @@ CLAIMS = (*CLAIMS, Claim(
 RUNS = {experiment.name: (claim, experiment) for claim in CLAIMS for experiment in claim.runs}
 # Sections that other scripts measure and write, appended to EXPERIMENTS.md as they stand.
 APPENDED = (HERE / "results" / "distill.md",  # benchmarks/distill.py
-            HERE / "results" / "sweep_sst2.md")  # benchmarks/sweep_sst2.py
+            HERE / "results" / "sweep_sst2.md",  # benchmarks/sweep_sst2.py
+            HERE / "results" / "int8_options.md")  # benchmarks/int8_options.py
 PSEUDO_CONFIDENCE = 0.9
 
 

@@ -43,6 +43,7 @@ TOP = 8
 # ONNX graphs as clsx exports them (with ONNX Runtime's fusions) and unfused (--no-fusion).
 ONNX_VARIANTS = ("onnx", "onnx-unfused", "onnx-int8", "onnx-int8-unfused")
 BACKENDS = (*ONNX_VARIANTS, "torch")
+CALIBRATION_ROWS = 256  # of the profiled texts, for the int8 exports
 
 
 def clsx_batches(model_dir: Path, texts: list[str]) -> tuple[list, dict]:
@@ -57,19 +58,20 @@ def clsx_batches(model_dir: Path, texts: list[str]) -> tuple[list, dict]:
                      "batches": len(batches)}
 
 
-def onnx_profile(model_dir: Path, batches: list, root: Path, variant: str = "onnx"
-                 ) -> tuple[Counter, float]:
+def onnx_profile(model_dir: Path, batches: list, root: Path, variant: str,
+                 calibration_texts: list[str]) -> tuple[Counter, float]:
     """Microseconds per ONNX operator type over all batches, and the wall seconds (no
     warm-up: the profiler would count it). ``onnx-int8`` quantizes every MatMul (no
-    agreement gate, so no fallback to fp32): the most int8 can gain; ``-unfused`` variants
-    keep the exporter's graph."""
+    agreement gate, so no fallback to fp32; ``calibration_texts`` satisfy the export, which
+    refuses decoders without them): the most int8 can gain; ``-unfused`` variants keep the
+    exporter's graph."""
     import onnxruntime as ort
 
     from clsx.export.onnx import export_onnx
 
     export = export_onnx(model_dir, root / variant, fmt=variant.removesuffix("-unfused"),
                          fuse=not variant.endswith("-unfused"), min_agreement=0.0,
-                         overwrite=True).output
+                         overwrite=True, calibration_texts=calibration_texts).output
     options = ort.SessionOptions()
     options.intra_op_num_threads = physical_cores()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -154,7 +156,8 @@ def main() -> None:
                   "command": "python benchmarks/profile_ops.py "
                              f"--workload {args.workload} --rows {args.rows}"
                              + (f" --model {args.model}" if args.model else ""),
-                  **{variant: shares(*onnx_profile(model, batches, root, variant))
+                  **{variant: shares(*onnx_profile(model, batches, root, variant,
+                                                   texts[:CALIBRATION_ROWS]))
                      for variant in ONNX_VARIANTS},
                   "torch": shares(*torch_profile(model, batches))}
     save("profile_ops", result, markdown(result))

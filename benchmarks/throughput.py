@@ -113,7 +113,7 @@ def int8_matmul_peak(size: int = 1024, seconds: float = 3.0) -> float:
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from clsx.export.onnx import quantize_dynamic_int8
+    from clsx.export.quantize import quantize_int8
 
     rng = np.random.default_rng(0)
     weight = numpy_helper.from_array(rng.standard_normal((size, size), dtype=np.float32), "w")
@@ -125,7 +125,7 @@ def int8_matmul_peak(size: int = 1024, seconds: float = 3.0) -> float:
     with tempfile.TemporaryDirectory(prefix="clsx-int8-peak-") as temporary:
         fp32, int8 = Path(temporary) / "fp32.onnx", Path(temporary) / "int8.onnx"
         onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), fp32)
-        quantize_dynamic_int8(fp32, int8, [])
+        quantize_int8(fp32, int8, [])
         options = ort.SessionOptions()
         options.intra_op_num_threads = physical_cores()
         session = ort.InferenceSession(str(int8), options, providers=["CPUExecutionProvider"])

@@ -200,7 +200,7 @@ def main() -> None:
                    "is not installed).")
 @click.option("--calibration-data",
               help="Parquet/CSV/JSONL sample whose int8 labels must agree with fp32 (a path "
-                   "or an s3://, gs://... URI).")
+                   "or an s3://, gs://... URI); required for decoder (Qwen2, Llama) int8.")
 @click.option("--text-column", default="text", show_default=True,
               help="Text column of --calibration-data.")
 @click.option("--calibration-rows", type=click.IntRange(min=1), default=2000, show_default=True,

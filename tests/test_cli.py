@@ -61,6 +61,17 @@ def test_bench_compares_each_backend_with_torch_fp32(tiny_models, tiny_exports, 
                                                rel=0.01, abs=0.01)
 
 
+def test_bench_calibrates_a_decoders_int8_export_on_its_own_texts(tiny_models, tmp_path):
+    # export refuses decoder int8 without calibration texts; bench passes the texts it runs.
+    data = write_parquet(tmp_path / "data.parquet", TEXTS * 3)
+    exports = tmp_path / "exports"
+    result = run_clsx("bench", "-m", tiny_models["llama"], "--data", data, "--rows", "24",
+                      "--backends", "torch,onnx-int8", "--exports-dir", exports)
+    assert result.exit_code == 0, result.output
+    parity = json.loads((exports / "onnx-int8" / "clsx.json").read_text())["parity"]
+    assert parity["int8_calibration"]["rows"] == 24
+
+
 def test_bench_rejects_unknown_backend(tiny_models, tmp_path):
     data = write_parquet(tmp_path / "data.parquet", TEXTS)
     result = CliRunner().invoke(main, ["bench", "-m", str(tiny_models["bert"]), "--data",

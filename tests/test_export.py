@@ -62,15 +62,31 @@ def test_cli_int8_export_with_calibration_data(tiny_models, tmp_path):
 def test_int8_agreement_gate_refuses(tiny_models, tmp_path):
     with pytest.raises(ClsxError, match="int8 labels agree with fp32"):
         export_onnx(tiny_models["qwen2"], tmp_path / "int8", fmt="onnx-int8",
-                    min_agreement=1.01)
+                    calibration_texts=TEXTS, min_agreement=1.01)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama"])
+def test_decoder_int8_without_calibration_texts_is_refused_first(family, tiny_models,
+                                                                 tmp_path, monkeypatch):
+    # Refused before the model is loaded or exported: nothing after the check may run.
+    monkeypatch.setattr("clsx.export.onnx.parity_inputs", None)
+    out = tmp_path / "int8"
+    result = CliRunner().invoke(main, ["export", str(tiny_models[family]), "--format",
+                                       "onnx-int8", "-o", str(out)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"Error: int8 export of a {family} (decoder) classifier needs --calibration-data: "
+        "random-token parity batches have passed decoders whose int8 labels then changed on "
+        "real texts; pass a few hundred texts like the ones it will classify")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_int8_keeps_sensitive_layers_in_fp32_when_full_int8_misses_the_gate(
         tiny_models, tmp_path, monkeypatch):
-    from clsx.export import onnx as onnx_export
+    from clsx.export import quantize as int8_export
 
-    plans, quantize, measure = [], onnx_export.quantize_dynamic_int8, onnx_export._int8_parity
+    plans, quantize, measure = [], int8_export.quantize_int8, int8_export._int8_parity
 
     def recording(fp32_path, int8_path, fp32_nodes):
         plans.append(fp32_nodes)
@@ -79,17 +95,17 @@ def test_int8_keeps_sensitive_layers_in_fp32_when_full_int8_misses_the_gate(
     def failing_first(*args):
         reports = measure(*args)
         if len(plans) == 1:  # pretend that int8 everywhere flipped half the labels
-            reports["int8_parity_batch"] = replace(reports["int8_parity_batch"],
-                                                   label_agreement=0.5)
+            reports["int8_calibration"] = replace(reports["int8_calibration"],
+                                                  label_agreement=0.5)
         return reports
 
-    monkeypatch.setattr(onnx_export, "quantize_dynamic_int8", recording)
-    monkeypatch.setattr(onnx_export, "_int8_parity", failing_first)
+    monkeypatch.setattr(int8_export, "quantize_int8", recording)
+    monkeypatch.setattr(int8_export, "_int8_parity", failing_first)
     result = export_onnx(tiny_models["qwen2"], tmp_path / "int8", fmt="onnx-int8",
-                         min_agreement=0.6)
+                         calibration_texts=TEXTS, min_agreement=0.6)
     layers = json.loads((tiny_models["qwen2"] / "config.json").read_text())["num_hidden_layers"]
     assert plans[0] == [] and len(plans[1]) == layers + 1  # each down_proj, and the head
-    assert result.manifest.parity["int8_parity_batch_all_matmuls"]["label_agreement"] == 0.5
+    assert result.manifest.parity["int8_calibration_all_matmuls"]["label_agreement"] == 0.5
     assert result.notes[0].startswith(f"int8: {layers + 1} feed-forward output and head")
 
 
@@ -168,12 +184,12 @@ def _push_down_negative_logits(fp32_path, int8_path, fp32_nodes):
 
 def test_int8_gate_measures_multi_label_agreement_at_the_models_thresholds(tmp_path,
                                                                            monkeypatch):
-    from clsx.export import onnx as onnx_export
+    from clsx.export import quantize as int8_export
     from clsx.manifest import Manifest
 
     model = build_tiny_classifier(tmp_path / "multi", "bert",
                                   problem_type="multi_label_classification")
-    monkeypatch.setattr(onnx_export, "quantize_dynamic_int8", _push_down_negative_logits)
+    monkeypatch.setattr(int8_export, "quantize_int8", _push_down_negative_logits)
     # At 0.5 no decision moves (probabilities only move below 0.5): the gate passes.
     passed = export_onnx(model, tmp_path / "at-one-half", fmt="onnx-int8")
     assert passed.parity["int8_parity_batch"].label_agreement == 1.0
@@ -183,3 +199,16 @@ def test_int8_gate_measures_multi_label_agreement_at_the_models_thresholds(tmp_p
     with pytest.raises(ClsxError, match=r"int8 labels agree with fp32 on \d+\.\d+% of the 32"):
         export_onnx(model, tmp_path / "tuned", fmt="onnx-int8")
     assert not (tmp_path / "tuned").exists()
+
+
+def test_int8_weights_use_seven_bits(tiny_models, tmp_path):
+    # 8-bit weights saturate u8s8 products on CPUs without VNNI; 7 bits never do.
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    export_onnx(tiny_models["bert"], tmp_path / "int8", fmt="onnx-int8", min_agreement=0.0)
+    weights = [numpy_helper.to_array(t) for t in onnx.load(
+        str(tmp_path / "int8" / "model.onnx")).graph.initializer
+        if t.data_type == onnx.TensorProto.INT8 and t.dims]
+    assert weights and max(int(np.abs(w.astype(np.int16)).max()) for w in weights) == 64

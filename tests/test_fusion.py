@@ -3,6 +3,8 @@ and replaced by the unfused graph when they fail."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -51,7 +53,7 @@ def test_no_fusion_is_refused_where_nothing_is_fused(tiny_models, tmp_path):
     assert "--no-fusion applies to --format onnx and onnx-int8 only" in result.output
 
 
-def shifted_logits(graph, output) -> dict[str, int]:
+def shifted_logits(graph, output, fusion_set) -> dict[str, int]:
     """A stand-in for the fusion pass whose graph adds 1 to every logit."""
     model = onnx.load(str(graph))
     logits = model.graph.output[0].name
@@ -64,7 +66,7 @@ def shifted_logits(graph, output) -> dict[str, int]:
     return {"shift": 1}
 
 
-def failing_fusion(graph, output) -> dict[str, int]:
+def failing_fusion(graph, output, fusion_set) -> dict[str, int]:
     raise RuntimeError("pattern matcher broke\nsecond line")
 
 
@@ -82,3 +84,18 @@ def test_a_fusion_that_fails_leaves_the_unfused_graph(fusion, note, fmt, tiny_mo
     assert result.parity["fp32"].max_abs_diff <= FP32_TOLERANCE
     assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_dir()) == []
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_int8_exports_stop_at_multi_head_attention(tiny_models, tmp_path):
+    # The full set packs BERT's Q/K/V into Attention, which the quantizer leaves fp32; the int8
+    # set keeps them as MatMuls under MultiHeadAttention: Q, K, V, output and both
+    # feed-forward projections of every layer are int8.
+    result = export_onnx(tiny_models["bert"], tmp_path / "int8", fmt="onnx-int8",
+                         min_agreement=0.0)
+    fusions = result.manifest.fusions
+    assert "attention" not in fusions and fusions["mha2"] > 0
+    assert fusions == open_artifact(tmp_path / "int8").manifest.fusions
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "int8" / "model.onnx")).graph.node]
+    assert "Attention" not in ops and "MultiHeadAttention" in ops
+    layers = json.loads((tiny_models["bert"] / "config.json").read_text())["num_hidden_layers"]
+    assert ops.count("MatMulInteger") >= 6 * layers  # and the head's, where it is a MatMul

@@ -11,12 +11,10 @@ transformers 5. The exporter in torch has no such pin.
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import io
 import logging
 import os
-import re
 import shutil
 import warnings
 from pathlib import Path
@@ -30,8 +28,9 @@ from clsx.encoding import EncodedWindow
 from clsx.errors import ClsxError
 from clsx.export import FP32_TOLERANCE, INT8_MIN_AGREEMENT
 from clsx.export.common import ExportResult, export_manifest, open_export, open_torch_artifact
-from clsx.export.fusion import fuse_for_ort
+from clsx.export.fusion import FULL, INT8, fuse_for_ort
 from clsx.export.parity import PROB_TOLERANCES, ParityReport, compare, parity_inputs
+from clsx.export.quantize import quantize_gated
 from clsx.modeling import LogitsOnly
 from clsx.runners import RunnerOptions
 from clsx.runners.tensorrt import tensorrt_available
@@ -63,18 +62,26 @@ def export_onnx(
     on parity.
 
     ``onnx`` and ``onnx-int8`` graphs carry ONNX Runtime's transformer fusions unless
-    ``fuse`` is False (:mod:`clsx.export.fusion`; the manifest's ``fusions`` lists them).
+    ``fuse`` is False (:mod:`clsx.export.fusion`; the manifest's ``fusions`` lists them;
+    int8 graphs get the int8 set, which keeps Q/K/V projections quantizable).
     The fp32 graph must reproduce the PyTorch logits within ``tolerance`` on a mixed-length
     batch (a fused graph that misses it is replaced by the unfused one, which must meet it).
     int8 must agree with fp32 on the labels users get (the model's thresholds for
     multi-label) on at least ``min_agreement`` of the calibration texts (or, without them,
-    of the parity batch). A TensorRT engine, where one can be built here, must keep
-    probabilities within the fp16 tolerance. Every candidate is checked as users run it: an
-    artifact directory opened by :class:`~clsx.classifier.Classifier`. Nothing is left at
-    ``output`` on failure.
+    of the parity batch; decoders need calibration texts, checked first). A TensorRT
+    engine, where one can be built here, must keep probabilities within the fp16 tolerance.
+    Every candidate is checked as users run it: an artifact directory opened by
+    :class:`~clsx.classifier.Classifier`. Nothing is left at ``output`` on failure.
     """
     artifact = open_torch_artifact(model_dir, allow_pickle)
     int8 = fmt == "onnx-int8"
+    if int8 and artifact.manifest.is_decoder and not calibration_texts:
+        raise ClsxError(
+            f"int8 export of a {artifact.manifest.family} (decoder) classifier needs "
+            "--calibration-data: random-token parity batches have passed decoders whose int8 "
+            "labels then changed on real texts; pass a few hundred texts like the ones it will "
+            "classify"
+        )
     probe = parity_inputs(artifact.manifest, artifact.tokenizer, rows=32)
     with Classifier.from_artifact(artifact, "torch",
                                   RunnerOptions(device="cpu", dtype="fp32")) as torch_model:
@@ -83,14 +90,15 @@ def export_onnx(
     with staged_directory(output, overwrite) as stage:
         graph = _Fp32Graph(artifact, output, stage / FP32_STAGE if int8 else stage,
                            reference, probe)
-        graph.export(module, fuse=fuse and fmt != "tensorrt", tolerance=tolerance)
+        graph.export(module, fuse=fuse and fmt != "tensorrt", tolerance=tolerance,
+                     fusion_set=INT8 if int8 else FULL)
         del module
         parity, notes = graph.parity, graph.notes
         manifest = export_manifest(artifact, output, fmt, parity, graph.fusions)
         _write_artifact(artifact, stage, manifest)
         with graph.classifier as fp32:
             if int8:
-                int8_parity, int8_notes = _quantize(fp32, graph.probe_logits, stage, probe,
+                int8_parity, int8_notes = quantize_gated(fp32, graph.probe_logits, stage, probe,
                                                     calibration_texts, min_agreement)
                 parity.update(int8_parity)
                 notes += int8_notes
@@ -119,16 +127,18 @@ class _Fp32Graph:
         self.probe_logits: np.ndarray | None = None
         self.parity: dict[str, ParityReport] = {}
 
-    def export(self, module: LogitsOnly, fuse: bool, tolerance: float) -> None:
-        """Export ``module``, fuse it when ``fuse``, and open the graph that passes the
-        ``tolerance`` gate (the unfused one when fusing broke parity); raise if none does."""
+    def export(self, module: LogitsOnly, fuse: bool, tolerance: float,
+               fusion_set: str = FULL) -> None:
+        """Export ``module``, fuse it (``fusion_set``) when ``fuse``, and open the graph that
+        passes the ``tolerance`` gate (the unfused one when fusing broke parity); raise if
+        none does."""
         self.directory.mkdir(exist_ok=True)
         unfused = self.directory / UNFUSED_STAGE
         unfused.mkdir()
         input_ids, attention_mask = pad(self.probe.ids, self.parent.manifest.padding_id)
         _export_graph(module, unfused / ONNX_FILE, (input_ids[:2], attention_mask[:2]))
         if fuse:
-            self._fuse(unfused)
+            self._fuse(unfused, fusion_set)
         if self.fusions is None:
             _move_graph(unfused, self.directory)
         self._open()
@@ -148,10 +158,11 @@ class _Fp32Graph:
                 f"(> {tolerance:.0e}) on the parity batch; not exporting"
             )
 
-    def _fuse(self, unfused: Path) -> None:
+    def _fuse(self, unfused: Path, fusion_set: str) -> None:
         """Fused graph into ``directory``; on a rewriter failure, a note and no fusions."""
         try:
-            self.fusions = fuse_for_ort(unfused / ONNX_FILE, self.directory / ONNX_FILE)
+            self.fusions = fuse_for_ort(unfused / ONNX_FILE, self.directory / ONNX_FILE,
+                                        fusion_set)
         except Exception as exc:  # the rewriter raises many internal error types
             self.notes.append(f"ONNX Runtime fusions failed ({str(exc).splitlines()[0]}); "
                               "exported the unfused graph")
@@ -219,100 +230,3 @@ def _export_graph(module: LogitsOnly, path: Path, sample: tuple[np.ndarray, np.n
             raise ClsxError(f"torch.onnx.export failed: {str(exc).splitlines()[0]}") from exc
         finally:
             exporter_log.setLevel(level)
-
-
-def _quantize(
-    fp32: Classifier,
-    fp32_probe: np.ndarray,
-    stage: Path,
-    probe: EncodedWindow,
-    calibration_texts: list[str] | None,
-    min_agreement: float,
-) -> tuple[dict[str, ParityReport], list[str]]:
-    """Dynamic int8 of ``fp32``'s graph into ``stage``, and its label agreement with fp32
-    (``fp32_probe``: its logits on ``probe``); notes on what was kept fp32.
-
-    Weights are per-channel with a 7-bit range: CPUs without VNNI (AVX2) saturate 8-bit
-    products in int16, which flipped 82% of a SmolLM2 classifier's labels. When quantizing
-    every weight MatMul misses ``min_agreement``, the feed-forward output projections and
-    the head stay fp32 (measured on that classifier: 94.0% -> 99.4% agreement).
-    """
-    gated = "int8_calibration" if calibration_texts else "int8_parity_batch"
-    fp32_path = fp32.artifact.path / ONNX_FILE
-    expected = {"int8_parity_batch": fp32_probe}
-    if calibration_texts:  # computed once, compared with every int8 plan
-        expected["int8_calibration"] = fp32.predict_all(calibration_texts).logits
-    reports: dict[str, ParityReport] = {}
-    notes: list[str] = []
-    kept = _sensitive_matmuls(fp32_path)
-    for plan in ([], kept) if kept else ([],):
-        quantize_dynamic_int8(fp32_path, stage / ONNX_FILE, plan)
-        with open_export(stage, "onnx", CPU) as int8:
-            measured = _int8_parity(fp32, int8, expected, probe, calibration_texts)
-        agreement = measured[gated].label_agreement
-        if agreement is None or agreement >= min_agreement:
-            reports.update(measured)
-            if plan:
-                notes.append(f"int8: {len(plan)} feed-forward output and head MatMuls kept in "
-                             f"fp32 (every MatMul in int8 agreed on only "
-                             f"{reports[f'{gated}_all_matmuls'].label_agreement:.2%})")
-            return reports, notes
-        reports[f"{gated}_all_matmuls"] = measured[gated]
-    kept_too = " even with the feed-forward outputs and head in fp32" if kept else ""
-    raise ClsxError(
-        f"int8 labels agree with fp32 on {agreement:.2%} of the {measured[gated].rows} "
-        f"{gated.removeprefix('int8_').replace('_', ' ')} rows{kept_too} "
-        f"(< {min_agreement:.2%}); keep the fp32 export or lower --min-agreement"
-    )
-
-
-# Module paths (from the exporter's name scopes) of the MatMuls whose int8 error flips labels
-# most: the feed-forward output projections, whose inputs carry the largest activation
-# outliers, and the classification head.
-SENSITIVE_MODULES = re.compile(r"(mlp\.down_proj|layer\.\d+\.output\.dense|score|classifier)$")
-
-
-def _sensitive_matmuls(fp32_path: Path) -> list[str]:
-    """Names of the MatMul nodes of SENSITIVE_MODULES ([] if the graph lacks name scopes)."""
-    import onnx
-
-    graph = onnx.load(str(fp32_path), load_external_data=False).graph
-    names = []
-    for node in graph.node:
-        scopes = next((p.value for p in node.metadata_props
-                       if p.key == "pkg.torch.onnx.name_scopes"), None)
-        if node.op_type == "MatMul" and scopes:
-            module = ast.literal_eval(scopes)[-2:-1]
-            if module and SENSITIVE_MODULES.search(module[0]):
-                names.append(node.name)
-    return names
-
-
-def quantize_dynamic_int8(fp32_path: Path, int8_path: Path, fp32_nodes: list[str]) -> None:
-    """ONNX Runtime's dynamic int8 of every MatMul with a constant weight but ``fp32_nodes``:
-    per-channel weights in 7 bits (see ``_quantize``), activations quantized per batch."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # quantize_dynamic logs an unactionable pre-processing hint
-    try:
-        quantize_dynamic(fp32_path, int8_path, weight_type=QuantType.QInt8, per_channel=True,
-                         reduce_range=True, op_types_to_quantize=["MatMul"],
-                         nodes_to_exclude=fp32_nodes)
-    finally:
-        root.setLevel(level)
-
-
-def _int8_parity(fp32: Classifier, int8: Classifier, expected: dict[str, np.ndarray],
-                 probe: EncodedWindow, calibration_texts: list[str] | None
-                 ) -> dict[str, ParityReport]:
-    """int8 against fp32 on the parity batch and, when given, on the calibration texts, both
-    through the classifier users run (encoder, long-text setting, thresholds)."""
-    reports = {"int8_parity_batch": compare(expected["int8_parity_batch"],
-                                            int8.predict_encoded(probe).logits, fp32.rule)}
-    if calibration_texts:
-        reports["int8_calibration"] = compare(expected["int8_calibration"],
-                                              int8.predict_all(calibration_texts).logits,
-                                              fp32.rule)
-    return reports
