@@ -251,7 +251,7 @@ def clsx_auto(model_dir: Path, data: Path, root: Path, max_length: int) -> dict:
     """``clsx batch-predict --backend auto --auto-formats``: a first run makes the choice
     (exports and timings; its whole wall time is ``search_s``), a second one runs the
     remembered choice and is measured as the other Parquet-to-Parquet rows are."""
-    env = {**os.environ, "CLSX_CACHE": str(root / f"auto-cache-{max_length}")}
+    env = {**os.environ, "CLSX_CACHE": str(root / "auto-cache")}  # exports made once
     command = [sys.executable, "-m", "clsx", "batch-predict", str(data),
                str(root / "out.parquet"), "--model", str(model_dir), "--backend", "auto",
                "--auto-formats", "--max-length", str(max_length), "--device", "cpu",
