@@ -94,7 +94,8 @@ def test_ray_actors_run_the_format_auto_chose_in_the_driver(tiny_models, tmp_pat
     local, on_ray = tmp_path / "local.parquet", tmp_path / "ray-out"
     assert predict(source, local, "-m", tiny_models["bert"], "--dtype", "fp32").exit_code == 0
     result = predict(source, on_ray, "-m", tiny_models["bert"], "--auto-formats",
-                     "--engine", "ray", "--num-workers", "2", "--preserve-order")
+                     "--engine", "ray", "--num-workers", "2", "--preserve-order",
+                     "--window-rows", "100")
     assert result.exit_code == 0, result.output
     assert "backend onnx on ray (2 workers), onnx chosen by --backend auto: " in result.output
     assert_same_predictions(pq.read_table(local), pq.read_table(on_ray))
