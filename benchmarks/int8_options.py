@@ -297,7 +297,7 @@ def parse_model(spec: str) -> tuple[str, Path, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", action="append", default=[], help="NAME=DIR:DATASET")
     parser.add_argument("--schemes", help="scheme names separated by ; (default: all)")
     parser.add_argument("--fusion-model", help="NAME=DIR:DATASET for the fusion comparison")
