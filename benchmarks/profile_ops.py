@@ -139,7 +139,7 @@ def markdown(result: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, help="clsx model directory (default: MiniLM)")
     parser.add_argument("--workload", choices=("short", "long"), default="short")
     parser.add_argument("--rows", type=int, default=4096,
