@@ -81,7 +81,8 @@ def run_bench(config: BenchConfig, log: Log = silent) -> list[BenchRow]:
                 # the gate is off: the bench reports the agreement itself.
                 calibration = [t for t in texts[:CALIBRATION_ROWS] if t is not None]
                 directory = cached_export(
-                    model_dir, variant, cache / variant, log, min_agreement=0.0,
+                    model_dir, variant, cache / variant, lambda line: log(f"bench: {line}"),
+                    min_agreement=0.0,
                     calibration_texts=calibration if variant == "onnx-int8" else None)
                 backend = "auto"
                 variant_options = options
