@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +37,9 @@ from typing import Any
 import numpy as np
 
 from clsx.artifact import Artifact, fingerprint
-from clsx.autoselect import read_choices, remember
+from clsx.autoselect import best_time, passes_dtype_gate, read_choices, remember
 from clsx.errors import ClsxError
-from clsx.export.parity import PROB_TOLERANCES, compare
+from clsx.export.parity import ParityReport, compare
 from clsx.hardware import machine_description, native_low_precision
 from clsx.log import Log, silent
 from clsx.manifest import Manifest
@@ -123,7 +122,8 @@ def choose_format(artifact: Artifact, options: RunnerOptions, texts: Sequence[st
     choices = cache / "auto-format.json"
     by_name = {candidate.name: candidate for candidate in tried}
     remembered = read_choices(choices).get(key)
-    if remembered is not None and _still_there(artifact, exports, by_name[remembered["name"]]):
+    if remembered is not None and _still_there(exports, by_name[remembered["name"]],
+                                               model_fingerprint):
         return _choice(artifact, exports, by_name[remembered["name"]], remembered["measured"],
                        cached=True)
     measured = _measure(artifact, options, texts, tried, exports, log, settings)
@@ -217,22 +217,16 @@ def _timed(classifier: Any, texts: list[str]) -> tuple[np.ndarray, float]:
     """The logits of ``texts`` and the best of :data:`PROBE_REPEATS` timings, after a
     warm-up (first-call allocations and kernel choices)."""
     classifier.predict(texts[:WARM_UP_TEXTS])
-    seconds = float("inf")
-    for _ in range(PROBE_REPEATS):
-        started = time.perf_counter()
-        logits = classifier.predict_all(texts).logits
-        seconds = min(seconds, time.perf_counter() - started)
-    return logits, seconds
+    prediction, seconds = best_time(classifier.predict_all, PROBE_REPEATS, texts)
+    return prediction.logits, seconds
 
 
-def _passes(candidate: Candidate, parity: Any) -> bool:
-    """Exports passed their gates when they were made; torch below fp32 and vLLM must keep
-    their probabilities within the dtype's tolerance of torch fp32's, and every label, on
-    the probe texts."""
+def _passes(candidate: Candidate, parity: ParityReport) -> bool:
+    """Exports passed their gates when they were made; torch below fp32 and vLLM must pass
+    the dtype gate (:func:`~clsx.autoselect.passes_dtype_gate`) on the probe texts."""
     if candidate.export_format is not None or candidate.name == REFERENCE:
         return True
-    return (parity.max_prob_diff <= PROB_TOLERANCES[candidate.dtype]
-            and parity.label_agreement in (None, 1.0))
+    return passes_dtype_gate(candidate.dtype, parity)
 
 
 def _gate_agreement(directory: Path) -> float | None:
@@ -242,14 +236,13 @@ def _gate_agreement(directory: Path) -> float | None:
     return (parity.get("int8_calibration") or {}).get("label_agreement")
 
 
-def _still_there(artifact: Artifact, exports: Path, candidate: Candidate) -> bool:
+def _still_there(exports: Path, candidate: Candidate, model_fingerprint: str) -> bool:
     """Whether a remembered choice can run as it was measured: its export (if any) is
     still in the cache and made from the model as it is now."""
-    if candidate.export_format is None:  # the model directory itself
-        return True
-    directory = exports / candidate.export_format
-    manifest = Manifest.load(directory) if directory.is_dir() else None
-    return manifest is not None and manifest.parent_fingerprint == fingerprint(artifact.path)
+    from clsx.export.cache import is_current_export
+
+    return (candidate.export_format is None  # the model directory itself
+            or is_current_export(exports / candidate.export_format, model_fingerprint))
 
 
 def _choice(artifact: Artifact, exports: Path, candidate: Candidate,

@@ -15,15 +15,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from clsx import durable
 from clsx.artifact import Artifact, fingerprint
-from clsx.export.parity import PROB_TOLERANCES, compare, parity_inputs
+from clsx.export.parity import PROB_TOLERANCES, ParityReport, compare, parity_inputs
 from clsx.hardware import machine_description, native_low_precision
 from clsx.models import cache_dir
 from clsx.runners import RunnerOptions
@@ -31,6 +32,7 @@ from clsx.runners import RunnerOptions
 PROBE_ROWS = 16
 PROBE_MAX_LENGTH = 128
 PROBE_REPEATS = 3
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -80,23 +82,37 @@ def _measure(artifact: Artifact, options: RunnerOptions, candidates: tuple[str, 
     for dtype in ("fp32", *candidates):
         with Classifier.from_artifact(artifact, "torch",
                                       dataclasses.replace(options, dtype=dtype)) as classifier:
-            logits = classifier.predict_encoded(probe).logits  # warm-up
-            seconds = float("inf")
-            for _ in range(PROBE_REPEATS):
-                started = time.perf_counter()
-                logits = classifier.predict_encoded(probe).logits
-                seconds = min(seconds, time.perf_counter() - started)
+            classifier.predict_encoded(probe)  # warm-up
+            prediction, seconds = best_time(classifier.predict_encoded, PROBE_REPEATS, probe)
+        logits = prediction.logits
         reference = logits if reference is None else reference
         parity = compare(reference, logits, classifier.rule)
         measured[dtype] = {
             "rows_per_s": round(PROBE_ROWS / seconds, 1),
             "max_prob_diff": parity.max_prob_diff,
             "label_agreement": parity.label_agreement,
-            "qualifies": dtype == "fp32" or (parity.max_prob_diff <= PROB_TOLERANCES[dtype]
-                                             and parity.label_agreement in (None, 1.0)),
+            "qualifies": dtype == "fp32" or passes_dtype_gate(dtype, parity),
         }
         del classifier
     return measured
+
+
+def best_time(run: Callable[..., T], repeats: int, *args: Any) -> tuple[T, float]:
+    """What ``run(*args)`` returns and its fastest wall time, in seconds, over ``repeats``
+    calls (warm it up first)."""
+    seconds = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        result = run(*args)
+        seconds = min(seconds, time.perf_counter() - started)
+    return result, seconds
+
+
+def passes_dtype_gate(dtype: str, parity: ParityReport) -> bool:
+    """Whether a run in ``dtype`` below fp32 keeps its probabilities within
+    ``PROB_TOLERANCES[dtype]`` of fp32's and every label (as users get them) equal."""
+    return (parity.max_prob_diff <= PROB_TOLERANCES[dtype]
+            and parity.label_agreement in (None, 1.0))
 
 
 def read_choices(cache: Path) -> dict[str, Any]:

@@ -10,6 +10,13 @@ from clsx.log import Log, silent
 from clsx.manifest import Manifest
 
 
+def is_current_export(target: Path, model_fingerprint: str) -> bool:
+    """Whether ``target`` holds an export made from the model whose fingerprint is
+    ``model_fingerprint`` (that model as it is now)."""
+    manifest = Manifest.load(target) if target.is_dir() else None
+    return manifest is not None and manifest.parent_fingerprint == model_fingerprint
+
+
 def cached_export(model_dir: Path, fmt: str, target: Path, log: Log = silent,
                   **gates: Any) -> Path:
     """``target``, holding ``model_dir`` exported as ``fmt`` (``onnx``, ``onnx-int8`` or
@@ -23,10 +30,8 @@ def cached_export(model_dir: Path, fmt: str, target: Path, log: Log = silent,
     """
     from clsx.export.onnx import export_onnx
 
-    if target.is_dir():
-        manifest = Manifest.load(target)
-        if manifest is not None and manifest.parent_fingerprint == fingerprint(model_dir):
-            return target
+    if is_current_export(target, fingerprint(model_dir)):
+        return target
     log(f"exporting {model_dir} to {fmt} in {target}")
     export_onnx(model_dir, target, fmt=fmt, overwrite=True, **gates)
     return target
