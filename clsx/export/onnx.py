@@ -95,11 +95,13 @@ def export_onnx(
         del module
         parity, notes = graph.parity, graph.notes
         manifest = export_manifest(artifact, output, fmt, parity, graph.fusions)
-        _write_artifact(artifact, stage, manifest)
+        if int8:  # the fp32 graph's directory (stage/fp32) has them; stage needs its own
+            _write_tokenizer_and_config(artifact, stage)
+        manifest.save(stage)
         with graph.classifier as fp32:
             if int8:
                 int8_parity, int8_notes = quantize_gated(fp32, graph.probe_logits, stage, probe,
-                                                    calibration_texts, min_agreement)
+                                                         calibration_texts, min_agreement)
                 parity.update(int8_parity)
                 notes += int8_notes
         if int8:
@@ -133,6 +135,7 @@ class _Fp32Graph:
         passes the ``tolerance`` gate (the unfused one when fusing broke parity); raise if
         none does."""
         self.directory.mkdir(exist_ok=True)
+        _write_tokenizer_and_config(self.parent, self.directory)
         unfused = self.directory / UNFUSED_STAGE
         unfused.mkdir()
         input_ids, attention_mask = pad(self.probe.ids, self.parent.manifest.padding_id)
@@ -168,8 +171,7 @@ class _Fp32Graph:
                               "exported the unfused graph")
 
     def _open(self) -> None:
-        _write_artifact(self.parent, self.directory,
-                        export_manifest(self.parent, self.output, "onnx", {}, self.fusions))
+        export_manifest(self.parent, self.output, "onnx", {}, self.fusions).save(self.directory)
         self.classifier = open_export(self.directory, "onnx", CPU)
         self.probe_logits = self.classifier.predict_encoded(self.probe).logits
         self.parity = {"fp32": compare(self.reference, self.probe_logits,
@@ -186,11 +188,11 @@ def _move_graph(source: Path, directory: Path) -> None:
         os.replace(path, directory / path.name)
 
 
-def _write_artifact(parent: Artifact, directory: Path, manifest) -> None:
-    """Tokenizer, config and manifest beside a graph: the files that make it an artifact."""
+def _write_tokenizer_and_config(parent: Artifact, directory: Path) -> None:
+    """The parent's tokenizer and config beside a graph: with a manifest, the files that
+    make it an artifact."""
     parent.tokenizer.save_pretrained(directory)
     shutil.copy2(parent.path / "config.json", directory / "config.json")
-    manifest.save(directory)
 
 
 def _check_tensorrt(stage: Path, reference: np.ndarray, probe: EncodedWindow) -> ParityReport:
