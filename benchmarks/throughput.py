@@ -225,16 +225,25 @@ def vllm_direct(model_dir: Path, texts: list[str], warm_up: list[str], max_lengt
     return measurement(len(texts), tokens, seconds, peak[0], labels)
 
 
-def clsx_parquet(model_dir: Path, backend: str, data: Path, out: Path, max_length: int,
-                 dtype: str | None, device: str = "cpu", extra: tuple[str, ...] = (),
-                 env: dict[str, str] | None = None) -> dict:
-    """``clsx batch-predict`` Parquet to Parquet in a subprocess (its RSS tree sampled);
-    ``extra`` options are added to its command line, ``env`` replaces its environment."""
+def batch_predict_command(model_dir: Path, backend: str, data: Path, out: Path,
+                          max_length: int, dtype: str | None, device: str,
+                          extra: tuple[str, ...]) -> list[str]:
+    """The ``clsx batch-predict`` command line of a measured run, echoed as it starts."""
     command = [sys.executable, "-m", "clsx", "batch-predict", str(data), str(out), "--model",
                str(model_dir), "--backend", backend, "--max-length", str(max_length),
                "--device", device, "--overwrite", "--quiet",
                *(["--dtype", dtype] if dtype else []), *extra]
     print("$ " + " ".join(command[2:]), flush=True)
+    return command
+
+
+def clsx_parquet(model_dir: Path, backend: str, data: Path, out: Path, max_length: int,
+                 dtype: str | None, device: str = "cpu", extra: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None) -> dict:
+    """``clsx batch-predict`` Parquet to Parquet in a subprocess (its RSS tree sampled);
+    ``extra`` options are added to its command line, ``env`` replaces its environment."""
+    command = batch_predict_command(model_dir, backend, data, out, max_length, dtype, device,
+                                    extra)
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, env=env)
     with peak_rss(process.pid) as peak:
@@ -252,11 +261,8 @@ def clsx_auto(model_dir: Path, data: Path, root: Path, max_length: int) -> dict:
     (exports and timings; its whole wall time is ``search_s``), a second one runs the
     remembered choice and is measured as the other Parquet-to-Parquet rows are."""
     env = {**os.environ, "CLSX_CACHE": str(root / "auto-cache")}  # exports made once
-    command = [sys.executable, "-m", "clsx", "batch-predict", str(data),
-               str(root / "out.parquet"), "--model", str(model_dir), "--backend", "auto",
-               "--auto-formats", "--max-length", str(max_length), "--device", "cpu",
-               "--overwrite", "--quiet"]
-    print("$ " + " ".join(command[2:]), flush=True)
+    command = batch_predict_command(model_dir, "auto", data, root / "out.parquet", max_length,
+                                    None, "cpu", ("--auto-formats",))
     started = time.perf_counter()
     first = subprocess.run(command, capture_output=True, text=True, env=env)
     search_s = time.perf_counter() - started
