@@ -25,8 +25,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from clsx.hardware import machine_description
-from clsx.manifest import DECODER_FAMILIES
+from clsx.artifacts.manifest import DECODER_FAMILIES
+from clsx.inference.hardware import machine_description
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from realdata import repeated, sst2, write  # noqa: E402
@@ -51,9 +51,9 @@ def untrained_classifier(alias: str, directory: Path, max_length: int = 128) -> 
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-    from clsx.artifact import pad_token_id, save_artifact
-    from clsx.manifest import Manifest
-    from clsx.models import resolve_model
+    from clsx.artifacts.artifact import pad_token_id, save_artifact
+    from clsx.artifacts.bundled import resolve_model
+    from clsx.artifacts.manifest import Manifest
 
     torch.manual_seed(0)
     base = resolve_model(alias)
@@ -73,7 +73,7 @@ def untrained_classifier(alias: str, directory: Path, max_length: int = 128) -> 
 
 def default_models(root: Path) -> dict[str, Path]:
     """A tiny random Qwen2 classifier and MiniLM-L6 with an untrained 2-label head."""
-    from clsx.testing import build_tiny_classifier
+    from clsx.testing.tiny_models import build_tiny_classifier
 
     tiny = build_tiny_classifier(root / "tiny-qwen2", "qwen2", labels=("negative", "positive"),
                                  max_length=128)

@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from clsx.export import INT8_MIN_AGREEMENT
-from clsx.hardware import machine_description
+from clsx.inference.hardware import machine_description
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import experiments  # noqa: E402

@@ -31,7 +31,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from clsx.testing import CORPUS, build_tiny_classifier
+from clsx.testing.tiny_models import CORPUS, build_tiny_classifier
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import RESULTS  # noqa: E402

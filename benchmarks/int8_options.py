@@ -34,17 +34,17 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from clsx.artifact import ONNX_FILE, open_artifact
-from clsx.classifier import Classifier
-from clsx.encoding import TextEncoder
+from clsx.artifacts.artifact import ONNX_FILE, open_artifact
 from clsx.export.common import open_export
 from clsx.export.fusion import FULL, INT8, fuse_for_ort
 from clsx.export.onnx import export_onnx
-from clsx.export.parity import compare
-from clsx.hardware import cpu_flags as hardware_flags
-from clsx.hardware import machine_description, physical_cores
-from clsx.runners import RunnerOptions
-from clsx.scheduler import pad
+from clsx.inference.classifier import Classifier
+from clsx.inference.encoding import TextEncoder
+from clsx.inference.hardware import cpu_flags as hardware_flags
+from clsx.inference.hardware import machine_description, physical_cores
+from clsx.inference.runners import RunnerOptions
+from clsx.inference.scheduler import pad
+from clsx.quality.parity import compare
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import realdata  # noqa: E402

@@ -24,7 +24,7 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from clsx.hardware import machine_description
+from clsx.inference.hardware import machine_description
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from realdata import sst2  # noqa: E402
@@ -32,7 +32,7 @@ from report import save  # noqa: E402
 
 ROW_GROUP = 100_000
 FOOTPRINT = (
-    "import sys, psutil; from clsx.classifier import Classifier; "
+    "import sys, psutil; from clsx.inference.classifier import Classifier; "
     "c = Classifier.open(sys.argv[1], sys.argv[2]); c.predict(['warm up the model once']); "
     "print(psutil.Process().memory_info().rss)"
 )
@@ -78,7 +78,7 @@ def sampled_run(command: list[str]) -> tuple[list[tuple[float, int]], float, str
 
 def default_model(root: Path) -> Path:
     from clsx.export.onnx import export_onnx
-    from clsx.testing import build_tiny_classifier
+    from clsx.testing.tiny_models import build_tiny_classifier
 
     model = build_tiny_classifier(root / "tiny-qwen2", "qwen2", labels=("negative", "positive"))
     return export_onnx(model, root / "tiny-qwen2-onnx").output

@@ -26,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from clsx.artifact import open_artifact
-from clsx.encoding import TextEncoder
-from clsx.hardware import machine_description, physical_cores
-from clsx.runners.base import Runner
-from clsx.scheduler import pad, plan_batches
+from clsx.artifacts.artifact import open_artifact
+from clsx.inference.encoding import TextEncoder
+from clsx.inference.hardware import machine_description, physical_cores
+from clsx.inference.runners.base import Runner
+from clsx.inference.scheduler import pad, plan_batches
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from backends import untrained_classifier  # noqa: E402
@@ -96,7 +96,7 @@ def torch_profile(model_dir: Path, batches: list) -> tuple[Counter, float]:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from clsx.modeling import load_classifier
+    from clsx.inference.torch_model import load_classifier
 
     module = load_classifier(open_artifact(model_dir), "fp32", "cpu")
     torch.set_num_threads(physical_cores())

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from clsx.hardware import machine_description
+from clsx.inference.hardware import machine_description
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from memory import default_model, write_input  # noqa: E402

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from clsx.hardware import machine_description
-from clsx.testing_s3 import FAKE_CREDENTIALS, S3Server
+from clsx.inference.hardware import machine_description
+from clsx.testing.s3_server import FAKE_CREDENTIALS, S3Server
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from backends import untrained_classifier  # noqa: E402

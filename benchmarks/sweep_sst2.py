@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from clsx.hardware import machine_description
+from clsx.inference.hardware import machine_description
 from clsx.train.search_space import PARAMETERS, value_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

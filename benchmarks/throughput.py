@@ -41,7 +41,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from clsx.hardware import machine_description, native_low_precision, physical_cores
+from clsx.inference.hardware import machine_description, native_low_precision, physical_cores
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import realdata  # noqa: E402
@@ -279,8 +279,8 @@ def clsx_auto(model_dir: Path, data: Path, root: Path, max_length: int) -> dict:
 def clsx_model_only(model_dir: Path, backend: str, texts: list[str], warm_up: list[str],
                     max_length: int, dtype: str | None, device: str = "cpu") -> dict:
     """The same backend on texts in memory: the model-only throughput of clsx."""
-    from clsx.classifier import Classifier
-    from clsx.runners import RunnerOptions
+    from clsx.inference.classifier import Classifier
+    from clsx.inference.runners import RunnerOptions
 
     with Classifier.open(model_dir, backend, RunnerOptions(device=device, dtype=dtype),
                          max_length=max_length) as classifier:

@@ -15,9 +15,9 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner, Result
 
+from clsx.artifacts.manifest import Manifest
 from clsx.cli import main
-from clsx.manifest import Manifest
-from clsx.testing import FAMILIES, build_tiny_base, build_tiny_classifier
+from clsx.testing.tiny_models import FAMILIES, build_tiny_base, build_tiny_classifier
 from tests.fakes import FAKE_BACKEND, FAKE_RUNNER, FakeRunner
 
 # The repository root: a clsx subprocess runs there so that it imports this checkout.
@@ -103,15 +103,15 @@ def fake_runner(monkeypatch, tmp_path_factory) -> type[FakeRunner]:
     the real artifact (config, tokenizer, manifest), but no torch model loads.
 
     It goes through clsx's backend registry, so ``--backend torch``, ``--backend auto`` and
-    ``--backend auto``'s dtype probe on CPUs with native bf16 (clsx.autoselect opens the
+    ``--backend auto``'s dtype probe on CPUs with native bf16 (clsx.auto.dtype opens the
     torch backend by name) all get the fake. That probe's choice is cached under
     CLSX_CACHE: it points at a fresh directory, so that no choice measured on the fake
     reaches the real cache. Returns the class, whose ``opened`` lists this test's instances
     (the last one is the one that classified).
     """
-    import clsx.runners
+    import clsx.inference.runners
 
-    monkeypatch.setitem(clsx.runners.RUNNERS, FAKE_BACKEND, FAKE_RUNNER)
+    monkeypatch.setitem(clsx.inference.runners.RUNNERS, FAKE_BACKEND, FAKE_RUNNER)
     monkeypatch.setattr(FakeRunner, "opened", [])
     monkeypatch.setenv("CLSX_CACHE", str(tmp_path_factory.mktemp("fake-cache")))
     return FakeRunner
@@ -187,6 +187,6 @@ def fp32_when_auto():
     this pins the same way, test_autoformat.py); subprocesses and Ray actors are not
     covered and pass --dtype where they compare with this process."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("clsx.autoselect.native_low_precision", lambda device: ())
-        patch.setattr("clsx.autoformat.native_low_precision", lambda device: ())
+        patch.setattr("clsx.auto.dtype.native_low_precision", lambda device: ())
+        patch.setattr("clsx.auto.formats.native_low_precision", lambda device: ())
         yield

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 
 from clsx.cli import main as clsx_main
-from clsx.runners import RUNNERS
+from clsx.inference.runners import RUNNERS
 from tests.fakes import FAKE_BACKEND, FAKE_RUNNER, FakeRunner
 
 DELAY_OPTION = "--fake-delay"

@@ -9,8 +9,8 @@ so a test runs clsx end to end (real artifact, tokenizer, manifest, scheduler, P
 fraction of a second instead of loading and running a torch model.
 
 It stands in for the ``torch`` backend (:data:`FAKE_BACKEND`) through clsx's own backend
-registry, ``clsx.runners.RUNNERS``: ``tests/conftest.py``'s ``fake_runner`` fixture swaps it in
-for one test, ``python -m tests.fake_clsx`` for a clsx subprocess.
+registry, ``clsx.inference.runners.RUNNERS``: ``tests/conftest.py``'s ``fake_runner`` fixture
+swaps it in for one test, ``python -m tests.fake_clsx`` for a clsx subprocess.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from typing import ClassVar
 
 import numpy as np
 
-from clsx.artifact import Artifact
-from clsx.runners.base import Runner, RunnerOptions
+from clsx.artifacts.artifact import Artifact
+from clsx.inference.runners.base import Runner, RunnerOptions
 
-# Where clsx.runners.RUNNERS finds the fake, as for every backend: "module:class".
+# Where clsx.inference.runners.RUNNERS finds the fake, as for every backend: "module:class".
 FAKE_RUNNER = "tests.fakes:FakeRunner"
 # The backend name the fake takes over: the one that runs the tiny models' torch format.
 FAKE_BACKEND = "torch"

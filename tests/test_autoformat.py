@@ -8,8 +8,8 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from clsx import autoformat
-from clsx.autoformat import LESS_EXACT_MARGIN, pick
+from clsx.auto import formats as autoformat
+from clsx.auto.formats import LESS_EXACT_MARGIN, pick
 from tests.conftest import TEXTS, predict, write_parquet
 
 

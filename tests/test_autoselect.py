@@ -7,12 +7,13 @@ import json
 import numpy as np
 import pytest
 
-from clsx import autoselect
-from clsx.artifact import open_artifact
-from clsx.autoselect import choose_dtype
-from clsx.classifier import Classifier
+from clsx.artifacts.artifact import open_artifact
+from clsx.auto import dtype as autoselect
+from clsx.auto.dtype import choose_dtype
+from clsx.auto.resolve import classifier_for
 from clsx.errors import ClsxError
-from clsx.runners import RunnerOptions
+from clsx.inference.classifier import Classifier
+from clsx.inference.runners import RunnerOptions
 from tests.conftest import TEXTS
 
 CPU = RunnerOptions(device="cpu")
@@ -74,6 +75,9 @@ def test_pipeline_auto_uses_the_chosen_dtype(tiny_models, monkeypatch):
     monkeypatch.setattr(autoselect, "_measure", lambda artifact, options, candidates: {
         "fp32": {"rows_per_s": 1.0, "max_prob_diff": 0.0, "qualifies": True},
         "bf16": {"rows_per_s": 3.0, "max_prob_diff": 1e-3, "qualifies": True}})
-    assert Classifier.open(tiny_models["bert"]).runner.description == "torch (bf16, cpu)"
-    explicit = Classifier.open(tiny_models["bert"], options=RunnerOptions(dtype="fp32"))
+    artifact = open_artifact(tiny_models["bert"])
+    assert classifier_for(artifact).runner.description == "torch (bf16, cpu)"
+    explicit = classifier_for(artifact, options=RunnerOptions(dtype="fp32"))
     assert explicit.runner.description == "torch (fp32, cpu)"
+    # A classifier opened directly runs its backend's default dtype: only the resolver measures.
+    assert Classifier.open(tiny_models["bert"]).runner.description == "torch (fp32, cpu)"

@@ -22,9 +22,9 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from clsx.artifact import open_artifact
+from clsx.artifacts.artifact import open_artifact
 from clsx.cli import main
-from clsx.testing import build_tiny_classifier
+from clsx.testing.tiny_models import build_tiny_classifier
 from tests.conftest import TEXTS, write_parquet
 
 

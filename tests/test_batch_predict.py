@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from clsx.manifest import Manifest
-from clsx.testing import build_tiny_classifier
+from clsx.artifacts.manifest import Manifest
+from clsx.testing.tiny_models import build_tiny_classifier
 from tests.conftest import TEXTS, predict, write_parquet  # test_ray imports predict from here
 
 
@@ -167,14 +167,14 @@ def test_auto_backend_under_the_fake_never_loads_a_torch_model(tiny_models, text
     """``--backend auto`` on a torch model probes dtypes by opening the torch backend where
     the CPU has native bf16: that probe, too, must get the fake (bf16 forced here, whatever
     this CPU has), or the fast tests would quietly load models again."""
-    import clsx.autoselect
-    import clsx.runners.torch
+    import clsx.auto.dtype
+    import clsx.inference.runners.torch
 
     def refuse(*args, **kwargs):
         raise AssertionError("a real torch model was loaded under the fake runner")
 
-    monkeypatch.setattr(clsx.autoselect, "native_low_precision", lambda device: ("bf16",))
-    monkeypatch.setattr(clsx.runners.torch.TorchRunner, "__init__", refuse)
+    monkeypatch.setattr(clsx.auto.dtype, "native_low_precision", lambda device: ("bf16",))
+    monkeypatch.setattr(clsx.inference.runners.torch.TorchRunner, "__init__", refuse)
     result = predict(texts_parquet, tmp_path / "out.parquet", "-m", tiny_models["bert"])
     assert result.exit_code == 0, result.output
     assert "backend fake (" in result.output

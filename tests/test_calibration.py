@@ -12,8 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from clsx.artifact import open_artifact
-from clsx.calibration import (
+from clsx.artifacts.artifact import open_artifact
+from clsx.artifacts.manifest import MANIFEST_NAME, Manifest
+from clsx.errors import ClsxError
+from clsx.inference.decisions import MULTI, SINGLE, DecisionRule, probabilities
+from clsx.quality.calibration import (
     before_and_after,
     brier_score,
     calibrate_manifest,
@@ -21,10 +24,7 @@ from clsx.calibration import (
     fit_temperatures,
     negative_log_likelihood,
 )
-from clsx.decisions import MULTI, SINGLE, DecisionRule, probabilities
-from clsx.errors import ClsxError
-from clsx.manifest import MANIFEST_NAME, Manifest
-from clsx.testing import build_tiny_classifier
+from clsx.testing.tiny_models import build_tiny_classifier
 from tests.conftest import TEXTS, predict_on_fake, run_clsx
 
 LABELS = ("negative", "neutral", "positive")  # the tiny models' labels
@@ -222,7 +222,7 @@ def test_calibrate_in_place_updates_only_the_manifest_atomically(qwen2_copy, sam
         raise OSError(28, "No space left on device")
 
     with monkeypatch.context() as patch:
-        patch.setattr("clsx.durable.os.replace", no_rename)
+        patch.setattr("clsx.io.durable.os.replace", no_rename)
         failed = run_clsx("calibrate", "-m", qwen2_copy, "--data", sample)
     assert failed.exit_code == 1
     assert f"Error: writing {qwen2_copy / MANIFEST_NAME} failed: No space left" in failed.output

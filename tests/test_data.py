@@ -14,8 +14,8 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
 
-from clsx.data import read_labelled, read_table, read_texts
 from clsx.errors import ClsxError
+from clsx.io.tables import read_labelled, read_table, read_texts
 
 ROWS = 1000
 ROW_GROUP = 100

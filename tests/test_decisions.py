@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from clsx.decisions import DecisionRule
-from clsx.export.parity import compare
-from clsx.manifest import Manifest
+from clsx.artifacts.manifest import Manifest
+from clsx.inference.decisions import DecisionRule
+from clsx.quality.parity import compare
 
 LABELS = ("joy", "anger", "fear")
 

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from clsx.classifier import Classifier
+from clsx.inference.classifier import Classifier
 from clsx.train import trainer as trainer_module
 from clsx.train.distill import labels_directory, soft_label_loss
 from tests.conftest import run_clsx

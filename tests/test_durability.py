@@ -14,8 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from clsx.batch.parts.local import PartStore
+from clsx.batch.parts.store import LOCK_FILE
 from clsx.errors import ClsxError
-from clsx.parts import LOCK_FILE, PartStore
 from tests.conftest import TEXTS, write_parquet
 from tests.test_batch_predict import predict
 
@@ -53,7 +54,7 @@ def _names(directory: Path) -> list[str]:
 
 def _interrupt_after_windows(monkeypatch, windows: int) -> None:
     """Ctrl-C while window ``windows`` (counted from 0) is classified."""
-    from clsx.classifier import Classifier
+    from clsx.inference.classifier import Classifier
 
     predict_encoded, seen = Classifier.predict_encoded, []
 
@@ -68,19 +69,19 @@ def _interrupt_after_windows(monkeypatch, windows: int) -> None:
 
 def _crash_before_rename(monkeypatch, output_format: str) -> None:
     """Crash while OUT is being assembled (file) or staged (dataset), before it is renamed."""
-    import clsx.parquet
-    import clsx.parts
+    import clsx.batch.parts.local
+    import clsx.io.parquet
 
     if output_format == "file":
         def crash(self, batch):
             raise Crash
 
-        monkeypatch.setattr(clsx.parquet.AtomicParquetWriter, "write", crash)
+        monkeypatch.setattr(clsx.io.parquet.AtomicParquetWriter, "write", crash)
     else:
         def crash(source, target):
             raise Crash
 
-        monkeypatch.setattr(clsx.parts, "_link_or_copy", crash)
+        monkeypatch.setattr(clsx.batch.parts.local, "_link_or_copy", crash)
 
 
 def _crash_before_clean_up(monkeypatch, out: Path) -> None:

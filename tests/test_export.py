@@ -9,11 +9,11 @@ from dataclasses import replace
 import pytest
 from click.testing import CliRunner
 
-from clsx.artifact import open_artifact
+from clsx.artifacts.artifact import open_artifact
 from clsx.cli import main
 from clsx.errors import ClsxError
 from clsx.export.onnx import FP32_TOLERANCE, export_onnx
-from clsx.testing import FAMILIES, build_tiny_classifier
+from clsx.testing.tiny_models import FAMILIES, build_tiny_classifier
 from tests.conftest import TEXTS, write_parquet
 
 
@@ -184,8 +184,8 @@ def _push_down_negative_logits(fp32_path, int8_path, fp32_nodes):
 
 def test_int8_gate_measures_multi_label_agreement_at_the_models_thresholds(tmp_path,
                                                                            monkeypatch):
+    from clsx.artifacts.manifest import Manifest
     from clsx.export import quantize as int8_export
-    from clsx.manifest import Manifest
 
     model = build_tiny_classifier(tmp_path / "multi", "bert",
                                   problem_type="multi_label_classification")

@@ -10,10 +10,10 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
-from clsx.artifact import open_artifact
+from clsx.artifacts.artifact import open_artifact
 from clsx.cli import main
 from clsx.export.onnx import FP32_TOLERANCE, export_onnx
-from clsx.testing import FAMILIES
+from clsx.testing.tiny_models import FAMILIES
 
 # The fused contrib op each family's attention must become (encoders: packed QKV Attention;
 # decoders with rotary embeddings and grouped heads: MultiHeadAttention).

@@ -9,10 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from clsx.classifier import Classifier
 from clsx.cli import main
-from clsx.export.parity import PROB_TOLERANCES, compare
-from clsx.runners import RunnerOptions
+from clsx.inference.classifier import Classifier
+from clsx.inference.runners import RunnerOptions
+from clsx.quality.parity import PROB_TOLERANCES, compare
 from tests.conftest import TEXTS, write_parquet
 
 pytestmark = pytest.mark.gpu

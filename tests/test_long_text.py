@@ -9,11 +9,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from clsx.decisions import probabilities
+from clsx.artifacts.long_text import AGGREGATES, LongText
+from clsx.artifacts.manifest import Manifest
 from clsx.errors import ClsxError
-from clsx.long_text import AGGREGATES, LongText, combine
-from clsx.manifest import Manifest
-from clsx.testing import FAMILIES
+from clsx.inference.decisions import probabilities
+from clsx.inference.windows import combine
+from clsx.testing.tiny_models import FAMILIES
 from tests.conftest import (
     FakeRun,
     predict,

@@ -8,9 +8,9 @@ import re
 import numpy as np
 import pytest
 
-from clsx.artifact import fingerprint, open_artifact
+from clsx.artifacts.artifact import fingerprint, open_artifact
+from clsx.artifacts.manifest import MANIFEST_NAME, Manifest
 from clsx.errors import ClsxError
-from clsx.manifest import MANIFEST_NAME, Manifest
 
 BASE = dict(family="qwen2", labels=("a", "b"), problem_type="single_label_classification",
             max_length=32, pad_token_id=0)
@@ -70,7 +70,7 @@ def test_fingerprint_notices_a_changed_manifest(qwen2_copy):
 
 
 def test_per_label_thresholds_need_enough_positives_of_their_own():
-    from clsx.metrics import MIN_POSITIVES_PER_LABEL, tune_threshold, tune_thresholds
+    from clsx.quality.metrics import MIN_POSITIVES_PER_LABEL, tune_threshold, tune_thresholds
 
     rng = np.random.default_rng(0)
     gold = np.zeros((200, 3), int)

@@ -7,10 +7,10 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from clsx import models
+from clsx.artifacts import bundled as models
 from clsx.cli import main
 from clsx.errors import ClsxError
-from clsx.testing import build_tiny_base
+from clsx.testing.tiny_models import build_tiny_base
 
 
 @pytest.fixture

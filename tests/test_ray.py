@@ -86,7 +86,7 @@ def test_missing_ray_says_how_to_install(tiny_models, texts_parquet, tmp_path, m
 
 def test_ray_actors_run_the_format_auto_chose_in_the_driver(tiny_models, tmp_path,
                                                              monkeypatch):
-    from clsx import autoformat
+    from clsx.auto import formats as autoformat
 
     monkeypatch.setenv("CLSX_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(autoformat, "pick", lambda measured: "onnx")  # the search runs once

@@ -18,14 +18,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from clsx.bench import BenchRow
-from clsx.calibration import ECE_BINS, reliability
-from clsx.config import EvalConfig
-from clsx.data import LabelledData
-from clsx.decisions import MULTI, SINGLE, DecisionRule
+from clsx.artifacts.manifest import Manifest
 from clsx.errors import ClsxError
-from clsx.evaluate import EvalResult, score
-from clsx.manifest import Manifest
+from clsx.evaluation.bench import BenchRow
+from clsx.evaluation.config import EvalConfig
+from clsx.evaluation.evaluate import EvalResult, score
+from clsx.inference.decisions import MULTI, SINGLE, DecisionRule
+from clsx.io.tables import LabelledData
+from clsx.quality.calibration import ECE_BINS, reliability
 from clsx.reports.bench import bench_report
 from clsx.reports.eval import eval_report
 from clsx.reports.page import check_report_path, write_report
@@ -39,7 +39,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def synthetic_result(problem_type: str, rows: int = 120, seed: int = 0) -> EvalResult:
-    """An EvalResult scored by clsx's own code (:func:`clsx.evaluate.score`) on random
+    """An EvalResult scored by clsx's own code (:func:`clsx.evaluation.evaluate.score`) on random
     logits that mostly agree with random gold labels."""
     rng = np.random.default_rng(seed)
     texts = [HOSTILE_TEXT if i % 7 == 0 else f"review number {i} " * (1 + i % 5)

@@ -146,9 +146,9 @@ def _disk_full_after_parts(parts: int) -> Iterator[None]:
     A context of its own rather than the test's ``monkeypatch``: undoing that would also
     undo the fake runner.
     """
-    import clsx.durable
+    import clsx.io.durable
 
-    fsync = clsx.durable.fsync_file
+    fsync = clsx.io.durable.fsync_file
     flushed = []
 
     def filling_fsync(path):
@@ -159,5 +159,5 @@ def _disk_full_after_parts(parts: int) -> Iterator[None]:
         fsync(path)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(clsx.durable, "fsync_file", filling_fsync)
+        patch.setattr(clsx.io.durable, "fsync_file", filling_fsync)
         yield

@@ -9,11 +9,11 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from clsx.artifact import open_artifact
-from clsx.classifier import Classifier
+from clsx.artifacts.artifact import open_artifact
 from clsx.errors import ClsxError
-from clsx.runners import RUNNERS, RunnerOptions, backend_for, runner_class
-from clsx.testing import FAMILIES
+from clsx.inference.classifier import Classifier
+from clsx.inference.runners import RUNNERS, RunnerOptions, backend_for, runner_class
+from clsx.testing.tiny_models import FAMILIES
 from tests.conftest import TEXTS
 
 # Where a backend needs an export, the fixture that holds it.

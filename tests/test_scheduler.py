@@ -15,11 +15,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from clsx.artifact import open_artifact
-from clsx.classifier import prefetch
-from clsx.runners import RunnerOptions
-from clsx.scheduler import pad, plan_batches, predict_window_rows
-from clsx.testing import FAMILIES
+from clsx.artifacts.artifact import open_artifact
+from clsx.inference.classifier import prefetch
+from clsx.inference.runners import RunnerOptions
+from clsx.inference.scheduler import pad, plan_batches, predict_window_rows
+from clsx.testing.tiny_models import FAMILIES
 from tests.conftest import predict_on_fake, templated_copy
 from tests.fakes import FakeRunner
 

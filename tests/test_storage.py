@@ -1,5 +1,5 @@
 """Object storage: batch-predict, eval and train on ``s3://`` URIs, against a real
-S3-compatible server on 127.0.0.1 (moto's, ``clsx.testing_s3``), not a mock of pyarrow.
+S3-compatible server on 127.0.0.1 (moto's, ``clsx.testing.s3_server``), not a mock of pyarrow.
 
 The subject is storage, not the model: batch-predict runs on the fake runner
 (``tests/fakes.py``), in this process or, where a test kills clsx or cuts its network, in a
@@ -23,9 +23,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from clsx.parts import open_store
-from clsx.storage import location
-from clsx.testing_s3 import FAKE_CREDENTIALS, S3Server
+from clsx.batch.parts import open_store
+from clsx.io.storage import location
+from clsx.testing.s3_server import FAKE_CREDENTIALS, S3Server
 from tests.conftest import ROOT, TEXTS, fake_clsx_command, predict, run_clsx, write_parquet
 
 pytest.importorskip("moto.server", reason="install clsx[dev] (moto[server])")
@@ -339,7 +339,7 @@ def test_a_scheme_pyarrow_lacks_goes_through_fsspec(tiny_models, many_texts, ref
 
 def test_a_failure_while_out_is_uploaded_leaves_no_out_and_resume_finishes(
         s3, tiny_models, many_texts, reference, fake_runner, monkeypatch):
-    from clsx.object_parts import ObjectParquetWriter
+    from clsx.batch.parts.objects import ObjectParquetWriter
 
     source, out = _upload(s3, many_texts, "in.parquet"), _uri(s3, "out.parquet")
     args = (source, out, "-m", tiny_models["bert"], *SMALL_PARTS, *s3.options)

@@ -13,18 +13,18 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clsx.classifier import Classifier
 from clsx.cli import main
 from clsx.export.onnx import FP32_TOLERANCE
-from clsx.export.parity import PROB_TOLERANCES, compare
-from clsx.runners import RunnerOptions
-from clsx.runners.tensorrt import (
+from clsx.inference.classifier import Classifier
+from clsx.inference.runners import RunnerOptions
+from clsx.inference.runners.tensorrt import (
     TENSORRT_DTYPES,
     TensorrtRunner,
     tensorrt_available,
     tensorrt_options,
 )
-from clsx.scheduler import plan_batches
+from clsx.inference.scheduler import plan_batches
+from clsx.quality.parity import PROB_TOLERANCES, compare
 from tests.conftest import TEXTS, write_parquet
 
 

@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from peft import PeftModel
 from transformers import AutoModelForSequenceClassification, set_seed
 
-from clsx.classifier import Classifier
 from clsx.cli import main
-from clsx.testing import FAMILIES
+from clsx.inference.classifier import Classifier
+from clsx.testing.tiny_models import FAMILIES
 from clsx.train import trainer as trainer_module
 
 POSITIVE = ["great food", "lovely staff", "fast delivery", "works perfectly", "very happy",
@@ -177,8 +177,8 @@ def test_multi_label_head_starts_at_the_label_prior(family, tiny_bases):
 def test_metrics_json_records_the_checkpoint_the_trainer_kept(tiny_bases, sentiment, tmp_path,
                                                               monkeypatch):
     """metrics.json's best epoch is trainer.state's best checkpoint, whose weights are saved."""
-    from clsx.config import EvalConfig
-    from clsx.evaluate import evaluate
+    from clsx.evaluation.config import EvalConfig
+    from clsx.evaluation.evaluate import evaluate
 
     trainers = []
     build = trainer_module._trainer

@@ -17,13 +17,13 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from clsx.classifier import Classifier
+from clsx.batch.config import BatchPredictConfig
+from clsx.batch.local_engine import batch_predict
 from clsx.cli import main
-from clsx.config import BatchPredictConfig
-from clsx.decisions import probabilities
-from clsx.predict import batch_predict
-from clsx.runners import RunnerOptions
-from clsx.testing import build_tiny_classifier
+from clsx.inference.classifier import Classifier
+from clsx.inference.decisions import probabilities
+from clsx.inference.runners import RunnerOptions
+from clsx.testing.tiny_models import build_tiny_classifier
 from tests.conftest import TEXTS, predict, write_parquet
 
 if os.environ.get("CLSX_REQUIRE_VLLM") == "1":
@@ -146,7 +146,7 @@ def test_long_text_windows_on_vllm_equal_torch(models, pipelines):
 
 
 def test_auto_formats_measures_vllm_for_a_decoder_and_runs_it(models, tmp_path, monkeypatch):
-    from clsx import autoformat
+    from clsx.auto import formats as autoformat
 
     monkeypatch.setenv("CLSX_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(autoformat, "pick", lambda measured: "vllm fp32")

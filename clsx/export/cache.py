@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from clsx.artifact import fingerprint
+from clsx.artifacts.artifact import fingerprint
+from clsx.artifacts.manifest import Manifest
 from clsx.log import Log, silent
-from clsx.manifest import Manifest
 
 
 def is_current_export(target: Path, model_fingerprint: str) -> bool:

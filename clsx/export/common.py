@@ -7,14 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from clsx.artifact import Artifact, fingerprint, open_artifact
+from clsx.artifacts.artifact import Artifact, fingerprint, open_artifact
+from clsx.artifacts.manifest import Manifest
 from clsx.errors import ClsxError
-from clsx.export.parity import ParityReport
-from clsx.manifest import Manifest
-from clsx.runners import RunnerOptions
+from clsx.inference.runners import RunnerOptions
+from clsx.quality.parity import ParityReport
 
 if TYPE_CHECKING:
-    from clsx.classifier import Classifier
+    from clsx.inference.classifier import Classifier
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def export_manifest(parent: Artifact, output: Path, fmt: str,
 def open_export(directory: Path, backend: str, options: RunnerOptions) -> Classifier:
     """A staged export opened as users will open it, to be gated (its parent link is
     relative to the final path, so it is not followed from the staging directory)."""
-    from clsx.classifier import Classifier
+    from clsx.inference.classifier import Classifier
 
     return Classifier.from_artifact(open_artifact(directory, check_parent=False), backend,
                                     options)

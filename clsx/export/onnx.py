@@ -2,7 +2,7 @@
 parity gate.
 
 A ``tensorrt`` export is the fp32 graph of an ``onnx`` one, run by the TensorRT provider
-(:mod:`clsx.runners.tensorrt`). Where TensorRT is installed, the export builds the engine
+(:mod:`clsx.inference.runners.tensorrt`). Where TensorRT is installed, the export builds the engine
 and gates it on parity too; elsewhere, the engine is built on first use on the GPU machine.
 
 optimum-onnx is not used: it pins transformers 4.57, which cannot live beside vLLM's
@@ -22,20 +22,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clsx.artifact import ONNX_FILE, Artifact
-from clsx.classifier import Classifier
-from clsx.encoding import EncodedWindow
+from clsx.artifacts.artifact import ONNX_FILE, Artifact
 from clsx.errors import ClsxError
 from clsx.export import FP32_TOLERANCE, INT8_MIN_AGREEMENT
 from clsx.export.common import ExportResult, export_manifest, open_export, open_torch_artifact
 from clsx.export.fusion import FULL, INT8, fuse_for_ort
-from clsx.export.parity import PROB_TOLERANCES, ParityReport, compare, parity_inputs
 from clsx.export.quantize import quantize_gated
-from clsx.modeling import LogitsOnly
-from clsx.runners import RunnerOptions
-from clsx.runners.tensorrt import tensorrt_available
-from clsx.scheduler import pad
-from clsx.staging import staged_directory
+from clsx.inference.classifier import Classifier
+from clsx.inference.encoding import EncodedWindow
+from clsx.inference.runners import RunnerOptions
+from clsx.inference.runners.tensorrt import tensorrt_available
+from clsx.inference.scheduler import pad
+from clsx.inference.torch_model import LogitsOnly
+from clsx.io.staging import staged_directory
+from clsx.quality.parity import PROB_TOLERANCES, ParityReport, compare, parity_inputs
 
 # Protobuf cannot hold more than 2 GiB; larger models keep weights in model.onnx.data.
 EXTERNAL_DATA_BYTES = 1 << 30
@@ -71,7 +71,7 @@ def export_onnx(
     of the parity batch; decoders need calibration texts, checked first). A TensorRT
     engine, where one can be built here, must keep probabilities within the fp16 tolerance.
     Every candidate is checked as users run it: an artifact directory opened by
-    :class:`~clsx.classifier.Classifier`. Nothing is left at ``output`` on failure.
+    :class:`~clsx.inference.classifier.Classifier`. Nothing is left at ``output`` on failure.
     """
     artifact = open_torch_artifact(model_dir, allow_pickle)
     int8 = fmt == "onnx-int8"

@@ -22,13 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from clsx.artifact import ONNX_FILE
-from clsx.classifier import Classifier
-from clsx.encoding import EncodedWindow
+from clsx.artifacts.artifact import ONNX_FILE
 from clsx.errors import ClsxError
 from clsx.export.common import open_export
-from clsx.export.parity import ParityReport, compare
-from clsx.runners import RunnerOptions
+from clsx.inference.classifier import Classifier
+from clsx.inference.encoding import EncodedWindow
+from clsx.inference.runners import RunnerOptions
+from clsx.quality.parity import ParityReport, compare
 
 CPU = RunnerOptions(device="cpu")
 # Module paths (from the exporter's name scopes) of the MatMuls whose int8 error flips labels

@@ -11,13 +11,13 @@ from __future__ import annotations
 import gc
 from pathlib import Path
 
-from clsx.artifact import save_artifact
+from clsx.artifacts.artifact import save_artifact
 from clsx.errors import ClsxError
 from clsx.export import VLLM_DTYPE
 from clsx.export.common import ExportResult, export_manifest, open_export, open_torch_artifact
-from clsx.export.parity import PROB_TOLERANCES, ParityReport, compare, parity_inputs
-from clsx.runners import RunnerOptions
-from clsx.staging import staged_directory
+from clsx.inference.runners import RunnerOptions
+from clsx.io.staging import staged_directory
+from clsx.quality.parity import PROB_TOLERANCES, ParityReport, compare, parity_inputs
 
 DTYPES = ("bf16", "fp32")
 INSTALL_OR_SKIP = "or pass --no-parity to export without the vLLM check"
@@ -50,8 +50,8 @@ def export_vllm(
         )
     if check:
         _require_vllm()
-    from clsx.classifier import Classifier
-    from clsx.modeling import DTYPES as TORCH_DTYPES
+    from clsx.inference.classifier import Classifier
+    from clsx.inference.torch_model import DTYPES as TORCH_DTYPES
 
     probe = parity_inputs(artifact.manifest, artifact.tokenizer, rows=32)
     with Classifier.from_artifact(artifact, "torch",
@@ -81,7 +81,7 @@ def export_vllm(
 
 
 def _require_vllm() -> None:
-    from clsx.runners.vllm import import_vllm
+    from clsx.inference.runners.vllm import import_vllm
 
     try:
         import_vllm()

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from clsx import __version__
-from clsx.bench import BenchRow, agreement_text
 from clsx.errors import ClsxError
+from clsx.evaluation.bench import BenchRow, agreement_text
 from clsx.reports.page import (
     cards,
     figures,
@@ -28,9 +28,9 @@ LOG_FLOOR = 1e-9
 
 def bench_report(rows: Sequence[BenchRow], context: Mapping[str, str],
                  machine: Mapping[str, str]) -> str:
-    """The HTML page of one ``clsx bench`` run: ``rows`` as :func:`clsx.bench.run_bench`
+    """The HTML page of one ``clsx bench`` run: ``rows`` as :func:`clsx.evaluation.bench.run_bench`
     returns them (the torch fp32 reference first), ``context`` (command, model, data, time)
-    and ``machine`` (:func:`clsx.hardware.machine_facts`) shown as given."""
+    and ``machine`` (:func:`clsx.inference.hardware.machine_facts`) shown as given."""
     if not rows:
         raise ClsxError("a bench report needs at least one measured backend")
     reference, fastest = rows[0], max(rows, key=lambda row: row.rows_per_s)

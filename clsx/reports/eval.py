@@ -18,11 +18,11 @@ import numpy as np
 import pyarrow.compute as pc
 
 from clsx import __version__
-from clsx.calibration import ECE_BINS, Reliability, reliability
-from clsx.decisions import MULTI, SINGLE
-from clsx.evaluate import EvalResult, errors_table
-from clsx.manifest import Manifest
-from clsx.metrics import scalar_metrics
+from clsx.artifacts.manifest import Manifest
+from clsx.evaluation.evaluate import EvalResult, errors_table
+from clsx.inference.decisions import MULTI, SINGLE
+from clsx.quality.calibration import ECE_BINS, Reliability, reliability
+from clsx.quality.metrics import scalar_metrics
 from clsx.reports.page import (
     cards,
     figures,

@@ -17,8 +17,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clsx import durable
 from clsx.errors import ClsxError, os_error
+from clsx.io import durable
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

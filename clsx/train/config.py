@@ -6,9 +6,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clsx.artifacts.long_text import LongText
+from clsx.artifacts.manifest import PROBLEM_TYPES
 from clsx.errors import ClsxError
-from clsx.long_text import LongText
-from clsx.manifest import PROBLEM_TYPES
 
 DECODER_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ENCODER_TARGETS = ("query", "key", "value", "dense")
@@ -27,7 +27,7 @@ class TrainConfig:
     LoRA r 64, alpha 128, dropout 0.1 on the attention and MLP projections; lr 5e-5,
     3 epochs, batch 8 / 4, evaluation each epoch and the best epoch kept (macro-F1, or MSE
     for regression). ``calibration``: fit temperature scaling on the eval split at the end
-    (classifiers; see :mod:`clsx.calibration`).
+    (classifiers; see :mod:`clsx.quality.calibration`).
     """
 
     model: str

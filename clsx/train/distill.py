@@ -1,12 +1,13 @@
 """``clsx distill``: a teacher's soft labels on unlabelled texts train a smaller student.
 
 The teacher (any clsx model directory or export, any backend) labels the texts of ``--data``
-(and of ``--train``, where gold labels exist too) through :func:`clsx.predict.batch_predict`,
-keeping its probability vectors. Its outputs are committed in parts in a hidden work
-directory beside the output (``.NAME.clsx-distill``), so a killed run continues the labelling
-with ``--resume``, and the student's training continues from its checkpoint. The student is
-then trained by :func:`clsx.train.trainer.fit` with :func:`soft_label_loss`; it learns the
-teacher's labels (in the teacher's order) and problem type.
+(and of ``--train``, where gold labels exist too) through
+:func:`clsx.batch.local_engine.batch_predict`, keeping its probability vectors. Its outputs are
+committed in parts in a hidden work directory beside the output (``.NAME.clsx-distill``), so a
+killed run continues the labelling with ``--resume``, and the student's training continues from
+its checkpoint. The student is then trained by :func:`clsx.train.trainer.fit` with
+:func:`soft_label_loss`; it learns the teacher's labels (in the teacher's order) and problem
+type.
 """
 
 from __future__ import annotations
@@ -22,19 +23,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from clsx import durable
-from clsx.artifact import fingerprint, open_artifact
-from clsx.config import BatchPredictConfig, EvalConfig
-from clsx.data import LabelledData, read_labelled, read_texts
-from clsx.decisions import MULTI, SINGLE, DecisionRule
+from clsx.artifacts.artifact import fingerprint, open_artifact
+from clsx.artifacts.bundled import resolve_model
+from clsx.artifacts.manifest import Manifest
+from clsx.batch.config import BatchPredictConfig
+from clsx.batch.local_engine import batch_predict
 from clsx.errors import ClsxError
-from clsx.evaluate import EvalResult, evaluate, score
+from clsx.evaluation.config import EvalConfig
+from clsx.evaluation.evaluate import EvalResult, evaluate, score
+from clsx.inference.decisions import MULTI, SINGLE, DecisionRule
+from clsx.io import durable
+from clsx.io.parquet import python_strings
+from clsx.io.tables import LabelledData, read_labelled, read_texts
 from clsx.log import Log, silent
-from clsx.manifest import Manifest
-from clsx.metrics import scalar_metrics
-from clsx.models import resolve_model
-from clsx.parquet import python_strings
-from clsx.predict import batch_predict
+from clsx.quality.metrics import scalar_metrics
 from clsx.train.config import DistillConfig, TrainConfig
 from clsx.train.trainer import TrainResult, Variant, checkpoints, fit, split, start_run
 from clsx.train.trainer import work_directory as train_work_directory

@@ -26,13 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clsx import durable
 from clsx.errors import ClsxError, os_error
+from clsx.io import durable
+from clsx.io.staging import staged_directory
 from clsx.log import Log, silent
-from clsx.reports.sweep import TrialRow, sweep_plot, trials_markdown
-from clsx.staging import staged_directory
 from clsx.train.config import TrainConfig
 from clsx.train.search_space import Dimension, check_space, grid, settings_text
+from clsx.train.sweep_report import TrialRow, sweep_plot, trials_markdown
 
 STUDY = "clsx-sweep"
 DATABASE = "sweep.db"

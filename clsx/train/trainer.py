@@ -20,19 +20,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from clsx.artifact import pad_token_id, save_artifact
-from clsx.calibration import before_and_after, calibrate_manifest
-from clsx.data import LabelledData, read_labelled
-from clsx.decisions import MULTI_LABEL_SEPARATOR
-from clsx.encoding import EncodedWindow, TextEncoder
+from clsx.artifacts.artifact import pad_token_id, save_artifact
+from clsx.artifacts.bundled import resolve_model
+from clsx.artifacts.manifest import Manifest, check_family
 from clsx.errors import ClsxError
+from clsx.inference.decisions import MULTI_LABEL_SEPARATOR
+from clsx.inference.encoding import EncodedWindow, TextEncoder
+from clsx.inference.scheduler import pad
+from clsx.inference.windows import combine, first_inputs
+from clsx.io.staging import staged_directory
+from clsx.io.tables import LabelledData, read_labelled
 from clsx.log import Log, silent
-from clsx.long_text import combine, first_inputs
-from clsx.manifest import Manifest, check_family
-from clsx.metrics import compute_metrics, scalar_metrics, tune_threshold
-from clsx.models import resolve_model
-from clsx.scheduler import pad
-from clsx.staging import staged_directory
+from clsx.quality.calibration import before_and_after, calibrate_manifest
+from clsx.quality.metrics import compute_metrics, scalar_metrics, tune_threshold
 from clsx.train.config import TrainConfig
 from clsx.train.prompt import build_template, read_label_descriptions
 

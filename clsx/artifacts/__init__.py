@@ -1,0 +1,1 @@
+"""Model directories: the manifest, fingerprints, bundled models."""

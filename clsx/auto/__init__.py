@@ -1,0 +1,1 @@
+"""``--backend auto``: the dtype and format chosen by measuring."""

@@ -1,0 +1,253 @@
+"""``--backend auto`` on a big CPU job: the fastest format of a PyTorch model that passes the
+gates on this machine, chosen by measuring here.
+
+Before classifying IN (a PyTorch model directory, ``--backend auto`` without ``--dtype``, the
+CPU, and IN of at least :data:`FORMAT_SEARCH_MIN_ROWS` rows or ``--auto-formats``), clsx
+exports the model once to ``onnx`` (fp32, fused) and ``onnx-int8`` through ``clsx export``'s
+gates (int8 calibrated and gated on IN's first :data:`CALIBRATION_TEXTS` texts), keeps the
+exports in its cache, and classifies IN's first :data:`PROBE_TEXTS` texts with each candidate:
+torch fp32 and in the CPU's native lower precision (bf16 with AVX-512 BF16 or AMX), onnx,
+onnx-int8 and, for a decoder where vLLM is installed, vLLM on the model directory in the same
+dtypes as torch. It runs the fastest candidate that passed its gate, except that a less exact
+number format (bf16 below fp32, int8 below both) must be at least
+:data:`LESS_EXACT_MARGIN` times as fast as the best more exact one: where int8 is about as
+fast as fp32 (CPUs without VNNI), fp32 stays.
+
+Gates: onnx: logits within 1e-4 of PyTorch (the export's); onnx-int8: the labels users get
+equal to fp32's on >= 98% of the calibration texts (the export's); torch bf16: probabilities
+within 5e-2 of fp32's and every label equal on the probe texts (:mod:`clsx.auto.dtype`'s);
+vLLM: the same, within 2e-3 in fp32.
+
+The choice is cached per model fingerprint, ``--max-length`` (the fastest format differs
+between short and long inputs), threads and machine (CPU model, cores, vector and int8
+flags) in ``auto-format.json`` under the clsx cache, next to the exports
+(``exports/<fingerprint>/``), so that later runs and a ``--resume`` run the same format
+without measuring again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clsx.artifacts.artifact import Artifact, fingerprint
+from clsx.artifacts.bundled import cache_dir
+from clsx.artifacts.manifest import Manifest
+from clsx.auto.dtype import best_time, passes_dtype_gate, read_choices, remember
+from clsx.errors import ClsxError
+from clsx.inference.hardware import machine_description, native_low_precision
+from clsx.inference.runners import RunnerOptions
+from clsx.log import Log, silent
+from clsx.quality.parity import ParityReport, compare
+
+FORMAT_SEARCH_MIN_ROWS = 20_000  # smaller jobs would not repay the exports' minutes
+CALIBRATION_TEXTS = 500
+PROBE_TEXTS = 256
+WARM_UP_TEXTS = 32
+PROBE_REPEATS = 2
+LESS_EXACT_MARGIN = 1.10
+# How far each number format is from fp32's values: a candidate further away must be faster
+# by LESS_EXACT_MARGIN than the best one closer to fp32.
+EXACTNESS = {"fp32": 0, "bf16": 1, "int8": 2}
+REFERENCE = "torch fp32"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to run the model: ``name`` as summaries show it, the backend, the dtype it
+    runs the model directory in (None for exports), its number format, and the ``clsx
+    export`` format it runs (None: the model directory itself)."""
+
+    name: str
+    backend: str
+    dtype: str | None
+    precision: str
+    export_format: str | None = None
+
+
+@dataclass(frozen=True)
+class FormatChoice:
+    """What ``--backend auto`` runs: the directory (the model or one of its cached exports),
+    backend and dtype, why, and what was measured (candidate name -> figures)."""
+
+    name: str
+    directory: Path
+    backend: str
+    dtype: str | None
+    reason: str
+    measured: dict[str, dict[str, Any]]
+    cached: bool = False
+
+
+def candidates(decoder: bool) -> list[Candidate]:
+    """torch fp32, vLLM fp32 (a decoder, where vLLM is installed), onnx, onnx-int8, then
+    torch and vLLM in the CPU's native lower precisions; the reference comes first."""
+    vllm = decoder and importlib.util.find_spec("vllm") is not None
+    engines = ("torch", "vllm") if vllm else ("torch",)
+
+    def run(dtype: str) -> list[Candidate]:
+        return [Candidate(f"{engine} {dtype}", engine, dtype, dtype) for engine in engines]
+
+    exported = [Candidate("onnx", "onnx", None, "fp32", "onnx"),
+                Candidate("onnx-int8", "onnx", None, "int8", "onnx-int8")]
+    lower = [candidate for dtype in native_low_precision("cpu") for candidate in run(dtype)]
+    return [*run("fp32"), *exported, *lower]
+
+
+def choose_format(artifact: Artifact, options: RunnerOptions, texts: Sequence[str], *,
+                  cache: Path | None = None, log: Log = silent,
+                  **settings: Any) -> FormatChoice:
+    """The candidate ``--backend auto`` runs ``artifact`` with on this CPU, measured on
+    ``texts`` (the job's first texts: :data:`CALIBRATION_TEXTS` of them gate int8, the first
+    :data:`PROBE_TEXTS` are timed) or remembered from an earlier run.
+
+    ``settings`` are the job's :class:`~clsx.inference.classifier.Classifier` settings
+    (``max_length``, ``long_text``, ``batch_tokens``, ...), so that the probe runs as the job will.
+    """
+    if not texts:
+        raise ValueError("choose_format needs texts to measure on")
+    cache = cache or cache_dir()
+    model_fingerprint = fingerprint(artifact.path)
+    exports = cache / "exports" / model_fingerprint
+    tried = candidates(artifact.manifest.is_decoder)
+    max_length = settings.get("max_length") or artifact.manifest.max_length
+    key = "|".join([model_fingerprint, f"max_length={max_length}", str(options.threads),
+                    machine_description(), ",".join(c.name for c in tried)])
+    choices = cache / "auto-format.json"
+    by_name = {candidate.name: candidate for candidate in tried}
+    remembered = read_choices(choices).get(key)
+    if remembered is not None and _still_there(exports, by_name[remembered["name"]],
+                                               model_fingerprint):
+        return _choice(artifact, exports, by_name[remembered["name"]], remembered["measured"],
+                       cached=True)
+    measured = _measure(artifact, options, texts, tried, exports, log, settings)
+    name = pick(measured)
+    remember(choices, key, {"name": name, "measured": measured})
+    return _choice(artifact, exports, by_name[name], measured)
+
+
+def pick(measured: dict[str, dict[str, Any]]) -> str:
+    """The fastest candidate that passed its gate, a less exact one only when it is
+    :data:`LESS_EXACT_MARGIN` times as fast as the best more exact one."""
+    passed = sorted((name for name, m in measured.items() if m["qualifies"]),
+                    key=lambda name: EXACTNESS[measured[name]["precision"]])
+    best = passed[0]
+    for name in passed[1:]:
+        margin = (LESS_EXACT_MARGIN if EXACTNESS[measured[name]["precision"]]
+                  > EXACTNESS[measured[best]["precision"]] else 1.0)
+        if measured[name]["rows_per_s"] >= margin * measured[best]["rows_per_s"]:
+            best = name
+    return best
+
+
+def explain(name: str, measured: dict[str, dict[str, Any]]) -> str:
+    """Why ``name`` was chosen, in a few words: its speed against torch fp32 (and, for int8,
+    its gate's label agreement)."""
+    chosen = measured[name]
+    if name == REFERENCE:
+        return f"nothing that passed its gate was {LESS_EXACT_MARGIN:.2f}x as fast"
+    why = (f"{chosen['rows_per_s'] / measured[REFERENCE]['rows_per_s']:.2f}x torch fp32 on "
+           f"{chosen['rows']} rows of IN")
+    if chosen.get("gate_agreement") is not None:
+        why += f", labels equal to fp32's on {chosen['gate_agreement']:.2%} at its gate"
+    return why
+
+
+def rates(measured: dict[str, dict[str, Any]]) -> str:
+    """Every candidate's rows/s, or why it could not run, in one line."""
+    parts = []
+    for name, figures in measured.items():
+        if figures.get("refused"):
+            parts.append(f"{name} refused by its gate")
+        else:
+            outside = "" if figures["qualifies"] else " (outside its gate)"
+            parts.append(f"{name} {figures['rows_per_s']:.1f}{outside}")
+    return "rows/s: " + ", ".join(parts)
+
+
+def _measure(artifact: Artifact, options: RunnerOptions, texts: Sequence[str],
+             tried: list[Candidate], exports: Path, log: Log, settings: dict[str, Any]
+             ) -> dict[str, dict[str, Any]]:
+    from clsx.export.cache import cached_export
+    from clsx.inference.classifier import Classifier
+
+    probe = list(texts[:PROBE_TEXTS])
+    measured: dict[str, dict[str, Any]] = {}
+    reference: np.ndarray | None = None
+    for candidate in tried:
+        figures: dict[str, Any] = {"precision": candidate.precision}
+        measured[candidate.name] = figures
+        try:
+            if candidate.export_format is None:
+                opened = Classifier.from_artifact(
+                    artifact, candidate.backend,
+                    dataclasses.replace(options, dtype=candidate.dtype), **settings)
+            else:
+                int8 = candidate.precision == "int8"
+                directory = cached_export(
+                    artifact.path, candidate.export_format, exports / candidate.export_format,
+                    log, calibration_texts=list(texts[:CALIBRATION_TEXTS]) if int8 else None,
+                    allow_pickle=artifact.allow_pickle)
+                opened = Classifier.open(directory, candidate.backend, options, **settings)
+                figures["gate_agreement"] = _gate_agreement(directory)
+        except ClsxError as exc:  # a gate that refused, an engine that cannot start here
+            figures.update(qualifies=False, refused=str(exc))
+            log(f"{candidate.name} refused: {exc}")
+            continue
+        with opened as classifier:
+            logits, seconds = _timed(classifier, probe)
+            rule = classifier.rule
+        reference = logits if reference is None else reference
+        parity = compare(reference, logits, rule)
+        figures.update(rows=len(probe), rows_per_s=round(len(probe) / seconds, 1),
+                       label_agreement=parity.label_agreement,
+                       max_prob_diff=parity.max_prob_diff,
+                       qualifies=_passes(candidate, parity))
+        log(f"{candidate.name}: {figures['rows_per_s']} rows/s on {len(probe)} rows")
+    return measured
+
+
+def _timed(classifier: Any, texts: list[str]) -> tuple[np.ndarray, float]:
+    """The logits of ``texts`` and the best of :data:`PROBE_REPEATS` timings, after a
+    warm-up (first-call allocations and kernel choices)."""
+    classifier.predict(texts[:WARM_UP_TEXTS])
+    prediction, seconds = best_time(classifier.predict_all, PROBE_REPEATS, texts)
+    return prediction.logits, seconds
+
+
+def _passes(candidate: Candidate, parity: ParityReport) -> bool:
+    """Exports passed their gates when they were made; torch below fp32 and vLLM must pass
+    the dtype gate (:func:`~clsx.auto.dtype.passes_dtype_gate`) on the probe texts."""
+    if candidate.export_format is not None or candidate.name == REFERENCE:
+        return True
+    return passes_dtype_gate(candidate.dtype, parity)
+
+
+def _gate_agreement(directory: Path) -> float | None:
+    """The int8 export's label agreement with fp32 on its calibration texts (None: fp32)."""
+    manifest = Manifest.load(directory)
+    parity = (manifest.parity if manifest is not None else None) or {}
+    return (parity.get("int8_calibration") or {}).get("label_agreement")
+
+
+def _still_there(exports: Path, candidate: Candidate, model_fingerprint: str) -> bool:
+    """Whether a remembered choice can run as it was measured: its export (if any) is
+    still in the cache and made from the model as it is now."""
+    from clsx.export.cache import is_current_export
+
+    return (candidate.export_format is None  # the model directory itself
+            or is_current_export(exports / candidate.export_format, model_fingerprint))
+
+
+def _choice(artifact: Artifact, exports: Path, candidate: Candidate,
+            measured: dict[str, dict[str, Any]], cached: bool = False) -> FormatChoice:
+    directory = (artifact.path if candidate.export_format is None
+                 else exports / candidate.export_format)
+    return FormatChoice(candidate.name, directory, candidate.backend, candidate.dtype,
+                        explain(candidate.name, measured), measured, cached)

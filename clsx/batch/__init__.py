@@ -1,0 +1,1 @@
+"""batch-predict: the local engine, the Ray engine and resumable output parts."""

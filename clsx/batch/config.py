@@ -1,0 +1,122 @@
+"""The options of ``clsx batch-predict``, each with its one default.
+
+Light on purpose (no pyarrow, no torch): ``--help`` reads the defaults from here, and the CLI
+passes only the options a user gave (a flag left out is a field left at its default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from clsx.errors import ClsxError
+from clsx.evaluation.config import LongTextOverride
+from clsx.inference.runners.base import RunnerOptions
+from clsx.inference.scheduler import WINDOW_ROWS
+
+if TYPE_CHECKING:
+    from clsx.io.parquet import ParquetInput
+    from clsx.io.storage import Location
+
+OUTPUT_FORMATS = ("file", "dataset")
+
+
+@dataclass(frozen=True)
+class BatchPredictConfig(LongTextOverride):
+    """Every option of ``clsx batch-predict``; the CLI maps its flags 1:1 onto these fields,
+    and these defaults are the only ones (a flag left out is a field left at its default).
+
+    ``threads`` None is one compute thread per physical core for the local engine, one per
+    actor on Ray. ``threshold`` None is the model's tuned per-label thresholds, else 0.5.
+    ``input`` and ``output`` are local paths or object-store URIs; ``storage_options``
+    (``key=value``) configure the URIs' file system (:mod:`clsx.io.storage`).
+    """
+
+    input: str
+    output: str | Path
+    model: Path
+    backend: str = "auto"
+    text_column: str = "text"
+    keep_columns: tuple[str, ...] | None = None
+    overwrite: bool = False
+    resume: bool = False
+    output_format: str | None = None  # file (local engine default) or dataset
+    part_rows: int = 100_000
+    batch_tokens: int | None = None
+    window_rows: int = WINDOW_ROWS
+    max_length: int | None = None
+    long_text: str | None = None  # None: the manifest's long-text setting, field by field
+    window_stride: int | None = None
+    aggregate: str | None = None
+    windows_column: bool = False
+    output_prefix: str = ""
+    threshold: float | None = None
+    device: str = "auto"
+    threads: int | None = None
+    dtype: str | None = None
+    max_num_seqs: int | None = None
+    max_num_batched_tokens: int | None = None
+    memory_fraction: float | None = None
+    allow_pickle: bool = False
+    storage_options: tuple[str, ...] = ()
+    auto_formats: bool | None = None  # None: when IN has FORMAT_SEARCH_MIN_ROWS rows or more
+
+    def __post_init__(self) -> None:
+        for name in ("batch_tokens", "window_rows", "max_length", "threads", "part_rows"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ClsxError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if self.threshold is not None and not 0.0 < self.threshold < 1.0:
+            raise ClsxError(f"--threshold must be between 0 and 1, got {self.threshold}")
+        if self.output_format is not None and self.output_format not in OUTPUT_FORMATS:
+            raise ClsxError(f"--output-format must be one of {', '.join(OUTPUT_FORMATS)}")
+
+    def runner_options(self) -> RunnerOptions:
+        """How the backend should run: device, threads and the vLLM engine settings."""
+        return RunnerOptions(device=self.device, threads=self.threads, dtype=self.dtype,
+                             max_num_seqs=self.max_num_seqs,
+                             max_num_batched_tokens=self.max_num_batched_tokens,
+                             memory_fraction=self.memory_fraction)
+
+    def output_location(self) -> Location:
+        """Where OUT goes."""
+        from clsx.io.storage import location
+
+        return location(self.output, self.storage_options)
+
+    def job(self, source: ParquetInput, model_fingerprint: str) -> dict[str, Any]:
+        """Everything that decides OUT's content: a resume must match it exactly.
+
+        Inputs are recorded by path or URI (never with credentials, which no URI holds),
+        size and modification time; storage options are not recorded.
+        """
+        inputs = [[path.key(), info.size, info.mtime_ns]
+                  for path, info in ((path, path.info()) for path in source.files)]
+        options = ("backend", "text_column", "keep_columns", "window_rows", "batch_tokens",
+                   "max_length", "long_text", "window_stride", "aggregate", "windows_column",
+                   "output_prefix", "threshold", "device", "threads", "output_format", "dtype",
+                   "auto_formats")
+        return {"inputs": inputs, "model": str(self.model.resolve()),
+                "model_fingerprint": model_fingerprint,
+                **{name: _json_value(getattr(self, name)) for name in options}}
+
+
+def _json_value(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how wide to run: cluster address, model replicas, GPUs per replica."""
+
+    address: str | None = None
+    num_workers: int = 1
+    gpus_per_worker: float = 0.0
+    preserve_order: bool = False
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 1:
+            raise ClsxError(f"--num-workers must be >= 1, got {self.num_workers}")
+        if self.gpus_per_worker < 0:
+            raise ClsxError(f"--gpus-per-worker must be >= 0, got {self.gpus_per_worker}")

@@ -1,0 +1,285 @@
+"""``clsx batch-predict``: classify a Parquet file (or many) into a new Parquet file."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pyarrow as pa
+
+from clsx.artifacts.artifact import Artifact, fingerprint, open_artifact
+from clsx.auto.resolve import classifier_for
+from clsx.batch.config import BatchPredictConfig
+from clsx.batch.parts import open_store
+from clsx.batch.parts.store import PartWriter, Store
+from clsx.errors import ClsxError
+from clsx.inference.classifier import Classifier, Counts, output_fields
+from clsx.io.parquet import (
+    ParquetInput,
+    check_output_location,
+    iter_batches,
+    open_input,
+    text_values,
+)
+from clsx.io.storage import Location, one_line
+from clsx.log import Log, silent
+
+# progress(rows done, rows in total), called after each window; the CLI draws the bar.
+Progress = Callable[[int, int], None]
+PART_SECONDS = 120.0  # a part is committed at least this often, whatever --part-rows says
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What a batch-predict run did, for the final one-line report.
+
+    ``counts`` is None where rows were not counted one by one (Ray: only the total is known).
+    """
+
+    rows: int
+    seconds: float
+    backend: str
+    output: str | Path
+    counts: Counts | None = None
+    resumed_rows: int = 0
+    already_complete: bool = False
+
+    def line(self) -> str:
+        if self.already_complete:
+            return f"{self.output} is already complete; nothing to do"
+        seconds = max(self.seconds, 1e-9)
+        if self.counts is None:
+            return (f"{self.rows} rows in {self.seconds:.1f} s: {self.rows / seconds:.1f} "
+                    f"rows/s, backend {self.backend}; wrote {self.output}")
+        resumed = f" (continued after {self.resumed_rows} rows)" if self.resumed_rows else ""
+        return (
+            f"{self.rows} rows in {self.seconds:.1f} s{resumed}: {self.rows / seconds:.1f} "
+            f"rows/s, {self.counts.tokens / seconds:.0f} tokens/s, backend {self.backend}; "
+            f"{self.counts.nulls} null texts, {self.counts.truncated} truncated; "
+            f"wrote {self.output}"
+        )
+
+
+def pin_auto_format(config: BatchPredictConfig, source: ParquetInput, artifact: Artifact,
+                    threads: int | None = None, log: Log = silent
+                    ) -> tuple[BatchPredictConfig, str | None]:
+    """``config`` with ``--backend auto``'s format choice (:mod:`clsx.auto.formats`) pinned
+    as its model directory, backend and dtype, and why it was chosen; ``config`` as it is
+    (and None) where no format search applies. ``threads`` is what each model replica runs
+    with (``config.threads`` when None)."""
+    from clsx.auto.formats import CALIBRATION_TEXTS, FORMAT_SEARCH_MIN_ROWS, choose_format, rates
+
+    wanted = config.auto_formats
+    if wanted is None:
+        wanted = source.num_rows >= FORMAT_SEARCH_MIN_ROWS
+    if not wanted:
+        return config, None
+    obstacle = _format_search_obstacle(config, artifact)
+    if obstacle is not None:
+        if config.auto_formats:
+            raise ClsxError(f"--auto-formats {obstacle}")
+        return config, None
+    texts = first_texts(source, config, CALIBRATION_TEXTS)
+    if not texts:  # only null texts: nothing to measure, nothing for a model to do
+        return config, None
+    options = replace(config.runner_options(), threads=threads or config.threads)
+    choice = choose_format(
+        artifact, options, texts,
+        log=lambda line: log(f"--backend auto: {line}"),
+        max_length=config.max_length, long_text=config.long_text_override(),
+        batch_tokens=config.batch_tokens, threshold=config.threshold)
+    remembered = ", remembered" if choice.cached else ""
+    log(f"--backend auto chose {choice.name}{remembered}: {choice.reason} "
+        f"({rates(choice.measured)})")
+    pinned = replace(config, model=choice.directory, backend=choice.backend, dtype=choice.dtype)
+    return pinned, f"{choice.name} chosen by --backend auto{remembered}: {choice.reason}"
+
+
+def _format_search_obstacle(config: BatchPredictConfig, artifact: Artifact) -> str | None:
+    """Why the format search cannot run for this job (None: it can)."""
+    if config.backend != "auto" or config.dtype is not None:
+        return "applies to --backend auto without --dtype"
+    if artifact.manifest.format != "torch":
+        return (f"applies to a PyTorch model directory; {config.model} is already an "
+                f"export ({artifact.manifest.format})")
+    from clsx.inference.runners.torch import resolve_device
+
+    if resolve_device(config.device) != "cpu":
+        return "compares CPU formats (onnx, onnx-int8); on a GPU, pass --device cpu or drop it"
+    return None
+
+
+def first_texts(source: ParquetInput, config: BatchPredictConfig, count: int) -> list[str]:
+    """The first ``count`` non-null texts of the input."""
+    texts: list[str] = []
+    for batch in iter_batches(source, config.window_rows):
+        texts += [t for t in text_values(batch, config.text_column) if t is not None]
+        if len(texts) >= count:
+            break
+    return texts[:count]
+
+
+def open_classifier(config: BatchPredictConfig, artifact: Artifact,
+                    threads: int | None = None) -> Classifier:
+    """The classifier ``config`` asks for (``threads`` overrides ``config.threads``)."""
+    options = config.runner_options()
+    if threads is not None:
+        options = replace(options, threads=threads)
+    return classifier_for(
+        artifact, config.backend, options, batch_tokens=config.batch_tokens,
+        max_length=config.max_length, long_text=config.long_text_override(),
+        threshold=config.threshold, windows_column=config.windows_column)
+
+
+def checked_input(config: BatchPredictConfig) -> ParquetInput:
+    """The validated input; refuses an empty input and an OUT that a later run over the same
+    input would read."""
+    source = open_input(config.input, config.text_column, config.keep_columns,
+                        config.storage_options)
+    if source.num_rows == 0:
+        raise ClsxError(f"input {config.input} has 0 rows; there is nothing to classify")
+    check_output_location(config.output_location(), source)
+    return source
+
+
+def output_schema(config: BatchPredictConfig, source: ParquetInput, artifact: Artifact
+                  ) -> pa.Schema:
+    """The kept input columns followed by the (prefixed) prediction columns of
+    ``artifact``'s classifier; a prediction column the input already has is refused."""
+    prefix = config.output_prefix
+    fields = [field.with_name(prefix + field.name)
+              for field in output_fields(artifact.manifest, config.windows_column)]
+    clashes = [f.name for f in fields if f.name in source.schema.names]
+    if clashes:
+        raise ClsxError(
+            f"the input already has column {', '.join(map(repr, clashes))}; pass "
+            "--output-prefix pred_ (or --keep-columns without it) to keep both"
+        )
+    return pa.schema(list(source.schema) + fields)
+
+
+def batch_predict(config: BatchPredictConfig, progress: Progress | None = None,
+                  log: Log = silent) -> Summary:
+    """Classify ``config.input`` into ``config.output``; the output appears only when complete.
+
+    Work is committed in part files beside OUT (see :mod:`clsx.batch.parts.store`), so a killed run
+    continues with ``resume`` where it stopped. ``progress`` is told the rows done so far;
+    ``log`` gets status lines (``--backend auto``'s format search).
+    """
+    try:
+        return _batch_predict(config, progress, log)
+    except OSError as exc:  # an object store that cannot be reached, or refuses, mid-job
+        raise ClsxError(f"{one_line(exc)} (committed parts stay: rerun the same command with "
+                        "--resume once the storage answers)") from exc
+
+
+def _batch_predict(config: BatchPredictConfig, progress: Progress | None, log: Log
+                   ) -> Summary:
+    source = checked_input(config)
+    output = config.output_location()
+    store = open_store(output)
+    with store.locked():  # one writer per OUT, from the job check to the clean-up
+        if not _claim_output(config, output, store):
+            return Summary(0, 0.0, config.backend, config.output, already_complete=True)
+        artifact = open_artifact(config.model, allow_pickle=config.allow_pickle)
+        schema = output_schema(config, source, artifact)
+        job = config.job(source, fingerprint(artifact.path))
+        # A damaged store fails here, before the model loads; a new job starts with no parts.
+        parts = store.parts() if store.exists() else []
+        resumed_rows = sum(part.rows for part in parts)
+        pinned, chosen_because = pin_auto_format(config, source, artifact, log=log)
+        if pinned.model != config.model:
+            artifact = open_artifact(pinned.model)
+        classifier = open_classifier(pinned, artifact)
+        store.start(job)  # after the model loaded: a model that fails to load leaves nothing
+        started = time.perf_counter()
+        counts = Counts()
+        try:
+            if not store.is_done():
+                next_window = parts[-1].last + 1 if parts else 0
+                _predict_into_parts(config, source, classifier, store, schema, next_window,
+                                    resumed_rows, counts, progress)
+                store.mark_done(resumed_rows + counts.rows)
+        finally:
+            classifier.close()
+        if config.output_format == "dataset":
+            store.publish_dataset()
+        else:
+            store.assemble(schema)
+        backend = classifier.description
+        if chosen_because is not None:
+            backend += f", {chosen_because}"
+        return Summary(counts.rows, time.perf_counter() - started, backend, config.output,
+                       counts, resumed_rows)
+
+
+def _claim_output(config: BatchPredictConfig, output: Location, store: Store) -> bool:
+    """Decide what to do with an existing OUT or parts; False when OUT is already complete."""
+    if config.output_format != "dataset" and output.is_dir():
+        raise ClsxError(f"output {output} is a directory; give a file path ending in .parquet "
+                        "(or pass --output-format dataset)")
+    if config.output_format == "dataset" and output.is_file():
+        raise ClsxError(f"output {output} is a file; --output-format dataset writes a directory")
+    if store.exists():
+        if config.resume:
+            return True
+        if not config.overwrite:
+            rows = store.committed_rows()
+            raise ClsxError(
+                f"an interrupted run left {rows} classified rows in {store.directory}; rerun "
+                "the same command with --resume to continue it, or add --overwrite to start over"
+            )
+        store.remove()
+    if output.exists():
+        if config.resume:
+            return False
+        if not config.overwrite:
+            raise ClsxError(f"output {output} exists; pass --overwrite to replace it")
+    return True
+
+
+def _predict_into_parts(config: BatchPredictConfig, source: ParquetInput, classifier: Classifier,
+                        store: Store, schema: pa.Schema, next_window: int,
+                        resumed_rows: int, counts: Counts, progress: Progress | None) -> None:
+    """Classify windows ``next_window..`` and commit them as parts; counts what it did."""
+    kept = source.schema.names
+    pending = ((index, batch) for index, batch in enumerate(iter_batches(source,
+               config.window_rows)) if index >= next_window)
+    items = (((index, batch), text_values(batch, config.text_column))
+             for index, batch in pending)
+    writer: PartWriter | None = None
+    part_started = time.monotonic()
+    if progress is not None:
+        progress(resumed_rows, source.num_rows)
+    try:
+        for (index, batch), prediction in classifier.stream(items):
+            if writer is None:
+                writer, part_started = store.writer(index, schema), time.monotonic()
+            arrays = [batch.column(name) for name in kept] + prediction.columns
+            writer.write(pa.RecordBatch.from_arrays(arrays, schema=schema))
+            counts.add(prediction.counts)
+            if progress is not None:
+                progress(resumed_rows + counts.rows, source.num_rows)
+            if (writer.rows >= config.part_rows
+                    or time.monotonic() - part_started >= PART_SECONDS):
+                writer.commit(index)
+                writer = None
+        if writer is not None:
+            writer.commit(index)
+            writer = None
+    except BaseException as exc:
+        if writer is not None:
+            writer.discard()
+        saved = resumed_rows + counts.rows - (writer.rows if writer is not None else 0)
+        if not isinstance(exc, (ClsxError, KeyboardInterrupt)):
+            raise
+        if saved == 0:
+            store.remove()
+            raise
+        hint = (f"{saved} classified rows are saved in {store.directory}; rerun the same "
+                "command with --resume to continue")
+        if isinstance(exc, KeyboardInterrupt):
+            raise KeyboardInterrupt(f"Interrupted; {hint}.") from exc
+        raise ClsxError(f"{exc}; {hint}") from exc

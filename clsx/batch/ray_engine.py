@@ -1,0 +1,178 @@
+"""``clsx batch-predict --engine ray``: the same pipeline on Ray Data, one model per actor.
+
+``ray.data.read_parquet`` -> ``map_batches`` with :class:`Predictor` (an actor pool, one
+model replica per actor, ``num_gpus`` each) -> ``write_parquet`` into a dataset directory.
+Each actor holds one :class:`~clsx.inference.classifier.Classifier`, the object the local
+engine uses, so the values are the same; Ray does the distribution, clsx adds no scheduler
+of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from clsx.artifacts.artifact import open_artifact
+from clsx.batch.config import BatchPredictConfig, RayOptions
+from clsx.batch.local_engine import (
+    Summary,
+    checked_input,
+    open_classifier,
+    output_schema,
+    pin_auto_format,
+)
+from clsx.errors import ClsxError, os_error
+from clsx.inference.hardware import physical_cores
+from clsx.inference.runners import backend_for
+from clsx.io.parquet import ParquetInput, parquet_file, python_strings
+from clsx.io.staging import staged_location
+from clsx.io.storage import Location, upload
+from clsx.log import Log, silent
+
+ACTOR_THREADS = 1  # compute threads per actor unless --threads: replicas scale out, not up
+
+
+class Predictor:
+    """One model replica (a Ray actor): an Arrow batch in, its kept columns plus predictions out."""
+
+    def __init__(self, config: BatchPredictConfig, kept: list[str], schema: pa.Schema) -> None:
+        artifact = open_artifact(config.model, allow_pickle=config.allow_pickle)
+        self.classifier = open_classifier(config, artifact,
+                                          threads=config.threads or ACTOR_THREADS)
+        self.text_column = config.text_column
+        self.kept = kept
+        self.schema = schema
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        texts = python_strings(batch.column(self.text_column), self.text_column)
+        prediction = self.classifier.predict(texts)
+        arrays = [batch.column(name) for name in self.kept] + prediction.columns
+        return pa.Table.from_arrays(arrays, schema=self.schema)
+
+
+def ray_batch_predict(config: BatchPredictConfig, options: RayOptions,
+                      progress: bool = False, log: Log = silent) -> Summary:
+    """Classify ``config.input`` on Ray into the dataset directory ``config.output``;
+    ``progress`` turns on Ray Data's own progress bars; ``log`` gets status lines
+    (``--backend auto``'s format search, done here once for every actor)."""
+    ray = _import_ray()
+    if config.resume:
+        raise ClsxError("--resume works with the local engine only; Ray retries failed tasks "
+                        "itself, and a failed Ray job leaves nothing at OUT")
+    if config.output_format == "file":
+        raise ClsxError("--engine ray writes OUT as a dataset directory of Parquet parts; drop "
+                        "--output-format file")
+    source = checked_input(config)
+    artifact = open_artifact(config.model, allow_pickle=config.allow_pickle)
+    schema = output_schema(config, source, artifact)
+    output = config.output_location()
+    if output.is_file():
+        raise ClsxError(f"output {output} is a file; --engine ray writes a directory")
+    backend_for(artifact, config.backend)  # a bad model or backend fails here, not in an actor
+    config, chosen_because = pin_auto_format(config, source, artifact,
+                                             threads=config.threads or ACTOR_THREADS, log=log)
+    started = time.perf_counter()
+    _start_ray(ray, options.address,
+               options.num_workers * (config.threads or ACTOR_THREADS))
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = options.preserve_order
+    context.enable_progress_bars = progress
+    columns = list(dict.fromkeys([*source.schema.names, config.text_column]))
+    context.target_max_block_size = _window_bytes(source, config.window_rows)
+    # Ray pickles the file system to its workers: credentials come from their environment.
+    dataset = ray.data.read_parquet([path.path for path in source.files], columns=columns,
+                                    filesystem=source.root.filesystem)
+    predicted = dataset.map_batches(
+        Predictor,
+        fn_constructor_kwargs={"config": config, "kept": source.schema.names, "schema": schema},
+        batch_size=config.window_rows,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=options.num_workers),
+        num_cpus=config.threads or ACTOR_THREADS,
+        num_gpus=options.gpus_per_worker or None,
+    )
+    with staged_location(output, config.overwrite) as stage:
+        if options.preserve_order:
+            _write_in_order(predicted, stage, config.part_rows)
+        else:
+            # OVERWRITE: the staging directory is new, and names need no write-uuid in them.
+            predicted.write_parquet(stage.path, filesystem=stage.filesystem,
+                                    filename_provider=_part_names(),
+                                    mode=ray.data.SaveMode.OVERWRITE)
+        rows = 0
+        for path in stage.files():
+            if path.name.endswith(".parquet"):
+                with parquet_file(path) as file:
+                    rows += file.metadata.num_rows
+    backend = f"{config.backend} on ray ({options.num_workers} workers)"
+    if chosen_because is not None:
+        backend += f", {chosen_because}"
+    return Summary(rows, time.perf_counter() - started, backend, config.output)
+
+
+def _window_bytes(source: ParquetInput, window_rows: int) -> int:
+    """Blocks of about one window: Ray Data's default (128 MiB blocks) would hand a whole
+    small file to one actor while the others wait."""
+    with parquet_file(source.files[0]) as file:
+        metadata = file.metadata
+    size = sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups))
+    return max(1 << 16, size // max(metadata.num_rows, 1) * window_rows)
+
+
+def _start_ray(ray, address: str | None, actor_cpus: int) -> None:
+    """Connect to ``address``, or start a local instance sized for the actors.
+
+    A local instance gets one logical CPU more than the actors take: Ray Data's file listing
+    and read tasks need a CPU slot too, and with every slot held by an actor the job would
+    wait forever. Those tasks are light, so the extra slot hardly oversubscribes the cores.
+    """
+    local = {} if address else {"num_cpus": max(physical_cores(), actor_cpus) + 1}
+    ray.init(address=address, ignore_reinit_error=True, include_dashboard=False,
+             logging_level=logging.WARNING, log_to_driver=False, **local)
+
+
+def _part_names():
+    """File names ``part-000042-0.parquet``, one per write task (in no particular order)."""
+    from ray.data.datasource import FilenameProvider
+
+    class PartNames(FilenameProvider):
+        def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
+            return f"part-{task_index:06d}.parquet"
+
+    return PartNames()
+
+
+def _write_in_order(predicted, stage: Location, part_rows: int) -> None:
+    """Write ``part-000000.parquet``, ``part-000001.parquet``, ... of ``part_rows`` rows each
+    from the driver, in the order Ray hands the rows out.
+
+    Ray Data documents input order under ``preserve_order`` for a dataset's consumer, not
+    for the names ``write_parquet`` gives its files (which once came out of order in CI),
+    so the ordered output is consumed, and written, here.
+    """
+    batches = predicted.iter_batches(batch_format="pyarrow", batch_size=part_rows)
+    for index, batch in enumerate(batches):
+        path = stage.child(f"part-{index:06d}.parquet")
+        try:
+            if path.is_local:
+                pq.write_table(batch, path.local_path)
+            else:
+                buffer = pa.BufferOutputStream()
+                pq.write_table(batch, buffer)
+                upload(buffer.getvalue(), path)
+        except OSError as exc:
+            raise os_error("writing", path, exc) from exc
+
+
+def _import_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as exc:
+        raise ClsxError("--engine ray needs Ray Data: pip install 'clsx[ray]' "
+                        "(or 'ray[data]')") from exc
+    return ray
+

@@ -1,0 +1,32 @@
+"""``batch-predict`` on the engine a job asks for: the local engine or Ray."""
+
+from __future__ import annotations
+
+from clsx.batch.config import BatchPredictConfig, RayOptions
+from clsx.batch.local_engine import Progress, Summary, batch_predict
+from clsx.errors import ClsxError
+from clsx.log import Log, silent
+
+ENGINES = ("local", "ray")
+
+
+def run_batch_predict(config: BatchPredictConfig, engine: str = "local",
+                      ray: RayOptions | None = None, progress: Progress | None = None,
+                      log: Log = silent) -> Summary:
+    """Classify ``config.input`` into ``config.output`` on ``engine``.
+
+    ``ray`` (None: Ray's defaults) applies to the Ray engine only, and giving it with the
+    local engine is refused. ``progress`` is told the rows done (the local engine) or turns
+    on Ray Data's own progress bars; ``log`` gets status lines.
+    """
+    if engine not in ENGINES:
+        raise ClsxError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "ray":
+        from clsx.batch.ray_engine import ray_batch_predict
+
+        return ray_batch_predict(config, ray or RayOptions(), progress=progress is not None,
+                                 log=log)
+    if ray is not None:
+        raise ClsxError("--address, --num-workers, --gpus-per-worker and --preserve-order "
+                        "apply to --engine ray only")
+    return batch_predict(config, progress, log=log)

@@ -1,0 +1,1 @@
+"""Commands that run a model directory on data and measure it: evaluate, calibrate, bench."""

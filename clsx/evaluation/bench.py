@@ -1,0 +1,183 @@
+"""``clsx bench``: the same rows through every backend in one process, against torch fp32."""
+
+from __future__ import annotations
+
+import gc
+import json
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from clsx.artifacts.artifact import open_artifact
+from clsx.auto.resolve import classifier_for
+from clsx.errors import ClsxError
+from clsx.evaluation.config import BenchConfig
+from clsx.export.cache import cached_export
+from clsx.inference.runners.tensorrt import require_tensorrt
+from clsx.io import durable
+from clsx.io.tables import read_texts
+from clsx.log import Log, silent
+from clsx.quality.parity import compare
+
+VARIANTS = ("torch", "torch-bf16", "onnx", "onnx-int8", "tensorrt")
+REFERENCE = "torch"
+# torch variants run the model directory itself in a dtype; the others run an export, with
+# the backend its format names (``auto``).
+TORCH_DTYPES = {"torch": "fp32", "torch-bf16": "bf16"}
+# The bench's own texts an onnx-int8 export calibrates on.
+CALIBRATION_ROWS = 256
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    """One backend's measurement on the shared rows."""
+
+    variant: str
+    backend: str
+    rows: int
+    seconds: float
+    rows_per_s: float
+    tokens_per_s: float
+    peak_rss_mb: float
+    label_agreement: float | None
+    per_label_agreement: float | None
+    max_abs_diff: float
+    speedup: float
+
+
+def run_bench(config: BenchConfig, log: Log = silent) -> list[BenchRow]:
+    """Measure each backend of ``config`` on the same rows of its data; torch fp32 always
+    runs first as the reference.
+
+    Label agreement is on the labels users get (the model's thresholds for multi-label).
+    ``torch-bf16`` runs the same model directory in bf16 (native with AMX / AVX-512 BF16,
+    emulated and slower than fp32 elsewhere). ONNX variants are exported on the fly into
+    ``config.exports_dir`` (a temporary directory when None) and reused there when the
+    parent model has not changed.
+    """
+    variants, options = config.backends, config.runner_options()
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ClsxError(f"unknown backend {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
+    if "tensorrt" in variants:  # before minutes of exporting and measuring the others
+        require_tensorrt("--backends tensorrt", options.device)
+    texts = read_texts(config.data, config.text_column, config.rows)
+    model_dir, batch_tokens = config.model, config.batch_tokens
+    ordered = [REFERENCE, *[v for v in dict.fromkeys(variants) if v != REFERENCE]]
+    with _exports_dir(config.exports_dir) as cache:
+        reference: np.ndarray | None = None
+        rows: list[BenchRow] = []
+        for variant in ordered:
+            if variant in TORCH_DTYPES:
+                directory, backend = model_dir, "torch"
+                variant_options = replace(options, dtype=TORCH_DTYPES[variant])
+            else:
+                # int8 calibrates on the bench's first texts (decoders need real texts);
+                # the gate is off: the bench reports the agreement itself.
+                calibration = [t for t in texts[:CALIBRATION_ROWS] if t is not None]
+                directory = cached_export(
+                    model_dir, variant, cache / variant, lambda line: log(f"bench: {line}"),
+                    min_agreement=0.0,
+                    calibration_texts=calibration if variant == "onnx-int8" else None)
+                backend = "auto"
+                variant_options = options
+            log(f"bench: running {variant} on {len(texts)} rows")
+            with _peak_rss() as peak, classifier_for(
+                    open_artifact(directory), backend, variant_options,
+                    batch_tokens=batch_tokens) as classifier:
+                classifier.predict(texts[:64])  # warm-up: first-call allocations and kernels
+                started = time.perf_counter()
+                prediction = classifier.predict_all(texts)
+                seconds = time.perf_counter() - started
+                description = classifier.description
+            reference = prediction.logits if reference is None else reference
+            parity = compare(reference, prediction.logits, classifier.rule)
+            baseline = rows[0].rows_per_s if rows else len(texts) / seconds
+            rows.append(BenchRow(
+                variant=variant,
+                backend=description,
+                rows=len(texts),
+                seconds=round(seconds, 3),
+                rows_per_s=round(len(texts) / seconds, 1),
+                tokens_per_s=round(prediction.counts.tokens / seconds, 1),
+                peak_rss_mb=round(peak() / 2**20, 1),
+                label_agreement=parity.label_agreement,
+                per_label_agreement=parity.per_label_agreement,
+                max_abs_diff=parity.max_abs_diff,
+                speedup=round(len(texts) / seconds / baseline, 2),
+            ))
+            del classifier, prediction
+            gc.collect()
+    return rows
+
+
+def format_table(rows: Sequence[BenchRow]) -> str:
+    """A fixed-width table of the rows for the terminal."""
+    header = ("variant", "backend", "rows/s", "tokens/s", "peak RSS MB", "agreement",
+              "max |dlogit|", "x torch")
+    body = [
+        (r.variant, r.backend, f"{r.rows_per_s:.1f}", f"{r.tokens_per_s:.0f}",
+         f"{r.peak_rss_mb:.0f}",
+         agreement_text(r),
+         f"{r.max_abs_diff:.2e}", f"{r.speedup:.2f}")
+        for r in rows
+    ]
+    widths = [max(len(str(line[i])) for line in [header, *body]) for i in range(len(header))]
+    lines = ["  ".join(str(cell).ljust(w) for cell, w in zip(line, widths, strict=True))
+             for line in [header, *body]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def agreement_text(row: BenchRow) -> str:
+    """Rows whose decision agrees; multi-label adds the share of agreeing (row, label) pairs."""
+    if row.label_agreement is None:
+        return "n/a"
+    if row.per_label_agreement is None:
+        return f"{row.label_agreement:.2%}"
+    return f"{row.label_agreement:.2%} sets, {row.per_label_agreement:.2%} labels"
+
+
+def write_json(results: Sequence[BenchRow], path: Path, **context: object) -> None:
+    """Write the results and the run's context (model, data, machine) as JSON."""
+    payload = {**context, "results": [asdict(r) for r in results]}
+    durable.write_file(path, json.dumps(payload, indent=2, default=str) + "\n")
+
+
+@contextmanager
+def _exports_dir(directory: Path | None) -> Iterator[Path]:
+    if directory is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+        yield directory
+        return
+    with tempfile.TemporaryDirectory(prefix="clsx-bench-") as temporary:
+        yield Path(temporary)
+
+
+@contextmanager
+def _peak_rss(interval: float = 0.05) -> Iterator[Callable[[], int]]:
+    """Sample this process's resident set size in a thread; yields a getter for the peak."""
+    import psutil
+
+    process = psutil.Process()
+    peak = [process.memory_info().rss]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(interval):
+            peak[0] = max(peak[0], process.memory_info().rss)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield lambda: peak[0]
+    finally:
+        stop.set()
+        thread.join()
+        peak[0] = max(peak[0], process.memory_info().rss)

@@ -1,0 +1,94 @@
+"""The options of ``clsx eval``, ``calibrate`` and ``bench``, each with its one default.
+
+Light on purpose (no pyarrow, no torch): ``--help`` reads the defaults from here, and the CLI
+passes only the options a user gave (a flag left out is a field left at its default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from clsx.inference.runners.base import RunnerOptions
+
+
+class LongTextOverride:
+    """For configs with ``long_text``, ``window_stride`` and ``aggregate`` fields: the
+    command-line override of the model's long-text setting."""
+
+    long_text: str | None
+    window_stride: int | None
+    aggregate: str | None
+
+    def long_text_override(self) -> dict[str, Any]:
+        """The long-text fields given on the command line (None: the manifest's)."""
+        return {"strategy": self.long_text, "stride": self.window_stride,
+                "aggregate": self.aggregate}
+
+
+@dataclass(frozen=True)
+class EvalConfig(LongTextOverride):
+    """Every option of ``clsx eval``.
+
+    ``threshold`` None is the model's tuned per-label thresholds (else 0.5); with
+    ``tune_threshold`` the one threshold that maximises macro-F1 on ``data`` is used instead.
+    ``long_text``, ``window_stride`` and ``aggregate`` None keep the model's setting.
+    """
+
+    model: Path
+    data: str | Path
+    text_column: str = "text"
+    label_column: str = "label"
+    label_separator: str = ","
+    backend: str = "auto"
+    threshold: float | None = None
+    tune_threshold: bool = False
+    device: str = "auto"
+    long_text: str | None = None
+    window_stride: int | None = None
+    aggregate: str | None = None
+    allow_pickle: bool = False
+    storage_options: tuple[str, ...] = ()  # for a --data URI (clsx.io.storage)
+
+
+@dataclass(frozen=True)
+class CalibrateConfig:
+    """Every option of ``clsx calibrate``.
+
+    ``output`` None updates ``model``'s clsx.json in place; otherwise ``output`` becomes a
+    copy of ``model`` with the new clsx.json (``overwrite`` replaces an existing one).
+    """
+
+    model: Path
+    data: str | Path
+    output: Path | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    label_separator: str = ","
+    device: str = "auto"
+    overwrite: bool = False
+    allow_pickle: bool = False
+    storage_options: tuple[str, ...] = ()  # for a --data URI (clsx.io.storage)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Every option of ``clsx bench``: which rows of ``data``, which backends, how to run.
+
+    ``exports_dir`` None exports into a temporary directory; ``batch_tokens`` and
+    ``threads`` None are each backend's defaults.
+    """
+
+    model: Path
+    data: Path
+    text_column: str = "text"
+    rows: int = 2000
+    backends: tuple[str, ...] = ("torch", "onnx", "onnx-int8")
+    exports_dir: Path | None = None
+    batch_tokens: int | None = None
+    device: str = "auto"
+    threads: int | None = None
+
+    def runner_options(self) -> RunnerOptions:
+        return RunnerOptions(device=self.device, threads=self.threads)

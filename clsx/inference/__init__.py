@@ -1,0 +1,1 @@
+"""Texts to decisions: the classifier, encoding, long texts, scheduling, decision rules, runners."""

@@ -1,0 +1,220 @@
+"""One classifier: texts in, the decisions users get out.
+
+A :class:`Classifier` owns everything between a text and its output row: the model
+directory (artifact), the backend (runner), the encoder (template, truncation, long-text
+cut), the combination of a long text's windows, the decision rule (thresholds) and the
+output columns. Every path that classifies goes through it: ``batch-predict`` (the local
+engine and each Ray actor), ``eval``, ``bench``, every export gate and ``--backend auto``'s
+dtype probe. None of them builds a runner or an encoder itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import pyarrow as pa
+
+from clsx.artifacts.artifact import Artifact, open_artifact
+from clsx.artifacts.manifest import Manifest
+from clsx.inference.decisions import DecisionRule
+from clsx.inference.encoding import EncodedWindow, TextEncoder
+from clsx.inference.runners import RunnerOptions, load_runner
+from clsx.inference.runners.base import Runner
+from clsx.inference.scheduler import WINDOW_ROWS, predict_window_rows
+from clsx.inference.windows import combine
+
+T = TypeVar("T")
+WINDOWS_FIELD = pa.field("windows", pa.int32())  # model inputs per row (--windows-column)
+
+
+@dataclass
+class Counts:
+    """What classifying some rows took: rows, tokens seen by the model, null texts, texts
+    cut to fit, and model inputs (``windows``: more than rows with ``--long-text window``)."""
+
+    rows: int = 0
+    tokens: int = 0
+    nulls: int = 0
+    truncated: int = 0
+    windows: int = 0
+
+    def add(self, other: Counts) -> None:
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, getattr(self, field.name) + getattr(other, field.name))
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One batch of rows classified: raw logits (NaN rows for null texts), the output columns
+    (in :func:`output_fields` order) and the counters."""
+
+    logits: np.ndarray
+    columns: list[pa.Array]
+    counts: Counts
+
+    @staticmethod
+    def concat(parts: Sequence[Prediction]) -> Prediction:
+        """The rows of ``parts`` one after another."""
+        counts = Counts()
+        for part in parts:
+            counts.add(part.counts)
+        columns = [pa.concat_arrays([part.columns[i] for part in parts])
+                   for i in range(len(parts[0].columns))]
+        return Prediction(np.concatenate([part.logits for part in parts]), columns, counts)
+
+
+def output_fields(manifest: Manifest, windows_column: bool = False) -> list[pa.Field]:
+    """The prediction columns a classifier of ``manifest`` writes (known before it loads)."""
+    fields = DecisionRule.of(manifest).fields()
+    return [*fields, WINDOWS_FIELD] if windows_column else fields
+
+
+class Classifier:
+    """A model ready to classify: windows of texts in, :class:`Prediction` out."""
+
+    def __init__(
+        self,
+        artifact: Artifact,
+        runner: Runner,
+        *,
+        batch_tokens: int | None = None,
+        max_length: int | None = None,
+        long_text: dict[str, Any] | None = None,
+        threshold: float | None = None,
+        windows_column: bool = False,
+    ) -> None:
+        self.artifact = artifact
+        self.runner = runner
+        self.batch_tokens = batch_tokens or runner.batch_tokens
+        self.encoder = TextEncoder(artifact.tokenizer, artifact.manifest, max_length,
+                                   artifact.manifest.long_text.override(**(long_text or {})))
+        self.rule = DecisionRule.of(artifact.manifest, threshold)
+        self.windows_column = windows_column
+
+    @classmethod
+    def open(cls, model: str | Path, backend: str = "auto",
+             options: RunnerOptions | None = None, *, allow_pickle: bool = False,
+             **settings: Any) -> Classifier:
+        """Open a model directory with ``backend`` (see :meth:`from_artifact`).
+
+        ``allow_pickle`` permits pickle (``.bin``) weights, which can run code when loaded.
+        """
+        return cls.from_artifact(open_artifact(model, allow_pickle=allow_pickle), backend,
+                                 options, **settings)
+
+    @classmethod
+    def from_artifact(cls, artifact: Artifact, backend: str = "auto",
+                      options: RunnerOptions | None = None, *, max_length: int | None = None,
+                      **settings: Any) -> Classifier:
+        """Load the runner for ``artifact``: ``auto`` is the backend of its format, in that
+        backend's default dtype unless ``options`` names one (the dtype ``--backend auto``
+        measures is chosen above, by :func:`clsx.auto.resolve.classifier_for`).
+
+        ``settings`` are the keyword arguments of the constructor: ``batch_tokens``,
+        ``long_text`` (fields of the manifest's :class:`~clsx.artifacts.long_text.LongText` to
+        override; None values keep the manifest's), ``threshold`` (multi-label, for every
+        label; None: the model's tuned ones) and ``windows_column``.
+        """
+        options = dataclasses.replace(options or RunnerOptions(), max_length=max_length)
+        return cls(artifact, load_runner(artifact, backend, options), max_length=max_length,
+                   **settings)
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.artifact.manifest
+
+    @property
+    def description(self) -> str:
+        """The backend as summaries show it, e.g. ``onnx (onnx-int8, cpu)``."""
+        return self.runner.description
+
+    def predict(self, texts: Sequence[str | None]) -> Prediction:
+        """Classify one window of texts (None: a null text, which gets null outputs)."""
+        return self.predict_encoded(self.encoder.encode(texts))
+
+    def predict_encoded(self, window: EncodedWindow) -> Prediction:
+        """Classify an already encoded window; a row cut into several inputs gets its
+        inputs' logits combined."""
+        logits = predict_window_rows(window, self.runner.predict_rows, self.manifest.num_labels,
+                                     self.batch_tokens, self.runner.max_batch_rows)
+        if window.pieces is not None:
+            logits = combine(logits, window.pieces, self.encoder.long_text.aggregate,
+                             self.manifest.problem_type)
+        columns = self.rule.columns(logits)
+        if self.windows_column:
+            columns.append(pa.array(window.inputs_per_row(), pa.int32()))
+        counts = Counts(rows=window.rows, tokens=window.tokens, nulls=window.nulls,
+                        truncated=window.truncated, windows=len(window.ids) - window.nulls)
+        return Prediction(logits, columns, counts)
+
+    def stream(self, items: Iterable[tuple[T, Sequence[str | None]]]
+               ) -> Iterator[tuple[T, Prediction]]:
+        """Classify each ``(payload, texts)`` window; the next window is encoded in a thread
+        while the model runs. The payload (e.g. the record batch the texts came from) is
+        handed back unchanged."""
+        encoded = prefetch((payload, self.encoder.encode(texts)) for payload, texts in items)
+        for payload, window in encoded:
+            yield payload, self.predict_encoded(window)
+
+    def predict_all(self, texts: Sequence[str | None], window_rows: int = WINDOW_ROWS
+                    ) -> Prediction:
+        """Classify an in-memory list of texts, ``window_rows`` at a time."""
+        windows = ((None, texts[i : i + window_rows]) for i in range(0, len(texts), window_rows))
+        parts = [prediction for _, prediction in self.stream(windows)]
+        return Prediction.concat(parts) if parts else self.predict([])
+
+    def close(self) -> None:
+        """Release what the backend holds beyond memory (vLLM's engine process)."""
+        self.runner.close()
+
+    def __enter__(self) -> Classifier:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def prefetch(items: Iterator[T], depth: int = 1) -> Iterator[T]:
+    """Produce ``items`` in a background thread, ``depth`` ahead of the consumer.
+
+    Reading Parquet and tokenising (both release the GIL) then overlap with the model.
+    An exception in the producer is re-raised in the consumer.
+    """
+    slots: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                slots.put(("item", item))
+            slots.put(("done", done))
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            slots.put(("error", exc))
+
+    thread = threading.Thread(target=produce, name="clsx-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = slots.get()
+            if kind == "error":
+                raise value
+            if kind == "done":
+                return
+            yield value
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                slots.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
