@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from clsx.inference.classifier import Classifier
-from clsx.train import trainer as trainer_module
+from clsx.train import hf_trainer
 from clsx.train.distill import labels_directory, soft_label_loss
 from tests.conftest import run_clsx
 
@@ -149,7 +149,7 @@ def test_soft_label_loss_by_hand():
 
 
 def test_an_interrupted_distillation_resumes(teachers, tiny_bases, tmp_path, monkeypatch):
-    class InterruptAtOnce(trainer_module._Interrupt):
+    class InterruptAtOnce(hf_trainer.Interrupt):
         def __init__(self, *args):
             super().__init__(*args)
             self.flag = True
@@ -159,7 +159,7 @@ def test_an_interrupted_distillation_resumes(teachers, tiny_bases, tmp_path, mon
     out = tmp_path / "student"
     args = ["distill", "--teacher", teachers("single_label"), "--student", tiny_bases["bert"],
             "--data", data, "--output", out, "--epochs", "2", *TINY]
-    monkeypatch.setattr(trainer_module, "_Interrupt", InterruptAtOnce)
+    monkeypatch.setattr(hf_trainer, "Interrupt", InterruptAtOnce)
     result = run_clsx(*args)
     assert result.exit_code == 130 and "--resume" in result.output, result.output
     assert (labels_directory(out) / "data.parquet").is_file()

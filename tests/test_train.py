@@ -16,6 +16,7 @@ from transformers import AutoModelForSequenceClassification, set_seed
 from clsx.cli import main
 from clsx.inference.classifier import Classifier
 from clsx.testing.tiny_models import FAMILIES
+from clsx.train import hf_trainer
 from clsx.train import trainer as trainer_module
 
 POSITIVE = ["great food", "lovely staff", "fast delivery", "works perfectly", "very happy",
@@ -127,7 +128,7 @@ def test_template_and_label_descriptions_reach_predict_time(tiny_bases, sentimen
 
 
 def test_interrupted_training_resumes(tiny_bases, sentiment, tmp_path, monkeypatch):
-    class InterruptAtOnce(trainer_module._Interrupt):
+    class InterruptAtOnce(hf_trainer.Interrupt):
         def __init__(self, *args):
             super().__init__(*args)
             self.flag = True
@@ -135,7 +136,7 @@ def test_interrupted_training_resumes(tiny_bases, sentiment, tmp_path, monkeypat
     out = tmp_path / "model"
     args = ["--model", tiny_bases["bert"], "--train", sentiment, "--eval", sentiment,
             "--output", out]
-    monkeypatch.setattr(trainer_module, "_Interrupt", InterruptAtOnce)
+    monkeypatch.setattr(hf_trainer, "Interrupt", InterruptAtOnce)
     result = train(*args)
     assert result.exit_code == 130 and not out.exists()
     assert "Interrupted: a checkpoint is saved in" in result.output and "--resume" in result.output
@@ -181,8 +182,8 @@ def test_metrics_json_records_the_checkpoint_the_trainer_kept(tiny_bases, sentim
     from clsx.evaluation.evaluate import evaluate
 
     trainers = []
-    build = trainer_module._trainer
-    monkeypatch.setattr(trainer_module, "_trainer",
+    build = trainer_module.build_trainer
+    monkeypatch.setattr(trainer_module, "build_trainer",
                         lambda *args: trainers.append(build(*args)) or trainers[-1])
     out = tmp_path / "model"
     result = CliRunner().invoke(main, [
@@ -213,12 +214,12 @@ def test_best_epoch_is_read_from_the_trainer_state():
                {"eval_loss": 0.7, "eval_mse": 0.5, "epoch": 2.0, "step": 4}]
     state = SimpleNamespace(log_history=history, global_step=4,
                             best_model_checkpoint="/work/.m.clsx-train/checkpoint-4")
-    assert trainer_module._best_epoch(state) == {"loss": 0.7, "mse": 0.5, "epoch": 2.0}
+    assert hf_trainer.best_epoch(state) == {"loss": 0.7, "mse": 0.5, "epoch": 2.0}
     # No epoch ever improved: the Trainer ends with (and clsx saves) the last step's weights.
     state.best_model_checkpoint = None
-    assert trainer_module._best_epoch(state)["epoch"] == 2.0
+    assert hf_trainer.best_epoch(state)["epoch"] == 2.0
     state.global_step = 5  # e.g. --epochs 2.5: the final weights were never evaluated
-    assert trainer_module._best_epoch(state) == {}
+    assert hf_trainer.best_epoch(state) == {}
 
 
 @pytest.mark.parametrize("rows, extra, named", [

@@ -25,15 +25,14 @@ from clsx.artifacts.bundled import resolve_model
 from clsx.artifacts.manifest import Manifest, check_family
 from clsx.errors import ClsxError
 from clsx.inference.decisions import MULTI_LABEL_SEPARATOR
-from clsx.inference.encoding import EncodedWindow, TextEncoder
-from clsx.inference.scheduler import pad
-from clsx.inference.windows import combine, first_inputs
+from clsx.inference.encoding import TextEncoder
 from clsx.io.staging import staged_directory
 from clsx.io.tables import LabelledData, read_labelled
 from clsx.log import Log, silent
 from clsx.quality.calibration import before_and_after, calibrate_manifest
-from clsx.quality.metrics import compute_metrics, scalar_metrics, tune_threshold
 from clsx.train.config import TrainConfig
+from clsx.train.dataset import EncodedDataset, per_text
+from clsx.train.hf_trainer import best_epoch, build_trainer, epoch_metrics, stop_on_interrupt
 from clsx.train.prompt import build_template, read_label_descriptions
 
 
@@ -49,59 +48,6 @@ class TrainResult:
     epochs: list[dict[str, float]]
     seconds: float
     calibration: dict[str, float] = field(default_factory=dict)
-
-
-class EncodedDataset(torch.utils.data.Dataset):
-    """Token ids and targets, encoded once by the same encoder that predicts later.
-
-    With ``--long-text window`` a text is several rows (its windows), each with the text's
-    target; ``pieces`` says how many, so that evaluation can combine them per text.
-    ``extras`` are further per-row arrays (a distillation teacher's probabilities), each item
-    carrying its row of them under the same name.
-    """
-
-    def __init__(self, ids: list[list[int]], targets: np.ndarray,
-                 pieces: np.ndarray | None = None,
-                 extras: dict[str, np.ndarray] | None = None) -> None:
-        self.ids = ids
-        self.targets = targets
-        self.pieces = pieces
-        self.extras = extras or {}
-
-    @classmethod
-    def of(cls, encoded: EncodedWindow, targets: np.ndarray,
-           extras: dict[str, np.ndarray] | None = None) -> EncodedDataset:
-        extras = extras or {}
-        if encoded.pieces is None:
-            return cls(encoded.ids, targets, extras=extras)
-        return cls(encoded.ids, np.repeat(targets, encoded.pieces, axis=0), encoded.pieces,
-                   {name: np.repeat(values, encoded.pieces, axis=0)
-                    for name, values in extras.items()})
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return {"input_ids": self.ids[index], "labels": self.targets[index],
-                **{name: values[index] for name, values in self.extras.items()}}
-
-
-class Collator:
-    """Dynamic padding with the manifest's pad id, exactly as the predict scheduler pads;
-    the items' extra entries (see :class:`EncodedDataset`) become float tensors."""
-
-    def __init__(self, pad_token_id: int, problem_type: str) -> None:
-        self.pad_token_id = pad_token_id
-        self.label_dtype = torch.long if problem_type == "single_label_classification" else (
-            torch.float32)
-
-    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        input_ids, attention_mask = pad([row["input_ids"] for row in rows], self.pad_token_id)
-        labels = torch.tensor(np.array([row["labels"] for row in rows]), dtype=self.label_dtype)
-        extras = {name: torch.tensor(np.array([row[name] for row in rows]), dtype=torch.float32)
-                  for name in rows[0] if name not in ("input_ids", "labels")}
-        return {"input_ids": torch.from_numpy(input_ids),
-                "attention_mask": torch.from_numpy(attention_mask), "labels": labels, **extras}
 
 
 @dataclass(frozen=True)
@@ -190,11 +136,11 @@ def fit(config: TrainConfig, train_data: LabelledData, eval_data: LabelledData,
     train_set = EncodedDataset.of(encoder.encode(train_data.texts), train_data.targets,
                                   variant.extras)
     eval_set = EncodedDataset.of(encoder.encode(eval_data.texts), eval_data.targets)
-    trainer = _trainer(model, config, manifest, work, train_set, eval_set,
+    trainer = build_trainer(model, config, manifest, work, train_set, eval_set,
                        variant.trainer_class)
     for callback in callbacks:
         trainer.add_callback(callback)
-    interrupted = _stop_on_interrupt(trainer, log)
+    interrupted = stop_on_interrupt(trainer, log)
     # Signal handlers can only be installed from the main thread (the CLI's case).
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous_handler = signal.getsignal(signal.SIGINT)
@@ -208,9 +154,9 @@ def fit(config: TrainConfig, train_data: LabelledData, eval_data: LabelledData,
     if interrupted.flag:
         raise KeyboardInterrupt(f"Interrupted: a checkpoint is saved in {work}; continue with "
                                 "the same command and --resume.")
-    epochs = [_epoch_metrics(entry) for entry in trainer.state.log_history
+    epochs = [epoch_metrics(entry) for entry in trainer.state.log_history
               if "eval_loss" in entry]
-    best = _best_epoch(trainer.state)
+    best = best_epoch(trainer.state)
     manifest = manifest.replace(training={**config.to_json(), "best_epoch": best.get("epoch")})
     calibration: dict[str, float] = {}
     # The kept epoch's model is loaded: calibrate it on the eval split, then (multi-label)
@@ -358,96 +304,6 @@ def _with_lora(model: Any, config: TrainConfig, is_decoder: bool) -> Any:
                         "--target-modules)") from exc
 
 
-def _trainer(model: Any, config: TrainConfig, manifest: Manifest, work: Path,
-             train_set: EncodedDataset, eval_set: EncodedDataset,
-             trainer_class: type | None = None) -> Any:
-    from transformers import Trainer, TrainingArguments
-
-    metric, greater_is_better = _selection_metric(config.problem_type)
-    args = TrainingArguments(
-        output_dir=str(work),
-        learning_rate=config.lr,
-        warmup_steps=config.warmup,  # a float below 1 is a share of the steps
-        per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.eval_batch_size,
-        num_train_epochs=config.epochs,
-        eval_strategy="epoch",
-        save_strategy="epoch",
-        logging_strategy="epoch",
-        load_best_model_at_end=True,
-        metric_for_best_model=metric,
-        greater_is_better=greater_is_better,
-        save_total_limit=2,
-        seed=config.seed,
-        bf16=config.bf16,
-        use_cpu=not torch.cuda.is_available(),
-        report_to="none",
-        disable_tqdm=False,  # the CLI quiets transformers' logging, which would hide the bar
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-    )
-
-    def metrics(prediction) -> dict[str, float]:
-        logits, targets = per_text(prediction, eval_set, config)
-        threshold = 0.5
-        if config.problem_type == "multi_label_classification":
-            # Rare labels stay below 0.5 for a while; judge each epoch at its best threshold
-            # so that the kept epoch is not chosen by an arbitrary cut-off.
-            threshold = tune_threshold(logits, targets)
-        return scalar_metrics(compute_metrics(logits, targets,
-                                              config.problem_type, manifest.labels, threshold))
-
-    return (trainer_class or Trainer)(
-        model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
-        data_collator=Collator(manifest.padding_id, config.problem_type),
-        compute_metrics=metrics)
-
-
-def per_text(prediction: Any, eval_set: EncodedDataset, config: TrainConfig
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and targets of a Trainer prediction, one row per text (windows combined), as
-    eval and predict will see them."""
-    logits = prediction.predictions
-    logits = np.asarray(logits[0] if isinstance(logits, tuple) else logits, np.float32)
-    targets = prediction.label_ids
-    if eval_set.pieces is not None:
-        logits = combine(logits, eval_set.pieces, config.aggregate, config.problem_type)
-        targets = targets[first_inputs(eval_set.pieces)]
-    return logits, targets
-
-
-class _Interrupt:
-    """Ctrl-C once: finish the current step, save a checkpoint, stop. Twice: abort."""
-
-    def __init__(self, log: Log = silent) -> None:
-        self.flag = False
-        self.log = log
-
-    def handle(self, signum: int, frame: Any) -> None:
-        if self.flag:
-            raise KeyboardInterrupt
-        self.flag = True
-        # A line of its own: the progress bar is mid-line when the signal arrives.
-        self.log("\nStopping after this step to save a checkpoint (Ctrl-C again to abort) ...")
-
-
-def _stop_on_interrupt(trainer: Any, log: Log = silent) -> _Interrupt:
-    """Register a callback that turns a pending interrupt into save-and-stop."""
-    from transformers import TrainerCallback
-
-    interrupt = _Interrupt(log)
-
-    class SaveAndStop(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if interrupt.flag:
-                control.should_save = True
-                control.should_training_stop = True
-            return control
-
-    trainer.add_callback(SaveAndStop())
-    return interrupt
-
-
 def _checkpoint_to_resume(work: Path, resume: bool) -> str | None:
     saved = checkpoints(work)
     if resume:
@@ -459,30 +315,3 @@ def _checkpoint_to_resume(work: Path, resume: bool) -> str | None:
                         "it, or delete that directory to start over")
     shutil.rmtree(work, ignore_errors=True)
     return None
-
-
-def _selection_metric(problem_type: str) -> tuple[str, bool]:
-    """The metric that picks the kept epoch, and whether higher is better."""
-    return ("mse", False) if problem_type == "regression" else ("macro_f1", True)
-
-
-def _epoch_metrics(entry: dict[str, Any]) -> dict[str, float]:
-    """One evaluation entry of the Trainer's log as metrics.json records it."""
-    return scalar_metrics({k.removeprefix("eval_"): v for k, v in entry.items()})
-
-
-def _best_epoch(state: Any) -> dict[str, float]:
-    """The logged metrics of the weights the Trainer ended with, from its own record.
-
-    With ``load_best_model_at_end`` those are the ``best_model_checkpoint``'s (or the last
-    step's when no epoch ever improved, e.g. every metric NaN). Choosing again from the log
-    could name an epoch other than the one saved: ``max``/``min`` return a leading NaN (every
-    comparison with it is false), which the Trainer never keeps.
-    """
-    step = state.global_step
-    if state.best_model_checkpoint is not None:
-        step = int(Path(state.best_model_checkpoint).name.rsplit("-", 1)[-1])
-    for entry in state.log_history:
-        if "eval_loss" in entry and entry.get("step") == step:
-            return _epoch_metrics(entry)
-    return {}  # the final weights were never evaluated (e.g. --epochs 2.5)
