@@ -58,8 +58,11 @@ test: setup-vllm browser
 test-all: setup-vllm browser
 	CLSX_REQUIRE_VLLM=1 $(BIN)/python -m pytest -p no:logging -m "not gpu"
 
+# ruff, and the layers contract (pyproject.toml [tool.importlinter]): each layer of clsx/
+# imports only from the layers below it.
 lint: setup
 	$(BIN)/ruff check clsx tests benchmarks
+	$(BIN)/lint-imports
 
 demo: setup
 	$(BIN)/python demo/run.py --model $(MODEL) --output $(DEMO_DIR)
