@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from clsx.batch.config import BatchPredictConfig, RayOptions
+from clsx.batch.config import ENGINES, BatchPredictConfig, RayOptions
 from clsx.batch.local_engine import Progress, Summary, batch_predict
 from clsx.errors import ClsxError
 from clsx.log import Log, silent
-
-ENGINES = ("local", "ray")
 
 
 def run_batch_predict(config: BatchPredictConfig, engine: str = "local",

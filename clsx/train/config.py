@@ -12,6 +12,7 @@ from clsx.errors import ClsxError
 
 DECODER_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ENCODER_TARGETS = ("query", "key", "value", "dense")
+METHODS = ("lora", "full")
 PROBLEM_ALIASES = {
     "single_label": "single_label_classification",
     "multi_label": "multi_label_classification",
@@ -72,8 +73,8 @@ class TrainConfig:
             raise ClsxError(f"--problem-type {self.problem_type!r} is not one of "
                             f"{', '.join(PROBLEM_ALIASES)}")
         object.__setattr__(self, "problem_type", problem)
-        if self.method not in ("lora", "full"):
-            raise ClsxError(f"--method {self.method!r} is not one of lora, full")
+        if self.method not in METHODS:
+            raise ClsxError(f"--method {self.method!r} is not one of {', '.join(METHODS)}")
         positive = {"epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size,
                     "eval_batch_size": self.eval_batch_size, "max_length": self.max_length,
                     "lora_r": self.lora_r, "lora_alpha": self.lora_alpha}
