@@ -11,7 +11,7 @@ from clsx.cli.console import echo_err
 from clsx.cli.options import default_note, given, storage_option
 from clsx.cli.train import train_data_options, train_options
 from clsx.errors import ClsxError
-from clsx.train.config import TrainConfig
+from clsx.train.config import TrainConfig, refuse_idle_options
 from clsx.train.search_space import PARAMETERS
 
 
@@ -65,6 +65,7 @@ def sweep_command(output: Path, trials: int | None, grid: bool, metric: str | No
     searched = {name: options.pop(name) for name in PARAMETERS}
     options["train"] = options.pop("train_path")
     options["eval"] = options.pop("eval_path")
+    refuse_idle_options(given(options))
     config = SweepConfig(TrainConfig(output=output, **given(options)),
                          parse_space(given(searched)), trials=trials, grid=grid,
                          metric=metric, prune=prune, resume=resume, overwrite=overwrite)

@@ -17,7 +17,7 @@ from clsx.cli.options import (
     long_text_options,
     storage_option,
 )
-from clsx.train.config import METHODS, PROBLEM_ALIASES, TrainConfig
+from clsx.train.config import METHODS, PROBLEM_ALIASES, TrainConfig, refuse_idle_options
 
 
 def train_data_options(command):
@@ -131,7 +131,9 @@ def train_command(**options) -> None:
 
     options["train"] = options.pop("train_path")
     options["eval"] = options.pop("eval_path")
-    result = train(TrainConfig(**given(options)), log=echo_err)
+    options = given(options)
+    refuse_idle_options(options)
+    result = train(TrainConfig(**options), log=echo_err)
     click.echo(format_report(result.best_metrics), err=True)
     if result.calibration:  # ECE / Brier / NLL on the eval split, raw and calibrated
         click.echo(format_report(result.calibration), err=True)

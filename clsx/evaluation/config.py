@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clsx.errors import ClsxError
 from clsx.inference.runners.base import RunnerOptions
 
 
@@ -51,6 +52,11 @@ class EvalConfig(LongTextOverride):
     allow_pickle: bool = False
     storage_options: tuple[str, ...] = ()  # for a --data URI (clsx.io.storage)
 
+    def __post_init__(self) -> None:
+        if self.tune_threshold and self.threshold is not None:
+            raise ClsxError(f"--threshold {self.threshold:g} does nothing with --tune-threshold, "
+                            "which picks the threshold on --data; give one of them")
+
 
 @dataclass(frozen=True)
 class CalibrateConfig:
@@ -70,6 +76,11 @@ class CalibrateConfig:
     overwrite: bool = False
     allow_pickle: bool = False
     storage_options: tuple[str, ...] = ()  # for a --data URI (clsx.io.storage)
+
+    def __post_init__(self) -> None:
+        if self.overwrite and self.output is None:
+            raise ClsxError("--overwrite applies with --output only (without it, --model's "
+                            "clsx.json is updated in place)")
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ def check_output_file(path: Path, what: str, example: str, create_parents: bool 
     if not create_parents and not directory.exists():
         raise ClsxError(f"cannot write the {what} {path}: directory {directory} does not "
                         "exist; create it first")
-    _check_directory_above(path, f"cannot write the {what} {path}")
+    check_parent_directory(path, f"cannot write the {what} {path}")
 
 
 def check_output_directory(path: Path, overwrite: bool = False, what: str = "output") -> None:
@@ -39,11 +39,12 @@ def check_output_directory(path: Path, overwrite: bool = False, what: str = "out
         raise ClsxError(f"{what} {path} is a file; give a directory path")
     if path.exists() and not overwrite:
         raise ClsxError(f"{what} {path} exists; pass --overwrite to replace it")
-    _check_directory_above(path, f"cannot create {path}")
+    check_parent_directory(path, f"cannot create {path}")
 
 
-def _check_directory_above(path: Path, cannot: str) -> None:
-    """The nearest existing directory above ``path`` must be one, and writable."""
+def check_parent_directory(path: Path, cannot: str) -> None:
+    """Refuse a ``path`` whose nearest existing parent is a file or not writable (the
+    message starts with ``cannot``); missing directories between are created later."""
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent

@@ -28,6 +28,7 @@ from clsx.inference.decisions import MULTI_LABEL_SEPARATOR
 from clsx.inference.encoding import EncodedWindow, TextEncoder
 from clsx.inference.scheduler import pad
 from clsx.inference.windows import combine, first_inputs
+from clsx.io.outputs import check_output_directory
 from clsx.io.staging import staged_directory
 from clsx.io.tables import LabelledData, read_labelled
 from clsx.log import Log, silent
@@ -138,8 +139,7 @@ def train(config: TrainConfig, log: Log = silent, callbacks: Sequence[Any] = ()
 def start_run(config: TrainConfig) -> str | None:
     """Refuse an existing output (without ``overwrite``) and check the work directory against
     ``resume``; return the checkpoint to continue from (None: a fresh start)."""
-    if config.output.exists() and not config.overwrite:
-        raise ClsxError(f"output {config.output} exists; pass --overwrite to replace it")
+    check_output_directory(config.output, config.overwrite)
     return _checkpoint_to_resume(work_directory(config.output), config.resume)
 
 
