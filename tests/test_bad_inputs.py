@@ -296,6 +296,9 @@ BAD = {
     "bench: --report is a directory": (
         lambda e: ["bench", "-m", e.model, "--data", e.texts, "--report", e.tmp],
         "report path"),
+    "bench: --exports-dir without an export": (
+        lambda e: ["bench", "-m", e.model, "--data", e.texts, "--backends", "torch",
+                   "--exports-dir", e.tmp / "exports"], "--exports-dir does nothing"),
     "export: OUT exists": (lambda e: ["export", e.model, "--output", e.tmp],
                            "exists; pass --overwrite to replace it"),
     "export: OUT under a file": (lambda e: ["export", e.model, "--output", e.texts / "m"],

@@ -10,7 +10,7 @@ import click
 from clsx.cli.console import echo_err
 from clsx.cli.group import report_context
 from clsx.cli.options import comma_list, given, report_option, with_default
-from clsx.evaluation.config import BenchConfig
+from clsx.evaluation.config import VARIANTS, BenchConfig
 from clsx.inference.runners.base import DEVICES
 
 
@@ -23,8 +23,8 @@ from clsx.inference.runners.base import DEVICES
 @click.option("--rows", type=click.IntRange(min=1),
               **with_default(BenchConfig, "rows", "Rows of --data to run through each backend."))
 @click.option("--backends", callback=comma_list,
-              **with_default(BenchConfig, "backends", "Comma-separated: torch, torch-bf16, onnx, "
-                               "onnx-int8, tensorrt (torch-bf16 is fast only on CPUs with AMX "
+              **with_default(BenchConfig, "backends", f"Comma-separated: {', '.join(VARIANTS)} "
+                               "(torch-bf16 is fast only on CPUs with AMX "
                                "or AVX-512 BF16, and on GPUs; tensorrt needs an NVIDIA GPU "
                                "with TensorRT)."))
 @click.option("--exports-dir", type=click.Path(path_type=Path),

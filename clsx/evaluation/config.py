@@ -13,6 +13,12 @@ from typing import Any
 from clsx.errors import ClsxError
 from clsx.inference.runners.base import RunnerOptions
 
+# What `clsx bench --backends` takes.
+VARIANTS = ("torch", "torch-bf16", "onnx", "onnx-int8", "tensorrt")
+# torch variants run the model directory itself in a dtype; the others run an export, with
+# the backend its format names (``auto``).
+TORCH_DTYPES = {"torch": "fp32", "torch-bf16": "bf16"}
+
 
 class LongTextOverride:
     """For configs with ``long_text``, ``window_stride`` and ``aggregate`` fields: the
@@ -100,6 +106,11 @@ class BenchConfig:
     batch_tokens: int | None = None
     device: str = "auto"
     threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.exports_dir is not None and all(name in TORCH_DTYPES for name in self.backends):
+            raise ClsxError("--exports-dir does nothing when --backends lists no export "
+                            f"(only {', '.join(self.backends)}); drop it")
 
     def runner_options(self) -> RunnerOptions:
         return RunnerOptions(device=self.device, threads=self.threads)
