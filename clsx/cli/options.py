@@ -74,7 +74,6 @@ def report_option(contents: str):
                              "it opens offline in any browser.")
 
 
-
 allow_pickle_option = click.option(
     "--allow-pickle", is_flag=True,
     help="Accept pickle (.bin) weights, which can run code when loaded (default: safetensors "
