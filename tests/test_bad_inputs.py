@@ -235,6 +235,80 @@ BAD = {
         lambda e: e.export("--format", "onnx-int8", "--calibration-data",
                            labelled(e, SENTIMENT, LABELS), "--text-column", "body"),
         "has no column 'body'"),
+    # options that would do nothing without another one
+    "export: --text-column without calibration data": (
+        lambda e: e.export("--text-column", "body"),
+        "--text-column applies with --calibration-data only"),
+    "export: --calibration-rows without calibration data": (
+        lambda e: e.export("--format", "onnx-int8", "--calibration-rows", "10"),
+        "--calibration-rows applies with --calibration-data only"),
+    "export: --storage-option without calibration data": (
+        lambda e: e.export("--storage-option", "region=eu-west-1"),
+        "--storage-option applies with --calibration-data only"),
+    "export: --dtype of an onnx export": (lambda e: e.export("--dtype", "fp32"),
+                                          "--dtype applies to --format vllm only"),
+    "export: --min-agreement of an fp32 export": (
+        lambda e: e.export("--min-agreement", "0.5"),
+        "--min-agreement applies to --format onnx-int8 only"),
+    "export: --tolerance with --no-parity": (
+        lambda e: e.export("--format", "vllm", "--no-parity", "--tolerance", "0.1"),
+        "--tolerance does nothing with --no-parity"),
+    "eval: --threshold with --tune-threshold": (
+        lambda e: e.eval(labelled(e, SENTIMENT, LABELS), "--threshold", "0.3",
+                         "--tune-threshold"), "does nothing with --tune-threshold"),
+    "calibrate: --overwrite without --output": (
+        lambda e: ["calibrate", "-m", e.model, "--data", labelled(e, SENTIMENT, LABELS),
+                   "--overwrite"], "--overwrite applies with --output only"),
+    "train: --eval-fraction with --eval": (
+        lambda e: e.train(labelled(e, SENTIMENT, LABELS), "--eval",
+                          labelled(e, SENTIMENT, LABELS, "eval.parquet")),
+        "--eval-fraction applies without --eval only"),
+    "train: LoRA rank of a full fine-tune": (
+        lambda e: e.train(labelled(e, SENTIMENT, LABELS), "--method", "full", "--lora-r", "4"),
+        "--lora-r applies to --method lora only"),
+    "train: --aggregate without windows": (
+        lambda e: e.train(labelled(e, SENTIMENT, LABELS), "--aggregate", "max"),
+        "--aggregate applies with --long-text window only"),
+    "distill: --eval-fraction with --eval": (
+        lambda e: ["distill", "--teacher", e.model, "--student", e.base, "--data", e.texts,
+                   "--eval", labelled(e, SENTIMENT, LABELS), "--output", e.out_dir,
+                   "--eval-fraction", "0.2"], "--eval-fraction applies without --eval only"),
+    # output paths, checked before any work (a file stands where a directory is needed, a
+    # directory where a file is, an output that exists)
+    "predict: OUT under a file": (
+        lambda e: ["batch-predict", e.texts, e.texts / "out.parquet", "-m", e.model, "-q"],
+        "in.parquet is a file, not a directory"),
+    "eval: --json is a directory": (
+        lambda e: e.eval(labelled(e, SENTIMENT, LABELS), "--json", e.tmp),
+        "--json path"),
+    "eval: --errors under a file": (
+        lambda e: e.eval(labelled(e, SENTIMENT, LABELS), "--errors", e.texts / "e.parquet"),
+        "cannot write the --errors"),
+    "eval: --predictions under a file": (
+        lambda e: e.eval(labelled(e, SENTIMENT, LABELS), "--predictions",
+                         e.texts / "p.parquet"), "cannot write the --predictions"),
+    "eval: report in a missing directory": (
+        lambda e: e.eval(labelled(e, SENTIMENT, LABELS), "--report",
+                         e.tmp / "missing" / "r.html"), "does not exist; create it first"),
+    "bench: --json under a file": (
+        lambda e: ["bench", "-m", e.model, "--data", e.texts, "--json", e.texts / "b.json"],
+        "cannot write the --json"),
+    "bench: --report is a directory": (
+        lambda e: ["bench", "-m", e.model, "--data", e.texts, "--report", e.tmp],
+        "report path"),
+    "bench: --exports-dir without an export": (
+        lambda e: ["bench", "-m", e.model, "--data", e.texts, "--backends", "torch",
+                   "--exports-dir", e.tmp / "exports"], "--exports-dir does nothing"),
+    "export: OUT exists": (lambda e: ["export", e.model, "--output", e.tmp],
+                           "exists; pass --overwrite to replace it"),
+    "export: OUT under a file": (lambda e: ["export", e.model, "--output", e.texts / "m"],
+                                 "is a file, not a directory"),
+    "train: --output under a file": (
+        lambda e: e.train(labelled(e, SENTIMENT, LABELS), "--output", e.texts / "m"),
+        "is a file, not a directory"),
+    "calibrate: --output exists": (
+        lambda e: ["calibrate", "-m", e.model, "--data", labelled(e, SENTIMENT, LABELS),
+                   "--output", e.tmp], "exists; pass --overwrite to replace it"),
 }
 
 
@@ -262,7 +336,8 @@ def test_bad_input_gets_one_line_and_no_artifact(case, env, fake_runner):
     assert len(errors) == 1 and result.output.strip().endswith(errors[0]), result.output
     assert expected in errors[0]
     assert not (env.tmp / "out").exists()
-    if case.startswith("predict:"):  # inputs are all checked before any work starts
+    if case.startswith(("predict:", "eval:", "bench:", "calibrate:", "export:")):
+        # inputs and outputs are all checked before any work starts
         assert bool(fake_runner.opened) == (case in REFUSED_WHILE_RUNNING)
 
 

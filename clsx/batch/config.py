@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from clsx.io.storage import Location
 
 OUTPUT_FORMATS = ("file", "dataset")
+ENGINES = ("local", "ray")
 
 
 @dataclass(frozen=True)

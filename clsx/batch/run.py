@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from clsx.batch.config import BatchPredictConfig, RayOptions
+from clsx.batch.config import ENGINES, BatchPredictConfig, RayOptions
 from clsx.batch.local_engine import Progress, Summary, batch_predict
 from clsx.errors import ClsxError
+from clsx.io.outputs import check_parent_directory
 from clsx.log import Log, silent
-
-ENGINES = ("local", "ray")
 
 
 def run_batch_predict(config: BatchPredictConfig, engine: str = "local",
@@ -21,6 +20,9 @@ def run_batch_predict(config: BatchPredictConfig, engine: str = "local",
     """
     if engine not in ENGINES:
         raise ClsxError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    output = config.output_location()
+    if output.is_local:  # before either engine reads IN or starts: OUT must be writable
+        check_parent_directory(output.local_path, f"cannot write {output}")
     if engine == "ray":
         from clsx.batch.ray_engine import ray_batch_predict
 

@@ -17,7 +17,7 @@ import numpy as np
 from clsx.artifacts.artifact import open_artifact
 from clsx.auto.resolve import classifier_for
 from clsx.errors import ClsxError
-from clsx.evaluation.config import BenchConfig
+from clsx.evaluation.config import TORCH_DTYPES, VARIANTS, BenchConfig
 from clsx.export.cache import cached_export
 from clsx.inference.runners.tensorrt import require_tensorrt
 from clsx.io import durable
@@ -25,11 +25,7 @@ from clsx.io.tables import read_texts
 from clsx.log import Log, silent
 from clsx.quality.parity import compare
 
-VARIANTS = ("torch", "torch-bf16", "onnx", "onnx-int8", "tensorrt")
 REFERENCE = "torch"
-# torch variants run the model directory itself in a dtype; the others run an export, with
-# the backend its format names (``auto``).
-TORCH_DTYPES = {"torch": "fp32", "torch-bf16": "bf16"}
 # The bench's own texts an onnx-int8 export calibrates on.
 CALIBRATION_ROWS = 256
 

@@ -19,6 +19,7 @@ from clsx.errors import ClsxError, os_error
 from clsx.evaluation.config import CalibrateConfig
 from clsx.inference.classifier import Classifier
 from clsx.inference.runners import RunnerOptions
+from clsx.io.outputs import check_output_directory
 from clsx.io.staging import staged_directory
 from clsx.io.tables import read_labelled
 from clsx.log import Log, silent
@@ -45,6 +46,11 @@ def calibrate(config: CalibrateConfig, log: Log = silent) -> CalibrateResult:
     Refuses exports (their logits come from the PyTorch parent: calibrate that, then export
     again, so that parent and export agree) and regression models.
     """
+    if config.output is not None:  # before any work: the output must be a new directory
+        if config.output.resolve() == config.model.resolve():
+            raise ClsxError(f"--output {config.output} is the model directory; leave --output "
+                            "out to update its clsx.json in place")
+        check_output_directory(config.output, config.overwrite)
     artifact = open_artifact(config.model, allow_pickle=config.allow_pickle)
     _check_calibratable(artifact)
     if config.output is None:
@@ -55,9 +61,6 @@ def calibrate(config: CalibrateConfig, log: Log = silent) -> CalibrateResult:
         except OSError as exc:
             raise os_error("writing", path, exc) from exc
         return result
-    if config.output.resolve() == config.model.resolve():
-        raise ClsxError(f"--output {config.output} is the model directory; leave --output out "
-                        "to update its clsx.json in place")
     with staged_directory(config.output, config.overwrite) as stage:
         result = _fit(artifact, config, config.output, log)
         try:

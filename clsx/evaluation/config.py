@@ -10,7 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clsx.errors import ClsxError
 from clsx.inference.runners.base import RunnerOptions
+
+# What `clsx bench --backends` takes.
+VARIANTS = ("torch", "torch-bf16", "onnx", "onnx-int8", "tensorrt")
+# torch variants run the model directory itself in a dtype; the others run an export, with
+# the backend its format names (``auto``).
+TORCH_DTYPES = {"torch": "fp32", "torch-bf16": "bf16"}
 
 
 class LongTextOverride:
@@ -51,6 +58,11 @@ class EvalConfig(LongTextOverride):
     allow_pickle: bool = False
     storage_options: tuple[str, ...] = ()  # for a --data URI (clsx.io.storage)
 
+    def __post_init__(self) -> None:
+        if self.tune_threshold and self.threshold is not None:
+            raise ClsxError(f"--threshold {self.threshold:g} does nothing with --tune-threshold, "
+                            "which picks the threshold on --data; give one of them")
+
 
 @dataclass(frozen=True)
 class CalibrateConfig:
@@ -71,6 +83,11 @@ class CalibrateConfig:
     allow_pickle: bool = False
     storage_options: tuple[str, ...] = ()  # for a --data URI (clsx.io.storage)
 
+    def __post_init__(self) -> None:
+        if self.overwrite and self.output is None:
+            raise ClsxError("--overwrite applies with --output only (without it, --model's "
+                            "clsx.json is updated in place)")
+
 
 @dataclass(frozen=True)
 class BenchConfig:
@@ -89,6 +106,11 @@ class BenchConfig:
     batch_tokens: int | None = None
     device: str = "auto"
     threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.exports_dir is not None and all(name in TORCH_DTYPES for name in self.backends):
+            raise ClsxError("--exports-dir does nothing when --backends lists no export "
+                            f"(only {', '.join(self.backends)}); drop it")
 
     def runner_options(self) -> RunnerOptions:
         return RunnerOptions(device=self.device, threads=self.threads)

@@ -13,13 +13,13 @@ from pathlib import Path
 
 from clsx.artifacts.artifact import save_artifact
 from clsx.errors import ClsxError
-from clsx.export import VLLM_DTYPE
 from clsx.export.common import ExportResult, export_manifest, open_export, open_torch_artifact
+from clsx.export.config import VLLM_DTYPE
+from clsx.export.config import VLLM_DTYPES as DTYPES
 from clsx.inference.runners import RunnerOptions
 from clsx.io.staging import staged_directory
 from clsx.quality.parity import PROB_TOLERANCES, ParityReport, compare, parity_inputs
 
-DTYPES = ("bf16", "fp32")
 INSTALL_OR_SKIP = "or pass --no-parity to export without the vLLM check"
 
 

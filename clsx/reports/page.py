@@ -12,13 +12,13 @@ import base64
 import html
 import io
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clsx.errors import ClsxError, os_error
 from clsx.io import durable
+from clsx.io.outputs import check_output_file
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -183,14 +183,4 @@ def write_report(path: Path, document: str) -> None:
 def check_report_path(path: Path) -> None:
     """Fail now, not after minutes of measuring, when ``path`` cannot become the report:
     its directory is missing or not writable, or ``path`` is a directory."""
-    path = Path(path)
-    directory = path.parent
-    if path.is_dir():
-        raise ClsxError(f"report path {path} is a directory; give a file name such as "
-                        f"{path / 'report.html'}")
-    if not directory.is_dir():
-        raise ClsxError(f"cannot write the report {path}: directory {directory} does not "
-                        "exist; create it first")
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise ClsxError(f"cannot write the report {path}: directory {directory} is not "
-                        "writable")
+    check_output_file(path, "report", "report.html", create_parents=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,11 +13,35 @@ from clsx.errors import ClsxError
 
 DECODER_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ENCODER_TARGETS = ("query", "key", "value", "dense")
+METHODS = ("lora", "full")
+LORA_OPTIONS = ("lora_r", "lora_alpha", "lora_dropout", "target_modules", "lora_embeddings")
+WINDOW_OPTIONS = ("window_stride", "aggregate")  # what --long-text window reads
 PROBLEM_ALIASES = {
     "single_label": "single_label_classification",
     "multi_label": "multi_label_classification",
     "regression": "regression",
 }
+
+
+def refuse_idle_options(given: Mapping[str, Any]) -> None:
+    """Refuse training options that were ``given`` (TrainConfig field names; None or False:
+    not given) but would do nothing beside the others given: ``eval_fraction`` with
+    ``eval``, the LoRA options with ``method`` full, ``window_stride`` and ``aggregate``
+    without ``long_text`` window."""
+    def flag(name: str) -> str:
+        return "--" + name.replace("_", "-")
+
+    if given.get("eval_fraction") is not None and given.get("eval") is not None:
+        raise ClsxError("--eval-fraction applies without --eval only (it holds out part of "
+                        "--train for evaluation)")
+    if given.get("method") == "full":
+        for name in LORA_OPTIONS:
+            if given.get(name) not in (None, False):
+                raise ClsxError(f"{flag(name)} applies to --method lora only, not to full")
+    if given.get("long_text") != "window":
+        for name in WINDOW_OPTIONS:
+            if given.get(name) is not None:
+                raise ClsxError(f"{flag(name)} applies with --long-text window only")
 
 
 @dataclass(frozen=True)
@@ -72,8 +97,8 @@ class TrainConfig:
             raise ClsxError(f"--problem-type {self.problem_type!r} is not one of "
                             f"{', '.join(PROBLEM_ALIASES)}")
         object.__setattr__(self, "problem_type", problem)
-        if self.method not in ("lora", "full"):
-            raise ClsxError(f"--method {self.method!r} is not one of lora, full")
+        if self.method not in METHODS:
+            raise ClsxError(f"--method {self.method!r} is not one of {', '.join(METHODS)}")
         positive = {"epochs": self.epochs, "lr": self.lr, "batch_size": self.batch_size,
                     "eval_batch_size": self.eval_batch_size, "max_length": self.max_length,
                     "lora_r": self.lora_r, "lora_alpha": self.lora_alpha}
@@ -137,6 +162,7 @@ class DistillConfig:
             raise ClsxError(f"--temperature must be > 0, got {self.temperature}")
         if not 0 <= self.alpha <= 1:
             raise ClsxError(f"--alpha must be in [0, 1], got {self.alpha}")
+        refuse_idle_options({**self.training, "eval": self.eval})
         self._train_config(self.problem_type or "single_label")  # fails on a bad option
 
     def student_config(self, teacher_problem_type: str) -> TrainConfig:

@@ -26,6 +26,7 @@ from clsx.artifacts.manifest import Manifest, check_family
 from clsx.errors import ClsxError
 from clsx.inference.decisions import MULTI_LABEL_SEPARATOR
 from clsx.inference.encoding import TextEncoder
+from clsx.io.outputs import check_output_directory
 from clsx.io.staging import staged_directory
 from clsx.io.tables import LabelledData, read_labelled
 from clsx.log import Log, silent
@@ -84,8 +85,7 @@ def train(config: TrainConfig, log: Log = silent, callbacks: Sequence[Any] = ()
 def start_run(config: TrainConfig) -> str | None:
     """Refuse an existing output (without ``overwrite``) and check the work directory against
     ``resume``; return the checkpoint to continue from (None: a fresh start)."""
-    if config.output.exists() and not config.overwrite:
-        raise ClsxError(f"output {config.output} exists; pass --overwrite to replace it")
+    check_output_directory(config.output, config.overwrite)
     return _checkpoint_to_resume(work_directory(config.output), config.resume)
 
 

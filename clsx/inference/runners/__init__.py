@@ -15,6 +15,7 @@ RUNNERS: dict[str, str] = {
     "vllm": "clsx.inference.runners.vllm:VllmRunner",
     "tensorrt": "clsx.inference.runners.tensorrt:TensorrtRunner",
 }
+BACKENDS = ("auto", *RUNNERS)  # what --backend takes: a runner, or auto (the artifact's own)
 
 
 def runner_class(name: str) -> type[Runner]:

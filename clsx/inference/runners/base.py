@@ -13,6 +13,8 @@ from clsx.inference.scheduler import pad
 
 # Options that only some engines understand (today: vLLM's); see Runner.engine_options.
 ENGINE_OPTIONS = ("dtype", "max_num_seqs", "max_num_batched_tokens", "memory_fraction")
+DEVICES = ("auto", "cpu", "cuda")  # RunnerOptions.device
+DTYPES = ("fp32", "bf16", "fp16")  # RunnerOptions.dtype: the compute dtypes a backend may take
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,37 @@
+"""``clsx export``'s one entry point: an :class:`ExportConfig` to the exporter of its format.
+
+Light on purpose: the exporters (torch, onnx, vllm) are imported only when one runs.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from clsx.export.config import VLLM_DTYPE, ExportConfig
+from clsx.io.outputs import check_output_directory
+
+if TYPE_CHECKING:
+    from clsx.export.common import ExportResult
+
+
+def run(config: ExportConfig) -> ExportResult:
+    """Export ``config.model_dir`` as ``config.format`` to ``config.output``, gated on parity
+    with PyTorch fp32; nothing is left at the output on failure.
+
+    The output is checked before the model loads (an existing one needs ``overwrite``), and
+    the calibration texts are read before it too.
+    """
+    check_output_directory(config.output, config.overwrite)
+    if config.format == "vllm":
+        from clsx.export.vllm import export_vllm
+
+        return export_vllm(config.model_dir, config.output, dtype=config.dtype or VLLM_DTYPE,
+                           tolerance=config.tolerance, check=config.check,
+                           overwrite=config.overwrite, allow_pickle=config.allow_pickle)
+    from clsx.export.onnx import export_onnx
+
+    gates = {"tolerance": config.tolerance, "min_agreement": config.min_agreement}
+    return export_onnx(config.model_dir, config.output, fmt=config.format,
+                       calibration_texts=config.calibration_texts(), fuse=config.fuse,
+                       overwrite=config.overwrite, allow_pickle=config.allow_pickle,
+                       **{name: value for name, value in gates.items() if value is not None})
