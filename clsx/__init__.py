@@ -14,7 +14,6 @@ The Python API (:mod:`clsx.api`)::
 from __future__ import annotations
 
 import importlib
-from typing import Any
 
 __version__ = "0.1.0"
 
@@ -25,7 +24,7 @@ _LAZY = {"load": "clsx.api", "batch_predict": "clsx.api", "ClsxError": "clsx.err
 __all__ = ["ClsxError", "__version__", "batch_predict", "load"]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name not in _LAZY:
         raise AttributeError(f"module 'clsx' has no attribute {name!r}")
     value = getattr(importlib.import_module(_LAZY[name]), name)
