@@ -25,6 +25,7 @@ from clsx.batch.local_engine import Progress, Summary, open_classifier
 from clsx.batch.run import run_batch_predict
 from clsx.errors import ClsxError
 from clsx.inference.classifier import Classifier, Prediction, output_fields
+from clsx.inference.decisions import MULTI
 from clsx.io.parquet import is_text_type, python_strings
 from clsx.log import Log, silent
 
@@ -67,11 +68,12 @@ class Model:
         """The decisions for ``texts``, one per text: the label (single-label), the list of
         labels at or above their thresholds (multi-label), the value (regression); None for
         a None text."""
-        columns = self._named_columns(self._predict(_text_list(texts)))
-        if self.problem_type == "regression":
-            return columns["score"].to_pylist()
-        multi = self.problem_type == "multi_label_classification"
-        return columns["labels" if multi else "label"].to_pylist()
+        rule = self._classifier.rule
+        if rule.has_labels:
+            decisions = "labels" if rule.problem_type == MULTI else "label"
+        else:
+            decisions = "score"  # regression: the value
+        return self._named_columns(self._predict(_text_list(texts)))[decisions].to_pylist()
 
     def predict_proba(self, texts: Iterable[str | None]) -> np.ndarray:
         """float32 array (texts, labels) of batch-predict's ``probs``: softmax (single-label)
