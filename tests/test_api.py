@@ -138,6 +138,10 @@ def test_options_are_checked_before_the_model_opens(models, tmp_path, fake_runne
         clsx.load(models["single"], treshold=0.7)
     with pytest.raises(clsx.ClsxError, match="--threshold must be between 0 and 1, got 2"):
         clsx.load(models["multi"], threshold=2)
+    with pytest.raises(clsx.ClsxError, match="--device must be one of auto, cpu, cuda, got 'gpu'"):
+        clsx.load(models["single"], device="gpu")
+    with pytest.raises(clsx.ClsxError, match="--dtype must be one of fp32, bf16, fp16"):
+        clsx.load(models["single"], dtype="int4")
     with pytest.raises(clsx.ClsxError, match=r"unknown option 'workers'; .*num_workers"):
         clsx.batch_predict("in.parquet", tmp_path / "out.parquet", model=models["single"],
                            workers=2)

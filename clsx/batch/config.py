@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from clsx.errors import ClsxError
 from clsx.evaluation.config import LongTextOverride
-from clsx.inference.runners.base import RunnerOptions
+from clsx.inference.runners import BACKENDS
+from clsx.inference.runners.base import DEVICES, DTYPES, RunnerOptions
 from clsx.inference.scheduler import WINDOW_ROWS
 
 if TYPE_CHECKING:
@@ -72,6 +73,13 @@ class BatchPredictConfig(LongTextOverride):
             raise ClsxError(f"--threshold must be between 0 and 1, got {self.threshold}")
         if self.output_format is not None and self.output_format not in OUTPUT_FORMATS:
             raise ClsxError(f"--output-format must be one of {', '.join(OUTPUT_FORMATS)}")
+        # The CLI's choices check these already; the Python API (clsx.load) passes them through.
+        for name, value, allowed in (("backend", self.backend, BACKENDS),
+                                     ("device", self.device, DEVICES),
+                                     ("dtype", self.dtype, (None, *DTYPES))):
+            if value not in allowed:
+                raise ClsxError(f"--{name} must be one of "
+                                f"{', '.join(str(a) for a in allowed if a)}, got {value!r}")
 
     def runner_options(self) -> RunnerOptions:
         """How the backend should run: device, threads and the vLLM engine settings."""
