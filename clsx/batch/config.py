@@ -20,8 +20,6 @@ if TYPE_CHECKING:
     from clsx.io.storage import Location
 
 OUTPUT_FORMATS = ("file", "dataset")
-# The job record's key for the format --backend auto's search chose (None: no search ran).
-AUTO_FORMAT = "auto_format"
 
 
 @dataclass(frozen=True)
@@ -107,6 +105,10 @@ class BatchPredictConfig(LongTextOverride):
         return {"inputs": inputs, "model": str(self.model.resolve()),
                 "model_fingerprint": model_fingerprint,
                 **{name: _json_value(getattr(self, name)) for name in options}}
+
+
+# The job record's key for the format --backend auto's search chose (None: no search ran).
+AUTO_FORMAT = "auto_format"
 
 
 def _json_value(value: Any) -> Any:
