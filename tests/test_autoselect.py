@@ -14,6 +14,7 @@ from clsx.auto.resolve import classifier_for
 from clsx.errors import ClsxError
 from clsx.inference.classifier import Classifier
 from clsx.inference.runners import RunnerOptions
+from clsx.quality.parity import PROB_TOLERANCES
 from tests.conftest import TEXTS
 
 CPU = RunnerOptions(device="cpu")
@@ -63,7 +64,7 @@ def test_auto_picks_the_fastest_passing_dtype_and_remembers_it(tiny_models, tmp_
 
 
 def test_a_dtype_outside_the_gate_is_never_chosen(tiny_models, tmp_path, monkeypatch):
-    monkeypatch.setitem(autoselect.PROB_TOLERANCES, "bf16", 0.0)
+    monkeypatch.setitem(PROB_TOLERANCES, "bf16", 0.0)
     choice = choose_dtype(open_artifact(tiny_models["qwen2"]), CPU, candidates=("bf16",),
                           cache=tmp_path / "cache.json")
     assert not choice.measured["bf16"]["qualifies"] and choice.dtype == "fp32"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,9 @@ from clsx.errors import ClsxError
 DEFAULT_MAX_LENGTH = 512
 ONNX_FILE = "model.onnx"
 _FINGERPRINT_SAMPLE = 1 << 20
+# The weight files a fingerprint reads, in this order (pickle ``.bin`` last: a directory
+# without pickle weights keeps the fingerprint it had before they were counted).
+WEIGHT_PATTERNS = ("*.safetensors", "*.onnx*", "*.bin")
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,13 @@ class Artifact:
     manifest: Manifest
     tokenizer: Any
     allow_pickle: bool = False
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """:func:`fingerprint` of the directory, computed on first use and then kept: every
+        step of one command (job record, format and dtype choices, exports) sees the same
+        value, and the weights are read once."""
+        return fingerprint(self.path)
 
 
 def open_artifact(path: str | Path, *, check_parent: bool = True, allow_pickle: bool = False
@@ -86,15 +97,16 @@ def fingerprint(path: Path) -> str:
     """A cheap content fingerprint of a model directory's config, manifest and weights.
 
     Hashes config.json and clsx.json (labels, template, thresholds) whole and, per weight
-    file, its name, size and first and last MiB: enough to notice a retrained model without
-    reading gigabytes of weights.
+    file (safetensors, ONNX, and pickle ``.bin`` ones), its name, size and first and last MiB:
+    enough to notice a retrained model without reading gigabytes of weights.
     """
     digest = hashlib.sha256()
     digest.update((path / "config.json").read_bytes())
     manifest = path / MANIFEST_NAME
     if manifest.is_file():
         digest.update(manifest.read_bytes())
-    for weights in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.onnx*")):
+    files = [weights for pattern in WEIGHT_PATTERNS for weights in sorted(path.glob(pattern))]
+    for weights in files:
         size = weights.stat().st_size
         digest.update(f"{weights.name}:{size}".encode())
         with weights.open("rb") as handle:

@@ -101,6 +101,9 @@ class Manifest:
                             "model directory")
         if self.template is not None and "{text}" not in self.template:
             raise ClsxError(f"manifest template {self.template!r} has no {{text}} placeholder")
+        if self.template is not None and self.template.count("{text}") > 1:
+            raise ClsxError(f"manifest template {self.template!r} has more than one {{text}} "
+                            "placeholder; only one can be cut to max_length")
         if self.thresholds is not None and (
                 len(self.thresholds) != len(self.labels)
                 or not all(0 < t < 1 for t in self.thresholds)):

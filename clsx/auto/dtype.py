@@ -22,12 +22,12 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from clsx.artifacts.artifact import Artifact, fingerprint
+from clsx.artifacts.artifact import Artifact
 from clsx.artifacts.bundled import cache_dir
 from clsx.inference.hardware import machine_description, native_low_precision
 from clsx.inference.runners import RunnerOptions
 from clsx.io import durable
-from clsx.quality.parity import PROB_TOLERANCES, ParityReport, compare, parity_inputs
+from clsx.quality.parity import compare, parity_inputs, passes_dtype_gate
 
 PROBE_ROWS = 16
 PROBE_MAX_LENGTH = 128
@@ -58,7 +58,7 @@ def choose_dtype(artifact: Artifact, options: RunnerOptions,
     if not candidates:
         return DtypeChoice("fp32", {})
     cache = cache or cache_dir() / "auto-dtype.json"
-    key = "|".join([fingerprint(artifact.path), device, str(options.threads),
+    key = "|".join([artifact.fingerprint, device, str(options.threads),
                     machine_description(), ",".join(candidates)])
     remembered = read_choices(cache).get(key)
     if remembered is not None:
@@ -107,12 +107,6 @@ def best_time(run: Callable[..., T], repeats: int, *args: Any) -> tuple[T, float
         seconds = min(seconds, time.perf_counter() - started)
     return result, seconds
 
-
-def passes_dtype_gate(dtype: str, parity: ParityReport) -> bool:
-    """Whether a run in ``dtype`` below fp32 keeps its probabilities within
-    ``PROB_TOLERANCES[dtype]`` of fp32's and every label (as users get them) equal."""
-    return (parity.max_prob_diff <= PROB_TOLERANCES[dtype]
-            and parity.label_agreement in (None, 1.0))
 
 
 def read_choices(cache: Path) -> dict[str, Any]:

@@ -36,15 +36,15 @@ from typing import Any
 
 import numpy as np
 
-from clsx.artifacts.artifact import Artifact, fingerprint
+from clsx.artifacts.artifact import Artifact, open_artifact
 from clsx.artifacts.bundled import cache_dir
 from clsx.artifacts.manifest import Manifest
-from clsx.auto.dtype import best_time, passes_dtype_gate, read_choices, remember
+from clsx.auto.dtype import best_time, read_choices, remember
 from clsx.errors import ClsxError
 from clsx.inference.hardware import machine_description, native_low_precision
 from clsx.inference.runners import RunnerOptions
 from clsx.log import Log, silent
-from clsx.quality.parity import ParityReport, compare
+from clsx.quality.parity import ParityReport, compare, passes_dtype_gate
 
 FORMAT_SEARCH_MIN_ROWS = 20_000  # smaller jobs would not repay the exports' minutes
 CALIBRATION_TEXTS = 500
@@ -101,19 +101,22 @@ def candidates(decoder: bool) -> list[Candidate]:
 
 
 def choose_format(artifact: Artifact, options: RunnerOptions, texts: Sequence[str], *,
-                  cache: Path | None = None, log: Log = silent,
+                  cache: Path | None = None, log: Log = silent, recorded: str | None = None,
                   **settings: Any) -> FormatChoice:
     """The candidate ``--backend auto`` runs ``artifact`` with on this CPU, measured on
     ``texts`` (the job's first texts: :data:`CALIBRATION_TEXTS` of them gate int8, the first
     :data:`PROBE_TEXTS` are timed) or remembered from an earlier run.
 
+    ``recorded`` (the candidate a resumed job ran) is run again without measuring: the
+    remembered choice where it is that one, else that candidate as it is, its export made
+    again through its gate where the cache lost it.
     ``settings`` are the job's :class:`~clsx.inference.classifier.Classifier` settings
     (``max_length``, ``long_text``, ``batch_tokens``, ...), so that the probe runs as the job will.
     """
     if not texts:
         raise ValueError("choose_format needs texts to measure on")
     cache = cache or cache_dir()
-    model_fingerprint = fingerprint(artifact.path)
+    model_fingerprint = artifact.fingerprint
     exports = cache / "exports" / model_fingerprint
     tried = candidates(artifact.manifest.is_decoder)
     max_length = settings.get("max_length") or artifact.manifest.max_length
@@ -122,14 +125,43 @@ def choose_format(artifact: Artifact, options: RunnerOptions, texts: Sequence[st
     choices = cache / "auto-format.json"
     by_name = {candidate.name: candidate for candidate in tried}
     remembered = read_choices(choices).get(key)
-    if remembered is not None and _still_there(exports, by_name[remembered["name"]],
-                                               model_fingerprint):
+    if (remembered is not None and recorded in (None, remembered["name"])
+            and _still_there(exports, by_name[remembered["name"]], model_fingerprint)):
         return _choice(artifact, exports, by_name[remembered["name"]], remembered["measured"],
                        cached=True)
+    if recorded is not None:
+        return _recorded(artifact, exports, by_name, recorded, texts, log)
     measured = _measure(artifact, options, texts, tried, exports, log, settings)
     name = pick(measured)
     remember(choices, key, {"name": name, "measured": measured})
     return _choice(artifact, exports, by_name[name], measured)
+
+
+def _recorded(artifact: Artifact, exports: Path, by_name: dict[str, Candidate], name: str,
+              texts: Sequence[str], log: Log) -> FormatChoice:
+    """The candidate ``name`` a resumed job ran, ready to run again (its export made anew
+    if the cache lost it); refused where this machine does not offer it."""
+    candidate = by_name.get(name)
+    if candidate is None:
+        raise ClsxError(f"cannot resume: the job ran {name}, chosen by --backend auto, which "
+                        f"this machine does not offer ({', '.join(by_name)}); resume it where "
+                        "it ran, or pass --overwrite to start over")
+    if candidate.export_format is not None:
+        _export(artifact, candidate, exports, texts, log)
+    reason = "the format this job ran before it was interrupted"
+    return FormatChoice(candidate.name, _directory(artifact, exports, candidate),
+                        candidate.backend, candidate.dtype, reason, {}, cached=True)
+
+
+def _export(artifact: Artifact, candidate: Candidate, exports: Path, texts: Sequence[str],
+            log: Log) -> Path:
+    """``candidate``'s export of ``artifact`` in the cache, made there (through its gate,
+    int8 calibrated on the job's first texts) unless it is there already."""
+    from clsx.export.cache import cached_export
+
+    int8 = candidate.precision == "int8"
+    return cached_export(artifact, candidate.export_format, exports / candidate.export_format,
+                         log, calibration_texts=list(texts[:CALIBRATION_TEXTS]) if int8 else None)
 
 
 def pick(measured: dict[str, dict[str, Any]]) -> str:
@@ -174,7 +206,6 @@ def rates(measured: dict[str, dict[str, Any]]) -> str:
 def _measure(artifact: Artifact, options: RunnerOptions, texts: Sequence[str],
              tried: list[Candidate], exports: Path, log: Log, settings: dict[str, Any]
              ) -> dict[str, dict[str, Any]]:
-    from clsx.export.cache import cached_export
     from clsx.inference.classifier import Classifier
 
     probe = list(texts[:PROBE_TEXTS])
@@ -189,12 +220,11 @@ def _measure(artifact: Artifact, options: RunnerOptions, texts: Sequence[str],
                     artifact, candidate.backend,
                     dataclasses.replace(options, dtype=candidate.dtype), **settings)
             else:
-                int8 = candidate.precision == "int8"
-                directory = cached_export(
-                    artifact.path, candidate.export_format, exports / candidate.export_format,
-                    log, calibration_texts=list(texts[:CALIBRATION_TEXTS]) if int8 else None,
-                    allow_pickle=artifact.allow_pickle)
-                opened = Classifier.open(directory, candidate.backend, options, **settings)
+                directory = _export(artifact, candidate, exports, texts, log)
+                # Made from artifact as it is now (cached_export checked): no need to
+                # fingerprint the parent again.
+                opened = Classifier.from_artifact(open_artifact(directory, check_parent=False),
+                                                  candidate.backend, options, **settings)
                 figures["gate_agreement"] = _gate_agreement(directory)
         except ClsxError as exc:  # a gate that refused, an engine that cannot start here
             figures.update(qualifies=False, refused=str(exc))
@@ -223,7 +253,7 @@ def _timed(classifier: Any, texts: list[str]) -> tuple[np.ndarray, float]:
 
 def _passes(candidate: Candidate, parity: ParityReport) -> bool:
     """Exports passed their gates when they were made; torch below fp32 and vLLM must pass
-    the dtype gate (:func:`~clsx.auto.dtype.passes_dtype_gate`) on the probe texts."""
+    the dtype gate (:func:`~clsx.quality.parity.passes_dtype_gate`) on the probe texts."""
     if candidate.export_format is not None or candidate.name == REFERENCE:
         return True
     return passes_dtype_gate(candidate.dtype, parity)
@@ -245,9 +275,14 @@ def _still_there(exports: Path, candidate: Candidate, model_fingerprint: str) ->
             or is_current_export(exports / candidate.export_format, model_fingerprint))
 
 
+def _directory(artifact: Artifact, exports: Path, candidate: Candidate) -> Path:
+    """Where ``candidate`` runs from: the model directory, or its export in the cache."""
+    return (artifact.path if candidate.export_format is None
+            else exports / candidate.export_format)
+
+
 def _choice(artifact: Artifact, exports: Path, candidate: Candidate,
             measured: dict[str, dict[str, Any]], cached: bool = False) -> FormatChoice:
-    directory = (artifact.path if candidate.export_format is None
-                 else exports / candidate.export_format)
-    return FormatChoice(candidate.name, directory, candidate.backend, candidate.dtype,
-                        explain(candidate.name, measured), measured, cached)
+    return FormatChoice(candidate.name, _directory(artifact, exports, candidate),
+                        candidate.backend, candidate.dtype, explain(candidate.name, measured),
+                        measured, cached)

@@ -95,10 +95,15 @@ class BatchPredictConfig(LongTextOverride):
         return location(self.output, self.storage_options)
 
     def job(self, source: ParquetInput, model_fingerprint: str) -> dict[str, Any]:
-        """Everything that decides OUT's content: a resume must match it exactly.
+        """Everything the options decide about OUT's content: a resume must match it exactly.
 
         Inputs are recorded by path or URI (never with credentials, which no URI holds),
-        size and modification time; storage options are not recorded.
+        size and modification time; storage options are not recorded. It is known before
+        the model loads, so that a resume with other settings is refused at once. One more
+        key joins it once known, :data:`AUTO_FORMAT`: the format ``--backend auto``'s search
+        chose. A resume does not search again but runs the format its journal records (see
+        :func:`clsx.batch.local_engine.pin_auto_format`), so that every row of OUT comes
+        from one format even where this machine's remembered choice was lost or differs.
         """
         inputs = [[path.key(), info.size, info.mtime_ns]
                   for path, info in ((path, path.info()) for path in source.files)]
@@ -109,6 +114,10 @@ class BatchPredictConfig(LongTextOverride):
         return {"inputs": inputs, "model": str(self.model.resolve()),
                 "model_fingerprint": model_fingerprint,
                 **{name: _json_value(getattr(self, name)) for name in options}}
+
+
+# The job record's key for the format --backend auto's search chose (None: no search ran).
+AUTO_FORMAT = "auto_format"
 
 
 def _json_value(value: Any) -> Any:

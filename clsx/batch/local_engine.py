@@ -6,12 +6,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
-from clsx.artifacts.artifact import Artifact, fingerprint, open_artifact
+from clsx.artifacts.artifact import Artifact, open_artifact
 from clsx.auto.resolve import classifier_for
-from clsx.batch.config import BatchPredictConfig
+from clsx.batch.config import AUTO_FORMAT, BatchPredictConfig
 from clsx.batch.parts import open_store
 from clsx.batch.parts.store import PartWriter, Store
 from clsx.errors import ClsxError
@@ -62,39 +63,54 @@ class Summary:
         )
 
 
+@dataclass(frozen=True)
+class Pinned:
+    """A job's config with ``--backend auto``'s format choice pinned in it: the candidate's
+    name (None: no format search applies) and why it was chosen."""
+
+    config: BatchPredictConfig
+    name: str | None = None
+    because: str | None = None
+
+
 def pin_auto_format(config: BatchPredictConfig, source: ParquetInput, artifact: Artifact,
-                    threads: int | None = None, log: Log = silent
-                    ) -> tuple[BatchPredictConfig, str | None]:
+                    threads: int | None = None, log: Log = silent,
+                    journal: dict[str, Any] | None = None) -> Pinned:
     """``config`` with ``--backend auto``'s format choice (:mod:`clsx.auto.formats`) pinned
     as its model directory, backend and dtype, and why it was chosen; ``config`` as it is
-    (and None) where no format search applies. ``threads`` is what each model replica runs
-    with (``config.threads`` when None)."""
+    where no format search applies. ``threads`` is what each model replica runs with
+    (``config.threads`` when None). ``journal`` (the job a resume continues) decides
+    instead of a search: the format it records, or none where it ran without one."""
     from clsx.auto.formats import CALIBRATION_TEXTS, FORMAT_SEARCH_MIN_ROWS, choose_format, rates
 
     wanted = config.auto_formats
     if wanted is None:
         wanted = source.num_rows >= FORMAT_SEARCH_MIN_ROWS
     if not wanted:
-        return config, None
+        return Pinned(config)
     obstacle = _format_search_obstacle(config, artifact)
     if obstacle is not None:
         if config.auto_formats:
             raise ClsxError(f"--auto-formats {obstacle}")
-        return config, None
+        return Pinned(config)
+    recorded = journal.get(AUTO_FORMAT) if journal is not None else None
+    if journal is not None and AUTO_FORMAT in journal and recorded is None:
+        return Pinned(config)  # the interrupted job ran without a search
     texts = first_texts(source, config, CALIBRATION_TEXTS)
     if not texts:  # only null texts: nothing to measure, nothing for a model to do
-        return config, None
+        return Pinned(config)
     options = replace(config.runner_options(), threads=threads or config.threads)
     choice = choose_format(
         artifact, options, texts,
-        log=lambda line: log(f"--backend auto: {line}"),
+        log=lambda line: log(f"--backend auto: {line}"), recorded=recorded,
         max_length=config.max_length, long_text=config.long_text_override(),
         batch_tokens=config.batch_tokens, threshold=config.threshold)
     remembered = ", remembered" if choice.cached else ""
-    log(f"--backend auto chose {choice.name}{remembered}: {choice.reason} "
-        f"({rates(choice.measured)})")
+    measured = f" ({rates(choice.measured)})" if choice.measured else ""
+    log(f"--backend auto chose {choice.name}{remembered}: {choice.reason}{measured}")
     pinned = replace(config, model=choice.directory, backend=choice.backend, dtype=choice.dtype)
-    return pinned, f"{choice.name} chosen by --backend auto{remembered}: {choice.reason}"
+    return Pinned(pinned, choice.name,
+                  f"{choice.name} chosen by --backend auto{remembered}: {choice.reason}")
 
 
 def _format_search_obstacle(config: BatchPredictConfig, artifact: Artifact) -> str | None:
@@ -185,18 +201,23 @@ def _batch_predict(config: BatchPredictConfig, progress: Progress | None, log: L
             return Summary(0, 0.0, config.backend, config.output, already_complete=True)
         artifact = open_artifact(config.model, allow_pickle=config.allow_pickle)
         schema = output_schema(config, source, artifact)
-        job = config.job(source, fingerprint(artifact.path))
-        # A damaged store fails here, before the model loads; a new job starts with no parts.
-        parts = store.parts() if store.exists() else []
+        job = config.job(source, artifact.fingerprint)
+        # A resume with other settings, or a damaged store, fails here: before the format
+        # search and the model load (minutes). A new job starts with no parts.
+        journal = store.check_job(job, AUTO_FORMAT)
+        parts = store.parts() if journal is not None else []
         resumed_rows = sum(part.rows for part in parts)
-        pinned, chosen_because = pin_auto_format(config, source, artifact, log=log)
-        if pinned.model != config.model:
-            artifact = open_artifact(pinned.model)
-        classifier = open_classifier(pinned, artifact)
-        store.start(job)  # after the model loaded: a model that fails to load leaves nothing
+        pinned = pin_auto_format(config, source, artifact, log=log, journal=journal)
+        job[AUTO_FORMAT] = pinned.name
+        if pinned.config.model != config.model:  # a cached export, current (checked there)
+            artifact = open_artifact(pinned.config.model, check_parent=False)
+        classifier = open_classifier(pinned.config, artifact)
         started = time.perf_counter()
         counts = Counts()
         try:
+            # After the model loaded (one that fails to load leaves nothing), inside the
+            # try: a refusal here must still close the classifier (vLLM's engine process).
+            store.start(job)
             if not store.is_done():
                 next_window = parts[-1].last + 1 if parts else 0
                 _predict_into_parts(config, source, classifier, store, schema, next_window,
@@ -209,8 +230,8 @@ def _batch_predict(config: BatchPredictConfig, progress: Progress | None, log: L
         else:
             store.assemble(schema)
         backend = classifier.description
-        if chosen_because is not None:
-            backend += f", {chosen_because}"
+        if pinned.because is not None:
+            backend += f", {pinned.because}"
         return Summary(counts.rows, time.perf_counter() - started, backend, config.output,
                        counts, resumed_rows)
 

@@ -28,7 +28,7 @@ from clsx.errors import ClsxError, os_error
 from clsx.inference.hardware import physical_cores
 from clsx.inference.runners import backend_for
 from clsx.io.parquet import ParquetInput, parquet_file, python_strings
-from clsx.io.staging import staged_location
+from clsx.io.staging import refuse_existing, staged_location
 from clsx.io.storage import Location, upload
 from clsx.log import Log, silent
 
@@ -71,9 +71,11 @@ def ray_batch_predict(config: BatchPredictConfig, options: RayOptions,
     output = config.output_location()
     if output.is_file():
         raise ClsxError(f"output {output} is a file; --engine ray writes a directory")
+    refuse_existing(output, config.overwrite)  # before the format search and Ray's start-up
     backend_for(artifact, config.backend)  # a bad model or backend fails here, not in an actor
-    config, chosen_because = pin_auto_format(config, source, artifact,
-                                             threads=config.threads or ACTOR_THREADS, log=log)
+    pinned = pin_auto_format(config, source, artifact, threads=config.threads or ACTOR_THREADS,
+                             log=log)
+    config = pinned.config
     started = time.perf_counter()
     _start_ray(ray, options.address,
                options.num_workers * (config.threads or ACTOR_THREADS))
@@ -107,9 +109,12 @@ def ray_batch_predict(config: BatchPredictConfig, options: RayOptions,
             if path.name.endswith(".parquet"):
                 with parquet_file(path) as file:
                     rows += file.metadata.num_rows
+        if rows != source.num_rows:  # raised inside the stage: OUT is not published
+            raise ClsxError(f"Ray wrote {rows} rows but read {source.num_rows} from "
+                            f"{config.input}; {output} was not written")
     backend = f"{config.backend} on ray ({options.num_workers} workers)"
-    if chosen_because is not None:
-        backend += f", {chosen_because}"
+    if pinned.because is not None:
+        backend += f", {pinned.because}"
     return Summary(rows, time.perf_counter() - started, backend, config.output)
 
 

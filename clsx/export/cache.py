@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from clsx.artifacts.artifact import fingerprint
+from clsx.artifacts.artifact import Artifact, fingerprint
 from clsx.artifacts.manifest import Manifest
 from clsx.log import Log, silent
 
@@ -17,10 +17,10 @@ def is_current_export(target: Path, model_fingerprint: str) -> bool:
     return manifest is not None and manifest.parent_fingerprint == model_fingerprint
 
 
-def cached_export(model_dir: Path, fmt: str, target: Path, log: Log = silent,
+def cached_export(model_dir: Path | Artifact, fmt: str, target: Path, log: Log = silent,
                   **gates: Any) -> Path:
-    """``target``, holding ``model_dir`` exported as ``fmt`` (``onnx``, ``onnx-int8`` or
-    ``tensorrt``).
+    """``target``, holding ``model_dir`` (a directory, or one already opened) exported as
+    ``fmt`` (``onnx``, ``onnx-int8`` or ``tensorrt``).
 
     An export already at ``target`` is reused when it was made from ``model_dir`` as it is
     now (same fingerprint); otherwise ``model_dir`` is exported there anew, through the
@@ -30,8 +30,10 @@ def cached_export(model_dir: Path, fmt: str, target: Path, log: Log = silent,
     """
     from clsx.export.onnx import export_onnx
 
-    if is_current_export(target, fingerprint(model_dir)):
+    opened = isinstance(model_dir, Artifact)
+    current = model_dir.fingerprint if opened else fingerprint(model_dir)
+    if is_current_export(target, current):
         return target
-    log(f"exporting {model_dir} to {fmt} in {target}")
+    log(f"exporting {model_dir.path if opened else model_dir} to {fmt} in {target}")
     export_onnx(model_dir, target, fmt=fmt, overwrite=True, **gates)
     return target

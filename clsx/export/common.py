@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from clsx.artifacts.artifact import Artifact, fingerprint, open_artifact
+from clsx.artifacts.artifact import Artifact, open_artifact
 from clsx.artifacts.manifest import Manifest
 from clsx.errors import ClsxError
 from clsx.inference.runners import RunnerOptions
@@ -28,12 +28,17 @@ class ExportResult:
     notes: tuple[str, ...] = ()
 
 
-def open_torch_artifact(model_dir: Path, allow_pickle: bool = False) -> Artifact:
-    """Open the merged PyTorch checkpoint an export starts from (never another export)."""
-    artifact = open_artifact(model_dir, allow_pickle=allow_pickle)
+def open_torch_artifact(model_dir: Path | Artifact, allow_pickle: bool = False) -> Artifact:
+    """Open the merged PyTorch checkpoint an export starts from (never another export).
+
+    An already opened :class:`Artifact` is taken as it is (``allow_pickle`` was decided
+    when it was opened), with the fingerprint it has already computed.
+    """
+    artifact = (model_dir if isinstance(model_dir, Artifact)
+                else open_artifact(model_dir, allow_pickle=allow_pickle))
     if artifact.manifest.format != "torch":
         raise ClsxError(
-            f"{model_dir} is already a {artifact.manifest.format} export; export from the "
+            f"{artifact.path} is already a {artifact.manifest.format} export; export from the "
             "merged PyTorch model directory"
         )
     return artifact
@@ -51,7 +56,7 @@ def export_manifest(parent: Artifact, output: Path, fmt: str,
     return parent.manifest.replace(
         format=fmt,
         parent=os.path.relpath(parent.path.resolve(), Path(output).resolve()),
-        parent_fingerprint=fingerprint(parent.path),
+        parent_fingerprint=parent.fingerprint,
         parity={name: report.to_json() for name, report in parity.items()},
         fusions=fusions,
     )

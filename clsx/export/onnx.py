@@ -35,7 +35,7 @@ from clsx.inference.runners.tensorrt import tensorrt_available
 from clsx.inference.scheduler import pad
 from clsx.inference.torch_model import LogitsOnly
 from clsx.io.staging import staged_directory
-from clsx.quality.parity import PROB_TOLERANCES, ParityReport, compare, parity_inputs
+from clsx.quality.parity import ParityReport, compare, dtype_gate_failure, parity_inputs
 
 # Protobuf cannot hold more than 2 GiB; larger models keep weights in model.onnx.data.
 EXTERNAL_DATA_BYTES = 1 << 30
@@ -47,7 +47,7 @@ CPU = RunnerOptions(device="cpu")
 
 
 def export_onnx(
-    model_dir: Path,
+    model_dir: Path | Artifact,
     output: Path,
     *,
     fmt: str = "onnx",
@@ -58,8 +58,8 @@ def export_onnx(
     overwrite: bool = False,
     allow_pickle: bool = False,
 ) -> ExportResult:
-    """Export a torch artifact as ``fmt`` (``onnx``, ``onnx-int8`` or ``tensorrt``), gated
-    on parity.
+    """Export a torch artifact (its directory, or the :class:`Artifact` already opened) as
+    ``fmt`` (``onnx``, ``onnx-int8`` or ``tensorrt``), gated on parity.
 
     ``onnx`` and ``onnx-int8`` graphs carry ONNX Runtime's transformer fusions unless
     ``fuse`` is False (:mod:`clsx.export.fusion`; the manifest's ``fusions`` lists them;
@@ -69,7 +69,8 @@ def export_onnx(
     int8 must agree with fp32 on the labels users get (the model's thresholds for
     multi-label) on at least ``min_agreement`` of the calibration texts (or, without them,
     of the parity batch; decoders need calibration texts, checked first). A TensorRT
-    engine, where one can be built here, must keep probabilities within the fp16 tolerance.
+    engine, where one can be built here, must pass the dtype gate (probabilities within the
+    fp16 tolerance, every label equal).
     Every candidate is checked as users run it: an artifact directory opened by
     :class:`~clsx.inference.classifier.Classifier`. Nothing is left at ``output`` on failure.
     """
@@ -196,15 +197,14 @@ def _write_tokenizer_and_config(parent: Artifact, directory: Path) -> None:
 
 
 def _check_tensorrt(stage: Path, reference: np.ndarray, probe: EncodedWindow) -> ParityReport:
-    """Build the fp16 engine into the export's cache and compare it with PyTorch fp32."""
-    engine = open_export(stage, "tensorrt", RunnerOptions(device="cuda"))
-    report = compare(reference, engine.predict_encoded(probe).logits, engine.rule)
-    tolerance = PROB_TOLERANCES[engine.runner.dtype]
-    if report.max_prob_diff > tolerance:
-        raise ClsxError(
-            f"the TensorRT {engine.runner.dtype} engine differs from PyTorch fp32 by "
-            f"{report.max_prob_diff:.2e} in probability (> {tolerance:.0e}); not exporting"
-        )
+    """Build the fp16 engine into the export's cache and gate it against PyTorch fp32 with
+    the dtype gate (:func:`~clsx.quality.parity.dtype_gate_failure`)."""
+    with open_export(stage, "tensorrt", RunnerOptions(device="cuda")) as engine:
+        report = compare(reference, engine.predict_encoded(probe).logits, engine.rule)
+        dtype = engine.runner.dtype
+    failure = dtype_gate_failure(dtype, report)
+    if failure is not None:
+        raise ClsxError(f"the TensorRT {dtype} engine's {failure}; not exporting")
     return report
 
 

@@ -18,7 +18,7 @@ from clsx.export.config import VLLM_DTYPE
 from clsx.export.config import VLLM_DTYPES as DTYPES
 from clsx.inference.runners import RunnerOptions
 from clsx.io.staging import staged_directory
-from clsx.quality.parity import PROB_TOLERANCES, ParityReport, compare, parity_inputs
+from clsx.quality.parity import ParityReport, compare, dtype_gate_failure, parity_inputs
 
 INSTALL_OR_SKIP = "or pass --no-parity to export without the vLLM check"
 
@@ -35,9 +35,10 @@ def export_vllm(
 ) -> ExportResult:
     """Save a torch artifact for vLLM in ``dtype`` and, with ``check``, gate it on parity.
 
-    The gate compares probabilities (softmax / sigmoid / value, as in the ``probs`` column)
-    of vLLM and PyTorch fp32 on 32 rows of lengths 1..max_length; the largest difference
-    must be <= ``tolerance`` (default by dtype: ``PROB_TOLERANCES``). Nothing is left at
+    The gate is the dtype gate (:func:`~clsx.quality.parity.dtype_gate_failure`): on 32 rows
+    of lengths 1..max_length, vLLM's probabilities (softmax / sigmoid / value, as in the
+    ``probs`` column) must stay within ``tolerance`` (default by dtype: ``PROB_TOLERANCES``)
+    of PyTorch fp32's and every label users get must equal fp32's. Nothing is left at
     ``output`` on failure.
     """
     if dtype not in DTYPES:
@@ -68,13 +69,10 @@ def export_vllm(
             with open_export(stage, "vllm", RunnerOptions()) as engine:
                 parity[dtype] = compare(reference, engine.predict_encoded(probe).logits,
                                         engine.rule)
-            limit = PROB_TOLERANCES[dtype] if tolerance is None else tolerance
-            if parity[dtype].max_prob_diff > limit:
-                raise ClsxError(
-                    f"vLLM ({dtype}) probabilities differ from PyTorch fp32 by "
-                    f"{parity[dtype].max_prob_diff:.2e} (> {limit:.0e}) on the parity batch; "
-                    "not exporting (try --dtype fp32)"
-                )
+            failure = dtype_gate_failure(dtype, parity[dtype], tolerance)
+            if failure is not None:
+                raise ClsxError(f"vLLM ({dtype}) {failure} on the parity batch; not exporting "
+                                "(try --dtype fp32)")
             manifest = export_manifest(artifact, output, "vllm", parity)
             manifest.save(stage)
     return ExportResult(output=output, manifest=manifest, parity=parity)

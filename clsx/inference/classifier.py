@@ -117,12 +117,17 @@ class Classifier:
         backend's default dtype unless ``options`` names one (the dtype ``--backend auto``
         measures is chosen above, by :func:`clsx.auto.resolve.classifier_for`).
 
-        ``settings`` are the keyword arguments of the constructor: ``batch_tokens``,
+        ``max_length`` (None: ``options.max_length``, else the manifest's) bounds both the
+        encoder's cut and the runner (vLLM's ``max_model_len``, the TensorRT profile).
+        ``settings`` are the other keyword arguments of the constructor: ``batch_tokens``,
         ``long_text`` (fields of the manifest's :class:`~clsx.artifacts.long_text.LongText` to
         override; None values keep the manifest's), ``threshold`` (multi-label, for every
         label; None: the model's tuned ones) and ``windows_column``.
         """
-        options = dataclasses.replace(options or RunnerOptions(), max_length=max_length)
+        options = options or RunnerOptions()
+        if max_length is None:
+            max_length = options.max_length
+        options = dataclasses.replace(options, max_length=max_length)
         return cls(artifact, load_runner(artifact, backend, options), max_length=max_length,
                    **settings)
 

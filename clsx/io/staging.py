@@ -13,6 +13,13 @@ from clsx.io import durable
 from clsx.io.storage import Location, local, one_line
 
 
+def refuse_existing(target: Path | Location, overwrite: bool) -> None:
+    """Refuse an existing ``target`` unless ``overwrite``: called before long work too, so
+    that the refusal comes first (the staging checks again when it starts)."""
+    if target.exists() and not overwrite:
+        raise ClsxError(f"output {target} exists; pass --overwrite to replace it")
+
+
 @contextmanager
 def staged_directory(target: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield an empty staging directory beside ``target``; rename it to ``target`` on success.
@@ -22,8 +29,7 @@ def staged_directory(target: Path, overwrite: bool = False) -> Iterator[Path]:
     Its files are flushed to disk before the rename, so a ``target`` that exists is whole.
     """
     target = Path(target)
-    if target.exists() and not overwrite:
-        raise ClsxError(f"output {target} exists; pass --overwrite to replace it")
+    refuse_existing(target, overwrite)
     if target.exists() and not target.is_dir():
         raise ClsxError(f"output {target} is a file; give a directory path")
     stage = target.with_name(f".{target.name}.clsx-{os.getpid()}.tmp")
@@ -55,8 +61,7 @@ def staged_location(target: Location, overwrite: bool = False) -> Iterator[Locat
         with staged_directory(target.local_path, overwrite) as stage:
             yield local(stage)
         return
-    if target.exists() and not overwrite:
-        raise ClsxError(f"output {target} exists; pass --overwrite to replace it")
+    refuse_existing(target, overwrite)
     stage = target.with_name(f".{target.name}.clsx-{os.getpid()}.tmp")
     try:
         stage.delete_tree()

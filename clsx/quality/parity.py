@@ -63,6 +63,27 @@ def compare(reference: np.ndarray, logits: np.ndarray, rule: DecisionRule) -> Pa
     )
 
 
+def dtype_gate_failure(dtype: str, parity: ParityReport, tolerance: float | None = None
+                       ) -> str | None:
+    """Why a run in ``dtype`` below PyTorch fp32 fails the gate every lower-precision path
+    passes (None: it passes): probabilities within ``tolerance`` (default
+    ``PROB_TOLERANCES[dtype]``) of fp32's, and every label, as users get them, equal."""
+    limit = PROB_TOLERANCES[dtype] if tolerance is None else tolerance
+    if parity.max_prob_diff > limit:
+        return (f"probabilities differ from PyTorch fp32 by {parity.max_prob_diff:.2e} "
+                f"(> {limit:.0e})")
+    if parity.label_agreement not in (None, 1.0):
+        return (f"labels differ from PyTorch fp32's on {1 - parity.label_agreement:.1%} of "
+                f"{parity.rows} rows")
+    return None
+
+
+def passes_dtype_gate(dtype: str, parity: ParityReport, tolerance: float | None = None
+                      ) -> bool:
+    """Whether a run in ``dtype`` below fp32 passes :func:`dtype_gate_failure`'s gate."""
+    return dtype_gate_failure(dtype, parity, tolerance) is None
+
+
 def parity_inputs(manifest: Manifest, tokenizer: Any, rows: int = 16, seed: int = 0
                   ) -> EncodedWindow:
     """Rows of random ordinary tokens with lengths spread over 1..max_length.

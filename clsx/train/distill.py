@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from clsx.artifacts.artifact import fingerprint, open_artifact
+from clsx.artifacts.artifact import open_artifact
 from clsx.artifacts.bundled import resolve_model
 from clsx.artifacts.manifest import Manifest
 from clsx.batch.config import BatchPredictConfig
@@ -128,7 +128,7 @@ def distill(config: DistillConfig, log: Log = silent) -> DistillResult:
                                separator=student.label_separator)
                  if student.eval is not None else None)
     resolve_model(student.model, log)  # a wrong --student fails before the teacher runs
-    teacher_fingerprint = fingerprint(teacher.path)
+    teacher_fingerprint = teacher.fingerprint
     labels = _teacher_labels(config, manifest, student, gold, work, log,
                              _labelling(config, student, teacher_fingerprint))
     everything = LabelledData(labels.texts, labels.decided, manifest.labels,
@@ -316,7 +316,7 @@ def _decisions(teacher: Manifest, probs: np.ndarray) -> np.ndarray:
 def _eval_config(model: Path, student: TrainConfig, backend: str) -> EvalConfig:
     return EvalConfig(model, student.eval, text_column=student.text_column,
                       label_column=student.label_column, label_separator=student.label_separator,
-                      backend=backend)
+                      backend=backend, allow_pickle=student.allow_pickle)
 
 
 def _evaluate_teacher(config: DistillConfig, student: TrainConfig) -> EvalResult:

@@ -103,10 +103,25 @@ class Store(ABC):
     def committed_rows(self) -> int:
         return sum(part.rows for part in self.parts())
 
+    def recorded_job(self) -> dict[str, Any] | None:
+        """The job recorded in the journal (None: no job was started here)."""
+        return json.loads(self._file(JOB_FILE).read_bytes()) if self.exists() else None
+
+    def check_job(self, job: dict[str, Any], *decided_later: str) -> dict[str, Any] | None:
+        """Refuse a job recorded here that differs from ``job`` in anything but the keys
+        ``decided_later`` (:meth:`start` checks those once they are known); the recorded
+        job (None: none)."""
+        recorded = self.recorded_job()
+        if recorded is not None:
+            self._check_same_job({k: v for k, v in recorded.items() if k not in decided_later},
+                                 {k: v for k, v in job.items() if k not in decided_later})
+        return recorded
+
     def start(self, job: dict[str, Any]) -> None:
         """Create the store for a new job, or check that an existing one is the same job."""
-        if self.exists():
-            self._check_same_job(json.loads(self._file(JOB_FILE).read_bytes()), job)
+        recorded = self.recorded_job()
+        if recorded is not None:
+            self._check_same_job(recorded, job)
         else:
             self.remove()  # parts without a journal belong to no known job
             try:

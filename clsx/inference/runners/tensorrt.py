@@ -17,7 +17,7 @@ from typing import Any
 
 import onnxruntime as ort
 
-from clsx.artifacts.artifact import Artifact, fingerprint
+from clsx.artifacts.artifact import Artifact
 from clsx.artifacts.bundled import cache_dir
 from clsx.errors import ClsxError
 from clsx.inference.runners.base import RunnerOptions
@@ -101,6 +101,6 @@ def engine_cache(artifact: Artifact) -> Path:
     if os.access(local if local.is_dir() else artifact.path, os.W_OK):
         local.mkdir(exist_ok=True)
         return local
-    shared = cache_dir() / "tensorrt" / fingerprint(artifact.path)
+    shared = cache_dir() / "tensorrt" / artifact.fingerprint
     shared.mkdir(parents=True, exist_ok=True)
     return shared

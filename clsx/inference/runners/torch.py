@@ -3,6 +3,9 @@ lower-precision variants (``--dtype bf16``: AMX / AVX-512 BF16 on CPU; bf16 or f
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 
@@ -25,12 +28,11 @@ class TorchRunner(Runner):
         self.dtype = options.dtype or "fp32"
         if self.dtype == "fp16" and self.device == "cpu":
             raise ClsxError("--dtype fp16 needs a GPU (--device cuda); on CPU use bf16")
-        if self.device == "cpu":
-            torch.set_num_threads(options.threads or physical_cores())
+        self.threads = (options.threads or physical_cores()) if self.device == "cpu" else None
         self.model = load_classifier(artifact, self.dtype, self.device)
 
     def predict(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
+        with torch.inference_mode(), compute_threads(self.threads):
             logits = self.model(
                 torch.from_numpy(input_ids).to(self.device),
                 torch.from_numpy(attention_mask).to(self.device),
@@ -40,6 +42,22 @@ class TorchRunner(Runner):
     @property
     def description(self) -> str:
         return f"torch ({self.dtype}, {self.device})"
+
+
+@contextmanager
+def compute_threads(count: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to ``count`` (None: left alone) for the block, and
+    the caller's restored after it: ``torch.set_num_threads`` is process-wide, and clsx
+    used as a library must not change its caller's process."""
+    before = torch.get_num_threads()
+    if count is None or count == before:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def resolve_device(requested: str) -> str:
