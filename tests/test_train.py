@@ -240,15 +240,27 @@ def test_multi_label_names_with_a_separator_are_refused(rows, extra, named, tiny
 
 def test_train_options_default_to_the_config(tiny_bases, sentiment, tmp_path, monkeypatch):
     """Options not given leave TrainConfig's defaults, which keep the seed recipe."""
+    from clsx.artifacts.manifest import Manifest
     from clsx.train.config import TrainConfig
 
     configs = []
-    monkeypatch.setattr(trainer_module, "train", lambda config, log: configs.append(config))
+
+    def recorded(config, log):
+        """What train would return, without training: the command must then succeed."""
+        configs.append(config)
+        manifest = Manifest(family="bert", labels=("neg", "pos"), max_length=32,
+                            problem_type="single_label_classification", pad_token_id=0)
+        return trainer_module.TrainResult(config.output, manifest, {"accuracy": 1.0}, [], 90.0)
+
+    monkeypatch.setattr(trainer_module, "train", recorded)
     required = ["train", "--model", "m", "--train", str(sentiment), "--output",
                 str(tmp_path / "out")]
-    CliRunner().invoke(main, required)
-    CliRunner().invoke(main, [*required, "--epochs", "1", "--problem-type", "regression",
-                              "--long-text", "window", "--chat"])
+    for extra in ([], ["--epochs", "1", "--problem-type", "regression", "--long-text",
+                       "window", "--chat"]):
+        result = CliRunner().invoke(main, [*required, *extra])
+        assert result.exit_code == 0, result.output
+        assert result.output.endswith(f"Trained in 1.5 min; wrote {tmp_path / 'out'}\n")
+    assert len(configs) == 2
     default = TrainConfig(model="m", train=str(sentiment), output=tmp_path / "out")
     assert configs[0] == default
     assert configs[1] == TrainConfig(model="m", train=str(sentiment), output=tmp_path / "out",
