@@ -173,6 +173,22 @@ def fake_clsx_command(*args: object, delay_s: float = 0.0) -> list[str]:
             *map(str, args)]
 
 
+def fixed_format_clock(monkeypatch: pytest.MonkeyPatch, seconds: Mapping[str, float]) -> None:
+    """Time ``--backend auto``'s format search on a fixed clock: every candidate still opens,
+    classifies the probe texts and is gated, but takes ``seconds[name]`` (``torch fp32``,
+    ``vllm fp32``, ``onnx``, ``onnx-int8``, ...), so that the choice is known in advance
+    rather than left to this CPU."""
+    from clsx.auto import formats
+
+    def timed(classifier, texts: list[str]) -> tuple[object, float]:
+        engine, detail = classifier.runner.description.rstrip(")").split(" (")
+        precision = detail.split(", ")[0]  # "onnx (onnx-int8, cpu)", "torch (fp32, cpu)"
+        name = precision if engine == "onnx" else f"{engine} {precision}"
+        return classifier.predict_all(texts).logits, seconds[name]
+
+    monkeypatch.setattr(formats, "_timed", timed)
+
+
 @pytest.fixture
 def texts_parquet(tmp_path) -> Path:
     return write_parquet(tmp_path / "in.parquet", TEXTS * 5 + [None])

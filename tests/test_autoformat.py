@@ -10,7 +10,7 @@ import pytest
 
 from clsx.auto import formats as autoformat
 from clsx.auto.formats import LESS_EXACT_MARGIN, pick
-from tests.conftest import TEXTS, predict, write_parquet
+from tests.conftest import TEXTS, fixed_format_clock, predict, write_parquet
 
 
 def measured(**rates: float | None) -> dict[str, dict]:
@@ -59,15 +59,18 @@ def big_enough(tiny_models, tmp_path, monkeypatch):
 
 def test_auto_formats_runs_the_fastest_gated_format_and_remembers_it(
         tiny_models, big_enough, tmp_path, monkeypatch):
+    # int8 only 1.04x onnx fp32: below the margin, so onnx (2x torch) runs.
+    fixed_format_clock(monkeypatch, {"torch fp32": 1.0, "onnx": 0.5, "onnx-int8": 0.48})
     out = tmp_path / "out.parquet"
     result = predict(big_enough, out, "-m", tiny_models["bert"], "--auto-formats")
     assert result.exit_code == 0, result.output
-    assert " chosen by --backend auto: " in result.output
+    assert ("backend onnx (onnx, cpu), onnx chosen by --backend auto: 2.00x torch fp32 on "
+            "256 rows of IN") in result.output
     choices = json.loads((tmp_path / "cache" / "auto-format.json").read_text())
     (choice,) = choices.values()
+    assert choice["name"] == "onnx"
     assert set(choice["measured"]) == {"torch fp32", "onnx", "onnx-int8"}
-    assert choice["name"] == pick(choice["measured"])
-    assert f"backend {'torch' if choice['name'] == 'torch fp32' else 'onnx'}" in result.output
+    assert all(figures["qualifies"] for figures in choice["measured"].values())
     exports = next((tmp_path / "cache" / "exports").iterdir())
     assert (exports / "onnx" / "model.onnx").is_file()
     # The same model on the same machine: the remembered choice, without measuring again.

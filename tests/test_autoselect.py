@@ -47,19 +47,26 @@ def test_without_native_low_precision_auto_runs_fp32_without_measuring(tiny_mode
     assert not (tmp_path / "cache.json").exists()
 
 
-def test_auto_picks_the_fastest_passing_dtype_and_remembers_it(tiny_models, tmp_path,
+@pytest.mark.parametrize("fp32_s, bf16_s, expected", [(2.0, 1.0, "bf16"), (1.0, 2.0, "fp32")])
+def test_auto_picks_the_fastest_passing_dtype_and_remembers_it(fp32_s, bf16_s, expected,
+                                                                 tiny_models, tmp_path,
                                                                  monkeypatch):
+    # Both dtypes really run and are gated; only the clock is fixed, so that the choice
+    # is known in advance (on the real clock it depends on the CPU).
+    seconds = iter([fp32_s, bf16_s])  # _measure runs fp32 first, then each candidate
+    monkeypatch.setattr(autoselect, "best_time",
+                        lambda run, repeats, *args: (run(*args), next(seconds)))
     cache = tmp_path / "cache.json"
     artifact = open_artifact(tiny_models["llama"])
     choice = choose_dtype(artifact, CPU, candidates=("bf16",), cache=cache)
     assert set(choice.measured) == {"fp32", "bf16"} and not choice.cached
     assert choice.measured["bf16"]["qualifies"]  # tiny random models pass the 5e-2 gate
-    fastest = max(choice.measured, key=lambda d: choice.measured[d]["rows_per_s"])
-    assert choice.dtype == fastest
+    assert choice.measured["fp32"]["rows_per_s"] == autoselect.PROBE_ROWS / fp32_s
+    assert choice.dtype == expected
     # The same model on the same machine: the remembered choice, without measuring.
     monkeypatch.setattr(autoselect, "_measure", lambda *args: pytest.fail("measured again"))
     again = choose_dtype(artifact, CPU, candidates=("bf16",), cache=cache)
-    assert again.cached and again.dtype == choice.dtype
+    assert again.cached and again.dtype == expected
     assert len(json.loads(cache.read_text())) == 1
 
 
@@ -70,9 +77,13 @@ def test_a_dtype_outside_the_gate_is_never_chosen(tiny_models, tmp_path, monkeyp
     assert not choice.measured["bf16"]["qualifies"] and choice.dtype == "fp32"
 
 
-def test_pipeline_auto_uses_the_chosen_dtype(tiny_models, monkeypatch):
+def test_pipeline_auto_uses_the_chosen_dtype(tiny_models, tmp_path, monkeypatch):
     monkeypatch.setattr(autoselect, "native_low_precision", lambda device: ("bf16",))
-    monkeypatch.setenv("CLSX_CACHE", "/nonexistent/cannot-write")  # unwritable: no error
+    # A file where the cache directory should be: unwritable even as root, and only an
+    # unremembered choice, not an error.
+    blocker = tmp_path / "cache"
+    blocker.write_text("")
+    monkeypatch.setenv("CLSX_CACHE", str(blocker))
     monkeypatch.setattr(autoselect, "_measure", lambda artifact, options, candidates: {
         "fp32": {"rows_per_s": 1.0, "max_prob_diff": 0.0, "qualifies": True},
         "bf16": {"rows_per_s": 3.0, "max_prob_diff": 1e-3, "qualifies": True}})
@@ -82,3 +93,4 @@ def test_pipeline_auto_uses_the_chosen_dtype(tiny_models, monkeypatch):
     assert explicit.runner.description == "torch (fp32, cpu)"
     # A classifier opened directly runs its backend's default dtype: only the resolver measures.
     assert Classifier.open(tiny_models["bert"]).runner.description == "torch (fp32, cpu)"
+    assert blocker.read_text() == "" and list(tmp_path.iterdir()) == [blocker]

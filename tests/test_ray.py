@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import TEXTS, write_parquet
+from tests.conftest import TEXTS, fixed_format_clock, write_parquet
 from tests.test_batch_predict import predict
 
 pytest.importorskip("ray.data", reason="install clsx[ray]")
@@ -48,6 +48,10 @@ def assert_same_predictions(expected: pa.Table, got: pa.Table) -> None:
     np.testing.assert_allclose(probs[1], probs[0], atol=1e-5)  # batches differ, not values
 
 
+# Slow: ordered output is in the default suite twice already, from local files
+# (test_ray_actors_run_the_format_auto_chose_in_the_driver) and from S3
+# (test_storage.py::test_ray_workers_read_and_write_s3); this adds only size.
+@pytest.mark.slow
 def test_two_ray_workers_write_what_the_local_engine_writes(tiny_models, tmp_path):
     expected, got, on_ray = local_and_ray(tiny_models["qwen2"], tmp_path, 3000, 0,
                                           "--preserve-order", "--window-rows", "256",
@@ -86,16 +90,25 @@ def test_missing_ray_says_how_to_install(tiny_models, texts_parquet, tmp_path, m
 
 def test_ray_actors_run_the_format_auto_chose_in_the_driver(tiny_models, tmp_path,
                                                              monkeypatch):
-    from clsx.auto import formats as autoformat
-
+    """The driver searches once (on a fixed clock, int8 fastest by far) and every actor
+    runs its choice: the output is the int8 export's, which torch fp32's is not."""
     monkeypatch.setenv("CLSX_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(autoformat, "pick", lambda measured: "onnx")  # the search runs once
+    fixed_format_clock(monkeypatch, {"torch fp32": 1.0, "onnx": 0.9, "onnx-int8": 0.5})
     source = write_parquet(tmp_path / "in.parquet", (TEXTS * 50)[:400])
-    local, on_ray = tmp_path / "local.parquet", tmp_path / "ray-out"
-    assert predict(source, local, "-m", tiny_models["bert"], "--dtype", "fp32").exit_code == 0
+    on_ray = tmp_path / "ray-out"
     result = predict(source, on_ray, "-m", tiny_models["bert"], "--auto-formats",
                      "--engine", "ray", "--num-workers", "2", "--preserve-order",
                      "--window-rows", "100")
     assert result.exit_code == 0, result.output
-    assert "backend onnx on ray (2 workers), onnx chosen by --backend auto: " in result.output
-    assert_same_predictions(pq.read_table(local), pq.read_table(on_ray))
+    assert ("backend onnx on ray (2 workers), onnx-int8 chosen by --backend auto: 2.00x "
+            "torch fp32") in result.output
+    (int8,) = (tmp_path / "cache" / "exports").glob("*/onnx-int8")
+    outputs = {}
+    for name, model in (("int8", int8), ("torch", tiny_models["bert"])):
+        outputs[name] = tmp_path / f"{name}.parquet"
+        assert predict(source, outputs[name], "-m", model, "--dtype" if name == "torch"
+                       else "--backend", "fp32" if name == "torch" else "onnx",
+                       "--window-rows", "100").exit_code == 0
+    assert_same_predictions(pq.read_table(outputs["int8"]), pq.read_table(on_ray))
+    with pytest.raises(AssertionError):  # int8 is told apart from torch fp32
+        assert_same_predictions(pq.read_table(outputs["torch"]), pq.read_table(on_ray))

@@ -84,6 +84,7 @@ def test_leftover_parts_are_reported_with_the_resume_command(tiny_models, many_t
     assert "48 classified rows are saved" in failed.output and "--resume" in failed.output
     again = predict(many_texts, out, "-m", tiny_models["bert"], *SMALL_PARTS)
     assert again.exit_code == 1 and "rerun the same command with --resume" in again.output
+    assert f"an interrupted run left 48 classified rows in {out}.parts;" in again.output
     resumed = predict(many_texts, out, "-m", tiny_models["bert"], *SMALL_PARTS, "--resume")
     assert resumed.exit_code == 0, resumed.output
     reference = tmp_path / "reference.parquet"

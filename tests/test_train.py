@@ -149,16 +149,6 @@ def test_interrupted_training_resumes(tiny_bases, sentiment, tmp_path, monkeypat
     assert out.is_dir() and not (tmp_path / ".model.clsx-train").exists()
 
 
-def test_eval_refuses_labels_the_model_does_not_know(tiny_bases, sentiment, tmp_path):
-    out = tmp_path / "model"
-    assert train("--model", tiny_bases["bert"], "--train", sentiment, "--eval", sentiment,
-                 "--output", out, "--epochs", "1").exit_code == 0
-    data = write_jsonl(tmp_path / "eval.jsonl", [{"text": "x", "label": "meh"}])
-    result = CliRunner().invoke(main, ["eval", "-m", str(out), "--data", str(data)])
-    assert result.exit_code == 1
-    assert "labels the model does not know: 'meh'; known labels: neg, pos" in result.output
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_multi_label_head_starts_at_the_label_prior(family, tiny_bases):
     """Rare labels: a head at 0 first drags every output to the prior, which can flatten the
@@ -241,15 +231,27 @@ def test_multi_label_names_with_a_separator_are_refused(rows, extra, named, tiny
 
 def test_train_options_default_to_the_config(tiny_bases, sentiment, tmp_path, monkeypatch):
     """Options not given leave TrainConfig's defaults, which keep the seed recipe."""
+    from clsx.artifacts.manifest import Manifest
     from clsx.train.config import TrainConfig
 
     configs = []
-    monkeypatch.setattr(trainer_module, "train", lambda config, log: configs.append(config))
+
+    def recorded(config, log):
+        """What train would return, without training: the command must then succeed."""
+        configs.append(config)
+        manifest = Manifest(family="bert", labels=("neg", "pos"), max_length=32,
+                            problem_type="single_label_classification", pad_token_id=0)
+        return trainer_module.TrainResult(config.output, manifest, {"accuracy": 1.0}, [], 90.0)
+
+    monkeypatch.setattr(trainer_module, "train", recorded)
     required = ["train", "--model", "m", "--train", str(sentiment), "--output",
                 str(tmp_path / "out")]
-    CliRunner().invoke(main, required)
-    CliRunner().invoke(main, [*required, "--epochs", "1", "--problem-type", "regression",
-                              "--long-text", "window", "--chat"])
+    for extra in ([], ["--epochs", "1", "--problem-type", "regression", "--long-text",
+                       "window", "--chat"]):
+        result = CliRunner().invoke(main, [*required, *extra])
+        assert result.exit_code == 0, result.output
+        assert result.output.endswith(f"Trained in 1.5 min; wrote {tmp_path / 'out'}\n")
+    assert len(configs) == 2
     default = TrainConfig(model="m", train=str(sentiment), output=tmp_path / "out")
     assert configs[0] == default
     assert configs[1] == TrainConfig(model="m", train=str(sentiment), output=tmp_path / "out",

@@ -24,7 +24,7 @@ from clsx.inference.classifier import Classifier
 from clsx.inference.decisions import probabilities
 from clsx.inference.runners import RunnerOptions
 from clsx.testing.tiny_models import build_tiny_classifier
-from tests.conftest import TEXTS, predict, write_parquet
+from tests.conftest import TEXTS, fixed_format_clock, predict, write_parquet
 
 if os.environ.get("CLSX_REQUIRE_VLLM") == "1":
     import vllm  # noqa: F401  (make test: a missing vLLM must fail, not skip)
@@ -84,8 +84,14 @@ def pipelines(models, qwen2_export):
         pipeline.runner.close()
 
 
-@pytest.mark.parametrize("problem", [SINGLE, MULTI])
-@pytest.mark.parametrize("family", ["qwen2", "llama"])
+# Each case starts an engine of its own: the default suite runs one per family and one per
+# problem type; the other two combinations (``-m slow``) add no code path.
+@pytest.mark.parametrize("family, problem", [
+    ("qwen2", SINGLE),
+    ("llama", MULTI),
+    pytest.param("qwen2", MULTI, marks=pytest.mark.slow),
+    pytest.param("llama", SINGLE, marks=pytest.mark.slow),
+])
 def test_vllm_matches_torch(family, problem, models, pipelines):
     vllm_logits = pipelines((family, problem)).predict_all(WINDOW_TEXTS, 7).logits
     torch_logits = Classifier.open(models[family, problem], "torch").predict_all(
@@ -145,19 +151,39 @@ def test_long_text_windows_on_vllm_equal_torch(models, pipelines):
                                torch.predict_all(texts).logits, atol=2e-5)
 
 
-def test_auto_formats_measures_vllm_for_a_decoder_and_runs_it(models, tmp_path, monkeypatch):
-    from clsx.auto import formats as autoformat
+def test_auto_formats_measures_vllm_for_a_decoder_and_runs_it(models, pipelines, tmp_path,
+                                                              monkeypatch):
+    """vLLM is a candidate of the format search for a decoder: it is measured, gated against
+    torch fp32 and, fastest on the (fixed) clock, run. The module's engine for this model
+    (its vllm export: the same weights) stands in for the two a search and a run would
+    start; the ONNX candidates are refused here (test_autoformat.py covers exports)."""
+    import clsx.export.cache
+    import clsx.inference.classifier
+    from clsx.errors import ClsxError
 
+    engine = pipelines(("qwen2", SINGLE)).runner
+    monkeypatch.setattr(engine, "close", lambda: None)  # the module's fixture closes it
+    load_runner = clsx.inference.classifier.load_runner
+    monkeypatch.setattr(clsx.inference.classifier, "load_runner",
+                        lambda artifact, backend, options: engine if backend == "vllm"
+                        else load_runner(artifact, backend, options))
+
+    def refused(*args, **kwargs):
+        raise ClsxError("not exported in this test")
+
+    monkeypatch.setattr(clsx.export.cache, "cached_export", refused)
+    fixed_format_clock(monkeypatch, {"torch fp32": 1.0, "vllm fp32": 0.5})
     monkeypatch.setenv("CLSX_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(autoformat, "pick", lambda measured: "vllm fp32")
     source = write_parquet(tmp_path / "in.parquet", (TEXTS * 40)[:300])
     model = models["qwen2", SINGLE]
     result = predict(source, tmp_path / "auto.parquet", "-m", model, "--auto-formats")
     assert result.exit_code == 0, result.output
-    assert "backend vllm (fp32" in result.output
+    assert ("backend vllm (fp32, cpu), vllm fp32 chosen by --backend auto: 2.00x torch fp32"
+            in result.output)
     (choice,) = json.loads((tmp_path / "cache" / "auto-format.json").read_text()).values()
     assert list(choice["measured"]) == ["torch fp32", "vllm fp32", "onnx", "onnx-int8"]
     assert choice["measured"]["vllm fp32"]["qualifies"]  # within 2e-3, every label equal
+    assert choice["measured"]["onnx"]["refused"] == "not exported in this test"
     torch_run = predict(source, tmp_path / "torch.parquet", "-m", model, "--backend", "torch")
     assert torch_run.exit_code == 0, torch_run.output
     assert (pq.read_table(tmp_path / "auto.parquet").column("label")
