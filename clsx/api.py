@@ -106,9 +106,8 @@ class Model:
         if not is_text_type(column.type):
             raise ClsxError(f"column {text_column!r} holds {column.type}, not text; cast it to "
                             "string or pick another text_column")
-        fields = [field.with_name(output_prefix + field.name)
-                  for field in output_fields(self._classifier.manifest,
-                                             self._classifier.windows_column)]
+        fields = output_fields(self._classifier.manifest, self._classifier.windows_column,
+                               output_prefix)
         clashes = [field.name for field in fields if field.name in names]
         if clashes:
             raise ClsxError(f"the table already has column {', '.join(map(repr, clashes))}; "

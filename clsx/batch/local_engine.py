@@ -164,9 +164,7 @@ def output_schema(config: BatchPredictConfig, source: ParquetInput, artifact: Ar
                   ) -> pa.Schema:
     """The kept input columns followed by the (prefixed) prediction columns of
     ``artifact``'s classifier; a prediction column the input already has is refused."""
-    prefix = config.output_prefix
-    fields = [field.with_name(prefix + field.name)
-              for field in output_fields(artifact.manifest, config.windows_column)]
+    fields = output_fields(artifact.manifest, config.windows_column, config.output_prefix)
     clashes = [f.name for f in fields if f.name in source.schema.names]
     if clashes:
         raise ClsxError(

@@ -70,10 +70,13 @@ class Prediction:
         return Prediction(np.concatenate([part.logits for part in parts]), columns, counts)
 
 
-def output_fields(manifest: Manifest, windows_column: bool = False) -> list[pa.Field]:
-    """The prediction columns a classifier of ``manifest`` writes (known before it loads)."""
+def output_fields(manifest: Manifest, windows_column: bool = False, prefix: str = ""
+                  ) -> list[pa.Field]:
+    """The prediction columns a classifier of ``manifest`` writes (known before it loads),
+    each named with ``prefix`` in front (``--output-prefix``)."""
     fields = DecisionRule.of(manifest).fields()
-    return [*fields, WINDOWS_FIELD] if windows_column else fields
+    fields = [*fields, WINDOWS_FIELD] if windows_column else fields
+    return [field.with_name(prefix + field.name) for field in fields]
 
 
 class Classifier:

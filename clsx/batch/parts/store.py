@@ -57,28 +57,28 @@ class Store(ABC):
 
     directory: Path | Location
 
+    @abstractmethod
     def _file(self, name: str) -> Location:
         """The store's file ``name``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _write(self, name: str, text: str) -> None:
         """Replace the store's file ``name`` with ``text``, as one whole."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _files(self) -> list[Location]:
         """The files in the store."""
-        raise NotImplementedError
 
     def _make(self) -> None:  # noqa: B027 (a no-op where the storage has no directories)
         """Create the store's directory, where the storage has directories."""
 
+    @abstractmethod
     def _output_writer(self, output_schema: pa.Schema):
         """A ``with`` writer (``write(batch)``) that publishes OUT only when complete."""
-        raise NotImplementedError
 
+    @abstractmethod
     def remove(self) -> None:
         """Delete the store (but a held lock)."""
-        raise NotImplementedError
 
     def exists(self) -> bool:
         """Whether a job was started here (its journal is written), resumable or done."""
