@@ -52,11 +52,15 @@ browser:
 	}
 
 # CLSX_REQUIRE_VLLM=1: the vLLM tests fail instead of skipping if vLLM is missing.
+# Two pytest-xdist workers, a test file each at a time (its module-scoped vLLM engines and
+# models stay in one process): much of the suite waits on subprocesses, Ray and engine
+# start-ups, which overlap with the other worker's compute even on 2 cores.
+PYTEST_WORKERS = -n 2 --dist loadfile
 test: setup-vllm browser
-	CLSX_REQUIRE_VLLM=1 $(BIN)/python -m pytest -p no:logging
+	CLSX_REQUIRE_VLLM=1 $(BIN)/python -m pytest -p no:logging $(PYTEST_WORKERS)
 
 test-all: setup-vllm browser
-	CLSX_REQUIRE_VLLM=1 $(BIN)/python -m pytest -p no:logging -m "not gpu"
+	CLSX_REQUIRE_VLLM=1 $(BIN)/python -m pytest -p no:logging $(PYTEST_WORKERS) -m "not gpu"
 
 # ruff, and the layers contract (pyproject.toml [tool.importlinter]): each layer of clsx/
 # imports only from the layers below it.
