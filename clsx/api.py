@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from clsx.artifacts.artifact import open_artifact
+from clsx.auto.recheck import SAMPLE_TEXTS, attach, rechecks, resolve_cut
 from clsx.batch.config import BatchPredictConfig, RayOptions
 from clsx.batch.local_engine import Progress, Summary, open_classifier
 from clsx.batch.run import run_batch_predict
@@ -32,7 +33,7 @@ from clsx.log import Log, silent
 # The BatchPredictConfig fields that shape a classifier; the others name a job's files.
 LOAD_OPTIONS = ("batch_tokens", "window_rows", "max_length", "long_text", "window_stride",
                 "aggregate", "windows_column", "threshold", "threads", "dtype", "max_num_seqs",
-                "max_num_batched_tokens", "memory_fraction", "allow_pickle")
+                "max_num_batched_tokens", "memory_fraction", "allow_pickle", "recheck")
 # The only in-memory table types: classify returns the type it was given.
 TableT = TypeVar("TableT")
 
@@ -44,10 +45,16 @@ class Model:
     the vLLM backend's engine process.
     """
 
-    def __init__(self, classifier: Classifier, window_rows: int) -> None:
+    def __init__(self, classifier: Classifier, window_rows: int, recheck: bool | None = None
+                 ) -> None:
         self._classifier = classifier
         self._window_rows = window_rows
         self._closed = False
+        # A lower-precision run re-checks (clsx.auto.recheck), its reference checked now;
+        # its cut is known or measured on the first texts classified, as batch-predict's
+        # on IN's first texts.
+        self._recheck = attach(classifier) if rechecks(classifier, recheck) else None
+        self._cut_pending = self._recheck is not None
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -140,6 +147,11 @@ class Model:
     def _predict(self, texts: list[str | None]) -> Prediction:
         if self._closed:
             raise ClsxError("this model is closed; open it again with clsx.load")
+        sample = [text for text in texts if text is not None][:SAMPLE_TEXTS]
+        if self._cut_pending and sample:
+            self._recheck.margin = resolve_cut(self._classifier, lambda: sample,
+                                               self._classifier.runner.options.threads).margin
+            self._cut_pending = False
         return self._classifier.predict_all(texts, self._window_rows)
 
     def _named_columns(self, prediction: Prediction) -> dict[str, pa.Array]:
@@ -156,7 +168,9 @@ def load(model_dir: str | Path, backend: str = "auto", device: str = "cpu",
     without a ``dtype``, the fastest dtype that keeps its labels on this machine: batch-
     predict's choice for a job under 20,000 rows. The format search of bigger jobs
     (``--auto-formats``: exports and timings on the job's own texts) is not made here;
-    for it, run :func:`batch_predict` or load an export. ``options`` are
+    for it, run :func:`batch_predict` or load an export. A run below fp32 re-checks its
+    unsure rows in fp32 as batch-predict does (``recheck=False`` turns it off), its cut
+    measured on the first texts classified unless known. ``options`` are
     :data:`LOAD_OPTIONS`, with batch-predict's meanings and defaults.
     """
     _check_names("load", options, LOAD_OPTIONS)
@@ -165,7 +179,7 @@ def load(model_dir: str | Path, backend: str = "auto", device: str = "cpu",
     config = BatchPredictConfig(input="", output="", model=Path(model_dir), backend=backend,
                                 device=device, **_given(options))
     artifact = open_artifact(config.model, allow_pickle=config.allow_pickle)
-    return Model(open_classifier(config, artifact), config.window_rows)
+    return Model(open_classifier(config, artifact), config.window_rows, config.recheck)
 
 
 def batch_predict(input: str | Path, output: str | Path, model: str | Path, *,
@@ -182,7 +196,8 @@ def batch_predict(input: str | Path, output: str | Path, model: str | Path, *,
     job_fields = _field_names(BatchPredictConfig)
     ray_fields = _field_names(RayOptions)
     _check_names("batch_predict", options,
-                 [name for name in job_fields if name not in ("input", "output", "model")]
+                 [name for name in job_fields
+                  if name not in ("input", "output", "model", "recheck_margin")]
                  + ray_fields)
     given = _given(options)
     for name in ("keep_columns", "storage_options"):

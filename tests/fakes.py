@@ -84,5 +84,9 @@ class FakeRunner(Runner):
         return (self.embedding[ids].mean(axis=0) @ self.head).astype(np.float32)
 
     @property
+    def precision(self) -> str:
+        return self.dtype
+
+    @property
     def description(self) -> str:
         return f"fake ({self.dtype}, cpu)"

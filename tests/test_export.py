@@ -14,7 +14,7 @@ from clsx.cli import main
 from clsx.errors import ClsxError
 from clsx.export.onnx import FP32_TOLERANCE, export_onnx
 from clsx.testing.tiny_models import FAMILIES, build_tiny_classifier
-from tests.conftest import TEXTS, write_parquet
+from tests.conftest import TEXTS, predict, write_parquet
 
 
 def leftovers(directory) -> list[str]:
@@ -55,8 +55,13 @@ def test_cli_int8_export_with_calibration_data(tiny_models, tmp_path):
     assert "parity int8_calibration: 32 rows" in result.output
     manifest = open_artifact(out).manifest
     assert manifest.format == "onnx-int8"
-    assert set(manifest.parity) == {"fp32", "int8_parity_batch", "int8_calibration"}
+    assert set(manifest.parity) == {"fp32", "int8_parity_batch", "int8_calibration", "recheck"}
+    assert manifest.parity["recheck"]["rows"] == 32 and "re-check: re-check below" in result.output
     assert not list(out.glob("model-fp32*"))
+    # A run of the export re-checks at the cut the export measured, without measuring again.
+    ran = predict(sample, tmp_path / "o.parquet", "-m", out)
+    assert ran.exit_code == 0, ran.output
+    assert "rows re-checked in fp32" in ran.output and "measuring" not in ran.output
 
 
 def test_int8_agreement_gate_refuses(tiny_models, tmp_path):
@@ -93,11 +98,11 @@ def test_int8_keeps_sensitive_layers_in_fp32_when_full_int8_misses_the_gate(
         quantize(fp32_path, int8_path, fp32_nodes)
 
     def failing_first(*args):
-        reports = measure(*args)
+        reports, logits = measure(*args)
         if len(plans) == 1:  # pretend that int8 everywhere flipped half the labels
             reports["int8_calibration"] = replace(reports["int8_calibration"],
                                                   label_agreement=0.5)
-        return reports
+        return reports, logits
 
     monkeypatch.setattr(int8_export, "quantize_int8", recording)
     monkeypatch.setattr(int8_export, "_int8_parity", failing_first)

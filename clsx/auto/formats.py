@@ -11,7 +11,9 @@ onnx-int8 and, for a decoder where vLLM is installed, vLLM on the model director
 dtypes as torch. It runs the fastest candidate that passed its gate, except that a less exact
 number format (bf16 below fp32, int8 below both) must be at least
 :data:`LESS_EXACT_MARGIN` times as fast as the best more exact one: where int8 is about as
-fast as fp32 (CPUs without VNNI), fp32 stays.
+fast as fp32 (CPUs without VNNI), fp32 stays. A job that re-checks
+(:mod:`clsx.auto.recheck`) times each lower-precision candidate with its re-check: the
+share of the probe rows under its cut, re-scored at torch fp32's measured speed.
 
 Gates: onnx: logits within 1e-4 of PyTorch (the export's); onnx-int8: the labels users get
 equal to fp32's on >= 98% of the calibration texts (the export's); torch bf16: probabilities
@@ -42,9 +44,11 @@ from clsx.artifacts.manifest import Manifest
 from clsx.auto.dtype import best_time, read_choices, remember
 from clsx.errors import ClsxError
 from clsx.inference.hardware import machine_description, native_low_precision
+from clsx.inference.recheck import LOWER_PRECISIONS
 from clsx.inference.runners import RunnerOptions
 from clsx.log import Log, silent
 from clsx.quality.parity import ParityReport, compare, passes_dtype_gate
+from clsx.quality.recheck import choose_cut
 
 FORMAT_SEARCH_MIN_ROWS = 20_000  # smaller jobs would not repay the exports' minutes
 CALIBRATION_TEXTS = 500
@@ -102,14 +106,17 @@ def candidates(decoder: bool) -> list[Candidate]:
 
 def choose_format(artifact: Artifact, options: RunnerOptions, texts: Sequence[str], *,
                   cache: Path | None = None, log: Log = silent, recorded: str | None = None,
-                  **settings: Any) -> FormatChoice:
+                  recheck: bool = True, **settings: Any) -> FormatChoice:
     """The candidate ``--backend auto`` runs ``artifact`` with on this CPU, measured on
     ``texts`` (the job's first texts: :data:`CALIBRATION_TEXTS` of them gate int8, the first
     :data:`PROBE_TEXTS` are timed) or remembered from an earlier run.
 
     ``recorded`` (the candidate a resumed job ran) is run again without measuring: the
     remembered choice where it is that one, else that candidate as it is, its export made
-    again through its gate where the cache lost it.
+    again through its gate where the cache lost it. With ``recheck`` (the job re-checks:
+    :mod:`clsx.auto.recheck`), a lower-precision candidate is timed with the share of rows
+    its re-check would send to fp32 (its cut chosen on the probe texts beside torch fp32)
+    re-scored at torch fp32's measured speed.
     ``settings`` are the job's :class:`~clsx.inference.classifier.Classifier` settings
     (``max_length``, ``long_text``, ``batch_tokens``, ...), so that the probe runs as the job will.
     """
@@ -121,7 +128,8 @@ def choose_format(artifact: Artifact, options: RunnerOptions, texts: Sequence[st
     tried = candidates(artifact.manifest.is_decoder)
     max_length = settings.get("max_length") or artifact.manifest.max_length
     key = "|".join([model_fingerprint, f"max_length={max_length}", str(options.threads),
-                    machine_description(), ",".join(c.name for c in tried)])
+                    machine_description(), ",".join(c.name for c in tried),
+                    f"recheck={recheck}"])
     choices = cache / "auto-format.json"
     by_name = {candidate.name: candidate for candidate in tried}
     remembered = read_choices(choices).get(key)
@@ -131,7 +139,7 @@ def choose_format(artifact: Artifact, options: RunnerOptions, texts: Sequence[st
                        cached=True)
     if recorded is not None:
         return _recorded(artifact, exports, by_name, recorded, texts, log)
-    measured = _measure(artifact, options, texts, tried, exports, log, settings)
+    measured = _measure(artifact, options, texts, tried, exports, log, settings, recheck)
     name = pick(measured)
     remember(choices, key, {"name": name, "measured": measured})
     return _choice(artifact, exports, by_name[name], measured)
@@ -186,6 +194,8 @@ def explain(name: str, measured: dict[str, dict[str, Any]]) -> str:
         return f"nothing that passed its gate was {LESS_EXACT_MARGIN:.2f}x as fast"
     why = (f"{chosen['rows_per_s'] / measured[REFERENCE]['rows_per_s']:.2f}x torch fp32 on "
            f"{chosen['rows']} rows of IN")
+    if chosen.get("rechecked_share") is not None:
+        why += f" with {chosen['rechecked_share']:.1%} of them re-checked in fp32"
     if chosen.get("gate_agreement") is not None:
         why += f", labels equal to fp32's on {chosen['gate_agreement']:.2%} at its gate"
     return why
@@ -204,13 +214,14 @@ def rates(measured: dict[str, dict[str, Any]]) -> str:
 
 
 def _measure(artifact: Artifact, options: RunnerOptions, texts: Sequence[str],
-             tried: list[Candidate], exports: Path, log: Log, settings: dict[str, Any]
-             ) -> dict[str, dict[str, Any]]:
+             tried: list[Candidate], exports: Path, log: Log, settings: dict[str, Any],
+             recheck: bool) -> dict[str, dict[str, Any]]:
     from clsx.inference.classifier import Classifier
 
     probe = list(texts[:PROBE_TEXTS])
     measured: dict[str, dict[str, Any]] = {}
     reference: np.ndarray | None = None
+    reference_seconds = 0.0
     for candidate in tried:
         figures: dict[str, Any] = {"precision": candidate.precision}
         measured[candidate.name] = figures
@@ -233,8 +244,13 @@ def _measure(artifact: Artifact, options: RunnerOptions, texts: Sequence[str],
         with opened as classifier:
             logits, seconds = _timed(classifier, probe)
             rule = classifier.rule
-        reference = logits if reference is None else reference
+        if reference is None:
+            reference, reference_seconds = logits, seconds
         parity = compare(reference, logits, rule)
+        if recheck and candidate.precision in LOWER_PRECISIONS and rule.has_labels:
+            share = choose_cut(rule, logits, reference).rechecked_share
+            seconds += share * reference_seconds  # those rows again, at torch fp32's speed
+            figures["rechecked_share"] = round(share, 4)
         figures.update(rows=len(probe), rows_per_s=round(len(probe) / seconds, 1),
                        label_agreement=parity.label_agreement,
                        max_prob_diff=parity.max_prob_diff,

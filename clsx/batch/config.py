@@ -15,6 +15,7 @@ from clsx.evaluation.config import LongTextOverride
 from clsx.inference.runners import BACKENDS
 from clsx.inference.runners.base import DEVICES, DTYPES, RunnerOptions
 from clsx.inference.scheduler import WINDOW_ROWS
+from clsx.quality import MAX_LABEL_CHANGES
 
 if TYPE_CHECKING:
     from clsx.io.parquet import ParquetInput
@@ -63,6 +64,10 @@ class BatchPredictConfig(LongTextOverride):
     allow_pickle: bool = False
     storage_options: tuple[str, ...] = ()
     auto_formats: bool | None = None  # None: when IN has FORMAT_SEARCH_MIN_ROWS rows or more
+    recheck: bool | None = None  # None: on wherever the run computes below fp32
+    max_label_changes: float = MAX_LABEL_CHANGES
+    # Pinned by the driver, never a flag: the re-check cut every replica runs with.
+    recheck_margin: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("batch_tokens", "window_rows", "max_length", "threads", "part_rows"):
@@ -71,6 +76,9 @@ class BatchPredictConfig(LongTextOverride):
                 raise ClsxError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:
             raise ClsxError(f"--threshold must be between 0 and 1, got {self.threshold}")
+        if not 0.0 < self.max_label_changes < 1.0:
+            raise ClsxError("--max-label-changes must be between 0 and 1, got "
+                            f"{self.max_label_changes}")
         if self.output_format is not None and self.output_format not in OUTPUT_FORMATS:
             raise ClsxError(f"--output-format must be one of {', '.join(OUTPUT_FORMATS)}")
         # The CLI's choices check these already; the Python API (clsx.load) passes them through.
@@ -99,9 +107,10 @@ class BatchPredictConfig(LongTextOverride):
 
         Inputs are recorded by path or URI (never with credentials, which no URI holds),
         size and modification time; storage options are not recorded. It is known before
-        the model loads, so that a resume with other settings is refused at once. One more
-        key joins it once known, :data:`AUTO_FORMAT`: the format ``--backend auto``'s search
-        chose. A resume does not search again but runs the format its journal records (see
+        the model loads, so that a resume with other settings is refused at once. Two more
+        keys join it once known: :data:`RECHECK_MARGIN`, the re-check cut, and
+        :data:`AUTO_FORMAT`, the format ``--backend auto``'s search chose. A resume does
+        not search again but runs the format its journal records (see
         :func:`clsx.batch.local_engine.pin_auto_format`), so that every row of OUT comes
         from one format even where this machine's remembered choice was lost or differs.
         """
@@ -110,7 +119,7 @@ class BatchPredictConfig(LongTextOverride):
         options = ("backend", "text_column", "keep_columns", "window_rows", "batch_tokens",
                    "max_length", "long_text", "window_stride", "aggregate", "windows_column",
                    "output_prefix", "threshold", "device", "threads", "output_format", "dtype",
-                   "auto_formats")
+                   "auto_formats", "recheck", "max_label_changes")
         return {"inputs": inputs, "model": str(self.model.resolve()),
                 "model_fingerprint": model_fingerprint,
                 **{name: _json_value(getattr(self, name)) for name in options}}
@@ -118,6 +127,8 @@ class BatchPredictConfig(LongTextOverride):
 
 # The job record's key for the format --backend auto's search chose (None: no search ran).
 AUTO_FORMAT = "auto_format"
+# The job record's key for the re-check cut (None: the job does not re-check).
+RECHECK_MARGIN = "recheck_margin"
 
 
 def _json_value(value: Any) -> Any:

@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from clsx.artifacts.artifact import Artifact, open_artifact
 from clsx.auto.resolve import classifier_for
-from clsx.batch.config import AUTO_FORMAT, BatchPredictConfig
+from clsx.batch.config import AUTO_FORMAT, RECHECK_MARGIN, BatchPredictConfig
 from clsx.batch.parts import open_store
 from clsx.batch.parts.store import PartWriter, Store
 from clsx.errors import ClsxError
@@ -46,6 +46,7 @@ class Summary:
     counts: Counts | None = None
     resumed_rows: int = 0
     already_complete: bool = False
+    recheck_margin: float | None = None  # None: the run did not re-check
 
     def line(self) -> str:
         if self.already_complete:
@@ -59,8 +60,14 @@ class Summary:
             f"{self.rows} rows in {self.seconds:.1f} s{resumed}: {self.rows / seconds:.1f} "
             f"rows/s, {self.counts.tokens / seconds:.0f} tokens/s, backend {self.backend}; "
             f"{self.counts.nulls} null texts, {self.counts.truncated} truncated; "
-            f"wrote {self.output}"
+            f"{self._rechecked()}wrote {self.output}"
         )
+
+    def _rechecked(self) -> str:
+        if self.recheck_margin is None or self.counts is None:
+            return ""
+        return (f"{self.counts.rechecked} rows re-checked in fp32 (margin < "
+                f"{self.recheck_margin:.3g}), {self.counts.recheck_changed} labels changed; ")
 
 
 @dataclass(frozen=True)
@@ -104,7 +111,8 @@ def pin_auto_format(config: BatchPredictConfig, source: ParquetInput, artifact: 
         artifact, options, texts,
         log=lambda line: log(f"--backend auto: {line}"), recorded=recorded,
         max_length=config.max_length, long_text=config.long_text_override(),
-        batch_tokens=config.batch_tokens, threshold=config.threshold)
+        batch_tokens=config.batch_tokens, threshold=config.threshold,
+        recheck=config.recheck is not False)
     remembered = ", remembered" if choice.cached else ""
     measured = f" ({rates(choice.measured)})" if choice.measured else ""
     log(f"--backend auto chose {choice.name}{remembered}: {choice.reason}{measured}")
@@ -143,10 +151,42 @@ def open_classifier(config: BatchPredictConfig, artifact: Artifact,
     options = config.runner_options()
     if threads is not None:
         options = replace(options, threads=threads)
-    return classifier_for(
+    classifier = classifier_for(
         artifact, config.backend, options, batch_tokens=config.batch_tokens,
         max_length=config.max_length, long_text=config.long_text_override(),
         threshold=config.threshold, windows_column=config.windows_column)
+    if config.recheck_margin is not None:  # pinned by a driver (Ray)
+        from clsx.auto.recheck import attach, rechecks
+
+        if rechecks(classifier, config.recheck):
+            attach(classifier, config.recheck_margin)
+    return classifier
+
+
+def pin_recheck(config: BatchPredictConfig, source: ParquetInput, classifier: Classifier,
+                journal: dict[str, Any] | None = None, log: Log = silent) -> float | None:
+    """Attach the re-check ``config`` asks for to ``classifier`` and return its cut (None:
+    the run does not re-check): the cut of the job ``journal`` continues, else the export's,
+    this machine's remembered one, or one measured on IN's first texts."""
+    from clsx.auto.recheck import SAMPLE_TEXTS, attach, rechecks, resolve_cut
+
+    if not rechecks(classifier, config.recheck):
+        return None
+    if journal is not None and RECHECK_MARGIN in journal:
+        margin = journal[RECHECK_MARGIN]
+        if margin is not None:
+            attach(classifier, margin)
+        return margin
+    recheck = attach(classifier)
+    cut = resolve_cut(classifier, lambda: first_texts(source, config, SAMPLE_TEXTS),
+                      classifier.runner.options.threads,
+                      log=lambda line: log(f"--recheck: {line}"))
+    if cut is None:  # only null texts: nothing to measure, nothing to re-check
+        classifier.recheck = None
+        return None
+    recheck.margin = cut.margin
+    log(f"--recheck: {cut.describe(config.max_label_changes)}")
+    return cut.margin
 
 
 def checked_input(config: BatchPredictConfig) -> ParquetInput:
@@ -202,7 +242,7 @@ def _batch_predict(config: BatchPredictConfig, progress: Progress | None, log: L
         job = config.job(source, artifact.fingerprint)
         # A resume with other settings, or a damaged store, fails here: before the format
         # search and the model load (minutes). A new job starts with no parts.
-        journal = store.check_job(job, AUTO_FORMAT)
+        journal = store.check_job(job, AUTO_FORMAT, RECHECK_MARGIN)
         parts = store.parts() if journal is not None else []
         resumed_rows = sum(part.rows for part in parts)
         pinned = pin_auto_format(config, source, artifact, log=log, journal=journal)
@@ -215,6 +255,7 @@ def _batch_predict(config: BatchPredictConfig, progress: Progress | None, log: L
         try:
             # After the model loaded (one that fails to load leaves nothing), inside the
             # try: a refusal here must still close the classifier (vLLM's engine process).
+            job[RECHECK_MARGIN] = pin_recheck(config, source, classifier, journal, log)
             store.start(job)
             if not store.is_done():
                 next_window = parts[-1].last + 1 if parts else 0
@@ -231,7 +272,7 @@ def _batch_predict(config: BatchPredictConfig, progress: Progress | None, log: L
         if pinned.because is not None:
             backend += f", {pinned.because}"
         return Summary(counts.rows, time.perf_counter() - started, backend, config.output,
-                       counts, resumed_rows)
+                       counts, resumed_rows, recheck_margin=job[RECHECK_MARGIN])
 
 
 def _claim_output(config: BatchPredictConfig, output: Location, store: Store) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -23,6 +24,7 @@ from clsx.batch.local_engine import (
     open_classifier,
     output_schema,
     pin_auto_format,
+    pin_recheck,
 )
 from clsx.errors import ClsxError, os_error
 from clsx.inference.hardware import physical_cores
@@ -75,7 +77,7 @@ def ray_batch_predict(config: BatchPredictConfig, options: RayOptions,
     backend_for(artifact, config.backend)  # a bad model or backend fails here, not in an actor
     pinned = pin_auto_format(config, source, artifact, threads=config.threads or ACTOR_THREADS,
                              log=log)
-    config = pinned.config
+    config = replace(pinned.config, recheck_margin=_recheck_margin(pinned.config, source, log))
     started = time.perf_counter()
     _start_ray(ray, options.address,
                options.num_workers * (config.threads or ACTOR_THREADS))
@@ -116,6 +118,16 @@ def ray_batch_predict(config: BatchPredictConfig, options: RayOptions,
     if pinned.because is not None:
         backend += f", {pinned.because}"
     return Summary(rows, time.perf_counter() - started, backend, config.output)
+
+
+def _recheck_margin(config: BatchPredictConfig, source: ParquetInput, log: Log) -> float | None:
+    """The re-check cut every actor runs with, chosen here once (None: no re-check); the
+    driver opens the model for it unless ``--no-recheck``."""
+    if config.recheck is False:
+        return None
+    artifact = open_artifact(config.model, allow_pickle=config.allow_pickle)
+    with open_classifier(config, artifact, threads=config.threads or ACTOR_THREADS) as model:
+        return pin_recheck(config, source, model, log=log)
 
 
 def _window_bytes(source: ParquetInput, window_rows: int) -> int:

@@ -72,6 +72,16 @@ def _batch_predict_options(command):
                           "(bf16 where the CPU has AMX / AVX-512 BF16, or on a GPU); for vllm: "
                           "the weights' dtype; for tensorrt: the engine's (fp16 unless fp32). "
                           "fp16 needs a GPU."),
+        click.option("--recheck/--no-recheck", default=None,
+                     help="Re-score in PyTorch fp32 the rows a lower-precision run (bf16, "
+                          "fp16, onnx-int8) is unsure of, so that they get fp32's labels; "
+                          "the cut is measured beside fp32 on the export's calibration data "
+                          "or IN's first 512 texts, and remembered.  [default: on below fp32]"),
+        click.option("--max-label-changes", type=click.FloatRange(0, 1, min_open=True,
+                                                                  max_open=True),
+                     **default("max_label_changes",
+                     "Re-check: the share of labels that may differ from fp32 that the "
+                     "sample must show; the summary says when it cannot.")),
         click.option("--max-num-seqs", type=click.IntRange(min=1),
                      help="vllm backend: most sequences per engine step  [default: vLLM's]"),
         click.option("--max-num-batched-tokens", type=click.IntRange(min=1),

@@ -12,6 +12,7 @@ from clsx.artifacts.manifest import Manifest
 from clsx.errors import ClsxError
 from clsx.inference.runners import RunnerOptions
 from clsx.quality.parity import ParityReport
+from clsx.quality.recheck import RecheckCut
 
 if TYPE_CHECKING:
     from clsx.inference.classifier import Classifier
@@ -46,9 +47,11 @@ def open_torch_artifact(model_dir: Path | Artifact, allow_pickle: bool = False) 
 
 def export_manifest(parent: Artifact, output: Path, fmt: str,
                     parity: dict[str, ParityReport],
-                    fusions: dict[str, int] | None = None) -> Manifest:
-    """The parent's manifest re-labelled as a ``fmt`` export of it, with the parity figures
-    and the graph fusions applied (None: an unfused graph).
+                    fusions: dict[str, int] | None = None,
+                    recheck: RecheckCut | None = None) -> Manifest:
+    """The parent's manifest re-labelled as a ``fmt`` export of it, with the parity figures,
+    the graph fusions applied (None: an unfused graph) and the re-check cut measured on the
+    calibration data (stored in ``parity["recheck"]``, read by :mod:`clsx.auto.recheck`).
 
     ``parent`` is stored relative to ``output`` (the staging directory beside it resolves
     the same way), with a fingerprint that notices a later retraining of the parent.
@@ -57,7 +60,8 @@ def export_manifest(parent: Artifact, output: Path, fmt: str,
         format=fmt,
         parent=os.path.relpath(parent.path.resolve(), Path(output).resolve()),
         parent_fingerprint=parent.fingerprint,
-        parity={name: report.to_json() for name, report in parity.items()},
+        parity={**{name: report.to_json() for name, report in parity.items()},
+                **({"recheck": recheck.to_json()} if recheck is not None else {})},
         fusions=fusions,
     )
 

@@ -35,6 +35,7 @@ from clsx.inference.runners.tensorrt import tensorrt_available
 from clsx.inference.scheduler import pad
 from clsx.inference.torch_model import LogitsOnly
 from clsx.io.staging import staged_directory
+from clsx.quality import MAX_LABEL_CHANGES
 from clsx.quality.parity import ParityReport, compare, dtype_gate_failure, parity_inputs
 
 # Protobuf cannot hold more than 2 GiB; larger models keep weights in model.onnx.data.
@@ -101,14 +102,16 @@ def export_onnx(
         manifest.save(stage)
         with graph.classifier as fp32:
             if int8:
-                int8_parity, int8_notes = quantize_gated(fp32, graph.probe_logits, stage, probe,
-                                                         calibration_texts, min_agreement)
+                int8_parity, int8_notes, cut = quantize_gated(
+                    fp32, graph.probe_logits, stage, probe, calibration_texts, min_agreement)
                 parity.update(int8_parity)
                 notes += int8_notes
         if int8:
             shutil.rmtree(graph.directory)
-            manifest = export_manifest(artifact, output, fmt, parity, graph.fusions)
+            manifest = export_manifest(artifact, output, fmt, parity, graph.fusions, cut)
             manifest.save(stage)
+            if cut is not None:
+                notes.append(f"re-check: {cut.describe(MAX_LABEL_CHANGES)}")
         if fmt == "tensorrt" and tensorrt_available():
             parity["tensorrt"] = _check_tensorrt(stage, reference, probe)
             manifest = export_manifest(artifact, output, fmt, parity, graph.fusions)

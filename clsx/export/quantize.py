@@ -29,6 +29,7 @@ from clsx.inference.classifier import Classifier
 from clsx.inference.encoding import EncodedWindow
 from clsx.inference.runners import RunnerOptions
 from clsx.quality.parity import ParityReport, compare
+from clsx.quality.recheck import RecheckCut, choose_cut
 
 CPU = RunnerOptions(device="cpu")
 # Module paths (from the exporter's name scopes) of the MatMuls whose int8 error flips labels
@@ -44,9 +45,10 @@ def quantize_gated(
     probe: EncodedWindow,
     calibration_texts: list[str] | None,
     min_agreement: float,
-) -> tuple[dict[str, ParityReport], list[str]]:
+) -> tuple[dict[str, ParityReport], list[str], RecheckCut | None]:
     """int8 of ``fp32``'s graph into ``stage``, and its label agreement with fp32
-    (``fp32_probe``: its logits on ``probe``); notes on what was kept fp32.
+    (``fp32_probe``: its logits on ``probe``); notes on what was kept fp32; and, on
+    calibration texts, the cut a run of it re-checks at (:mod:`clsx.quality.recheck`).
 
     The gate is on ``calibration_texts`` when given, else on the parity batch. When
     quantizing every weight MatMul misses ``min_agreement``, the feed-forward output
@@ -64,15 +66,17 @@ def quantize_gated(
     for plan in ([], kept) if kept else ([],):
         quantize_int8(fp32_path, stage / ONNX_FILE, plan)
         with open_export(stage, "onnx", CPU) as int8:
-            measured = _int8_parity(fp32, int8, expected, probe, calibration_texts)
+            measured, calibrated = _int8_parity(fp32, int8, expected, probe, calibration_texts)
         agreement = measured[gated].label_agreement
         if agreement is None or agreement >= min_agreement:
             reports.update(measured)
+            cut = None if calibrated is None else choose_cut(
+                fp32.rule, calibrated, expected["int8_calibration"])
             if plan:
                 notes.append(f"int8: {len(plan)} feed-forward output and head MatMuls kept in "
                              f"fp32 (every MatMul in int8 agreed on only "
                              f"{reports[f'{gated}_all_matmuls'].label_agreement:.2%})")
-            return reports, notes
+            return reports, notes, cut
         reports[f"{gated}_all_matmuls"] = measured[gated]
     kept_too = " even with the feed-forward outputs and head in fp32" if kept else ""
     raise ClsxError(
@@ -116,13 +120,15 @@ def quantize_int8(fp32_path: Path, int8_path: Path, fp32_nodes: list[str]) -> No
 
 def _int8_parity(fp32: Classifier, int8: Classifier, expected: dict[str, np.ndarray],
                  probe: EncodedWindow, calibration_texts: list[str] | None
-                 ) -> dict[str, ParityReport]:
+                 ) -> tuple[dict[str, ParityReport], np.ndarray | None]:
     """int8 against fp32 on the parity batch and, when given, on the calibration texts, both
-    through the classifier users run (encoder, long-text setting, thresholds)."""
+    through the classifier users run (encoder, long-text setting, thresholds); and int8's
+    logits on the calibration texts (None: none given)."""
     reports = {"int8_parity_batch": compare(expected["int8_parity_batch"],
                                             int8.predict_encoded(probe).logits, fp32.rule)}
+    calibrated = None
     if calibration_texts:
-        reports["int8_calibration"] = compare(expected["int8_calibration"],
-                                              int8.predict_all(calibration_texts).logits,
+        calibrated = int8.predict_all(calibration_texts).logits
+        reports["int8_calibration"] = compare(expected["int8_calibration"], calibrated,
                                               fp32.rule)
-    return reports
+    return reports, calibrated

@@ -25,6 +25,7 @@ from clsx.artifacts.artifact import Artifact, open_artifact
 from clsx.artifacts.manifest import Manifest
 from clsx.inference.decisions import DecisionRule
 from clsx.inference.encoding import EncodedWindow, TextEncoder
+from clsx.inference.recheck import Recheck, changed_rows
 from clsx.inference.runners import RunnerOptions, load_runner
 from clsx.inference.runners.base import Runner
 from clsx.inference.scheduler import WINDOW_ROWS, predict_window_rows
@@ -37,13 +38,17 @@ WINDOWS_FIELD = pa.field("windows", pa.int32())  # model inputs per row (--windo
 @dataclass
 class Counts:
     """What classifying some rows took: rows, tokens seen by the model, null texts, texts
-    cut to fit, and model inputs (``windows``: more than rows with ``--long-text window``)."""
+    cut to fit, model inputs (``windows``: more than rows with ``--long-text window``), rows
+    re-scored by the fp32 reference (``rechecked``, see :mod:`clsx.inference.recheck`) and
+    those whose decision the re-check changed (``recheck_changed``)."""
 
     rows: int = 0
     tokens: int = 0
     nulls: int = 0
     truncated: int = 0
     windows: int = 0
+    rechecked: int = 0
+    recheck_changed: int = 0
 
     def add(self, other: Counts) -> None:
         for field in dataclasses.fields(self):
@@ -92,6 +97,7 @@ class Classifier:
         long_text: dict[str, Any] | None = None,
         threshold: float | None = None,
         windows_column: bool = False,
+        recheck: Recheck | None = None,
     ) -> None:
         self.artifact = artifact
         self.runner = runner
@@ -100,6 +106,7 @@ class Classifier:
                                    artifact.manifest.long_text.override(**(long_text or {})))
         self.rule = DecisionRule.of(artifact.manifest, threshold)
         self.windows_column = windows_column
+        self.recheck = recheck
 
     @classmethod
     def open(cls, model: str | Path, backend: str = "auto",
@@ -125,7 +132,8 @@ class Classifier:
         ``settings`` are the other keyword arguments of the constructor: ``batch_tokens``,
         ``long_text`` (fields of the manifest's :class:`~clsx.artifacts.long_text.LongText` to
         override; None values keep the manifest's), ``threshold`` (multi-label, for every
-        label; None: the model's tuned ones) and ``windows_column``.
+        label; None: the model's tuned ones), ``windows_column`` and ``recheck`` (re-score
+        the rows under a margin with a reference: :mod:`clsx.inference.recheck`).
         """
         options = options or RunnerOptions()
         if max_length is None:
@@ -149,18 +157,43 @@ class Classifier:
 
     def predict_encoded(self, window: EncodedWindow) -> Prediction:
         """Classify an already encoded window; a row cut into several inputs gets its
-        inputs' logits combined."""
-        logits = predict_window_rows(window, self.runner.predict_rows, self.manifest.num_labels,
-                                     self.batch_tokens, self.runner.max_batch_rows)
-        if window.pieces is not None:
-            logits = combine(logits, window.pieces, self.encoder.long_text.aggregate,
-                             self.manifest.problem_type)
+        inputs' logits combined; with a re-check, the rows under its margin take the
+        reference's logits."""
+        logits = self.logits(window)
+        counts = Counts(rows=window.rows, tokens=window.tokens, nulls=window.nulls,
+                        truncated=window.truncated, windows=len(window.ids) - window.nulls)
+        if self.recheck is not None:
+            logits = self._recheck(window, logits, self.recheck, counts)
         columns = self.rule.columns(logits)
         if self.windows_column:
             columns.append(pa.array(window.inputs_per_row(), pa.int32()))
-        counts = Counts(rows=window.rows, tokens=window.tokens, nulls=window.nulls,
-                        truncated=window.truncated, windows=len(window.ids) - window.nulls)
         return Prediction(logits, columns, counts)
+
+    def logits(self, window: EncodedWindow, runner: Runner | None = None) -> np.ndarray:
+        """One row of logits per row of ``window`` from ``runner`` (default: this
+        classifier's; another, such as the re-check's reference, in its own batch size),
+        without re-check."""
+        batch_tokens = self.batch_tokens if runner is None else runner.batch_tokens
+        runner = runner or self.runner
+        logits = predict_window_rows(window, runner.predict_rows, self.manifest.num_labels,
+                                     batch_tokens, runner.max_batch_rows)
+        if window.pieces is not None:
+            logits = combine(logits, window.pieces, self.encoder.long_text.aggregate,
+                             self.manifest.problem_type)
+        return logits
+
+    def _recheck(self, window: EncodedWindow, logits: np.ndarray, recheck: Recheck,
+                 counts: Counts) -> np.ndarray:
+        """``logits`` with the unsure rows re-scored by the reference; counts them."""
+        unsure = recheck.unsure(self.rule, logits)
+        if not len(unsure):
+            return logits
+        exact = self.logits(window.select(unsure), recheck.reference())
+        counts.rechecked += len(unsure)
+        counts.recheck_changed += changed_rows(self.rule, logits[unsure], exact)
+        logits = logits.copy()
+        logits[unsure] = exact
+        return logits
 
     def stream(self, items: Iterable[tuple[T, Sequence[str | None]]]
                ) -> Iterator[tuple[T, Prediction]]:
@@ -179,8 +212,11 @@ class Classifier:
         return Prediction.concat(parts) if parts else self.predict([])
 
     def close(self) -> None:
-        """Release what the backend holds beyond memory (vLLM's engine process)."""
+        """Release what the backend holds beyond memory (vLLM's engine process), and the
+        re-check's reference."""
         self.runner.close()
+        if self.recheck is not None:
+            self.recheck.close()
 
     def __enter__(self) -> Classifier:
         return self

@@ -45,6 +45,14 @@ class EncodedWindow:
     def rows(self) -> int:
         return len(self.ids) if self.pieces is None else len(self.pieces)
 
+    def select(self, rows: np.ndarray) -> EncodedWindow:
+        """The window of ``rows`` only (indices in row order), with all their inputs."""
+        if self.pieces is None:
+            return EncodedWindow([self.ids[i] for i in rows], 0)
+        starts = first_inputs(self.pieces)
+        ids = [self.ids[j] for i in rows for j in range(starts[i], starts[i] + self.pieces[i])]
+        return EncodedWindow(ids, 0, self.pieces[rows])
+
     def inputs_per_row(self) -> np.ndarray:
         """How many model inputs each row became: 0 for a null text, else 1 or its windows."""
         counts = np.ones(self.rows, np.int32) if self.pieces is None else (

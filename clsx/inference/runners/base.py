@@ -77,6 +77,11 @@ class Runner(ABC):
         return None
 
     @property
+    def precision(self) -> str:
+        """The number format the model computes in: ``fp32``, ``bf16``, ``fp16`` or ``int8``."""
+        return "fp32"
+
+    @property
     def description(self) -> str:
         """A short human-readable name for summaries, e.g. ``onnx (onnx-int8, cpu)``."""
         return type(self).__name__

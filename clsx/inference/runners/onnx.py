@@ -44,6 +44,10 @@ class OnnxRunner(Runner):
         return logits.astype(np.float32, copy=False)
 
     @property
+    def precision(self) -> str:
+        return "int8" if self.artifact.manifest.format == "onnx-int8" else "fp32"
+
+    @property
     def description(self) -> str:
         device = "cuda" if CUDA_PROVIDER in self.session.get_providers() else "cpu"
         return f"onnx ({self.artifact.manifest.format}, {device})"

@@ -52,6 +52,10 @@ class TensorrtRunner(OnnxRunner):
         return open_session(path, options, accelerators=[(TENSORRT_PROVIDER, provider)])
 
     @property
+    def precision(self) -> str:
+        return self.dtype
+
+    @property
     def description(self) -> str:
         return f"tensorrt ({self.dtype}, cuda)"
 

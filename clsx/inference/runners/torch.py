@@ -40,6 +40,10 @@ class TorchRunner(Runner):
         return logits.float().cpu().numpy()
 
     @property
+    def precision(self) -> str:
+        return self.dtype
+
+    @property
     def description(self) -> str:
         return f"torch ({self.dtype}, {self.device})"
 

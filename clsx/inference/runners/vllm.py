@@ -147,5 +147,9 @@ class VllmRunner(Runner):
             llm.llm_engine.engine_core.shutdown()
 
     @property
+    def precision(self) -> str:
+        return self.dtype
+
+    @property
     def description(self) -> str:
         return f"vllm ({self.dtype}, {'cpu' if self.on_cpu else 'cuda'})"

@@ -1,0 +1,102 @@
+"""Which runs re-check, against which fp32 reference, and at which cut.
+
+A run re-checks (:mod:`clsx.inference.recheck`) when its runner computes below fp32 (torch
+or vLLM in bf16/fp16, onnx-int8, TensorRT fp16), the model has labels, and ``--no-recheck``
+is not given. The reference is fp32 of the same runner for a dtype change, and PyTorch fp32
+of the export's parent model directory for an export; an export whose parent is gone is
+refused unless the run passes ``--no-recheck``.
+
+The cut δ (:mod:`clsx.quality.recheck`) comes from, in this order: the job a ``--resume``
+continues (every row of OUT re-checked alike), the export's ``clsx.json`` (measured at
+export time on ``--calibration-data``), this machine's remembered cut (``auto-recheck.json``
+in the clsx cache, keyed like the dtype choice), or a measurement on IN's first
+:data:`SAMPLE_TEXTS` texts, which is then remembered.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from clsx.artifacts.artifact import Artifact, open_artifact
+from clsx.artifacts.bundled import cache_dir
+from clsx.auto.dtype import read_choices, remember
+from clsx.errors import ClsxError
+from clsx.inference.classifier import Classifier
+from clsx.inference.hardware import machine_description
+from clsx.inference.recheck import LOWER_PRECISIONS, Recheck
+from clsx.inference.runners import load_runner
+from clsx.inference.runners.base import Runner, RunnerOptions
+from clsx.log import Log, silent
+from clsx.quality.recheck import RecheckCut, choose_cut
+
+SAMPLE_TEXTS = 512
+STORED = "recheck"  # the key of an export's cut in its manifest's ``parity``
+
+
+def rechecks(classifier: Classifier, wanted: bool | None = None) -> bool:
+    """Whether ``classifier`` re-checks: lower precision, labels, and not ``--no-recheck``."""
+    return (wanted is not False and classifier.runner.precision in LOWER_PRECISIONS
+            and classifier.rule.has_labels)
+
+
+def reference_opener(classifier: Classifier) -> Callable[[], Runner]:
+    """A loader of ``classifier``'s fp32 reference; an export whose parent model directory
+    is gone is refused here, before any work."""
+    artifact, runner = classifier.artifact, classifier.runner
+    if artifact.manifest.format == "torch":
+        options = dataclasses.replace(runner.options, dtype="fp32")
+        return lambda: type(runner)(artifact, options)
+    parent = export_parent(artifact)
+    options = RunnerOptions(device=runner.options.device, threads=runner.options.threads,
+                            max_length=runner.options.max_length, dtype="fp32")
+    return lambda: load_runner(parent, "torch", options)
+
+
+def export_parent(artifact: Artifact) -> Artifact:
+    """The model directory ``artifact`` was exported from, which must still be there."""
+    manifest = artifact.manifest
+    parent = (artifact.path / manifest.parent).resolve() if manifest.parent else None
+    if parent is None or not (parent / "config.json").is_file():
+        where = f" ({parent})" if parent is not None else ""
+        raise ClsxError(
+            f"{artifact.path} is a {manifest.format} export whose parent model directory"
+            f"{where}, the fp32 reference its unsure rows are re-checked with, is gone; "
+            "restore it, or pass --no-recheck to run without the re-check")
+    return open_artifact(parent)
+
+
+def attach(classifier: Classifier, margin: float = 0.0) -> Recheck:
+    """Make ``classifier`` re-check the rows under ``margin`` with its reference (0: none
+    until :func:`resolve_cut` sets the cut)."""
+    classifier.recheck = Recheck(margin, reference_opener(classifier))
+    return classifier.recheck
+
+
+def resolve_cut(classifier: Classifier, texts: Callable[[], list[str]],
+                threads: int | None = None, log: Log = silent) -> RecheckCut | None:
+    """The cut ``classifier`` (re-check attached) re-checks at: the export's stored one,
+    this machine's remembered one, else measured on ``texts()`` (None: no texts to measure
+    on)."""
+    stored = classifier.manifest.parity.get(STORED)
+    if stored is not None:
+        return RecheckCut.from_json(stored)
+    key = "|".join([classifier.artifact.fingerprint, classifier.description, str(threads),
+                    machine_description(), str(classifier.rule.thresholds),
+                    str(classifier.encoder.max_length)])
+    remembered = read_choices(_cache()).get(key)
+    if remembered is not None:
+        return RecheckCut.from_json(remembered)
+    sample = texts()
+    if not sample:
+        return None
+    log(f"measuring the re-check cut on {len(sample)} texts beside fp32")
+    window = classifier.encoder.encode(sample)
+    cut = choose_cut(classifier.rule, classifier.logits(window),
+                     classifier.logits(window, classifier.recheck.reference()))
+    remember(_cache(), key, cut.to_json())
+    return cut
+
+
+def _cache():
+    return cache_dir() / "auto-recheck.json"

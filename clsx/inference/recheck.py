@@ -1,0 +1,79 @@
+"""Re-checking the rows a lower-precision run is unsure of with the fp32 reference.
+
+A bf16, fp16 or int8 run moves every probability a little; a label changes only where the
+decision was close. The *margin* of a row says how close: single-label, the top-1 minus the
+top-2 probability; multi-label, the smallest distance of a label's probability from its
+threshold (both on the calibrated probabilities users get). Rows whose fast margin is under
+the cut δ are scored again by the reference (PyTorch fp32 of the same model) and take its
+output, so that on them the labels are fp32's exactly. How δ is chosen from data lives in
+:mod:`clsx.quality.recheck`.
+
+Regression has no decision to flip: its rows are never re-checked (see the README).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from clsx.inference.decisions import MULTI, SINGLE, DecisionRule
+from clsx.inference.runners.base import Runner
+
+LOWER_PRECISIONS = ("bf16", "fp16", "int8")  # the number formats a re-check applies to
+
+
+def margins(rule: DecisionRule, logits: np.ndarray) -> np.ndarray:
+    """How far each row's decision is from changing, in probability; +inf for null rows and
+    for regression (nothing to change)."""
+    out = np.full(len(logits), np.inf, dtype=np.float32)
+    present = ~np.isnan(logits).any(axis=1)
+    if not present.any() or rule.problem_type not in (SINGLE, MULTI):
+        return out
+    probs = rule.probabilities(logits[present])
+    if rule.problem_type == SINGLE:
+        if probs.shape[1] < 2:
+            return out
+        top = np.sort(probs, axis=1)
+        out[present] = top[:, -1] - top[:, -2]
+    else:
+        out[present] = np.abs(probs - rule.cut).min(axis=1)
+    return out
+
+
+@dataclass
+class Recheck:
+    """The cut ``margin`` (δ) and the reference that re-scores rows under it.
+
+    ``open_reference`` is called on the first row to re-check, so a job with nothing to
+    re-check never loads the reference.
+    """
+
+    margin: float
+    open_reference: Callable[[], Runner]
+    _runner: Runner | None = field(default=None, repr=False)
+
+    def reference(self) -> Runner:
+        """The reference runner, loaded on first use."""
+        if self._runner is None:
+            self._runner = self.open_reference()
+        return self._runner
+
+    def unsure(self, rule: DecisionRule, logits: np.ndarray) -> np.ndarray:
+        """Indices of the rows whose margin is under the cut."""
+        return np.flatnonzero(margins(rule, logits) < self.margin)
+
+    def close(self) -> None:
+        """Release the reference, where it was loaded."""
+        if self._runner is not None:
+            self._runner.close()
+            self._runner = None
+
+
+def changed_rows(rule: DecisionRule, before: np.ndarray, after: np.ndarray) -> int:
+    """How many rows' decisions (multi-label: the whole label set) differ."""
+    if not rule.has_labels or not len(before):
+        return 0
+    same = (rule.decide(before) == rule.decide(after)).reshape(len(before), -1)
+    return int((~same.all(axis=1)).sum())

@@ -1,0 +1,123 @@
+"""The re-check's cut δ, chosen from data, and what a sample says about the labels left.
+
+The fast path and the fp32 reference classify the same sample. For each row, its
+*perturbation* is how far the fast path moved the probability gaps its decision rests on
+(single-label: the top label's probability minus each other's; multi-label: each label's
+probability against its threshold). A row's decision can change only where its fast margin
+(:func:`clsx.inference.recheck.margins`) is below its perturbation, so
+
+    δ = SAFETY x max(largest fast margin of a changed row, 99th percentile of perturbations)
+
+covers every change the sample shows and the perturbations of 99% of its rows. The
+factor ``SAFETY`` = 1.5 is room for rows beyond the sample, whose perturbation may exceed
+every sampled one: a fast path's perturbations are bounded by its number format (bf16
+keeps 8 mantissa bits, int8 rounds weights to 7 bits), so the tail past the 99th
+percentile is short, and half again covers it while re-checking, where the margins spread
+evenly near zero, only half again as many rows.
+
+What is left is bounded, not assumed: a sample row is *at risk* when its margin is at or
+over δ but under its perturbation (the fast path moved it enough to change it, and the
+re-check would not look). The 95% Clopper-Pearson upper bound on the share at risk bounds
+the labels that may still differ from fp32's. A sample of n rows with none at risk bounds
+it at about 3/n: showing a target of 1e-4 takes ~30,000 rows, so on the default sample the
+summary says which bound was shown rather than claim the target.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from clsx.inference.decisions import MULTI, SINGLE, DecisionRule
+from clsx.inference.recheck import margins
+
+SAFETY = 1.5
+SPREAD_QUANTILE = 0.99
+MAX_MARGIN = 0.5  # past this, most rows would be re-checked: the fast path is no use
+CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class RecheckCut:
+    """A re-check cut and the sample it was chosen on.
+
+    ``margin`` is δ; ``rows`` the sample's non-null rows; ``flips`` the rows whose decision
+    the fast path changed; ``at_risk`` the rows it could have changed above δ;
+    ``upper_bound`` the 95% bound on the share of labels that may still differ;
+    ``rechecked_share`` the share of the sample under δ.
+    """
+
+    margin: float
+    rows: int
+    flips: int
+    at_risk: int
+    upper_bound: float
+    rechecked_share: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RecheckCut:
+        return cls(**{name: data[name] for name in cls.__dataclass_fields__})
+
+    def describe(self, target: float) -> str:
+        """One line for logs: the cut, and the bound the sample shows against ``target``
+        (``--max-label-changes``)."""
+        line = (f"re-check below margin {self.margin:.3g} ({self.rechecked_share:.1%} of "
+                f"{self.rows} sample rows; {self.flips} label changes in the sample, "
+                f"{self.at_risk} rows at risk above the cut")
+        line += f"); labels that may still differ from fp32: <= {self.upper_bound:.2%} (95%)"
+        if self.upper_bound > target:
+            needed = rows_to_show(target)
+            line += (f", above --max-label-changes {target:g}: showing it takes a sample "
+                     f"of >= {needed} rows with none at risk")
+        return line
+
+
+def perturbations(rule: DecisionRule, fast: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Per row, how far the fast path moved the probability gaps its decision rests on."""
+    moved = rule.probabilities(fast) - rule.probabilities(reference)
+    if rule.problem_type == SINGLE:
+        top = rule.probabilities(fast).argmax(axis=1)
+        return np.abs(moved[np.arange(len(moved)), top][:, None] - moved).max(axis=1)
+    if rule.problem_type == MULTI:
+        return np.abs(moved).max(axis=1)
+    return np.zeros(len(fast), dtype=np.float32)
+
+
+def choose_cut(rule: DecisionRule, fast: np.ndarray, reference: np.ndarray) -> RecheckCut:
+    """The cut for a fast path that gave ``fast`` where the reference gave ``reference`` on
+    the same sample rows (null rows, NaN in either, are left out)."""
+    present = ~(np.isnan(fast).any(axis=1) | np.isnan(reference).any(axis=1))
+    fast, reference = fast[present], reference[present]
+    rows = len(fast)
+    if rows == 0 or not rule.has_labels:
+        return RecheckCut(0.0, rows, 0, 0, upper_bound(0, rows), 0.0)
+    margin = margins(rule, fast)
+    moved = perturbations(rule, fast, reference)
+    flipped = (rule.decide(fast) != rule.decide(reference)).reshape(rows, -1).any(axis=1)
+    cover = float(margin[flipped].max(initial=0.0))
+    spread = float(np.quantile(moved, SPREAD_QUANTILE))
+    cut = min(SAFETY * max(cover, spread), MAX_MARGIN)
+    at_risk = int(((margin >= cut) & (margin < moved)).sum())
+    return RecheckCut(round(cut, 6), rows, int(flipped.sum()), at_risk,
+                      upper_bound(at_risk, rows), float((margin < cut).mean()))
+
+
+def upper_bound(events: int, trials: int, confidence: float = CONFIDENCE) -> float:
+    """The one-sided Clopper-Pearson upper bound on a rate seen ``events`` times in
+    ``trials`` (1.0 for no trials)."""
+    if trials == 0 or events >= trials:
+        return 1.0
+    from scipy.stats import beta
+
+    return float(beta.ppf(confidence, events + 1, trials - events))
+
+
+def rows_to_show(target: float, confidence: float = CONFIDENCE) -> int:
+    """The sample size whose upper bound with no event reaches ``target``."""
+    return math.ceil(math.log(1 - confidence) / math.log1p(-target))

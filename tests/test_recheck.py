@@ -1,0 +1,214 @@
+"""Re-check: the rows a lower-precision run is unsure of get fp32's output.
+
+The fast path is a fake (:class:`PlantedFlips`): the fake runner in ``--dtype bf16`` that
+swaps the top two logits of every row whose fp32 margin is small, so its flips sit near the
+boundary where real bf16 / int8 flips sit. The reference is the same fake in fp32.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+import clsx
+import clsx.inference.runners
+from clsx.inference.classifier import Classifier
+from clsx.inference.decisions import MULTI, SINGLE, DecisionRule
+from clsx.inference.recheck import Recheck, margins
+from clsx.quality.recheck import choose_cut, rows_to_show, upper_bound
+from clsx.testing.tiny_models import build_tiny_classifier
+from tests.conftest import TEXTS, predict, write_parquet
+from tests.fakes import FakeRunner
+
+NEAR = 0.15  # rows under this fp32 margin are flipped by the fast fake
+
+
+class PlantedFlips(FakeRunner):
+    """The fake runner; below fp32 it flips the decision of every row whose fp32 margin is
+    under :data:`NEAR` (single-label: swaps the top two logits; multi-label: moves each
+    probability within NEAR of 0.5 to the other side)."""
+
+    def logits(self, rows):
+        logits = super().logits(rows)
+        if self.dtype == "fp32":
+            return logits
+        rule = DecisionRule.of(self.artifact.manifest)
+        near = margins(rule, logits) < NEAR
+        if rule.problem_type == MULTI:
+            logits[near] = -logits[near]  # sigmoid(-x) = 1 - sigmoid(x): every label flips
+            return logits
+        order = np.argsort(logits, axis=1)
+        rows_near = np.flatnonzero(near)
+        top, second = order[rows_near, -1], order[rows_near, -2]
+        logits[rows_near, top], logits[rows_near, second] = (logits[rows_near, second],
+                                                             logits[rows_near, top])
+        return logits
+
+
+@pytest.fixture
+def planted(monkeypatch, tmp_path_factory) -> Path:
+    """The torch backend runs on :class:`PlantedFlips`; returns the fresh clsx cache."""
+    monkeypatch.setitem(clsx.inference.runners.RUNNERS, "torch", "tests.test_recheck:PlantedFlips")
+    cache = tmp_path_factory.mktemp("recheck-cache")
+    monkeypatch.setenv("CLSX_CACHE", str(cache))
+    return cache
+
+
+def _texts(count: int, seed: int = 0) -> list[str | None]:
+    words = " ".join(TEXTS).split()
+    rng = random.Random(seed)
+    return [" ".join(rng.choices(words, k=rng.randint(1, 30))) for _ in range(count)] + [None]
+
+
+def _run(source, out, model, *options):
+    result = predict(source, out, "-m", model, *options)
+    assert result.exit_code == 0, result.output
+    return pq.read_table(out), result.output
+
+
+def test_margins_by_problem_type():
+    single = DecisionRule(SINGLE, ("a", "b", "c"), (0.5,) * 3)
+    logits = np.log(np.array([[0.5, 0.3, 0.2], [0.4, 0.4, 0.2], [np.nan] * 3], np.float32))
+    np.testing.assert_allclose(margins(single, logits), [0.2, 0.0, np.inf], atol=1e-6)
+    multi = DecisionRule(MULTI, ("a", "b"), (0.3, 0.8))
+    probs = np.array([[0.35, 0.1], [0.9, 0.75]], np.float32)
+    np.testing.assert_allclose(margins(multi, np.log(probs / (1 - probs))), [0.05, 0.05],
+                               atol=1e-6)
+    regression = DecisionRule("regression", ("value",), (0.5,))
+    assert np.isinf(margins(regression, np.ones((2, 1), np.float32))).all()
+
+
+def test_near_boundary_flips_are_all_corrected_and_counted(tiny_models, tmp_path, planted):
+    source = write_parquet(tmp_path / "in.parquet", _texts(600))
+    exact, _ = _run(source, tmp_path / "fp32.parquet", tiny_models["qwen2"], "--dtype", "fp32")
+    fast, _ = _run(source, tmp_path / "fast.parquet", tiny_models["qwen2"], "--dtype", "bf16",
+                   "--no-recheck")
+    flips = int((np.array(fast.column("label")) != np.array(exact.column("label"))).sum())
+    assert flips > 20  # the fake flips enough rows for the test to mean something
+    checked, output = _run(source, tmp_path / "checked.parquet", tiny_models["qwen2"],
+                           "--dtype", "bf16")
+    assert checked.column("label").equals(exact.column("label"))
+    assert f"{flips} labels changed" in output and "rows re-checked in fp32" in output
+    rechecked = int(output.split(" rows re-checked")[0].rsplit(" ", 1)[1])
+    assert flips <= rechecked < 600  # the unsure rows, not all of them
+    # Re-checked rows carry the reference's probs; the others the fast path's (same here).
+    assert checked.column("probs").equals(exact.column("probs"))
+
+
+def test_a_far_flip_in_the_sample_is_reported_not_hidden():
+    rule = DecisionRule(SINGLE, ("a", "b"), (0.5, 0.5))
+    rng = np.random.default_rng(0)
+    reference = rng.normal(0, 2, (500, 2)).astype(np.float32)
+    fast = reference + rng.normal(0, 0.01, reference.shape).astype(np.float32)
+    far = int(np.argmax(np.abs(reference[:, 0] - reference[:, 1])))  # the surest row
+    fast[far] = fast[far, ::-1]
+    cut = choose_cut(rule, fast, reference)
+    assert cut.flips >= 1 and cut.at_risk == 1 and cut.margin == 0.5  # capped: no cover
+    assert cut.upper_bound == pytest.approx(upper_bound(1, 500))
+    assert "1 rows at risk above the cut" in cut.describe(1e-4)
+    assert f">= {rows_to_show(1e-4)} rows" in cut.describe(1e-4)
+    assert "showing it takes" not in cut.describe(0.05)
+    clean = choose_cut(rule, reference + np.float32([1e-3, 0]), reference)
+    assert clean.flips == 0 and clean.at_risk == 0 and 0 < clean.margin < 0.01
+    assert clean.upper_bound == pytest.approx(1 - 0.05 ** (1 / 500), rel=1e-6)
+
+
+def test_multi_label_at_tuned_thresholds(tmp_path, planted):
+    model = build_tiny_classifier(tmp_path / "multi", "bert", problem_type=MULTI, seed=5)
+    manifest = json.loads((model / "clsx.json").read_text())
+    manifest["thresholds"] = [0.45, 0.55, 0.5][: len(manifest["labels"])]
+    (model / "clsx.json").write_text(json.dumps(manifest))
+    source = write_parquet(tmp_path / "in.parquet", _texts(300, seed=2))
+    exact, _ = _run(source, tmp_path / "fp32.parquet", model, "--dtype", "fp32")
+    fast, _ = _run(source, tmp_path / "fast.parquet", model, "--dtype", "bf16", "--no-recheck")
+    assert not fast.column("labels").equals(exact.column("labels"))
+    checked, output = _run(source, tmp_path / "checked.parquet", model, "--dtype", "bf16")
+    assert checked.column("labels").equals(exact.column("labels"))
+    assert "rows re-checked in fp32" in output
+
+
+def test_nothing_unsure_never_loads_the_reference(tiny_models):
+    opened = []
+    classifier = Classifier.open(tiny_models["qwen2"], "torch")
+    classifier.recheck = Recheck(0.0, lambda: opened.append(1))
+    prediction = classifier.predict_all(TEXTS)
+    assert prediction.counts.rechecked == 0 and not opened
+
+
+def test_a_resumed_job_keeps_its_cut(tiny_models, tmp_path, planted, monkeypatch):
+    source = write_parquet(tmp_path / "in.parquet", _texts(400, seed=3))
+    options = ("--dtype", "bf16", "--window-rows", "50", "--part-rows", "50")
+    whole, _ = _run(source, tmp_path / "whole.parquet", tiny_models["qwen2"], *options)
+    out = tmp_path / "out.parquet"
+    real = Classifier.predict_encoded
+    calls = []
+
+    def dies_after_three_windows(self, window):
+        calls.append(1)
+        if len(calls) > 3:
+            raise OSError("the machine went away")
+        return real(self, window)
+
+    monkeypatch.setattr(Classifier, "predict_encoded", dies_after_three_windows)
+    assert predict(source, out, "-m", tiny_models["qwen2"], *options).exit_code != 0
+    monkeypatch.setattr(Classifier, "predict_encoded", real)
+    # This machine now remembers another cut (re-measured, or copied from elsewhere): 0, which
+    # re-checks nothing. The resume still re-checks at the job's own cut.
+    planted_cache = planted / "auto-recheck.json"
+    entries = json.loads(planted_cache.read_text())
+    planted_cache.write_text(json.dumps({k: {**v, "margin": 0.0} for k, v in entries.items()}))
+    resumed, output = _run(source, out, tiny_models["qwen2"], *options, "--resume")
+    assert "continued after" in output
+    assert resumed.equals(whole)
+
+
+def test_an_export_without_its_parent_is_refused_unless_no_recheck(tiny_exports, tmp_path,
+                                                                   texts_parquet):
+    moved = tmp_path / "deeper" / "than" / "before" / "int8"
+    shutil.copytree(tiny_exports["bert"], moved)  # its relative parent link leads nowhere
+    manifest = json.loads((moved / "clsx.json").read_text())
+    manifest["format"] = "onnx-int8"  # the fp32 graph, labelled as int8: a re-checked format
+    (moved / "clsx.json").write_text(json.dumps(manifest))
+    refused = predict(texts_parquet, tmp_path / "o.parquet", "-m", moved)
+    assert refused.exit_code == 1
+    assert "parent model directory" in refused.output and "--no-recheck" in refused.output
+    assert len(refused.output.strip().splitlines()) == 1
+    assert not (tmp_path / "o.parquet").exists()
+    assert predict(texts_parquet, tmp_path / "o.parquet", "-m", moved,
+                   "--no-recheck").exit_code == 0
+
+
+@pytest.mark.ray
+def test_ray_actors_recheck_at_the_drivers_cut(tiny_models, tmp_path, monkeypatch):
+    """The driver measures the cut once; each actor re-checks with its own fp32 reference:
+    rows come out with fp32's labels, and the re-checked ones with fp32's exact probs,
+    which bf16 alone never gives."""
+    pytest.importorskip("ray.data", reason="install clsx[ray]")
+    monkeypatch.setenv("CLSX_CACHE", str(tmp_path / "cache"))
+    source = write_parquet(tmp_path / "in.parquet", _texts(300, seed=4))
+    model = tiny_models["qwen2"]
+    exact, _ = _run(source, tmp_path / "fp32.parquet", model, "--dtype", "fp32")
+    fast, _ = _run(source, tmp_path / "bf16.parquet", model, "--dtype", "bf16", "--no-recheck")
+    on_ray, output = _run(source, tmp_path / "ray-out", model, "--dtype", "bf16", "--engine",
+                          "ray", "--num-workers", "2", "--preserve-order", "--window-rows", "64")
+    assert "re-check below margin" in output
+    assert on_ray.column("label").equals(exact.column("label"))
+    probs = [np.array(t.column("probs").to_pylist()[:-1]) for t in (exact, fast, on_ray)]
+    exact_rows = (probs[2] == probs[0]).all(axis=1) & (probs[1] != probs[0]).any(axis=1)
+    assert exact_rows.sum() > 0
+
+
+def test_the_python_api_rechecks_like_batch_predict(tiny_models, planted):
+    texts = _texts(300, seed=5)
+    with clsx.load(tiny_models["qwen2"], dtype="fp32") as exact:
+        expected = exact.predict(texts)
+    with clsx.load(tiny_models["qwen2"], dtype="bf16", recheck=False) as fast:
+        assert fast.predict(texts) != expected  # the planted flips
+    with clsx.load(tiny_models["qwen2"], dtype="bf16") as checked:
+        assert checked.predict(texts) == expected
