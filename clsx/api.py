@@ -197,7 +197,8 @@ def batch_predict(input: str | Path, output: str | Path, model: str | Path, *,
     ray_fields = _field_names(RayOptions)
     _check_names("batch_predict", options,
                  [name for name in job_fields
-                  if name not in ("input", "output", "model", "recheck_margin")]
+                  if name not in ("input", "output", "model", "recheck_margin",
+                                  "fallback_margin")]
                  + ray_fields)
     given = _given(options)
     for name in ("keep_columns", "storage_options"):

@@ -212,3 +212,36 @@ def test_the_python_api_rechecks_like_batch_predict(tiny_models, planted):
         assert fast.predict(texts) != expected  # the planted flips
     with clsx.load(tiny_models["qwen2"], dtype="bf16") as checked:
         assert checked.predict(texts) == expected
+
+
+def test_a_cascade_sends_the_unsure_rows_to_the_fallback_model(tiny_models, qwen2_copy,
+                                                               tmp_path, planted):
+    """The first model is the planted fast path without re-check (its flips stand for a
+    student's mistakes); the fallback is the same weights in fp32, another directory."""
+    source = write_parquet(tmp_path / "in.parquet", _texts(400, seed=6))
+    teacher, _ = _run(source, tmp_path / "teacher.parquet", qwen2_copy)
+    student, _ = _run(source, tmp_path / "student.parquet", tiny_models["qwen2"], "--dtype",
+                      "bf16", "--no-recheck")
+    assert not student.column("label").equals(teacher.column("label"))
+    cascade, output = _run(source, tmp_path / "cascade.parquet", tiny_models["qwen2"],
+                           "--dtype", "bf16", "--no-recheck", "--fallback-model", qwen2_copy,
+                           "--fallback-agreement", "1")
+    # The whole input is the sample here, so the cut sends every disagreement.
+    assert cascade.column("label").equals(teacher.column("label"))
+    assert "agreeing with it alone on 100.00%" in output
+    sent = int(output.split(" rows (")[0].rsplit(" ", 1)[1])
+    assert 0 < sent < 400 and "sent to the fallback model (margin <" in output
+    sent_rows = np.array(student.column("label")) != np.array(teacher.column("label"))
+    probs = [np.array(t.column("probs").to_pylist()[:-1]) for t in (teacher, cascade)]
+    np.testing.assert_array_equal(probs[1][sent_rows[:-1]], probs[0][sent_rows[:-1]])
+
+
+def test_a_fallback_model_with_other_labels_is_refused(tiny_models, qwen2_copy, texts_parquet,
+                                                       tmp_path):
+    manifest = json.loads((qwen2_copy / "clsx.json").read_text())
+    manifest["labels"] = [*manifest["labels"][:-1], "other"]
+    (qwen2_copy / "clsx.json").write_text(json.dumps(manifest))
+    refused = predict(texts_parquet, tmp_path / "o.parquet", "-m", tiny_models["qwen2"],
+                      "--fallback-model", qwen2_copy)
+    assert refused.exit_code == 1 and len(refused.output.strip().splitlines()) == 1
+    assert "must have the labels and problem type" in refused.output

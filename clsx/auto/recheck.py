@@ -1,4 +1,5 @@
-"""Which runs re-check, against which fp32 reference, and at which cut.
+"""Which runs re-check, against which fp32 reference, and at which cut; a cascade's
+fallback model checked, and its cut chosen.
 
 A run re-checks (:mod:`clsx.inference.recheck`) when its runner computes below fp32 (torch
 or vLLM in bf16/fp16, onnx-int8, TensorRT fp16), the model has labels, and ``--no-recheck``
@@ -28,7 +29,7 @@ from clsx.inference.recheck import LOWER_PRECISIONS, Recheck
 from clsx.inference.runners import load_runner
 from clsx.inference.runners.base import Runner, RunnerOptions
 from clsx.log import Log, silent
-from clsx.quality.recheck import RecheckCut, choose_cut
+from clsx.quality.recheck import FallbackCut, RecheckCut, choose_cut, choose_fallback_cut
 
 SAMPLE_TEXTS = 512
 STORED = "recheck"  # the key of an export's cut in its manifest's ``parity``
@@ -100,3 +101,30 @@ def resolve_cut(classifier: Classifier, texts: Callable[[], list[str]],
 
 def _cache():
     return cache_dir() / "auto-recheck.json"
+
+
+def check_fallback(first: Artifact, fallback: Artifact) -> None:
+    """Refuse a fallback model whose labels or problem type differ from the first model's:
+    its rows must mean what the first model's mean."""
+    ours, theirs = first.manifest, fallback.manifest
+    if ours.problem_type == "regression":
+        raise ClsxError("--fallback-model needs a classifier: a regression model has no "
+                        "confidence to send rows on")
+    if ours.problem_type != theirs.problem_type or ours.labels != theirs.labels:
+        raise ClsxError(
+            f"--fallback-model {fallback.path} must have the labels and problem type of "
+            f"{first.path}: it has {theirs.problem_type} [{', '.join(theirs.labels)}], the "
+            f"model {ours.problem_type} [{', '.join(ours.labels)}]")
+
+
+def fallback_cut(classifier: Classifier, texts: list[str], target: float
+                 ) -> FallbackCut | None:
+    """The cut at which ``classifier``'s cascade (fallback attached) agrees with its
+    fallback model alone on ``target`` of ``texts`` (None: no texts)."""
+    if not texts:
+        return None
+    fallback = classifier.fallback.classifier
+    first = classifier.predict(texts).logits
+    second = fallback.predict(texts).logits
+    return choose_fallback_cut(classifier.rule, first, classifier.rule.decide(first),
+                               fallback.rule.decide(second), target)

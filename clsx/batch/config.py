@@ -66,8 +66,11 @@ class BatchPredictConfig(LongTextOverride):
     auto_formats: bool | None = None  # None: when IN has FORMAT_SEARCH_MIN_ROWS rows or more
     recheck: bool | None = None  # None: on wherever the run computes below fp32
     max_label_changes: float = MAX_LABEL_CHANGES
-    # Pinned by the driver, never a flag: the re-check cut every replica runs with.
+    fallback_model: Path | None = None
+    fallback_agreement: float = 0.995
+    # Pinned by the driver, never flags: the cuts every replica runs with.
     recheck_margin: float | None = None
+    fallback_margin: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("batch_tokens", "window_rows", "max_length", "threads", "part_rows"):
@@ -76,6 +79,9 @@ class BatchPredictConfig(LongTextOverride):
                 raise ClsxError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
         if self.threshold is not None and not 0.0 < self.threshold < 1.0:
             raise ClsxError(f"--threshold must be between 0 and 1, got {self.threshold}")
+        if not 0.0 < self.fallback_agreement <= 1.0:
+            raise ClsxError("--fallback-agreement must be in (0, 1], got "
+                            f"{self.fallback_agreement}")
         if not 0.0 < self.max_label_changes < 1.0:
             raise ClsxError("--max-label-changes must be between 0 and 1, got "
                             f"{self.max_label_changes}")
@@ -107,8 +113,9 @@ class BatchPredictConfig(LongTextOverride):
 
         Inputs are recorded by path or URI (never with credentials, which no URI holds),
         size and modification time; storage options are not recorded. It is known before
-        the model loads, so that a resume with other settings is refused at once. Two more
-        keys join it once known: :data:`RECHECK_MARGIN`, the re-check cut, and
+        the model loads, so that a resume with other settings is refused at once. Three more
+        keys join it once known: :data:`RECHECK_MARGIN` and :data:`FALLBACK_MARGIN`, the
+        re-check's and the cascade's cuts, and
         :data:`AUTO_FORMAT`, the format ``--backend auto``'s search chose. A resume does
         not search again but runs the format its journal records (see
         :func:`clsx.batch.local_engine.pin_auto_format`), so that every row of OUT comes
@@ -119,9 +126,10 @@ class BatchPredictConfig(LongTextOverride):
         options = ("backend", "text_column", "keep_columns", "window_rows", "batch_tokens",
                    "max_length", "long_text", "window_stride", "aggregate", "windows_column",
                    "output_prefix", "threshold", "device", "threads", "output_format", "dtype",
-                   "auto_formats", "recheck", "max_label_changes")
+                   "auto_formats", "recheck", "max_label_changes", "fallback_agreement")
+        fallback = None if self.fallback_model is None else str(self.fallback_model.resolve())
         return {"inputs": inputs, "model": str(self.model.resolve()),
-                "model_fingerprint": model_fingerprint,
+                "model_fingerprint": model_fingerprint, "fallback_model": fallback,
                 **{name: _json_value(getattr(self, name)) for name in options}}
 
 
@@ -129,6 +137,8 @@ class BatchPredictConfig(LongTextOverride):
 AUTO_FORMAT = "auto_format"
 # The job record's key for the re-check cut (None: the job does not re-check).
 RECHECK_MARGIN = "recheck_margin"
+# The job record's key for the cascade's cut (None: no --fallback-model).
+FALLBACK_MARGIN = "fallback_margin"
 
 
 def _json_value(value: Any) -> Any:

@@ -12,11 +12,12 @@ import pyarrow as pa
 
 from clsx.artifacts.artifact import Artifact, open_artifact
 from clsx.auto.resolve import classifier_for
-from clsx.batch.config import AUTO_FORMAT, RECHECK_MARGIN, BatchPredictConfig
+from clsx.batch.config import AUTO_FORMAT, FALLBACK_MARGIN, RECHECK_MARGIN, BatchPredictConfig
 from clsx.batch.parts import open_store
 from clsx.batch.parts.store import PartWriter, Store
 from clsx.errors import ClsxError
 from clsx.inference.classifier import Classifier, Counts, output_fields
+from clsx.inference.runners import RunnerOptions
 from clsx.io.parquet import (
     ParquetInput,
     check_output_location,
@@ -47,6 +48,7 @@ class Summary:
     resumed_rows: int = 0
     already_complete: bool = False
     recheck_margin: float | None = None  # None: the run did not re-check
+    fallback_margin: float | None = None  # None: no fallback model
 
     def line(self) -> str:
         if self.already_complete:
@@ -64,10 +66,18 @@ class Summary:
         )
 
     def _rechecked(self) -> str:
-        if self.recheck_margin is None or self.counts is None:
+        if self.counts is None:
             return ""
-        return (f"{self.counts.rechecked} rows re-checked in fp32 (margin < "
-                f"{self.recheck_margin:.3g}), {self.counts.recheck_changed} labels changed; ")
+        line = ""
+        if self.recheck_margin is not None:
+            line += (f"{self.counts.rechecked} rows re-checked in fp32 (margin < "
+                     f"{self.recheck_margin:.3g}), {self.counts.recheck_changed} labels "
+                     "changed; ")
+        if self.fallback_margin is not None:
+            share = self.counts.fallback / max(self.counts.rows - self.counts.nulls, 1)
+            line += (f"{self.counts.fallback} rows ({share:.1%}) sent to the fallback model "
+                     f"(margin < {self.fallback_margin:.3g}); ")
+        return line
 
 
 @dataclass(frozen=True)
@@ -160,7 +170,37 @@ def open_classifier(config: BatchPredictConfig, artifact: Artifact,
 
         if rechecks(classifier, config.recheck):
             attach(classifier, config.recheck_margin)
+    if config.fallback_model is not None:
+        from clsx.inference.recheck import Fallback
+
+        second = open_artifact(config.fallback_model, allow_pickle=config.allow_pickle)
+        # Another model: its own backend, dtype and max length, on the same hardware.
+        hardware = RunnerOptions(device=options.device, threads=options.threads)
+        classifier.fallback = Fallback(config.fallback_margin or 0.0, classifier_for(
+            second, "auto", hardware, batch_tokens=config.batch_tokens,
+            threshold=config.threshold, windows_column=config.windows_column))
     return classifier
+
+
+def pin_fallback(config: BatchPredictConfig, source: ParquetInput, classifier: Classifier,
+                 journal: dict[str, Any] | None = None, log: Log = silent) -> float | None:
+    """The cascade's cut, set on ``classifier``'s fallback (None: no --fallback-model): the
+    cut of the job ``journal`` continues, else chosen on IN's first texts."""
+    from clsx.auto.recheck import SAMPLE_TEXTS, fallback_cut
+
+    if classifier.fallback is None:
+        return None
+    if journal is not None and journal.get(FALLBACK_MARGIN) is not None:
+        margin = journal[FALLBACK_MARGIN]
+    else:
+        cut = fallback_cut(classifier, first_texts(source, config, SAMPLE_TEXTS),
+                           config.fallback_agreement)
+        if cut is None:  # only null texts: nothing for either model to do
+            return None
+        log(f"--fallback-model: {cut.describe()}")
+        margin = cut.margin
+    classifier.fallback.margin = margin
+    return margin
 
 
 def pin_recheck(config: BatchPredictConfig, source: ParquetInput, classifier: Classifier,
@@ -187,6 +227,15 @@ def pin_recheck(config: BatchPredictConfig, source: ParquetInput, classifier: Cl
     recheck.margin = cut.margin
     log(f"--recheck: {cut.describe(config.max_label_changes)}")
     return cut.margin
+
+
+def check_fallback_model(config: BatchPredictConfig, artifact: Artifact) -> None:
+    """Refuse a --fallback-model whose labels or problem type differ from the model's."""
+    if config.fallback_model is not None:
+        from clsx.auto.recheck import check_fallback
+
+        check_fallback(artifact, open_artifact(config.fallback_model,
+                                               allow_pickle=config.allow_pickle))
 
 
 def checked_input(config: BatchPredictConfig) -> ParquetInput:
@@ -239,10 +288,11 @@ def _batch_predict(config: BatchPredictConfig, progress: Progress | None, log: L
             return Summary(0, 0.0, config.backend, config.output, already_complete=True)
         artifact = open_artifact(config.model, allow_pickle=config.allow_pickle)
         schema = output_schema(config, source, artifact)
+        check_fallback_model(config, artifact)
         job = config.job(source, artifact.fingerprint)
         # A resume with other settings, or a damaged store, fails here: before the format
         # search and the model load (minutes). A new job starts with no parts.
-        journal = store.check_job(job, AUTO_FORMAT, RECHECK_MARGIN)
+        journal = store.check_job(job, AUTO_FORMAT, RECHECK_MARGIN, FALLBACK_MARGIN)
         parts = store.parts() if journal is not None else []
         resumed_rows = sum(part.rows for part in parts)
         pinned = pin_auto_format(config, source, artifact, log=log, journal=journal)
@@ -256,6 +306,7 @@ def _batch_predict(config: BatchPredictConfig, progress: Progress | None, log: L
             # After the model loaded (one that fails to load leaves nothing), inside the
             # try: a refusal here must still close the classifier (vLLM's engine process).
             job[RECHECK_MARGIN] = pin_recheck(config, source, classifier, journal, log)
+            job[FALLBACK_MARGIN] = pin_fallback(config, source, classifier, journal, log)
             store.start(job)
             if not store.is_done():
                 next_window = parts[-1].last + 1 if parts else 0
@@ -272,7 +323,8 @@ def _batch_predict(config: BatchPredictConfig, progress: Progress | None, log: L
         if pinned.because is not None:
             backend += f", {pinned.because}"
         return Summary(counts.rows, time.perf_counter() - started, backend, config.output,
-                       counts, resumed_rows, recheck_margin=job[RECHECK_MARGIN])
+                       counts, resumed_rows, recheck_margin=job[RECHECK_MARGIN],
+                       fallback_margin=job[FALLBACK_MARGIN])
 
 
 def _claim_output(config: BatchPredictConfig, output: Location, store: Store) -> bool:

@@ -20,10 +20,12 @@ from clsx.artifacts.artifact import open_artifact
 from clsx.batch.config import BatchPredictConfig, RayOptions
 from clsx.batch.local_engine import (
     Summary,
+    check_fallback_model,
     checked_input,
     open_classifier,
     output_schema,
     pin_auto_format,
+    pin_fallback,
     pin_recheck,
 )
 from clsx.errors import ClsxError, os_error
@@ -75,9 +77,10 @@ def ray_batch_predict(config: BatchPredictConfig, options: RayOptions,
         raise ClsxError(f"output {output} is a file; --engine ray writes a directory")
     refuse_existing(output, config.overwrite)  # before the format search and Ray's start-up
     backend_for(artifact, config.backend)  # a bad model or backend fails here, not in an actor
+    check_fallback_model(config, artifact)
     pinned = pin_auto_format(config, source, artifact, threads=config.threads or ACTOR_THREADS,
                              log=log)
-    config = replace(pinned.config, recheck_margin=_recheck_margin(pinned.config, source, log))
+    config = _pin_cuts(pinned.config, source, log)
     started = time.perf_counter()
     _start_ray(ray, options.address,
                options.num_workers * (config.threads or ACTOR_THREADS))
@@ -120,14 +123,16 @@ def ray_batch_predict(config: BatchPredictConfig, options: RayOptions,
     return Summary(rows, time.perf_counter() - started, backend, config.output)
 
 
-def _recheck_margin(config: BatchPredictConfig, source: ParquetInput, log: Log) -> float | None:
-    """The re-check cut every actor runs with, chosen here once (None: no re-check); the
-    driver opens the model for it unless ``--no-recheck``."""
-    if config.recheck is False:
-        return None
+def _pin_cuts(config: BatchPredictConfig, source: ParquetInput, log: Log
+              ) -> BatchPredictConfig:
+    """``config`` with the re-check's and the cascade's cuts every actor runs with, chosen
+    here once; the driver opens the model for them unless neither can apply."""
+    if config.recheck is False and config.fallback_model is None:
+        return config
     artifact = open_artifact(config.model, allow_pickle=config.allow_pickle)
     with open_classifier(config, artifact, threads=config.threads or ACTOR_THREADS) as model:
-        return pin_recheck(config, source, model, log=log)
+        return replace(config, recheck_margin=pin_recheck(config, source, model, log=log),
+                       fallback_margin=pin_fallback(config, source, model, log=log))
 
 
 def _window_bytes(source: ParquetInput, window_rows: int) -> int:

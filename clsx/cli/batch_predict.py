@@ -82,6 +82,15 @@ def _batch_predict_options(command):
                      **default("max_label_changes",
                      "Re-check: the share of labels that may differ from fp32 that the "
                      "sample must show; the summary says when it cannot.")),
+        click.option("--fallback-model", type=click.Path(path_type=Path),
+                     help="A cascade: rows --model is unsure of are classified again by this "
+                          "model (same labels), e.g. the teacher behind a distilled student; "
+                          "the cut is chosen on IN's first 512 texts for "
+                          "--fallback-agreement."),
+        click.option("--fallback-agreement", type=click.FloatRange(0, 1, min_open=True),
+                     **default("fallback_agreement",
+                     "Cascade: the share of IN's first texts on which the cascade must give "
+                     "the fallback model's own decisions.")),
         click.option("--max-num-seqs", type=click.IntRange(min=1),
                      help="vllm backend: most sequences per engine step  [default: vLLM's]"),
         click.option("--max-num-batched-tokens", type=click.IntRange(min=1),

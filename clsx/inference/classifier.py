@@ -25,7 +25,7 @@ from clsx.artifacts.artifact import Artifact, open_artifact
 from clsx.artifacts.manifest import Manifest
 from clsx.inference.decisions import DecisionRule
 from clsx.inference.encoding import EncodedWindow, TextEncoder
-from clsx.inference.recheck import Recheck, changed_rows
+from clsx.inference.recheck import Fallback, Recheck, changed_rows, take_rows
 from clsx.inference.runners import RunnerOptions, load_runner
 from clsx.inference.runners.base import Runner
 from clsx.inference.scheduler import WINDOW_ROWS, predict_window_rows
@@ -40,7 +40,8 @@ class Counts:
     """What classifying some rows took: rows, tokens seen by the model, null texts, texts
     cut to fit, model inputs (``windows``: more than rows with ``--long-text window``), rows
     re-scored by the fp32 reference (``rechecked``, see :mod:`clsx.inference.recheck`) and
-    those whose decision the re-check changed (``recheck_changed``)."""
+    those whose decision the re-check changed (``recheck_changed``), and rows sent to a
+    cascade's fallback model (``fallback``)."""
 
     rows: int = 0
     tokens: int = 0
@@ -49,6 +50,7 @@ class Counts:
     windows: int = 0
     rechecked: int = 0
     recheck_changed: int = 0
+    fallback: int = 0
 
     def add(self, other: Counts) -> None:
         for field in dataclasses.fields(self):
@@ -98,6 +100,7 @@ class Classifier:
         threshold: float | None = None,
         windows_column: bool = False,
         recheck: Recheck | None = None,
+        fallback: Fallback | None = None,
     ) -> None:
         self.artifact = artifact
         self.runner = runner
@@ -107,6 +110,7 @@ class Classifier:
         self.rule = DecisionRule.of(artifact.manifest, threshold)
         self.windows_column = windows_column
         self.recheck = recheck
+        self.fallback = fallback
 
     @classmethod
     def open(cls, model: str | Path, backend: str = "auto",
@@ -132,8 +136,9 @@ class Classifier:
         ``settings`` are the other keyword arguments of the constructor: ``batch_tokens``,
         ``long_text`` (fields of the manifest's :class:`~clsx.artifacts.long_text.LongText` to
         override; None values keep the manifest's), ``threshold`` (multi-label, for every
-        label; None: the model's tuned ones), ``windows_column`` and ``recheck`` (re-score
-        the rows under a margin with a reference: :mod:`clsx.inference.recheck`).
+        label; None: the model's tuned ones), ``windows_column``, ``recheck`` (re-score
+        the rows under a margin with a reference: :mod:`clsx.inference.recheck`) and
+        ``fallback`` (send them to another model).
         """
         options = options or RunnerOptions()
         if max_length is None:
@@ -158,7 +163,8 @@ class Classifier:
     def predict_encoded(self, window: EncodedWindow) -> Prediction:
         """Classify an already encoded window; a row cut into several inputs gets its
         inputs' logits combined; with a re-check, the rows under its margin take the
-        reference's logits."""
+        reference's logits; with a fallback, the rows under its margin take the fallback
+        model's output (its logits and columns)."""
         logits = self.logits(window)
         counts = Counts(rows=window.rows, tokens=window.tokens, nulls=window.nulls,
                         truncated=window.truncated, windows=len(window.ids) - window.nulls)
@@ -167,6 +173,16 @@ class Classifier:
         columns = self.rule.columns(logits)
         if self.windows_column:
             columns.append(pa.array(window.inputs_per_row(), pa.int32()))
+        if self.fallback is not None:
+            unsure = self.fallback.unsure(self.rule, logits)
+            if len(unsure):
+                if window.texts is None:
+                    raise ValueError("a fallback model needs the window's texts")
+                other = self.fallback.classifier.predict([window.texts[i] for i in unsure])
+                counts.fallback += len(unsure)
+                logits = logits.copy()
+                logits[unsure] = other.logits
+                columns = take_rows(columns, other.columns, unsure)
         return Prediction(logits, columns, counts)
 
     def logits(self, window: EncodedWindow, runner: Runner | None = None) -> np.ndarray:
@@ -213,10 +229,11 @@ class Classifier:
 
     def close(self) -> None:
         """Release what the backend holds beyond memory (vLLM's engine process), and the
-        re-check's reference."""
+        re-check's reference and the fallback model."""
         self.runner.close()
-        if self.recheck is not None:
-            self.recheck.close()
+        for helper in (self.recheck, self.fallback):
+            if helper is not None:
+                helper.close()
 
     def __enter__(self) -> Classifier:
         return self

@@ -25,12 +25,14 @@ class EncodedWindow:
 
     ``ids`` holds the model inputs in row order, None where the text was null. ``pieces[i]``
     is how many consecutive inputs row ``i`` has (``--long-text window``); None means exactly
-    one each.
+    one each. ``texts`` are the rows' texts where the encoder kept them (a fallback model,
+    with a tokenizer of its own, classifies some rows again from them).
     """
 
     ids: list[list[int] | None]
     truncated: int
     pieces: np.ndarray | None = None
+    texts: Sequence[str | None] | None = None
 
     @property
     def tokens(self) -> int:
@@ -82,7 +84,7 @@ class TextEncoder:
         present = [i for i, text in enumerate(texts) if text is not None]
         ids: list[list[int] | None] = [None] * len(texts)
         if not present:
-            return EncodedWindow(ids, 0)
+            return EncodedWindow(ids, 0, texts=texts)
         batch = [self._apply_template(texts[i]) for i in present]
         encoded = self.tokenizer(
             batch,
@@ -94,7 +96,7 @@ class TextEncoder:
         truncated = sum(1 for enc in encoded.encodings if enc.overflowing)
         for i, row in zip(present, encoded["input_ids"], strict=True):
             ids[i] = row or self.empty
-        return EncodedWindow(ids, truncated)
+        return EncodedWindow(ids, truncated, texts=texts)
 
     def _encode_pieces(self, texts: Sequence[str | None]) -> EncodedWindow:
         """Tokenise whole, then cut only the text's own tokens, keeping the template's (and
@@ -127,7 +129,7 @@ class TextEncoder:
         per_row = [rows.get(i, [None]) for i in range(len(texts))]  # a null text: one None
         ids = [piece for pieces in per_row for piece in pieces]
         counts = np.array([len(pieces) for pieces in per_row], dtype=np.int64)
-        return EncodedWindow(ids, truncated, counts if len(ids) != len(texts) else None)
+        return EncodedWindow(ids, truncated, counts if len(ids) != len(texts) else None, texts)
 
     def _apply_template(self, text: str | None) -> str:
         return self.template.replace("{text}", text) if self.template else text

@@ -1,4 +1,5 @@
-"""Re-checking the rows a lower-precision run is unsure of with the fp32 reference.
+"""Re-checking the rows a lower-precision run is unsure of with the fp32 reference, and
+sending the rows a first model is unsure of to a fallback model (a cascade).
 
 A bf16, fp16 or int8 run moves every probability a little; a label changes only where the
 decision was close. The *margin* of a row says how close: single-label, the top-1 minus the
@@ -8,18 +9,27 @@ the cut δ are scored again by the reference (PyTorch fp32 of the same model) an
 output, so that on them the labels are fp32's exactly. How δ is chosen from data lives in
 :mod:`clsx.quality.recheck`.
 
+A cascade (``--fallback-model``) uses the same margin on the first model's output: rows
+under its cut are classified again, from their texts, by another model with the same labels
+(a teacher behind its distilled student), and take that model's output columns.
+
 Regression has no decision to flip: its rows are never re-checked (see the README).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+import pyarrow as pa
 
 from clsx.inference.decisions import MULTI, SINGLE, DecisionRule
 from clsx.inference.runners.base import Runner
+
+if TYPE_CHECKING:
+    from clsx.inference.classifier import Classifier
 
 LOWER_PRECISIONS = ("bf16", "fp16", "int8")  # the number formats a re-check applies to
 
@@ -69,6 +79,33 @@ class Recheck:
         if self._runner is not None:
             self._runner.close()
             self._runner = None
+
+
+@dataclass
+class Fallback:
+    """The cascade's second model: rows whose first-model margin is under ``margin`` take
+    ``classifier``'s output (same labels and problem type, checked before it opens)."""
+
+    margin: float
+    classifier: Classifier
+
+    def unsure(self, rule: DecisionRule, logits: np.ndarray) -> np.ndarray:
+        """Indices of the rows whose first-model margin is under the cut."""
+        return np.flatnonzero(margins(rule, logits) < self.margin)
+
+    def close(self) -> None:
+        self.classifier.close()
+
+
+def take_rows(first: Sequence[pa.Array], second: Sequence[pa.Array], chosen: np.ndarray
+              ) -> list[pa.Array]:
+    """Columns whose rows ``chosen`` (indices, in order) come from ``second``, one row of it
+    each, and the others from ``first``."""
+    rows = len(first[0]) if first else 0
+    index = np.arange(rows)
+    index[chosen] = rows + np.arange(len(chosen))
+    return [pa.concat_arrays([a, b]).take(pa.array(index))
+            for a, b in zip(first, second, strict=True)]
 
 
 def changed_rows(rule: DecisionRule, before: np.ndarray, after: np.ndarray) -> int:

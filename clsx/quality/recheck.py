@@ -121,3 +121,38 @@ def upper_bound(events: int, trials: int, confidence: float = CONFIDENCE) -> flo
 def rows_to_show(target: float, confidence: float = CONFIDENCE) -> int:
     """The sample size whose upper bound with no event reaches ``target``."""
     return math.ceil(math.log(1 - confidence) / math.log1p(-target))
+
+
+@dataclass(frozen=True)
+class FallbackCut:
+    """A cascade's cut and the sample it was chosen on: ``margin`` (rows of the first model
+    under it go to the fallback), ``rows``, the ``share`` of them sent, and the
+    ``agreement`` of the cascade's decisions with the fallback model's alone."""
+
+    margin: float
+    rows: int
+    share: float
+    agreement: float
+
+    def describe(self) -> str:
+        return (f"rows under margin {self.margin:.3g} go to the fallback model: "
+                f"{self.share:.1%} of {self.rows} sample rows, agreeing with it alone on "
+                f"{self.agreement:.2%}")
+
+
+def choose_fallback_cut(rule: DecisionRule, first: np.ndarray, first_decisions: np.ndarray,
+                        fallback_decisions: np.ndarray, target: float) -> FallbackCut:
+    """The smallest cut at which the cascade agrees with the fallback model on at least
+    ``target`` of the sample: ``first`` are the first model's logits, the decisions each
+    model's own (its thresholds); rows null in ``first`` are left out."""
+    present = ~np.isnan(first).any(axis=1)
+    margin = margins(rule, first[present])
+    rows = len(margin)
+    differ = (first_decisions[present] != fallback_decisions[present]).reshape(rows, -1)
+    differ = differ.any(axis=1)
+    allowed = int(np.floor((1 - target) * rows + 1e-9))
+    kept = np.sort(margin[differ])[::-1]  # the disagreements, surest first
+    cut = 0.0 if len(kept) <= allowed else float(np.nextafter(kept[allowed], np.inf))
+    sent = margin < cut
+    agreement = 1.0 - float((differ & ~sent).sum()) / rows if rows else 1.0
+    return FallbackCut(cut, rows, float(sent.mean()) if rows else 0.0, agreement)
