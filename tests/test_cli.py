@@ -43,18 +43,23 @@ def test_bench_compares_each_backend_with_torch_fp32(tiny_models, tiny_exports, 
     result = run_clsx("bench", "-m", tiny_models["bert"], "--data", data, "--rows", "50",
                       "--json", report, "--exports-dir", exports)
     assert result.exit_code == 0, result.output
-    for variant in ("torch", "onnx", "onnx-int8"):
+    for variant in ("torch", "onnx", "onnx-int8", "onnx-int8 + re-check"):
         assert f"\n{variant} " in result.output
     assert "to onnx-int8 in" in result.output and "to onnx in" not in result.output
     results = json.loads(report.read_text())["results"]
-    assert [r["variant"] for r in results] == ["torch", "onnx", "onnx-int8"]
-    reference, onnx, int8 = results
+    assert [r["variant"] for r in results] == ["torch", "onnx", "onnx-int8",
+                                               "onnx-int8 + re-check"]
+    reference, onnx, int8, rechecked = results
     assert reference["backend"] == "torch (fp32, cpu)"
     # ONNX fp32 and torch are two implementations of one model: same labels, logits within
     # the export gate. int8 is a different model: bench must see it differ (a bench that
     # compared the reference with itself would report 0 for both).
     assert onnx["label_agreement"] == 1.0 and onnx["max_abs_diff"] < 1e-4
     assert int8["max_abs_diff"] > max(onnx["max_abs_diff"], 1e-4)
+    # The re-check row: int8's labels but where unsure, fp32's; never fewer equal labels.
+    assert int8["rechecked"] is None and 0 <= rechecked["rechecked"] <= 1
+    assert rechecked["label_agreement"] >= int8["label_agreement"]
+    assert f"({rechecked['rechecked']:.1%} re-checked)" in result.output
     for row in results:
         assert row["rows"] == 50 and row["rows_per_s"] > 0
         assert row["speedup"] == pytest.approx(row["rows_per_s"] / reference["rows_per_s"],

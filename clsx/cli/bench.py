@@ -36,6 +36,10 @@ from clsx.inference.runners.base import DEVICES
                              "reference included (auto: the GPU when there is one)."))
 @click.option("--threads", type=click.IntRange(min=1),
               help="Compute threads  [default: one per physical core]")
+@click.option("--recheck/--no-recheck", default=True, show_default=True,
+              help="Beside each backend below fp32 (torch-bf16, onnx-int8, tensorrt), a row "
+                   "'X + re-check': the same run re-scoring in torch fp32 the rows under the "
+                   "cut chosen on the first 512 rows (as batch-predict re-checks).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path),
               help="Also write the results as JSON to this file.")
 @report_option("rows/s and tokens/s bars, agreement and max |logit diff| versus torch fp32, "

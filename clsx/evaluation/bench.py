@@ -15,15 +15,18 @@ from pathlib import Path
 import numpy as np
 
 from clsx.artifacts.artifact import open_artifact
+from clsx.auto.recheck import SAMPLE_TEXTS, attach, rechecks
 from clsx.auto.resolve import classifier_for
 from clsx.errors import ClsxError
 from clsx.evaluation.config import TORCH_DTYPES, VARIANTS, BenchConfig
 from clsx.export.cache import cached_export
+from clsx.inference.classifier import Classifier, Prediction
 from clsx.inference.runners.tensorrt import require_tensorrt
 from clsx.io import durable
 from clsx.io.tables import read_texts
 from clsx.log import Log, silent
 from clsx.quality.parity import compare
+from clsx.quality.recheck import choose_cut
 
 REFERENCE = "torch"
 # The bench's own texts an onnx-int8 export calibrates on.
@@ -45,6 +48,7 @@ class BenchRow:
     per_label_agreement: float | None
     max_abs_diff: float
     speedup: float
+    rechecked: float | None = None  # "X + re-check" rows: the share of rows re-checked
 
 
 def run_bench(config: BenchConfig, log: Log = silent) -> list[BenchRow]:
@@ -55,7 +59,10 @@ def run_bench(config: BenchConfig, log: Log = silent) -> list[BenchRow]:
     ``torch-bf16`` runs the same model directory in bf16 (native with AMX / AVX-512 BF16,
     emulated and slower than fp32 elsewhere). ONNX variants are exported on the fly into
     ``config.exports_dir`` (a temporary directory when None) and reused there when the
-    parent model has not changed.
+    parent model has not changed. With ``config.recheck``, each variant below fp32 gets a
+    second row, ``X + re-check``: the same classifier re-checking in torch fp32 the rows
+    under the cut chosen on the first :data:`~clsx.auto.recheck.SAMPLE_TEXTS` rows beside
+    the reference's logits (:mod:`clsx.quality.recheck`).
     """
     variants, options = config.backends, config.runner_options()
     unknown = [v for v in variants if v not in VARIANTS]
@@ -87,30 +94,55 @@ def run_bench(config: BenchConfig, log: Log = silent) -> list[BenchRow]:
             with _peak_rss() as peak, classifier_for(
                     open_artifact(directory), backend, variant_options,
                     batch_tokens=batch_tokens) as classifier:
-                classifier.predict(texts[:64])  # warm-up: first-call allocations and kernels
-                started = time.perf_counter()
-                prediction = classifier.predict_all(texts)
-                seconds = time.perf_counter() - started
-                description = classifier.description
-            reference = prediction.logits if reference is None else reference
-            parity = compare(reference, prediction.logits, classifier.rule)
-            baseline = rows[0].rows_per_s if rows else len(texts) / seconds
-            rows.append(BenchRow(
-                variant=variant,
-                backend=description,
-                rows=len(texts),
-                seconds=round(seconds, 3),
-                rows_per_s=round(len(texts) / seconds, 1),
-                tokens_per_s=round(prediction.counts.tokens / seconds, 1),
-                peak_rss_mb=round(peak() / 2**20, 1),
-                label_agreement=parity.label_agreement,
-                per_label_agreement=parity.per_label_agreement,
-                max_abs_diff=parity.max_abs_diff,
-                speedup=round(len(texts) / seconds / baseline, 2),
-            ))
+                prediction, seconds = _timed(classifier, texts)
+                reference = prediction.logits if reference is None else reference
+                rows.append(_row(variant, classifier, texts, prediction, seconds, reference,
+                                 peak(), rows))
+                if config.recheck and rechecks(classifier):
+                    sample = slice(0, SAMPLE_TEXTS)
+                    cut = choose_cut(classifier.rule, prediction.logits[sample],
+                                     reference[sample])
+                    attach(classifier, cut.margin)
+                    log(f"bench: running {variant} + re-check (margin < {cut.margin:.3g})")
+                    prediction, seconds = _timed(classifier, texts)
+                    rows.append(_row(f"{variant} + re-check", classifier, texts, prediction,
+                                     seconds, reference, peak(), rows))
             del classifier, prediction
             gc.collect()
     return rows
+
+
+def _timed(classifier: Classifier, texts: list[str | None]) -> tuple[Prediction, float]:
+    """``classifier``'s prediction of ``texts`` and its wall time, after a warm-up (first-call
+    allocations and kernels; a re-check's reference loads there)."""
+    classifier.predict(texts[:64])
+    started = time.perf_counter()
+    prediction = classifier.predict_all(texts)
+    return prediction, time.perf_counter() - started
+
+
+def _row(variant: str, classifier: Classifier, texts: list[str | None],
+         prediction: Prediction, seconds: float, reference: np.ndarray, peak_rss: int,
+         before: Sequence[BenchRow]) -> BenchRow:
+    """One row of the table: ``prediction`` against the reference logits."""
+    parity = compare(reference, prediction.logits, classifier.rule)
+    baseline = before[0].rows_per_s if before else len(texts) / seconds
+    present = max(prediction.counts.rows - prediction.counts.nulls, 1)
+    return BenchRow(
+        variant=variant,
+        backend=classifier.description,
+        rows=len(texts),
+        seconds=round(seconds, 3),
+        rows_per_s=round(len(texts) / seconds, 1),
+        tokens_per_s=round(prediction.counts.tokens / seconds, 1),
+        peak_rss_mb=round(peak_rss / 2**20, 1),
+        label_agreement=parity.label_agreement,
+        per_label_agreement=parity.per_label_agreement,
+        max_abs_diff=parity.max_abs_diff,
+        speedup=round(len(texts) / seconds / baseline, 2),
+        rechecked=(round(prediction.counts.rechecked / present, 4)
+                   if classifier.recheck is not None else None),
+    )
 
 
 def format_table(rows: Sequence[BenchRow]) -> str:
@@ -132,12 +164,16 @@ def format_table(rows: Sequence[BenchRow]) -> str:
 
 
 def agreement_text(row: BenchRow) -> str:
-    """Rows whose decision agrees; multi-label adds the share of agreeing (row, label) pairs."""
+    """Rows whose decision agrees; multi-label adds the share of agreeing (row, label) pairs;
+    a re-check row the share of rows it re-checked."""
     if row.label_agreement is None:
         return "n/a"
-    if row.per_label_agreement is None:
-        return f"{row.label_agreement:.2%}"
-    return f"{row.label_agreement:.2%} sets, {row.per_label_agreement:.2%} labels"
+    text = f"{row.label_agreement:.2%}"
+    if row.per_label_agreement is not None:
+        text += f" sets, {row.per_label_agreement:.2%} labels"
+    if row.rechecked is not None:
+        text += f" ({row.rechecked:.1%} re-checked)"
+    return text
 
 
 def write_json(results: Sequence[BenchRow], path: Path, **context: object) -> None:

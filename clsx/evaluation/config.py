@@ -106,6 +106,7 @@ class BenchConfig:
     batch_tokens: int | None = None
     device: str = "auto"
     threads: int | None = None
+    recheck: bool = True  # an "X + re-check" row beside each backend below fp32
 
     def __post_init__(self) -> None:
         if self.exports_dir is not None and all(name in TORCH_DTYPES for name in self.backends):
