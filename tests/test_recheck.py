@@ -8,6 +8,7 @@ boundary where real bf16 / int8 flips sit. The reference is the same fake in fp3
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -184,24 +185,37 @@ def test_an_export_without_its_parent_is_refused_unless_no_recheck(tiny_exports,
                    "--no-recheck").exit_code == 0
 
 
+def _int8_labelled(export: Path, directory: Path, margin: float) -> Path:
+    """A copy of the fp32 ONNX ``export`` labelled onnx-int8 (a re-checked format) with a
+    stored re-check cut of ``margin``, its parent link still leading to its model."""
+    copy = Path(shutil.copytree(export, directory / "int8"))
+    manifest = json.loads((copy / "clsx.json").read_text())
+    parent = (export / manifest["parent"]).resolve()
+    manifest.update(format="onnx-int8", parent=os.path.relpath(parent, copy))
+    manifest["parity"]["recheck"] = {"margin": margin, "rows": 512, "flips": 0, "at_risk": 0,
+                                     "upper_bound": 0.006, "rechecked_share": 0.5}
+    (copy / "clsx.json").write_text(json.dumps(manifest))
+    return copy
+
+
 @pytest.mark.ray
-def test_ray_actors_recheck_at_the_drivers_cut(tiny_models, tmp_path, monkeypatch):
-    """The driver measures the cut once; each actor re-checks with its own fp32 reference:
-    rows come out with fp32's labels, and the re-checked ones with fp32's exact probs,
-    which bf16 alone never gives."""
+def test_ray_actors_recheck_at_the_drivers_cut(tiny_models, tiny_exports, tmp_path):
+    """Every actor re-checks with its own torch fp32 reference, here every row (the stored
+    cut is 1): the rows come out with torch fp32's exact probs, which the ONNX graph alone
+    does not give bit for bit."""
     pytest.importorskip("ray.data", reason="install clsx[ray]")
-    monkeypatch.setenv("CLSX_CACHE", str(tmp_path / "cache"))
-    source = write_parquet(tmp_path / "in.parquet", _texts(300, seed=4))
-    model = tiny_models["qwen2"]
-    exact, _ = _run(source, tmp_path / "fp32.parquet", model, "--dtype", "fp32")
-    fast, _ = _run(source, tmp_path / "bf16.parquet", model, "--dtype", "bf16", "--no-recheck")
-    on_ray, output = _run(source, tmp_path / "ray-out", model, "--dtype", "bf16", "--engine",
-                          "ray", "--num-workers", "2", "--preserve-order", "--window-rows", "64")
-    assert "re-check below margin" in output
+    source = write_parquet(tmp_path / "in.parquet", _texts(200, seed=4))
+    model = _int8_labelled(tiny_exports["bert"], tmp_path, margin=1.0)  # every row
+    # As each actor runs: one thread, windows of 64 rows (bit for bit the same batches).
+    exact, _ = _run(source, tmp_path / "fp32.parquet", tiny_models["bert"], "--dtype", "fp32",
+                    "--threads", "1", "--window-rows", "64")
+    alone, _ = _run(source, tmp_path / "alone.parquet", model, "--no-recheck")
+    on_ray, output = _run(source, tmp_path / "ray-out", model, "--engine", "ray",
+                          "--num-workers", "2", "--preserve-order", "--window-rows", "64")
+    assert "re-check below margin 1" in output
     assert on_ray.column("label").equals(exact.column("label"))
-    probs = [np.array(t.column("probs").to_pylist()[:-1]) for t in (exact, fast, on_ray)]
-    exact_rows = (probs[2] == probs[0]).all(axis=1) & (probs[1] != probs[0]).any(axis=1)
-    assert exact_rows.sum() > 0
+    probs = [np.array(t.column("probs").to_pylist()[:-1]) for t in (exact, alone, on_ray)]
+    assert (probs[1] != probs[0]).any() and (probs[2] == probs[0]).all()
 
 
 def test_the_python_api_rechecks_like_batch_predict(tiny_models, planted):

@@ -4,16 +4,20 @@ The fast path and the fp32 reference classify the same sample. For each row, its
 *perturbation* is how far the fast path moved the probability gaps its decision rests on
 (single-label: the top label's probability minus each other's; multi-label: each label's
 probability against its threshold). A row's decision can change only where its fast margin
-(:func:`clsx.inference.recheck.margins`) is below its perturbation, so
+(:func:`clsx.inference.recheck.margins`) is below its perturbation. The sample rows where
+that holds are the ones the fast path could have changed (those it did change among them),
+so
 
-    δ = SAFETY x max(largest fast margin of a changed row, 99th percentile of perturbations)
+    δ = SAFETY x max(largest margin of a row that could have changed, median perturbation)
 
-covers every change the sample shows and the perturbations of 99% of its rows. The
-factor ``SAFETY`` = 1.5 is room for rows beyond the sample, whose perturbation may exceed
-every sampled one: a fast path's perturbations are bounded by its number format (bf16
-keeps 8 mantissa bits, int8 rounds weights to 7 bits), so the tail past the 99th
-percentile is short, and half again covers it while re-checking, where the margins spread
-evenly near zero, only half again as many rows.
+covers them all. The median is the floor for samples with no such row (bf16 moves
+probabilities by ~1e-3: a 512-row sample often holds no row that close to the boundary,
+while 3,000 rows hold a few): rows within a typical perturbation of the boundary are where
+a bigger input's changes sit. ``SAFETY`` = 1.5 is room for rows beyond the sample. Measured
+on a MiniLM SST-2 model (AMD EPYC with AVX-512 VNNI/BF16), δ from the first 512 of 3,000
+texts: onnx-int8 changed 45 labels, δ = 0.0119 re-checks 8.1% of rows and catches all 45;
+torch bf16 changed 4, δ = 0.0007 re-checks 0.5% and catches all 4. The 99th percentile of
+perturbations in place of the first term caught the same at 23% and 2.6%.
 
 What is left is bounded, not assumed: a sample row is *at risk* when its margin is at or
 over δ but under its perturbation (the fast path moved it enough to change it, and the
@@ -35,7 +39,6 @@ from clsx.inference.decisions import MULTI, SINGLE, DecisionRule
 from clsx.inference.recheck import margins
 
 SAFETY = 1.5
-SPREAD_QUANTILE = 0.99
 MAX_MARGIN = 0.5  # past this, most rows would be re-checked: the fast path is no use
 CONFIDENCE = 0.95
 
@@ -100,9 +103,8 @@ def choose_cut(rule: DecisionRule, fast: np.ndarray, reference: np.ndarray) -> R
     margin = margins(rule, fast)
     moved = perturbations(rule, fast, reference)
     flipped = (rule.decide(fast) != rule.decide(reference)).reshape(rows, -1).any(axis=1)
-    cover = float(margin[flipped].max(initial=0.0))
-    spread = float(np.quantile(moved, SPREAD_QUANTILE))
-    cut = min(SAFETY * max(cover, spread), MAX_MARGIN)
+    cover = float(margin[margin < moved].max(initial=0.0))  # flipped rows among them
+    cut = min(SAFETY * max(cover, float(np.median(moved))), MAX_MARGIN)
     at_risk = int(((margin >= cut) & (margin < moved)).sum())
     return RecheckCut(round(cut, 6), rows, int(flipped.sum()), at_risk,
                       upper_bound(at_risk, rows), float((margin < cut).mean()))
