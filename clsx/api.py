@@ -22,8 +22,9 @@ import pyarrow as pa
 from clsx.artifacts.artifact import open_artifact
 from clsx.auto.recheck import SAMPLE_TEXTS, attach, rechecks, resolve_cut
 from clsx.batch.config import BatchPredictConfig, RayOptions
-from clsx.batch.local_engine import Progress, Summary, open_classifier
+from clsx.batch.local_engine import Progress, open_classifier
 from clsx.batch.run import run_batch_predict
+from clsx.batch.summary import Summary
 from clsx.errors import ClsxError
 from clsx.inference.classifier import Classifier, Prediction, output_fields
 from clsx.inference.decisions import MULTI

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -15,6 +14,7 @@ from clsx.auto.resolve import classifier_for
 from clsx.batch.config import AUTO_FORMAT, FALLBACK_MARGIN, RECHECK_MARGIN, BatchPredictConfig
 from clsx.batch.parts import open_store
 from clsx.batch.parts.store import PartWriter, Store
+from clsx.batch.summary import Summary
 from clsx.errors import ClsxError
 from clsx.inference.classifier import Classifier, Counts, output_fields
 from clsx.inference.runners import RunnerOptions
@@ -31,53 +31,6 @@ from clsx.log import Log, silent
 # progress(rows done, rows in total), called after each window; the CLI draws the bar.
 Progress = Callable[[int, int], None]
 PART_SECONDS = 120.0  # a part is committed at least this often, whatever --part-rows says
-
-
-@dataclass(frozen=True)
-class Summary:
-    """What a batch-predict run did, for the final one-line report.
-
-    ``counts`` is None where rows were not counted one by one (Ray: only the total is known).
-    """
-
-    rows: int
-    seconds: float
-    backend: str
-    output: str | Path
-    counts: Counts | None = None
-    resumed_rows: int = 0
-    already_complete: bool = False
-    recheck_margin: float | None = None  # None: the run did not re-check
-    fallback_margin: float | None = None  # None: no fallback model
-
-    def line(self) -> str:
-        if self.already_complete:
-            return f"{self.output} is already complete; nothing to do"
-        seconds = max(self.seconds, 1e-9)
-        if self.counts is None:
-            return (f"{self.rows} rows in {self.seconds:.1f} s: {self.rows / seconds:.1f} "
-                    f"rows/s, backend {self.backend}; wrote {self.output}")
-        resumed = f" (continued after {self.resumed_rows} rows)" if self.resumed_rows else ""
-        return (
-            f"{self.rows} rows in {self.seconds:.1f} s{resumed}: {self.rows / seconds:.1f} "
-            f"rows/s, {self.counts.tokens / seconds:.0f} tokens/s, backend {self.backend}; "
-            f"{self.counts.nulls} null texts, {self.counts.truncated} truncated; "
-            f"{self._rechecked()}wrote {self.output}"
-        )
-
-    def _rechecked(self) -> str:
-        if self.counts is None:
-            return ""
-        line = ""
-        if self.recheck_margin is not None:
-            line += (f"{self.counts.rechecked} rows re-checked in fp32 (margin < "
-                     f"{self.recheck_margin:.3g}), {self.counts.recheck_changed} labels "
-                     "changed; ")
-        if self.fallback_margin is not None:
-            share = self.counts.fallback / max(self.counts.rows - self.counts.nulls, 1)
-            line += (f"{self.counts.fallback} rows ({share:.1%}) sent to the fallback model "
-                     f"(margin < {self.fallback_margin:.3g}); ")
-        return line
 
 
 @dataclass(frozen=True)
@@ -211,6 +164,9 @@ def pin_recheck(config: BatchPredictConfig, source: ParquetInput, classifier: Cl
     from clsx.auto.recheck import SAMPLE_TEXTS, attach, rechecks, resolve_cut
 
     if not rechecks(classifier, config.recheck):
+        if config.recheck:
+            log(f"--recheck: nothing to re-check ({classifier.description}, "
+                f"{classifier.manifest.problem_type})")
         return None
     if journal is not None and RECHECK_MARGIN in journal:
         margin = journal[RECHECK_MARGIN]
@@ -234,8 +190,11 @@ def check_fallback_model(config: BatchPredictConfig, artifact: Artifact) -> None
     if config.fallback_model is not None:
         from clsx.auto.recheck import check_fallback
 
-        check_fallback(artifact, open_artifact(config.fallback_model,
-                                               allow_pickle=config.allow_pickle))
+        try:
+            fallback = open_artifact(config.fallback_model, allow_pickle=config.allow_pickle)
+        except ClsxError as exc:
+            raise ClsxError(f"--fallback-model: {exc}") from None
+        check_fallback(artifact, fallback)
 
 
 def checked_input(config: BatchPredictConfig) -> ParquetInput:

@@ -19,7 +19,6 @@ import pyarrow.parquet as pq
 from clsx.artifacts.artifact import open_artifact
 from clsx.batch.config import BatchPredictConfig, RayOptions
 from clsx.batch.local_engine import (
-    Summary,
     check_fallback_model,
     checked_input,
     open_classifier,
@@ -28,6 +27,7 @@ from clsx.batch.local_engine import (
     pin_fallback,
     pin_recheck,
 )
+from clsx.batch.summary import Summary
 from clsx.errors import ClsxError, os_error
 from clsx.inference.hardware import physical_cores
 from clsx.inference.runners import backend_for

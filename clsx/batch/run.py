@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from clsx.batch.config import ENGINES, BatchPredictConfig, RayOptions
-from clsx.batch.local_engine import Progress, Summary, batch_predict
+from clsx.batch.local_engine import Progress, batch_predict
+from clsx.batch.summary import Summary
 from clsx.errors import ClsxError
 from clsx.io.outputs import check_parent_directory
 from clsx.log import Log, silent
