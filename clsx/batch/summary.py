@@ -47,7 +47,7 @@ class Summary:
         line = ""
         if self.recheck_margin is not None:
             line += (f"{self.counts.rechecked} rows re-checked in fp32 (margin < "
-                     f"{self.recheck_margin:.3g}), {self.counts.recheck_changed} labels "
+                     f"{self.recheck_margin:.6g}), {self.counts.recheck_changed} labels "
                      "changed; ")
         if self.fallback_margin is not None:
             share = self.counts.fallback / max(self.counts.rows - self.counts.nulls, 1)
