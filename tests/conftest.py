@@ -206,3 +206,14 @@ def fp32_when_auto():
         patch.setattr("clsx.auto.dtype.native_low_precision", lambda device: ())
         patch.setattr("clsx.auto.formats.native_low_precision", lambda device: ())
         yield
+
+
+# The slowest files first. `make test` runs two pytest-xdist workers that each take a whole
+# file at a time (--dist loadfile); a long file started last would run alone at the end.
+SLOW_FILES_FIRST = ("test_vllm.py", "test_storage.py", "test_ray.py", "test_resume.py",
+                    "test_sweep.py", "test_autoformat.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: index for index, name in enumerate(SLOW_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept

@@ -105,19 +105,15 @@ def test_auto_formats_on_an_export_is_refused(tiny_exports, big_enough, tmp_path
 def test_a_formats_recheck_share_counts_in_its_time(tiny_models, big_enough, tmp_path,
                                                     monkeypatch):
     """int8 takes 0.5 s where torch fp32 takes 1 s, but its re-check would send half the
-    rows to fp32 (0.5 s more): with the re-check onnx (0.9 s) wins; without, int8."""
+    rows to fp32 (0.5 s more): onnx (0.9 s) wins. (Without a re-check share int8 wins at
+    these times: test_ray.py's auto-chose test.)"""
     from clsx.quality.recheck import RecheckCut
 
     fixed_format_clock(monkeypatch, {"torch fp32": 1.0, "onnx": 0.9, "onnx-int8": 0.5})
     monkeypatch.setattr(autoformat, "choose_cut",
                         lambda *args: RecheckCut(0.2, 256, 0, 0, 0.01, 0.5))
-    runs = {}
-    for flag in ("--recheck", "--no-recheck"):
-        result = predict(big_enough, tmp_path / f"{flag}.parquet", "-m", tiny_models["bert"],
-                         "--auto-formats", flag)
-        assert result.exit_code == 0, result.output
-        runs[flag] = result.output
-    assert "onnx chosen by --backend auto: 1.11x torch fp32" in runs["--recheck"]
-    assert "onnx-int8 256.0" in runs["--recheck"]  # 256 rows in 0.5 s + half of them again
-    assert ("onnx-int8 chosen by --backend auto: 2.00x torch fp32 on 256 rows of IN"
-            in runs["--no-recheck"])
+    result = predict(big_enough, tmp_path / "out.parquet", "-m", tiny_models["bert"],
+                     "--auto-formats")
+    assert result.exit_code == 0, result.output
+    assert "onnx chosen by --backend auto: 1.11x torch fp32" in result.output
+    assert "onnx-int8 256.0" in result.output  # 256 rows in 0.5 s + half of them again

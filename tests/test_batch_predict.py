@@ -179,5 +179,6 @@ def test_auto_backend_under_the_fake_never_loads_a_torch_model(tiny_models, text
     assert result.exit_code == 0, result.output
     assert "backend fake (" in result.output
     assert [runner.dtype for runner in fake_runner.opened][:2] == ["fp32", "bf16"]  # the probe
-    # Then the run itself in bf16, and its re-check's fp32 reference (the cut is measured).
-    assert [runner.dtype for runner in fake_runner.opened][2:] == ["bf16", "fp32"]
+    # Then the run itself (either dtype: the fake's two are equally fast), with its
+    # re-check's fp32 reference below fp32.
+    assert [runner.dtype for runner in fake_runner.opened][2:] in (["fp32"], ["bf16", "fp32"])

@@ -130,8 +130,10 @@ def test_the_fingerprint_is_computed_once_per_batch_predict_job(
     monkeypatch.setattr("clsx.auto.dtype.native_low_precision", lambda device: ("bf16",))
     result = predict(texts_parquet, tmp_path / "out.parquet", "-m", tiny_models["bert"])
     assert result.exit_code == 0, result.output
-    # The dtype probe's fp32 and bf16, then the job's bf16 and its re-check's fp32 reference.
-    assert [runner.dtype for runner in fake_runner.opened] == ["fp32", "bf16", "bf16", "fp32"]
+    # The dtype probe's fp32 and bf16, then the job's (either: the fake's two are equally
+    # fast), with its re-check's fp32 reference below fp32.
+    dtypes = [runner.dtype for runner in fake_runner.opened]
+    assert dtypes[:2] == ["fp32", "bf16"] and dtypes[2:] in (["fp32"], ["bf16", "fp32"])
     assert calls == [tiny_models["bert"]]
 
 

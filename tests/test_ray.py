@@ -13,6 +13,7 @@ import pytest
 
 from tests.conftest import TEXTS, fixed_format_clock, write_parquet
 from tests.test_batch_predict import predict
+from tests.test_recheck import int8_labelled, random_texts, run_ok
 
 pytest.importorskip("ray.data", reason="install clsx[ray]")
 pytestmark = pytest.mark.ray
@@ -48,9 +49,9 @@ def assert_same_predictions(expected: pa.Table, got: pa.Table) -> None:
     np.testing.assert_allclose(probs[1], probs[0], atol=1e-5)  # batches differ, not values
 
 
-# Slow: ordered output is in the default suite twice already, from local files
-# (test_ray_actors_run_the_format_auto_chose_in_the_driver) and from S3
-# (test_storage.py::test_ray_workers_read_and_write_s3); this adds only size.
+# Slow: ordered output is in the default suite twice already
+# (test_ray_actors_run_the_format_auto_chose_in_the_driver and
+# test_ray_actors_recheck_at_the_drivers_cut); this adds only size.
 @pytest.mark.slow
 def test_two_ray_workers_write_what_the_local_engine_writes(tiny_models, tmp_path):
     expected, got, on_ray = local_and_ray(tiny_models["qwen2"], tmp_path, 3000, 0,
@@ -112,3 +113,21 @@ def test_ray_actors_run_the_format_auto_chose_in_the_driver(tiny_models, tmp_pat
     assert_same_predictions(pq.read_table(outputs["int8"]), pq.read_table(on_ray))
     with pytest.raises(AssertionError):  # int8 is told apart from torch fp32
         assert_same_predictions(pq.read_table(outputs["torch"]), pq.read_table(on_ray))
+
+
+def test_ray_actors_recheck_at_the_drivers_cut(tiny_models, tiny_exports, tmp_path):
+    """Every actor re-checks with its own torch fp32 reference, here every row (the stored
+    cut is 1): the rows come out with torch fp32's exact probs, which the ONNX graph alone
+    does not give bit for bit."""
+    source = write_parquet(tmp_path / "in.parquet", random_texts(200, seed=4))
+    model = int8_labelled(tiny_exports["bert"], tmp_path, margin=1.0)  # every row
+    # As each actor runs: one thread, windows of 64 rows (bit for bit the same batches).
+    exact, _ = run_ok(source, tmp_path / "fp32.parquet", tiny_models["bert"], "--dtype",
+                      "fp32", "--threads", "1", "--window-rows", "64")
+    alone, _ = run_ok(source, tmp_path / "alone.parquet", model, "--no-recheck")
+    on_ray, output = run_ok(source, tmp_path / "ray-out", model, "--engine", "ray",
+                            "--num-workers", "2", "--preserve-order", "--window-rows", "64")
+    assert "re-check below margin 1" in output
+    assert on_ray.column("label").equals(exact.column("label"))
+    probs = [np.array(t.column("probs").to_pylist()[:-1]) for t in (exact, alone, on_ray)]
+    assert (probs[1] != probs[0]).any() and (probs[2] == probs[0]).all()

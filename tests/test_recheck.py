@@ -61,13 +61,13 @@ def planted(monkeypatch, tmp_path_factory) -> Path:
     return cache
 
 
-def _texts(count: int, seed: int = 0) -> list[str | None]:
+def random_texts(count: int, seed: int = 0) -> list[str | None]:
     words = " ".join(TEXTS).split()
     rng = random.Random(seed)
     return [" ".join(rng.choices(words, k=rng.randint(1, 30))) for _ in range(count)] + [None]
 
 
-def _run(source, out, model, *options):
+def run_ok(source, out, model, *options):
     result = predict(source, out, "-m", model, *options)
     assert result.exit_code == 0, result.output
     return pq.read_table(out), result.output
@@ -86,13 +86,13 @@ def test_margins_by_problem_type():
 
 
 def test_near_boundary_flips_are_all_corrected_and_counted(tiny_models, tmp_path, planted):
-    source = write_parquet(tmp_path / "in.parquet", _texts(600))
-    exact, _ = _run(source, tmp_path / "fp32.parquet", tiny_models["qwen2"], "--dtype", "fp32")
-    fast, _ = _run(source, tmp_path / "fast.parquet", tiny_models["qwen2"], "--dtype", "bf16",
+    source = write_parquet(tmp_path / "in.parquet", random_texts(600))
+    exact, _ = run_ok(source, tmp_path / "fp32.parquet", tiny_models["qwen2"], "--dtype", "fp32")
+    fast, _ = run_ok(source, tmp_path / "fast.parquet", tiny_models["qwen2"], "--dtype", "bf16",
                    "--no-recheck")
     flips = int((np.array(fast.column("label")) != np.array(exact.column("label"))).sum())
     assert flips > 20  # the fake flips enough rows for the test to mean something
-    checked, output = _run(source, tmp_path / "checked.parquet", tiny_models["qwen2"],
+    checked, output = run_ok(source, tmp_path / "checked.parquet", tiny_models["qwen2"],
                            "--dtype", "bf16")
     assert checked.column("label").equals(exact.column("label"))
     assert f"{flips} labels changed" in output and "rows re-checked in fp32" in output
@@ -125,11 +125,11 @@ def test_multi_label_at_tuned_thresholds(tmp_path, planted):
     manifest = json.loads((model / "clsx.json").read_text())
     manifest["thresholds"] = [0.45, 0.55, 0.5][: len(manifest["labels"])]
     (model / "clsx.json").write_text(json.dumps(manifest))
-    source = write_parquet(tmp_path / "in.parquet", _texts(300, seed=2))
-    exact, _ = _run(source, tmp_path / "fp32.parquet", model, "--dtype", "fp32")
-    fast, _ = _run(source, tmp_path / "fast.parquet", model, "--dtype", "bf16", "--no-recheck")
+    source = write_parquet(tmp_path / "in.parquet", random_texts(300, seed=2))
+    exact, _ = run_ok(source, tmp_path / "fp32.parquet", model, "--dtype", "fp32")
+    fast, _ = run_ok(source, tmp_path / "fast.parquet", model, "--dtype", "bf16", "--no-recheck")
     assert not fast.column("labels").equals(exact.column("labels"))
-    checked, output = _run(source, tmp_path / "checked.parquet", model, "--dtype", "bf16")
+    checked, output = run_ok(source, tmp_path / "checked.parquet", model, "--dtype", "bf16")
     assert checked.column("labels").equals(exact.column("labels"))
     assert "rows re-checked in fp32" in output
 
@@ -143,9 +143,9 @@ def test_nothing_unsure_never_loads_the_reference(tiny_models):
 
 
 def test_a_resumed_job_keeps_its_cut(tiny_models, tmp_path, planted, monkeypatch):
-    source = write_parquet(tmp_path / "in.parquet", _texts(400, seed=3))
+    source = write_parquet(tmp_path / "in.parquet", random_texts(400, seed=3))
     options = ("--dtype", "bf16", "--window-rows", "50", "--part-rows", "50")
-    whole, _ = _run(source, tmp_path / "whole.parquet", tiny_models["qwen2"], *options)
+    whole, _ = run_ok(source, tmp_path / "whole.parquet", tiny_models["qwen2"], *options)
     out = tmp_path / "out.parquet"
     real = Classifier.predict_encoded
     calls = []
@@ -164,7 +164,7 @@ def test_a_resumed_job_keeps_its_cut(tiny_models, tmp_path, planted, monkeypatch
     planted_cache = planted / "auto-recheck.json"
     entries = json.loads(planted_cache.read_text())
     planted_cache.write_text(json.dumps({k: {**v, "margin": 0.0} for k, v in entries.items()}))
-    resumed, output = _run(source, out, tiny_models["qwen2"], *options, "--resume")
+    resumed, output = run_ok(source, out, tiny_models["qwen2"], *options, "--resume")
     assert "continued after" in output
     assert resumed.equals(whole)
 
@@ -185,7 +185,7 @@ def test_an_export_without_its_parent_is_refused_unless_no_recheck(tiny_exports,
                    "--no-recheck").exit_code == 0
 
 
-def _int8_labelled(export: Path, directory: Path, margin: float) -> Path:
+def int8_labelled(export: Path, directory: Path, margin: float) -> Path:
     """A copy of the fp32 ONNX ``export`` labelled onnx-int8 (a re-checked format) with a
     stored re-check cut of ``margin``, its parent link still leading to its model."""
     copy = Path(shutil.copytree(export, directory / "int8"))
@@ -198,28 +198,8 @@ def _int8_labelled(export: Path, directory: Path, margin: float) -> Path:
     return copy
 
 
-@pytest.mark.ray
-def test_ray_actors_recheck_at_the_drivers_cut(tiny_models, tiny_exports, tmp_path):
-    """Every actor re-checks with its own torch fp32 reference, here every row (the stored
-    cut is 1): the rows come out with torch fp32's exact probs, which the ONNX graph alone
-    does not give bit for bit."""
-    pytest.importorskip("ray.data", reason="install clsx[ray]")
-    source = write_parquet(tmp_path / "in.parquet", _texts(200, seed=4))
-    model = _int8_labelled(tiny_exports["bert"], tmp_path, margin=1.0)  # every row
-    # As each actor runs: one thread, windows of 64 rows (bit for bit the same batches).
-    exact, _ = _run(source, tmp_path / "fp32.parquet", tiny_models["bert"], "--dtype", "fp32",
-                    "--threads", "1", "--window-rows", "64")
-    alone, _ = _run(source, tmp_path / "alone.parquet", model, "--no-recheck")
-    on_ray, output = _run(source, tmp_path / "ray-out", model, "--engine", "ray",
-                          "--num-workers", "2", "--preserve-order", "--window-rows", "64")
-    assert "re-check below margin 1" in output
-    assert on_ray.column("label").equals(exact.column("label"))
-    probs = [np.array(t.column("probs").to_pylist()[:-1]) for t in (exact, alone, on_ray)]
-    assert (probs[1] != probs[0]).any() and (probs[2] == probs[0]).all()
-
-
 def test_the_python_api_rechecks_like_batch_predict(tiny_models, planted):
-    texts = _texts(300, seed=5)
+    texts = random_texts(300, seed=5)
     with clsx.load(tiny_models["qwen2"], dtype="fp32") as exact:
         expected = exact.predict(texts)
     with clsx.load(tiny_models["qwen2"], dtype="bf16", recheck=False) as fast:
@@ -232,12 +212,12 @@ def test_a_cascade_sends_the_unsure_rows_to_the_fallback_model(tiny_models, qwen
                                                                tmp_path, planted):
     """The first model is the planted fast path without re-check (its flips stand for a
     student's mistakes); the fallback is the same weights in fp32, another directory."""
-    source = write_parquet(tmp_path / "in.parquet", _texts(400, seed=6))
-    teacher, _ = _run(source, tmp_path / "teacher.parquet", qwen2_copy)
-    student, _ = _run(source, tmp_path / "student.parquet", tiny_models["qwen2"], "--dtype",
+    source = write_parquet(tmp_path / "in.parquet", random_texts(400, seed=6))
+    teacher, _ = run_ok(source, tmp_path / "teacher.parquet", qwen2_copy)
+    student, _ = run_ok(source, tmp_path / "student.parquet", tiny_models["qwen2"], "--dtype",
                       "bf16", "--no-recheck")
     assert not student.column("label").equals(teacher.column("label"))
-    cascade, output = _run(source, tmp_path / "cascade.parquet", tiny_models["qwen2"],
+    cascade, output = run_ok(source, tmp_path / "cascade.parquet", tiny_models["qwen2"],
                            "--dtype", "bf16", "--no-recheck", "--fallback-model", qwen2_copy,
                            "--fallback-agreement", "1")
     # The whole input is the sample here, so the cut sends every disagreement.

@@ -263,6 +263,10 @@ def test_eval_reads_its_data_from_s3(s3, tiny_models, tmp_path, fake_runner):
     assert remote.output == local.output
 
 
+# Slow (30 s alone, 60-100 s beside the other xdist worker's engines): the default suite
+# has Ray on local files (test_ray.py) and every S3 path on the local engine (above); this
+# adds their combination: credentials from the environment in Ray's workers.
+@pytest.mark.slow
 @pytest.mark.ray
 def test_ray_workers_read_and_write_s3(s3, tiny_models, tmp_path):
     """Two Ray workers read IN from S3; the driver writes the ordered parts
