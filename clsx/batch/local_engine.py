@@ -16,7 +16,7 @@ from clsx.batch.parts import open_store
 from clsx.batch.parts.store import PartWriter, Store
 from clsx.batch.summary import Summary
 from clsx.errors import ClsxError
-from clsx.inference.classifier import Classifier, Counts, output_fields
+from clsx.inference.classifier import Classifier, Counts, Fallback, output_fields
 from clsx.inference.runners import RunnerOptions
 from clsx.io.parquet import (
     ParquetInput,
@@ -124,8 +124,6 @@ def open_classifier(config: BatchPredictConfig, artifact: Artifact,
         if rechecks(classifier, config.recheck):
             attach(classifier, config.recheck_margin)
     if config.fallback_model is not None:
-        from clsx.inference.recheck import Fallback
-
         second = open_artifact(config.fallback_model, allow_pickle=config.allow_pickle)
         # Another model: its own backend, dtype and max length, on the same hardware.
         hardware = RunnerOptions(device=options.device, threads=options.threads)

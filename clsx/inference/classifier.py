@@ -25,7 +25,7 @@ from clsx.artifacts.artifact import Artifact, open_artifact
 from clsx.artifacts.manifest import Manifest
 from clsx.inference.decisions import DecisionRule
 from clsx.inference.encoding import EncodedWindow, TextEncoder
-from clsx.inference.recheck import Fallback, Recheck, changed_rows, take_rows
+from clsx.inference.recheck import Recheck, take_rows, unsure_rows
 from clsx.inference.runners import RunnerOptions, load_runner
 from clsx.inference.runners.base import Runner
 from clsx.inference.scheduler import WINDOW_ROWS, predict_window_rows
@@ -84,6 +84,18 @@ def output_fields(manifest: Manifest, windows_column: bool = False, prefix: str 
     fields = DecisionRule.of(manifest).fields()
     fields = [*fields, WINDOWS_FIELD] if windows_column else fields
     return [field.with_name(prefix + field.name) for field in fields]
+
+
+@dataclass
+class Fallback:
+    """A cascade's second model: rows whose first-model margin is under ``margin`` take
+    ``classifier``'s output (same labels and problem type, checked before it opens)."""
+
+    margin: float
+    classifier: Classifier
+
+    def close(self) -> None:
+        self.classifier.close()
 
 
 class Classifier:
@@ -174,7 +186,7 @@ class Classifier:
         if self.windows_column:
             columns.append(pa.array(window.inputs_per_row(), pa.int32()))
         if self.fallback is not None:
-            unsure = self.fallback.unsure(self.rule, logits)
+            unsure = unsure_rows(self.rule, logits, self.fallback.margin)
             if len(unsure):
                 if window.texts is None:
                     raise ValueError("a fallback model needs the window's texts")
@@ -201,12 +213,12 @@ class Classifier:
     def _recheck(self, window: EncodedWindow, logits: np.ndarray, recheck: Recheck,
                  counts: Counts) -> np.ndarray:
         """``logits`` with the unsure rows re-scored by the reference; counts them."""
-        unsure = recheck.unsure(self.rule, logits)
+        unsure = unsure_rows(self.rule, logits, recheck.margin)
         if not len(unsure):
             return logits
         exact = self.logits(window.select(unsure), recheck.reference())
         counts.rechecked += len(unsure)
-        counts.recheck_changed += changed_rows(self.rule, logits[unsure], exact)
+        counts.recheck_changed += int(self.rule.differing(logits[unsure], exact).sum())
         logits = logits.copy()
         logits[unsure] = exact
         return logits

@@ -109,6 +109,11 @@ class DecisionRule:
             return self.probabilities(logits) >= self.cut
         return logits[:, 0]
 
+    def differing(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        """Per row, whether the decisions from logits ``first`` and ``second`` differ
+        (multi-label: anywhere in the label set)."""
+        return (self.decide(first) != self.decide(second)).reshape(len(first), -1).any(axis=1)
+
     def fields(self) -> list[pa.Field]:
         """The output columns' names and types, in the order of :meth:`columns`."""
         fields = [pa.field("label", pa.string())]

@@ -20,16 +20,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
 from clsx.inference.decisions import MULTI, SINGLE, DecisionRule
 from clsx.inference.runners.base import Runner
-
-if TYPE_CHECKING:
-    from clsx.inference.classifier import Classifier
 
 LOWER_PRECISIONS = ("bf16", "fp16", "int8")  # the number formats a re-check applies to
 
@@ -52,6 +48,12 @@ def margins(rule: DecisionRule, logits: np.ndarray) -> np.ndarray:
     return out
 
 
+def unsure_rows(rule: DecisionRule, logits: np.ndarray, margin: float) -> np.ndarray:
+    """Indices of the rows whose margin is under ``margin`` (a re-check's or a cascade's
+    cut)."""
+    return np.flatnonzero(margins(rule, logits) < margin)
+
+
 @dataclass
 class Recheck:
     """The cut ``margin`` (δ) and the reference that re-scores rows under it.
@@ -70,31 +72,11 @@ class Recheck:
             self._runner = self.open_reference()
         return self._runner
 
-    def unsure(self, rule: DecisionRule, logits: np.ndarray) -> np.ndarray:
-        """Indices of the rows whose margin is under the cut."""
-        return np.flatnonzero(margins(rule, logits) < self.margin)
-
     def close(self) -> None:
         """Release the reference, where it was loaded."""
         if self._runner is not None:
             self._runner.close()
             self._runner = None
-
-
-@dataclass
-class Fallback:
-    """The cascade's second model: rows whose first-model margin is under ``margin`` take
-    ``classifier``'s output (same labels and problem type, checked before it opens)."""
-
-    margin: float
-    classifier: Classifier
-
-    def unsure(self, rule: DecisionRule, logits: np.ndarray) -> np.ndarray:
-        """Indices of the rows whose first-model margin is under the cut."""
-        return np.flatnonzero(margins(rule, logits) < self.margin)
-
-    def close(self) -> None:
-        self.classifier.close()
 
 
 def take_rows(first: Sequence[pa.Array], second: Sequence[pa.Array], chosen: np.ndarray
@@ -106,11 +88,3 @@ def take_rows(first: Sequence[pa.Array], second: Sequence[pa.Array], chosen: np.
     index[chosen] = rows + np.arange(len(chosen))
     return [pa.concat_arrays([a, b]).take(pa.array(index))
             for a, b in zip(first, second, strict=True)]
-
-
-def changed_rows(rule: DecisionRule, before: np.ndarray, after: np.ndarray) -> int:
-    """How many rows' decisions (multi-label: the whole label set) differ."""
-    if not rule.has_labels or not len(before):
-        return 0
-    same = (rule.decide(before) == rule.decide(after)).reshape(len(before), -1)
-    return int((~same.all(axis=1)).sum())

@@ -106,7 +106,7 @@ def choose_cut(rule: DecisionRule, fast: np.ndarray, reference: np.ndarray) -> R
         return RecheckCut(0.0, rows, 0, 0, upper_bound(0, rows), 0.0)
     margin = margins(rule, fast)
     moved = perturbations(rule, fast, reference)
-    flipped = (rule.decide(fast) != rule.decide(reference)).reshape(rows, -1).any(axis=1)
+    flipped = rule.differing(fast, reference)
     cut = min(SAFETY * float(moved.max()), MAX_MARGIN)
     at_risk = int(((margin >= cut) & (margin < moved)).sum())
     return RecheckCut(round(cut, 6), rows, int(flipped.sum()), at_risk,
