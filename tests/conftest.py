@@ -84,6 +84,16 @@ def tiny_exports(tmp_path_factory, tiny_models) -> Mapping[str, Path]:
         lambda family: export_onnx(tiny_models[family], root / f"{family}-onnx").output)
 
 
+@pytest.fixture(scope="session")
+def tiny_openvino(tmp_path_factory, tiny_models) -> Mapping[str, Path]:
+    """The OpenVINO IR export of each tiny model."""
+    from clsx.export.onnx import export_onnx
+
+    root = tmp_path_factory.mktemp("openvino")
+    return PerFamily(lambda family: export_onnx(tiny_models[family], root / f"{family}-ov",
+                                                fmt="openvino").output)
+
+
 @pytest.fixture
 def qwen2_copy(tiny_models, tmp_path) -> Path:
     """A per-test copy of the tiny Qwen2 model, free to modify."""
@@ -176,15 +186,16 @@ def fake_clsx_command(*args: object, delay_s: float = 0.0) -> list[str]:
 def fixed_format_clock(monkeypatch: pytest.MonkeyPatch, seconds: Mapping[str, float]) -> None:
     """Time ``--backend auto``'s format search on a fixed clock: every candidate still opens,
     classifies the probe texts and is gated, but takes ``seconds[name]`` (``torch fp32``,
-    ``vllm fp32``, ``onnx``, ``onnx-int8``, ...), so that the choice is known in advance
-    rather than left to this CPU."""
+    ``vllm fp32``, ``openvino fp32``, ``onnx``, ``onnx-int8``, ...; a candidate not named
+    takes ten times the slowest named one), so that the choice is known in advance rather
+    than left to this CPU."""
     from clsx.auto import formats
 
     def timed(classifier, texts: list[str]) -> tuple[object, float]:
         engine, detail = classifier.runner.description.rstrip(")").split(" (")
         precision = detail.split(", ")[0]  # "onnx (onnx-int8, cpu)", "torch (fp32, cpu)"
         name = precision if engine == "onnx" else f"{engine} {precision}"
-        return classifier.predict_all(texts).logits, seconds[name]
+        return classifier.predict_all(texts).logits, seconds.get(name, 10 * max(seconds.values()))
 
     monkeypatch.setattr(formats, "_timed", timed)
 

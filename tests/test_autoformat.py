@@ -16,7 +16,8 @@ from tests.conftest import TEXTS, fixed_format_clock, predict, write_parquet
 def measured(**rates: float | None) -> dict[str, dict]:
     """Figures as ``_measure`` records them: rows/s per candidate, None for one its gate
     refused."""
-    precision = {"torch fp32": "fp32", "torch bf16": "bf16", "onnx": "fp32", "onnx-int8": "int8"}
+    precision = {"torch fp32": "fp32", "torch bf16": "bf16", "onnx": "fp32", "onnx-int8": "int8",
+                 "openvino fp32": "fp32", "openvino bf16": "bf16"}
     figures = {}
     for key, rate in rates.items():
         name = key.replace("_", " ").replace("onnx int8", "onnx-int8")
@@ -59,8 +60,11 @@ def big_enough(tiny_models, tmp_path, monkeypatch):
 
 def test_auto_formats_runs_the_fastest_gated_format_and_remembers_it(
         tiny_models, big_enough, tmp_path, monkeypatch):
-    # int8 only 1.04x onnx fp32: below the margin, so onnx (2x torch) runs.
-    fixed_format_clock(monkeypatch, {"torch fp32": 1.0, "onnx": 0.5, "onnx-int8": 0.48})
+    # int8 only 1.04x onnx fp32: below the margin, so onnx (2x torch) runs where OpenVINO
+    # is not installed; where it is, OpenVINO on the same onnx export (2.5x) runs.
+    fixed_format_clock(monkeypatch, {"torch fp32": 1.0, "onnx": 0.5, "onnx-int8": 0.48,
+                                     "openvino fp32": 0.4})
+    monkeypatch.setattr(autoformat, "installed", lambda package: package != "openvino")
     out = tmp_path / "out.parquet"
     result = predict(big_enough, out, "-m", tiny_models["bert"], "--auto-formats")
     assert result.exit_code == 0, result.output
@@ -73,11 +77,19 @@ def test_auto_formats_runs_the_fastest_gated_format_and_remembers_it(
     assert all(figures["qualifies"] for figures in choice["measured"].values())
     exports = next((tmp_path / "cache" / "exports").iterdir())
     assert (exports / "onnx" / "model.onnx").is_file()
+    # With OpenVINO: measured again (other candidates), on the exports already made.
+    monkeypatch.setattr(autoformat, "installed", lambda package: package == "openvino")
+    with_openvino = predict(big_enough, out, "-m", tiny_models["bert"], "--auto-formats",
+                            "--overwrite")
+    assert with_openvino.exit_code == 0, with_openvino.output
+    assert ("backend openvino (fp32, onnx, cpu), openvino fp32 chosen by --backend auto: "
+            "2.50x torch fp32") in with_openvino.output
+    assert "exporting" not in with_openvino.output
     # The same model on the same machine: the remembered choice, without measuring again.
     monkeypatch.setattr(autoformat, "_measure", lambda *args: pytest.fail("measured again"))
     again = predict(big_enough, out, "-m", tiny_models["bert"], "--auto-formats", "--overwrite")
     assert again.exit_code == 0, again.output
-    assert "chosen by --backend auto, remembered: " in again.output
+    assert "openvino fp32 chosen by --backend auto, remembered: " in again.output
     assert pq.read_table(out).num_rows == 400
 
 

@@ -36,7 +36,8 @@ def test_fp16_on_cpu_is_refused(tiny_models):
 
 def test_dtype_is_refused_by_a_backend_that_ignores_it(tiny_exports):
     with pytest.raises(ClsxError,
-                       match="--dtype applies to the torch, vllm and tensorrt backends only"):
+                       match="--dtype applies to the torch, openvino, vllm and tensorrt "
+                             "backends only"):
         Classifier.open(tiny_exports["bert"], "onnx", RunnerOptions(dtype="bf16"))
 
 

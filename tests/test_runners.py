@@ -17,7 +17,7 @@ from clsx.testing.tiny_models import FAMILIES
 from tests.conftest import TEXTS
 
 # Where a backend needs an export, the fixture that holds it.
-RUNNER_ARTIFACTS = {"torch": "tiny_models", "onnx": "tiny_exports"}
+RUNNER_ARTIFACTS = {"torch": "tiny_models", "onnx": "tiny_exports", "openvino": "tiny_openvino"}
 # Backends whose parity tests live in their own module (each engine start costs ~25 s).
 PARITY_ELSEWHERE = {"vllm": "tests/test_vllm.py", "tensorrt": "tests/test_tensorrt.py"}
 TOLERANCE = 1e-4

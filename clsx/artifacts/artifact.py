@@ -26,10 +26,11 @@ from clsx.errors import ClsxError
 
 DEFAULT_MAX_LENGTH = 512
 ONNX_FILE = "model.onnx"
+OPENVINO_FILE = "model.xml"  # an openvino export's IR (its weights: model.bin beside it)
 _FINGERPRINT_SAMPLE = 1 << 20
 # The weight files a fingerprint reads, in this order (pickle ``.bin`` last: a directory
 # without pickle weights keeps the fingerprint it had before they were counted).
-WEIGHT_PATTERNS = ("*.safetensors", "*.onnx*", "*.bin")
+WEIGHT_PATTERNS = ("*.safetensors", "*.onnx*", "*.xml", "*.bin")
 
 
 @dataclass(frozen=True)
@@ -187,8 +188,9 @@ def _check_weights(path: Path, manifest: Manifest, allow_pickle: bool) -> None:
                 "them, pass --allow-pickle"
             )
         raise ClsxError(f"{path} has no model weights (*.safetensors)")
-    if not (path / ONNX_FILE).is_file():
-        raise ClsxError(f"{path} is a {manifest.format} export without {ONNX_FILE}; re-export it")
+    graph = OPENVINO_FILE if manifest.format == "openvino" else ONNX_FILE
+    if not (path / graph).is_file():
+        raise ClsxError(f"{path} is a {manifest.format} export without {graph}; re-export it")
 
 
 def _check_parent(path: Path, manifest: Manifest) -> None:

@@ -7,18 +7,20 @@ exports the model once to ``onnx`` (fp32, fused) and ``onnx-int8`` through ``cls
 gates (int8 calibrated and gated on IN's first :data:`CALIBRATION_TEXTS` texts), keeps the
 exports in its cache, and classifies IN's first :data:`PROBE_TEXTS` texts with each candidate:
 torch fp32 and in the CPU's native lower precision (bf16 with AVX-512 BF16 or AMX), onnx,
-onnx-int8 and, for a decoder where vLLM is installed, vLLM on the model directory in the same
-dtypes as torch. It runs the fastest candidate that passed its gate, except that a less exact
-number format (bf16 below fp32, int8 below both) must be at least
+onnx-int8, for a decoder where vLLM is installed, vLLM on the model directory in the same
+dtypes as torch, and, where OpenVINO is installed (``clsx[openvino]``), OpenVINO on the onnx
+export in the same dtypes. It runs the fastest candidate that passed its gate, except that
+a less exact number format (bf16 below fp32, int8 below both) must be at least
 :data:`LESS_EXACT_MARGIN` times as fast as the best more exact one: where int8 is about as
 fast as fp32 (CPUs without VNNI), fp32 stays. A job that re-checks
 (:mod:`clsx.auto.recheck`) times each lower-precision candidate with its re-check: the
-share of the probe rows under its cut, re-scored at torch fp32's measured speed.
+share of the probe rows under its cut, re-scored at its reference's measured speed (the
+same engine in fp32 for a dtype change, torch fp32 for int8).
 
 Gates: onnx: logits within 1e-4 of PyTorch (the export's); onnx-int8: the labels users get
 equal to fp32's on >= 98% of the calibration texts (the export's); torch bf16: probabilities
 within 5e-2 of fp32's and every label equal on the probe texts (:mod:`clsx.auto.dtype`'s);
-vLLM: the same, within 2e-3 in fp32.
+vLLM and OpenVINO: the same, within 2e-3 in fp32.
 
 The choice is cached per model fingerprint, ``--max-length`` (the fastest format differs
 between short and long inputs), threads and machine (CPU model, cores, vector and int8
@@ -65,8 +67,8 @@ REFERENCE = "torch fp32"
 @dataclass(frozen=True)
 class Candidate:
     """One way to run the model: ``name`` as summaries show it, the backend, the dtype it
-    runs the model directory in (None for exports), its number format, and the ``clsx
-    export`` format it runs (None: the model directory itself)."""
+    computes in (None: the export's own), its number format, and the ``clsx export`` format
+    it runs (None: the model directory itself)."""
 
     name: str
     backend: str
@@ -90,18 +92,26 @@ class FormatChoice:
 
 
 def candidates(decoder: bool) -> list[Candidate]:
-    """torch fp32, vLLM fp32 (a decoder, where vLLM is installed), onnx, onnx-int8, then
-    torch and vLLM in the CPU's native lower precisions; the reference comes first."""
-    vllm = decoder and importlib.util.find_spec("vllm") is not None
-    engines = ("torch", "vllm") if vllm else ("torch",)
+    """torch fp32, vLLM fp32 (a decoder, where vLLM is installed), OpenVINO fp32 on the onnx
+    export (where OpenVINO is installed), onnx, onnx-int8, then torch, vLLM and OpenVINO in
+    the CPU's native lower precisions; the reference comes first."""
+    engines = ("torch", "vllm") if decoder and installed("vllm") else ("torch",)
+    openvino = installed("openvino")
 
     def run(dtype: str) -> list[Candidate]:
-        return [Candidate(f"{engine} {dtype}", engine, dtype, dtype) for engine in engines]
+        on_model = [Candidate(f"{engine} {dtype}", engine, dtype, dtype) for engine in engines]
+        on_export = [Candidate(f"openvino {dtype}", "openvino", dtype, dtype, "onnx")]
+        return on_model + (on_export if openvino else [])
 
     exported = [Candidate("onnx", "onnx", None, "fp32", "onnx"),
                 Candidate("onnx-int8", "onnx", None, "int8", "onnx-int8")]
     lower = [candidate for dtype in native_low_precision("cpu") for candidate in run(dtype)]
     return [*run("fp32"), *exported, *lower]
+
+
+def installed(package: str) -> bool:
+    """Whether ``package`` (an optional engine: vllm, openvino) can be imported here."""
+    return importlib.util.find_spec(package) is not None
 
 
 def choose_format(artifact: Artifact, options: RunnerOptions, texts: Sequence[str], *,
@@ -221,21 +231,21 @@ def _measure(artifact: Artifact, options: RunnerOptions, texts: Sequence[str],
     probe = list(texts[:PROBE_TEXTS])
     measured: dict[str, dict[str, Any]] = {}
     reference: np.ndarray | None = None
-    reference_seconds = 0.0
+    seconds_of: dict[str, float] = {}
     for candidate in tried:
         figures: dict[str, Any] = {"precision": candidate.precision}
         measured[candidate.name] = figures
         try:
+            run_options = dataclasses.replace(options, dtype=candidate.dtype)
             if candidate.export_format is None:
-                opened = Classifier.from_artifact(
-                    artifact, candidate.backend,
-                    dataclasses.replace(options, dtype=candidate.dtype), **settings)
+                opened = Classifier.from_artifact(artifact, candidate.backend, run_options,
+                                                  **settings)
             else:
                 directory = _export(artifact, candidate, exports, texts, log)
                 # Made from artifact as it is now (cached_export checked): no need to
                 # fingerprint the parent again.
                 opened = Classifier.from_artifact(open_artifact(directory, check_parent=False),
-                                                  candidate.backend, options, **settings)
+                                                  candidate.backend, run_options, **settings)
                 figures["gate_agreement"] = _gate_agreement(directory)
         except ClsxError as exc:  # a gate that refused, an engine that cannot start here
             figures.update(qualifies=False, refused=str(exc))
@@ -244,12 +254,15 @@ def _measure(artifact: Artifact, options: RunnerOptions, texts: Sequence[str],
         with opened as classifier:
             logits, seconds = _timed(classifier, probe)
             rule = classifier.rule
-        if reference is None:
-            reference, reference_seconds = logits, seconds
+        reference = logits if reference is None else reference
+        seconds_of[candidate.name] = seconds
         parity = compare(reference, logits, rule)
         if recheck and candidate.precision in LOWER_PRECISIONS and rule.has_labels:
             share = choose_cut(rule, logits, reference).rechecked_share
-            seconds += share * reference_seconds  # those rows again, at torch fp32's speed
+            # Those rows again, at the speed of the reference that re-checks them: the
+            # same engine in fp32 for a dtype change, torch fp32 for int8.
+            rechecker = f"{candidate.backend} fp32" if candidate.dtype else REFERENCE
+            seconds += share * seconds_of.get(rechecker, seconds_of[REFERENCE])
             figures["rechecked_share"] = round(share, 4)
         figures.update(rows=len(probe), rows_per_s=round(len(probe) / seconds, 1),
                        label_agreement=parity.label_agreement,
@@ -268,9 +281,10 @@ def _timed(classifier: Any, texts: list[str]) -> tuple[np.ndarray, float]:
 
 
 def _passes(candidate: Candidate, parity: ParityReport) -> bool:
-    """Exports passed their gates when they were made; torch below fp32 and vLLM must pass
-    the dtype gate (:func:`~clsx.quality.parity.passes_dtype_gate`) on the probe texts."""
-    if candidate.export_format is not None or candidate.name == REFERENCE:
+    """Exports run as exported passed their gates when they were made; torch below fp32,
+    vLLM and OpenVINO must pass the dtype gate
+    (:func:`~clsx.quality.parity.passes_dtype_gate`) on the probe texts."""
+    if candidate.dtype is None or candidate.name == REFERENCE:
         return True
     return passes_dtype_gate(candidate.dtype, parity)
 

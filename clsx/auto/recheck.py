@@ -1,11 +1,12 @@
 """Which runs re-check, against which fp32 reference, and at which cut; a cascade's
 fallback model checked, and its cut chosen.
 
-A run re-checks (:mod:`clsx.inference.recheck`) when its runner computes below fp32 (torch
-or vLLM in bf16/fp16, onnx-int8, TensorRT fp16), the model has labels, and ``--no-recheck``
-is not given. The reference is fp32 of the same runner for a dtype change, and PyTorch fp32
-of the export's parent model directory for an export; an export whose parent is gone is
-refused unless the run passes ``--no-recheck``.
+A run re-checks (:mod:`clsx.inference.recheck`) when its runner computes below fp32 (torch,
+vLLM or OpenVINO in bf16/fp16, onnx-int8, TensorRT fp16), the model has labels, and
+``--no-recheck`` is not given. The reference is fp32 of the same runner for a dtype change
+(a runner in bf16/fp16 on fp32 weights), and PyTorch fp32 of the export's parent model
+directory for an export stored or built below fp32 (onnx-int8, TensorRT); an export whose
+parent is gone is refused unless the run passes ``--no-recheck``.
 
 The cut δ (:mod:`clsx.quality.recheck`) comes from, in this order: the job a ``--resume``
 continues (every row of OUT re-checked alike), the export's ``clsx.json`` (measured at
@@ -32,6 +33,9 @@ from clsx.log import Log, silent
 from clsx.quality.recheck import FallbackCut, RecheckCut, choose_cut, choose_fallback_cut
 
 SAMPLE_TEXTS = 512
+# Formats that hold fp32 weights: a run of one below fp32 is a dtype change (torch, vLLM and
+# OpenVINO in bf16/fp16), re-checked by the same runner in fp32.
+FP32_FORMATS = ("torch", "onnx", "openvino")
 STORED = "recheck"  # the key of an export's cut in its manifest's ``parity``
 
 
@@ -45,7 +49,7 @@ def reference_opener(classifier: Classifier) -> Callable[[], Runner]:
     """A loader of ``classifier``'s fp32 reference; an export whose parent model directory
     is gone is refused here, before any work."""
     artifact, runner = classifier.artifact, classifier.runner
-    if artifact.manifest.format == "torch":
+    if artifact.manifest.format in FP32_FORMATS:  # a dtype change of the same runner
         options = dataclasses.replace(runner.options, dtype="fp32")
         return lambda: type(runner)(artifact, options)
     parent = export_parent(artifact)

@@ -27,11 +27,14 @@ DEFAULT = ParameterSource.DEFAULT
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), default="onnx",
               show_default=True, help="onnx: fp32 graph; onnx-int8: dynamic int8 weights; "
+                                      "openvino: the fp32 graph as OpenVINO IR (needs "
+                                      "clsx[openvino]); "
                                       "vllm: a directory vLLM's pooling runner loads; "
                                       "tensorrt: the fp32 graph, run as an fp16 TensorRT "
                                       "engine on NVIDIA GPUs.")
 @click.option("--output", "-o", type=click.Path(path_type=Path), required=True,
-              help="Directory to create (model.onnx or weights, tokenizer, config, clsx.json).")
+              help="Directory to create (model.onnx, model.xml or weights, tokenizer, config, "
+                   "clsx.json).")
 @click.option("--dtype", type=click.Choice(VLLM_DTYPES),
               help=f"vllm only: dtype of the saved weights.  [default: {VLLM_DTYPE}]")
 @click.option("--no-parity", is_flag=True,

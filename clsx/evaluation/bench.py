@@ -18,7 +18,7 @@ from clsx.artifacts.artifact import open_artifact
 from clsx.auto.recheck import SAMPLE_TEXTS, attach, rechecks
 from clsx.auto.resolve import classifier_for
 from clsx.errors import ClsxError
-from clsx.evaluation.config import TORCH_DTYPES, VARIANTS, BenchConfig
+from clsx.evaluation.config import VARIANT_RUNS, VARIANTS, BenchConfig
 from clsx.export.cache import cached_export
 from clsx.inference.classifier import Classifier, Prediction
 from clsx.inference.runners.tensorrt import require_tensorrt
@@ -57,10 +57,12 @@ def run_bench(config: BenchConfig, log: Log = silent) -> list[BenchRow]:
 
     Label agreement is on the labels users get (the model's thresholds for multi-label).
     ``torch-bf16`` runs the same model directory in bf16 (native with AMX / AVX-512 BF16,
-    emulated and slower than fp32 elsewhere). ONNX variants are exported on the fly into
-    ``config.exports_dir`` (a temporary directory when None) and reused there when the
-    parent model has not changed. With ``config.recheck``, each variant below fp32 gets a
-    second row, ``X + re-check``: the same classifier re-checking in torch fp32 the rows
+    emulated and slower than fp32 elsewhere). ONNX and OpenVINO variants are exported on the
+    fly into ``config.exports_dir`` (a temporary directory when None) and reused there when
+    the parent model has not changed (``openvino-bf16`` runs the ``openvino`` export in
+    bf16). With ``config.recheck``, each variant below fp32 gets a second row, ``X +
+    re-check``: the same classifier re-checking in fp32 (its reference:
+    :func:`~clsx.auto.recheck.reference_opener`) the rows
     under the cut chosen on the first :data:`~clsx.auto.recheck.SAMPLE_TEXTS` rows beside
     the reference's logits (:mod:`clsx.quality.recheck`).
     """
@@ -77,19 +79,19 @@ def run_bench(config: BenchConfig, log: Log = silent) -> list[BenchRow]:
         reference: np.ndarray | None = None
         rows: list[BenchRow] = []
         for variant in ordered:
-            if variant in TORCH_DTYPES:
+            export_format, dtype = VARIANT_RUNS[variant]
+            variant_options = replace(options, dtype=dtype)
+            if export_format is None:
                 directory, backend = model_dir, "torch"
-                variant_options = replace(options, dtype=TORCH_DTYPES[variant])
             else:
                 # int8 calibrates on the bench's first texts (decoders need real texts);
                 # the gate is off: the bench reports the agreement itself.
                 calibration = [t for t in texts[:CALIBRATION_ROWS] if t is not None]
                 directory = cached_export(
-                    model_dir, variant, cache / variant, lambda line: log(f"bench: {line}"),
-                    min_agreement=0.0,
-                    calibration_texts=calibration if variant == "onnx-int8" else None)
+                    model_dir, export_format, cache / export_format,
+                    lambda line: log(f"bench: {line}"), min_agreement=0.0,
+                    calibration_texts=calibration if export_format == "onnx-int8" else None)
                 backend = "auto"
-                variant_options = options
             log(f"bench: running {variant} on {len(texts)} rows")
             with _peak_rss() as peak, classifier_for(
                     open_artifact(directory), backend, variant_options,

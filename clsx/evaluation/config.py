@@ -13,11 +13,16 @@ from typing import Any
 from clsx.errors import ClsxError
 from clsx.inference.runners.base import RunnerOptions
 
-# What `clsx bench --backends` takes.
-VARIANTS = ("torch", "torch-bf16", "onnx", "onnx-int8", "tensorrt")
-# torch variants run the model directory itself in a dtype; the others run an export, with
-# the backend its format names (``auto``).
-TORCH_DTYPES = {"torch": "fp32", "torch-bf16": "bf16"}
+# What `clsx bench --backends` takes: each variant runs the model directory itself (export
+# format None) or its export in that format, with the backend the format names (``auto``),
+# in a dtype (None: the export's own).
+VARIANT_RUNS: dict[str, tuple[str | None, str | None]] = {
+    "torch": (None, "fp32"), "torch-bf16": (None, "bf16"),
+    "onnx": ("onnx", None), "onnx-int8": ("onnx-int8", None),
+    "openvino": ("openvino", "fp32"), "openvino-bf16": ("openvino", "bf16"),
+    "tensorrt": ("tensorrt", None),
+}
+VARIANTS = tuple(VARIANT_RUNS)
 
 
 class LongTextOverride:
@@ -109,7 +114,8 @@ class BenchConfig:
     recheck: bool = True  # an "X + re-check" row beside each backend below fp32
 
     def __post_init__(self) -> None:
-        if self.exports_dir is not None and all(name in TORCH_DTYPES for name in self.backends):
+        exports = [VARIANT_RUNS.get(name, (name, None))[0] for name in self.backends]
+        if self.exports_dir is not None and all(export is None for export in exports):
             raise ClsxError("--exports-dir does nothing when --backends lists no export "
                             f"(only {', '.join(self.backends)}); drop it")
 

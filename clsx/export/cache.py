@@ -20,7 +20,7 @@ def is_current_export(target: Path, model_fingerprint: str) -> bool:
 def cached_export(model_dir: Path | Artifact, fmt: str, target: Path, log: Log = silent,
                   **gates: Any) -> Path:
     """``target``, holding ``model_dir`` (a directory, or one already opened) exported as
-    ``fmt`` (``onnx``, ``onnx-int8`` or ``tensorrt``).
+    ``fmt`` (``onnx``, ``onnx-int8``, ``openvino`` or ``tensorrt``).
 
     An export already at ``target`` is reused when it was made from ``model_dir`` as it is
     now (same fingerprint); otherwise ``model_dir`` is exported there anew, through the

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from clsx.errors import ClsxError
 
-EXPORT_FORMATS = ("onnx", "onnx-int8", "vllm", "tensorrt")
+EXPORT_FORMATS = ("onnx", "onnx-int8", "openvino", "vllm", "tensorrt")
 ONNX_FORMATS = ("onnx", "onnx-int8")  # the formats whose graph ONNX Runtime's fusions apply to
 # The export gates' defaults (the CLI shows them in --help and passes only what is given).
 FP32_TOLERANCE = 1e-4  # max |logit difference| of the fp32 ONNX graph from PyTorch

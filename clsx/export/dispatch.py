@@ -22,6 +22,10 @@ def run(config: ExportConfig) -> ExportResult:
     the calibration texts are read before it too.
     """
     check_output_directory(config.output, config.overwrite)
+    if config.format == "openvino":  # before minutes of exporting
+        from clsx.inference.runners.openvino import import_openvino
+
+        import_openvino()
     if config.format == "vllm":
         from clsx.export.vllm import export_vllm
 

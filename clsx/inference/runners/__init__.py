@@ -12,6 +12,7 @@ from clsx.inference.runners.base import ENGINE_OPTIONS, Runner, RunnerOptions
 RUNNERS: dict[str, str] = {
     "torch": "clsx.inference.runners.torch:TorchRunner",
     "onnx": "clsx.inference.runners.onnx:OnnxRunner",
+    "openvino": "clsx.inference.runners.openvino:OpenvinoRunner",
     "vllm": "clsx.inference.runners.vllm:VllmRunner",
     "tensorrt": "clsx.inference.runners.tensorrt:TensorrtRunner",
 }

@@ -1,0 +1,106 @@
+"""The openvino backend and export: gated like the others, re-checked below fp32, resumable,
+and refused in one line where OpenVINO or the precision is missing.
+
+Its parity with transformers for the three families is in tests/test_runners.py; its Ray
+actors in tests/test_ray.py; ``--backend auto``'s search with and without it in
+tests/test_autoformat.py.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from clsx.auto.recheck import reference_opener
+from clsx.errors import ClsxError
+from clsx.inference.classifier import Classifier
+from clsx.inference.runners import RunnerOptions
+from clsx.inference.runners.openvino import OpenvinoRunner
+from tests.conftest import TEXTS, predict, run_clsx, write_parquet
+from tests.test_recheck import random_texts, run_ok
+
+openvino = pytest.importorskip("openvino", reason="install clsx[openvino]")
+NATIVE_BF16 = "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def test_openvino_runs_an_onnx_export_as_it_is(tiny_exports, tiny_openvino):
+    texts = [t for t in TEXTS if t.strip()]
+    with Classifier.open(tiny_exports["bert"], "openvino") as on_onnx, \
+            Classifier.open(tiny_openvino["bert"]) as on_ir:
+        assert on_ir.runner.description == "openvino (fp32, openvino, cpu)"
+        np.testing.assert_allclose(on_onnx.predict_all(texts).logits,
+                                   on_ir.predict_all(texts).logits, atol=1e-5)
+
+
+def test_the_parity_gate_refuses_a_shifted_graph_and_leaves_nothing(tiny_models, tmp_path,
+                                                                    monkeypatch):
+    real = OpenvinoRunner.predict
+    monkeypatch.setattr(OpenvinoRunner, "predict", lambda self, *inputs: real(self, *inputs)
+                        + np.float32(1e-3))
+    out = tmp_path / "ov"
+    result = run_clsx("export", tiny_models["bert"], "--format", "openvino", "--output", out)
+    assert result.exit_code == 1
+    assert "Error: the OpenVINO graph differs from PyTorch by 1.00e-03 (> 1e-04)" in result.output
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not NATIVE_BF16, reason="this CPU has no native bf16 for OpenVINO")
+def test_bf16_is_rechecked_by_openvino_fp32(tiny_openvino, tmp_path):
+    with Classifier.open(tiny_openvino["bert"], "openvino", RunnerOptions(dtype="bf16")) as fast:
+        assert fast.runner.precision == "bf16"
+        reference = reference_opener(fast)()
+    assert isinstance(reference, OpenvinoRunner) and reference.precision == "fp32"
+    source = write_parquet(tmp_path / "in.parquet", random_texts(300, seed=2))
+    exact, _ = run_ok(source, tmp_path / "fp32.parquet", tiny_openvino["bert"])
+    table, output = run_ok(source, tmp_path / "bf16.parquet", tiny_openvino["bert"],
+                           "--dtype", "bf16")
+    assert "rows re-checked in fp32" in output
+    assert table.column("label").equals(exact.column("label"))
+
+
+def test_precisions_the_cpu_lacks_and_gpus_are_refused(tiny_openvino, monkeypatch):
+    with pytest.raises(ClsxError, match="the openvino backend runs on the CPU"):
+        Classifier.open(tiny_openvino["bert"], "openvino", RunnerOptions(device="cuda"))
+    monkeypatch.setattr(openvino.Core, "get_property", lambda self, *args: ["FP32"])
+    with pytest.raises(ClsxError, match="this CPU does not compute bf16 natively for "
+                                        "OpenVINO; use --dtype fp32"):
+        Classifier.open(tiny_openvino["bert"], "openvino", RunnerOptions(dtype="bf16"))
+
+
+def test_a_killed_openvino_job_resumes_to_the_same_output(tiny_openvino, tmp_path,
+                                                          monkeypatch):
+    source = write_parquet(tmp_path / "in.parquet", random_texts(120, seed=5))
+    options = ("--window-rows", "30", "--part-rows", "30")
+    whole, _ = run_ok(source, tmp_path / "whole.parquet", tiny_openvino["bert"], *options)
+    real, calls = Classifier.predict_encoded, []
+
+    def dies_after_two_windows(self, window):
+        calls.append(1)
+        if len(calls) > 2:
+            raise OSError("the machine went away")
+        return real(self, window)
+
+    out = tmp_path / "out.parquet"
+    monkeypatch.setattr(Classifier, "predict_encoded", dies_after_two_windows)
+    assert predict(source, out, "-m", tiny_openvino["bert"], *options).exit_code != 0
+    monkeypatch.setattr(Classifier, "predict_encoded", real)
+    resumed, output = run_ok(source, out, tiny_openvino["bert"], *options, "--resume")
+    assert "continued after" in output
+    assert resumed.equals(whole)
+
+
+def test_without_openvino_backend_and_export_are_refused_in_one_line(
+        tiny_models, tiny_exports, texts_parquet, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now raises
+    hint = ("Error: the openvino backend needs OpenVINO, which is not installed; install it "
+            "with `pip install 'clsx[openvino]'`\n")
+    result = predict(texts_parquet, tmp_path / "out.parquet", "-m", tiny_exports["bert"],
+                     "--backend", "openvino")
+    assert result.exit_code == 1 and result.output.endswith(hint)
+    assert not (tmp_path / "out.parquet").exists()
+    export = run_clsx("export", tiny_models["bert"], "--format", "openvino", "--output",
+                      tmp_path / "ov")
+    assert export.exit_code == 1 and export.output.endswith(hint)
+    assert not (tmp_path / "ov").exists()
