@@ -87,11 +87,11 @@ def tiny_exports(tmp_path_factory, tiny_models) -> Mapping[str, Path]:
 @pytest.fixture(scope="session")
 def tiny_openvino(tmp_path_factory, tiny_models) -> Mapping[str, Path]:
     """The OpenVINO IR export of each tiny model."""
-    from clsx.export.onnx import export_onnx
+    from clsx.export.openvino import export_openvino
 
     root = tmp_path_factory.mktemp("openvino")
-    return PerFamily(lambda family: export_onnx(tiny_models[family], root / f"{family}-ov",
-                                                fmt="openvino").output)
+    return PerFamily(
+        lambda family: export_openvino(tiny_models[family], root / f"{family}-ov").output)
 
 
 @pytest.fixture

@@ -61,7 +61,7 @@ def big_enough(tiny_models, tmp_path, monkeypatch):
 def test_auto_formats_runs_the_fastest_gated_format_and_remembers_it(
         tiny_models, big_enough, tmp_path, monkeypatch):
     # int8 only 1.04x onnx fp32: below the margin, so onnx (2x torch) runs where OpenVINO
-    # is not installed; where it is, OpenVINO on the same onnx export (2.5x) runs.
+    # is not installed; where it is, OpenVINO (2.5x) runs.
     fixed_format_clock(monkeypatch, {"torch fp32": 1.0, "onnx": 0.5, "onnx-int8": 0.48,
                                      "openvino fp32": 0.4})
     monkeypatch.setattr(autoformat, "installed", lambda package: package != "openvino")
@@ -77,14 +77,16 @@ def test_auto_formats_runs_the_fastest_gated_format_and_remembers_it(
     assert all(figures["qualifies"] for figures in choice["measured"].values())
     exports = next((tmp_path / "cache" / "exports").iterdir())
     assert (exports / "onnx" / "model.onnx").is_file()
-    # With OpenVINO: measured again (other candidates), on the exports already made.
+    # With OpenVINO: measured again (other candidates), on the exports already made and
+    # its own.
     monkeypatch.setattr(autoformat, "installed", lambda package: package == "openvino")
     with_openvino = predict(big_enough, out, "-m", tiny_models["bert"], "--auto-formats",
                             "--overwrite")
     assert with_openvino.exit_code == 0, with_openvino.output
-    assert ("backend openvino (fp32, onnx, cpu), openvino fp32 chosen by --backend auto: "
+    assert ("backend openvino (fp32, openvino, cpu), openvino fp32 chosen by --backend auto: "
             "2.50x torch fp32") in with_openvino.output
-    assert "exporting" not in with_openvino.output
+    assert "to onnx in" not in with_openvino.output  # only the openvino export is new
+    assert (exports / "openvino" / "model.xml").is_file()
     # The same model on the same machine: the remembered choice, without measuring again.
     monkeypatch.setattr(autoformat, "_measure", lambda *args: pytest.fail("measured again"))
     again = predict(big_enough, out, "-m", tiny_models["bert"], "--auto-formats", "--overwrite")

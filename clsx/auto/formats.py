@@ -3,13 +3,14 @@ gates on this machine, chosen by measuring here.
 
 Before classifying IN (a PyTorch model directory, ``--backend auto`` without ``--dtype``, the
 CPU, and IN of at least :data:`FORMAT_SEARCH_MIN_ROWS` rows or ``--auto-formats``), clsx
-exports the model once to ``onnx`` (fp32, fused) and ``onnx-int8`` through ``clsx export``'s
-gates (int8 calibrated and gated on IN's first :data:`CALIBRATION_TEXTS` texts), keeps the
+exports the model once to ``onnx`` (fp32, fused), ``onnx-int8`` and, where OpenVINO is
+installed, ``openvino`` through ``clsx export``'s gates (int8 calibrated and gated on IN's
+first :data:`CALIBRATION_TEXTS` texts), keeps the
 exports in its cache, and classifies IN's first :data:`PROBE_TEXTS` texts with each candidate:
 torch fp32 and in the CPU's native lower precision (bf16 with AVX-512 BF16 or AMX), onnx,
 onnx-int8, for a decoder where vLLM is installed, vLLM on the model directory in the same
-dtypes as torch, and, where OpenVINO is installed (``clsx[openvino]``), OpenVINO on the onnx
-export in the same dtypes. It runs the fastest candidate that passed its gate, except that
+dtypes as torch, and OpenVINO (``clsx[openvino]``) on the openvino export in the same
+dtypes. It runs the fastest candidate that passed its gate, except that
 a less exact number format (bf16 below fp32, int8 below both) must be at least
 :data:`LESS_EXACT_MARGIN` times as fast as the best more exact one: where int8 is about as
 fast as fp32 (CPUs without VNNI), fp32 stays. A job that re-checks
@@ -17,10 +18,10 @@ fast as fp32 (CPUs without VNNI), fp32 stays. A job that re-checks
 share of the probe rows under its cut, re-scored at its reference's measured speed (the
 same engine in fp32 for a dtype change, torch fp32 for int8).
 
-Gates: onnx: logits within 1e-4 of PyTorch (the export's); onnx-int8: the labels users get
-equal to fp32's on >= 98% of the calibration texts (the export's); torch bf16: probabilities
-within 5e-2 of fp32's and every label equal on the probe texts (:mod:`clsx.auto.dtype`'s);
-vLLM and OpenVINO: the same, within 2e-3 in fp32.
+Gates: the onnx and openvino exports: logits within 1e-4 of PyTorch (the export's);
+onnx-int8: the labels users get equal to fp32's on >= 98% of the calibration texts (the
+export's); torch bf16: probabilities within 5e-2 of fp32's and every label equal on the
+probe texts (:mod:`clsx.auto.dtype`'s); vLLM and OpenVINO: the same, within 2e-3 in fp32.
 
 The choice is cached per model fingerprint, ``--max-length`` (the fastest format differs
 between short and long inputs), threads and machine (CPU model, cores, vector and int8
@@ -92,15 +93,15 @@ class FormatChoice:
 
 
 def candidates(decoder: bool) -> list[Candidate]:
-    """torch fp32, vLLM fp32 (a decoder, where vLLM is installed), OpenVINO fp32 on the onnx
-    export (where OpenVINO is installed), onnx, onnx-int8, then torch, vLLM and OpenVINO in
-    the CPU's native lower precisions; the reference comes first."""
+    """torch fp32, vLLM fp32 (a decoder, where vLLM is installed), OpenVINO fp32 on the
+    openvino export (where OpenVINO is installed), onnx, onnx-int8, then torch, vLLM and
+    OpenVINO in the CPU's native lower precisions; the reference comes first."""
     engines = ("torch", "vllm") if decoder and installed("vllm") else ("torch",)
     openvino = installed("openvino")
 
     def run(dtype: str) -> list[Candidate]:
         on_model = [Candidate(f"{engine} {dtype}", engine, dtype, dtype) for engine in engines]
-        on_export = [Candidate(f"openvino {dtype}", "openvino", dtype, dtype, "onnx")]
+        on_export = [Candidate(f"openvino {dtype}", "openvino", dtype, dtype, "openvino")]
         return on_model + (on_export if openvino else [])
 
     exported = [Candidate("onnx", "onnx", None, "fp32", "onnx"),
@@ -177,9 +178,9 @@ def _export(artifact: Artifact, candidate: Candidate, exports: Path, texts: Sequ
     int8 calibrated on the job's first texts) unless it is there already."""
     from clsx.export.cache import cached_export
 
-    int8 = candidate.precision == "int8"
+    calibrated = {"calibration_texts": list(texts[:CALIBRATION_TEXTS])}
     return cached_export(artifact, candidate.export_format, exports / candidate.export_format,
-                         log, calibration_texts=list(texts[:CALIBRATION_TEXTS]) if int8 else None)
+                         log, **(calibrated if candidate.precision == "int8" else {}))
 
 
 def pick(measured: dict[str, dict[str, Any]]) -> str:

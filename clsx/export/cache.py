@@ -24,16 +24,21 @@ def cached_export(model_dir: Path | Artifact, fmt: str, target: Path, log: Log =
 
     An export already at ``target`` is reused when it was made from ``model_dir`` as it is
     now (same fingerprint); otherwise ``model_dir`` is exported there anew, through the
-    export's gates. ``gates`` are :func:`~clsx.export.onnx.export_onnx`'s keyword
-    arguments (``calibration_texts``, ``min_agreement``, ...). Raises the export's
+    export's gates. ``gates`` are the exporter's keyword arguments
+    (:func:`~clsx.export.onnx.export_onnx`'s ``calibration_texts``, ``min_agreement``, ...;
+    :func:`~clsx.export.openvino.export_openvino`'s ``tolerance``). Raises the export's
     :class:`~clsx.errors.ClsxError` when a gate refuses it.
     """
     from clsx.export.onnx import export_onnx
+    from clsx.export.openvino import export_openvino
 
     opened = isinstance(model_dir, Artifact)
     current = model_dir.fingerprint if opened else fingerprint(model_dir)
     if is_current_export(target, current):
         return target
     log(f"exporting {model_dir.path if opened else model_dir} to {fmt} in {target}")
-    export_onnx(model_dir, target, fmt=fmt, overwrite=True, **gates)
+    if fmt == "openvino":
+        export_openvino(model_dir, target, overwrite=True, **gates)
+    else:
+        export_onnx(model_dir, target, fmt=fmt, overwrite=True, **gates)
     return target

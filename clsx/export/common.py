@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -73,3 +74,10 @@ def open_export(directory: Path, backend: str, options: RunnerOptions) -> Classi
 
     return Classifier.from_artifact(open_artifact(directory, check_parent=False), backend,
                                     options)
+
+
+def write_tokenizer_and_config(parent: Artifact, directory: Path) -> None:
+    """The parent's tokenizer and config beside a graph: with a manifest, the files that
+    make it an artifact."""
+    parent.tokenizer.save_pretrained(directory)
+    shutil.copy2(parent.path / "config.json", directory / "config.json")

@@ -1,6 +1,6 @@
 """``clsx export``'s one entry point: an :class:`ExportConfig` to the exporter of its format.
 
-Light on purpose: the exporters (torch, onnx, vllm) are imported only when one runs.
+Light on purpose: the exporters (onnx, openvino, vllm) are imported only when one runs.
 """
 
 from __future__ import annotations
@@ -22,16 +22,18 @@ def run(config: ExportConfig) -> ExportResult:
     the calibration texts are read before it too.
     """
     check_output_directory(config.output, config.overwrite)
-    if config.format == "openvino":  # before minutes of exporting
-        from clsx.inference.runners.openvino import import_openvino
-
-        import_openvino()
     if config.format == "vllm":
         from clsx.export.vllm import export_vllm
 
         return export_vllm(config.model_dir, config.output, dtype=config.dtype or VLLM_DTYPE,
                            tolerance=config.tolerance, check=config.check,
                            overwrite=config.overwrite, allow_pickle=config.allow_pickle)
+    if config.format == "openvino":
+        from clsx.export.openvino import export_openvino
+
+        return export_openvino(config.model_dir, config.output, overwrite=config.overwrite,
+                               allow_pickle=config.allow_pickle,
+                               **({"tolerance": config.tolerance} if config.tolerance else {}))
     from clsx.export.onnx import export_onnx
 
     gates = {"tolerance": config.tolerance, "min_agreement": config.min_agreement}

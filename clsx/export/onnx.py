@@ -1,9 +1,8 @@
-"""``clsx export --format onnx|onnx-int8|openvino|tensorrt``: torch.onnx.export (dynamo)
-plus a parity gate.
+"""``clsx export --format onnx|onnx-int8|tensorrt``: torch.onnx.export (dynamo) plus a
+parity gate.
 
 A ``tensorrt`` export is the fp32 graph of an ``onnx`` one, run by the TensorRT provider
-(:mod:`clsx.inference.runners.tensorrt`); an ``openvino`` export is that graph converted to
-OpenVINO IR (:mod:`clsx.export.openvino`). Where TensorRT is installed, the export builds the engine
+(:mod:`clsx.inference.runners.tensorrt`). Where TensorRT is installed, the export builds the engine
 and gates it on parity too; elsewhere, the engine is built on first use on the GPU machine.
 
 optimum-onnx is not used: it pins transformers 4.57, which cannot live beside vLLM's
@@ -26,8 +25,13 @@ import torch
 from clsx.artifacts.artifact import ONNX_FILE, Artifact
 from clsx.errors import ClsxError
 from clsx.export import FP32_TOLERANCE, INT8_MIN_AGREEMENT
-from clsx.export.common import ExportResult, export_manifest, open_export, open_torch_artifact
-from clsx.export.config import ONNX_FORMATS
+from clsx.export.common import (
+    ExportResult,
+    export_manifest,
+    open_export,
+    open_torch_artifact,
+    write_tokenizer_and_config,
+)
 from clsx.export.fusion import FULL, INT8, fuse_for_ort
 from clsx.export.quantize import quantize_gated
 from clsx.inference.classifier import Classifier
@@ -62,14 +66,13 @@ def export_onnx(
     allow_pickle: bool = False,
 ) -> ExportResult:
     """Export a torch artifact (its directory, or the :class:`Artifact` already opened) as
-    ``fmt`` (``onnx``, ``onnx-int8``, ``openvino`` or ``tensorrt``), gated on parity.
+    ``fmt`` (``onnx``, ``onnx-int8`` or ``tensorrt``), gated on parity.
 
     ``onnx`` and ``onnx-int8`` graphs carry ONNX Runtime's transformer fusions unless
     ``fuse`` is False (:mod:`clsx.export.fusion`; the manifest's ``fusions`` lists them;
     int8 graphs get the int8 set, which keeps Q/K/V projections quantizable).
     The fp32 graph must reproduce the PyTorch logits within ``tolerance`` on a mixed-length
     batch (a fused graph that misses it is replaced by the unfused one, which must meet it).
-    An OpenVINO IR must reproduce them within ``tolerance`` too, as OpenVINO runs it in fp32.
     int8 must agree with fp32 on the labels users get (the model's thresholds for
     multi-label) on at least ``min_agreement`` of the calibration texts (or, without them,
     of the parity batch; decoders need calibration texts, checked first). A TensorRT
@@ -95,13 +98,13 @@ def export_onnx(
     with staged_directory(output, overwrite) as stage:
         graph = _Fp32Graph(artifact, output, stage / FP32_STAGE if int8 else stage,
                            reference, probe)
-        graph.export(module, fuse=fuse and fmt in ONNX_FORMATS, tolerance=tolerance,
+        graph.export(module, fuse=fuse and fmt != "tensorrt", tolerance=tolerance,
                      fusion_set=INT8 if int8 else FULL)
         del module
         parity, notes = graph.parity, graph.notes
         manifest = export_manifest(artifact, output, fmt, parity, graph.fusions)
         if int8:  # the fp32 graph's directory (stage/fp32) has them; stage needs its own
-            _write_tokenizer_and_config(artifact, stage)
+            write_tokenizer_and_config(artifact, stage)
         manifest.save(stage)
         with graph.classifier as fp32:
             if int8:
@@ -115,12 +118,6 @@ def export_onnx(
             manifest.save(stage)
             if cut is not None:
                 notes.append(f"re-check: {cut.describe(MAX_LABEL_CHANGES)}")
-        if fmt == "openvino":
-            from clsx.export.openvino import convert_gated
-
-            parity["openvino"] = convert_gated(stage, reference, probe, tolerance)
-            manifest = export_manifest(artifact, output, fmt, parity)
-            manifest.save(stage)
         if fmt == "tensorrt" and tensorrt_available():
             parity["tensorrt"] = _check_tensorrt(stage, reference, probe)
             manifest = export_manifest(artifact, output, fmt, parity, graph.fusions)
@@ -148,7 +145,7 @@ class _Fp32Graph:
         passes the ``tolerance`` gate (the unfused one when fusing broke parity); raise if
         none does."""
         self.directory.mkdir(exist_ok=True)
-        _write_tokenizer_and_config(self.parent, self.directory)
+        write_tokenizer_and_config(self.parent, self.directory)
         unfused = self.directory / UNFUSED_STAGE
         unfused.mkdir()
         input_ids, attention_mask = pad(self.probe.ids, self.parent.manifest.padding_id)
@@ -199,13 +196,6 @@ def _move_graph(source: Path, directory: Path) -> None:
     ``directory``, replacing what is there."""
     for path in source.iterdir():
         os.replace(path, directory / path.name)
-
-
-def _write_tokenizer_and_config(parent: Artifact, directory: Path) -> None:
-    """The parent's tokenizer and config beside a graph: with a manifest, the files that
-    make it an artifact."""
-    parent.tokenizer.save_pretrained(directory)
-    shutil.copy2(parent.path / "config.json", directory / "config.json")
 
 
 def _check_tensorrt(stage: Path, reference: np.ndarray, probe: EncodedWindow) -> ParityReport:

@@ -1,6 +1,6 @@
 """OpenVINO: clsx's paths against a plain OpenVINO loop, side by side in one run.
 
-    python benchmarks/openvino.py --model minilm=DIR [--model smollm2=DIR] [--short 3000] \
+    python benchmarks/openvino_peer.py --model minilm=DIR [--model smollm2=DIR] [--short 3000] \
         [--long 300] [--rounds 2] [--peer-graph NAME=minilm:PATH] [--report-only]
 
 For each trained clsx model directory and workload (short: SST-2 sentences + disaster
@@ -246,7 +246,7 @@ def main() -> None:
     flags = " ".join(sorted(f for f in cpu_flags() if f.startswith(("avx512", "amx", "avx2"))))
     run = {"machine": f"{machine_description()}; {physical_cores()} physical cores; flags: "
                       f"{flags}",
-           "command": "python benchmarks/openvino.py " + " ".join(sys.argv[1:]), "rows": rows}
+           "command": "python benchmarks/openvino_peer.py " + " ".join(sys.argv[1:]), "rows": rows}
     print(markdown(run))
     save("openvino", run, markdown(run))
 
