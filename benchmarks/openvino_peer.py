@@ -1,17 +1,19 @@
 """OpenVINO: clsx's paths against a plain OpenVINO loop, side by side in one run.
 
     python benchmarks/openvino_peer.py --model minilm=DIR [--model smollm2=DIR] [--short 3000] \
-        [--long 300] [--rounds 2] [--peer-graph NAME=minilm:PATH] [--report-only]
+        [--long 300] [--rounds 2] [--peer-graph LABEL=NAME:PATH] [--onnx-graphs] \
+        [--report-only]
 
 For each trained clsx model directory and workload (short: SST-2 sentences + disaster
-tweets; long: BBC news cut at 512 tokens) it exports the model once (``onnx`` fused,
-``onnx --no-fusion``, ``openvino``) and measures:
+tweets; long: BBC news cut at 512 tokens) it exports the model once (``openvino``; with
+``--onnx-graphs`` also ``onnx`` fused and ``--no-fusion``) and measures:
 
 - the peer: OpenVINO used directly, as a user would write it: ``Core().compile_model(graph,
   "CPU")`` at OpenVINO's default precision (bf16 where the CPU has AVX-512 BF16 or AMX) and at
   f32, on length-sorted batches under an 8,192-token budget, tokenisation timed, texts in
-  memory. Over each graph OpenVINO could read: clsx's IR, clsx's ONNX export fused (ONNX
-  Runtime contrib ops) and unfused, ``openvino.convert_model`` of the PyTorch model, and any
+  memory. Over each graph OpenVINO could read: clsx's IR (``openvino.convert_model`` of the
+  PyTorch model), with ``--onnx-graphs`` clsx's ONNX export fused (ONNX Runtime contrib ops)
+  and unfused, and any
   ``--peer-graph`` (for example optimum-intel's IR, exported in a venv of its own: it pins
   transformers < 5.6, which cannot live beside clsx's);
 - ``clsx batch-predict`` Parquet to Parquet: torch fp32 (the reference every agreement is
@@ -21,8 +23,9 @@ tweets; long: BBC news cut at 512 tokens) it exports the model once (``onnx`` fu
 clsx rows/s is the job's own figure from its summary line (reading, tokenising, classifying,
 re-checking and writing; not the interpreter's start or the model load), best of the rounds,
 with the rounds alternating the order. The loop's is rows over its timed loop, best of the
-rounds. Labels equal to fp32: the share of rows whose label equals clsx torch fp32's. Writes
-benchmarks/results/openvino.{json,md}.
+rounds. Labels equal to fp32: the share of rows whose label equals clsx torch fp32's. Each
+invocation replaces the stored run of the models it measured in
+benchmarks/results/openvino.{json,md} and keeps the others.
 """
 
 from __future__ import annotations
@@ -107,32 +110,18 @@ def openvino_loop(graph: Path, tokenizer_dir: Path, texts: list[str], max_length
     return {"rows_per_s": round(best, 1), "labels": labels.tolist()}
 
 
-def convert_from_pytorch(model_dir: Path, target: Path) -> Path:
-    """``openvino.convert_model`` of the PyTorch classifier, saved as IR at ``target``."""
-    import openvino as ov
-    import torch
-    from transformers import AutoModelForSequenceClassification
-
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-    model.config.return_dict = False
-    example = {"input_ids": torch.ones((2, 8), dtype=torch.long),
-               "attention_mask": torch.ones((2, 8), dtype=torch.long)}
-    with torch.no_grad():
-        converted = ov.convert_model(model, example_input=example)
-    ov.save_model(converted, str(target), compress_to_fp16=False)
-    return target
-
-
-def graphs(name: str, model_dir: Path, root: Path, peers: dict[str, Path]) -> dict[str, Path]:
-    """Every graph the loop runs, by label: clsx's exports, convert_model, ``--peer-graph``."""
+def graphs(name: str, model_dir: Path, root: Path, peers: dict[str, Path], onnx_graphs: bool
+           ) -> dict[str, Path]:
+    """Every graph the loop runs, by label: clsx's IR, its ONNX exports (``onnx_graphs``)
+    and any ``--peer-graph``."""
     made: dict[str, Path] = {}
-    for label, fmt, extra in (("clsx IR", "openvino", ()), ("clsx ONNX fused", "onnx", ()),
-                              ("clsx ONNX unfused", "onnx", ("--no-fusion",))):
+    onnx = ((("clsx ONNX fused", "onnx", ()), ("clsx ONNX unfused", "onnx", ("--no-fusion",)))
+            if onnx_graphs else ())
+    for label, fmt, extra in (("clsx IR", "openvino", ()), *onnx):
         target = root / f"{name}-{label.replace(' ', '-')}"
         print(clsx_command("export", model_dir, "--format", fmt, "--output", target,
                            "--overwrite", *extra), flush=True)
         made[label] = target / ("model.xml" if fmt == "openvino" else "model.onnx")
-    made["convert_model (PyTorch)"] = convert_from_pytorch(model_dir, root / f"{name}-ptov.xml")
     return {**made, **peers}
 
 
@@ -141,7 +130,7 @@ def measure(name: str, model_dir: Path, args: argparse.Namespace, root: Path,
     """Every system on both workloads for one model."""
     manifest = json.loads((model_dir / "clsx.json").read_text())
     labels, pad_id = manifest["labels"], manifest["pad_token_id"]
-    loop_graphs = graphs(name, model_dir, root, peers)
+    loop_graphs = graphs(name, model_dir, root, peers, args.onnx_graphs)
     ir_dir = loop_graphs["clsx IR"].parent
     env = {**os.environ, "CLSX_CACHE": str(root / f"{name}-cache")}
     rows: list[dict[str, Any]] = []
@@ -196,8 +185,8 @@ def row(model: str, workload: str, system: str, p2p: str, rows_per_s: float, lab
 
 def markdown(run: dict[str, Any]) -> str:
     """The table, with each row's ratio to the fastest OpenVINO loop of its panel."""
-    lines = ["# OpenVINO: clsx against a plain OpenVINO loop", "",
-             f"Machine: {run['machine']}. Command: `{run['command']}`.", "",
+    models = ", ".join(dict.fromkeys(r["model"] for r in run["rows"]))
+    lines = [f"## {models}", "", f"Machine: {run['machine']}. Command: `{run['command']}`.", "",
              "`P2P` = `clsx batch-predict` Parquet to Parquet (the job's own rows/s from its "
              "summary line); otherwise texts in memory. `x loop` = rows/s over the fastest "
              "OpenVINO loop of the same model and workload. `fp32 labels` = labels equal to "
@@ -216,6 +205,12 @@ def markdown(run: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def report(runs: list[dict[str, Any]]) -> str:
+    """Every stored run's table under one title."""
+    return "\n".join(["# OpenVINO: clsx against a plain OpenVINO loop", "",
+                      *(markdown(run) for run in runs)])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", action="append", default=[], metavar="NAME=DIR")
@@ -224,12 +219,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--peer-graph", action="append", default=[], metavar="NAME=MODEL:PATH",
                         help="another graph for the loop of MODEL (e.g. optimum-intel's IR)")
+    parser.add_argument("--onnx-graphs", action="store_true",
+                        help="also run the loop over clsx's ONNX exports (fused, unfused)")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     if args.report_only:
-        run = json.loads((RESULTS / "openvino.json").read_text())
-        print(markdown(run))
-        save("openvino", run, markdown(run))
+        runs = json.loads((RESULTS / "openvino.json").read_text())
+        save("openvino", runs, report(runs))
         return
     if not args.model:
         parser.error("give at least one --model NAME=DIR (a trained clsx model directory)")
@@ -247,8 +243,12 @@ def main() -> None:
     run = {"machine": f"{machine_description()}; {physical_cores()} physical cores; flags: "
                       f"{flags}",
            "command": "python benchmarks/openvino_peer.py " + " ".join(sys.argv[1:]), "rows": rows}
+    stored = RESULTS / "openvino.json"
+    runs = [kept for kept in (json.loads(stored.read_text()) if stored.is_file() else [])
+            if not {r["model"] for r in kept["rows"]} & {r["model"] for r in rows}]
+    runs.append(run)
     print(markdown(run))
-    save("openvino", run, markdown(run))
+    save("openvino", runs, report(runs))
 
 
 if __name__ == "__main__":

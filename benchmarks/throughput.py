@@ -9,9 +9,13 @@ For each model and workload (short: SST-2 sentences + disaster tweets; long: BBC
 - vLLM ``LLM.classify`` used directly on the texts (decoder models, where vllm is installed);
 - ``clsx batch-predict`` Parquet to Parquet with each backend (torch fp32, torch bf16 where the
   CPU computes bf16 natively, onnx, onnx-int8 (both as exported, with ONNX Runtime's fusions,
-  and with ``--no-fusion``), vllm fp32 for decoders, and ``--backend auto --auto-formats``
-  running what it chose), and the same backends model-only (texts in memory,
-  ``Classifier.predict_all``) for the share that Parquet I/O costs.
+  and with ``--no-fusion``), vllm fp32 for decoders, openvino fp32 and bf16 (where OpenVINO is
+  installed and, for bf16, native), and ``--backend auto --auto-formats`` running what it
+  chose), and the same backends model-only (texts in memory, ``Classifier.predict_all``) for
+  the share that Parquet I/O costs;
+- where OpenVINO is installed, a plain OpenVINO loop over clsx's IR as a user would write it
+  (default precision, length-sorted batches: ``openvino_peer.openvino_loop``), texts in
+  memory, so that the table shows whether clsx's path beats it.
 It reports rows/s, tokens/s, the share of the matmul peak measured in the same run
 (2 x non-embedding parameters x tokens/s over the fp32, bf16 or int8 peak), peak RSS, label
 agreement with the fp32 baseline and the ratio to it, and writes
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import re
@@ -61,7 +66,9 @@ ONNX_VARIANTS = ("onnx", f"onnx{UNFUSED}", "onnx-int8", f"onnx-int8{UNFUSED}")
 REFUSED_AGREEMENT = re.compile(r"int8 labels agree with fp32 on ([\d.]+)%")
 AUTO_CHOICE = re.compile(r"--backend auto chose (.+?)(?:, remembered)?: .*")
 # The number format of what --backend auto chose, for the share of its peak.
-AUTO_DTYPES = {"torch fp32": "fp32", "torch bf16": "bf16", "onnx": "fp32", "onnx-int8": "int8"}
+AUTO_DTYPES = {"torch fp32": "fp32", "torch bf16": "bf16", "onnx": "fp32", "onnx-int8": "int8",
+               "openvino fp32": "fp32", "openvino bf16": "bf16", "vllm fp32": "fp32",
+               "vllm bf16": "bf16"}
 
 
 def real_texts(workload: str) -> list[str]:
@@ -298,8 +305,8 @@ def measurement(rows: int, tokens: float, seconds: float, rss: int, labels: list
             "peak_rss_mb": round(rss / 2**20) if rss else None, "labels": labels}
 
 
-def exports(model_dir: Path, root: Path, decoder: bool, vllm: bool, calibration: Path
-            ) -> tuple[dict[str, Path], set[str]]:
+def exports(model_dir: Path, root: Path, decoder: bool, vllm: bool, calibration: Path,
+            openvino: bool) -> tuple[dict[str, Path], set[str]]:
     """The model directory and its exports, by clsx backend variant, and the int8 variants
     whose export gate refused them.
 
@@ -309,10 +316,11 @@ def exports(model_dir: Path, root: Path, decoder: bool, vllm: bool, calibration:
     show what that int8 model costs and how often it changes labels.
     """
     extra = {"onnx": [], "onnx-int8": ["--calibration-data", calibration],
-             "vllm": ["--dtype", "fp32"]}
+             "vllm": ["--dtype", "fp32"], "openvino": []}
     directories = {"torch": model_dir}
     refused: set[str] = set()
-    for variant in (*ONNX_VARIANTS, *(["vllm"] if decoder and vllm else [])):
+    for variant in (*ONNX_VARIANTS, *(["vllm"] if decoder and vllm else []),
+                    *(["openvino"] if openvino else [])):
         fmt = variant.removesuffix(UNFUSED)
         target = root / f"{model_dir.name}-{variant}"
         export = ("export", model_dir, "--format", fmt, "--output", target, "--overwrite",
@@ -341,11 +349,13 @@ def measure_model(name: str, model_dir: Path, root: Path, scale: float, peaks: d
     """Every system on both workloads for one model; rows of the result table."""
     config = json.loads((model_dir / "config.json").read_text())
     decoder = config["model_type"] != "bert"
-    labels = json.loads((model_dir / "clsx.json").read_text())["labels"]
+    manifest = json.loads((model_dir / "clsx.json").read_text())
+    labels = manifest["labels"]
     params = non_embedding_params(model_dir)
     calibration = calibration_data(root / f"{name}-calibration.parquet",
                                    measured_rows(name, "short", scale) + WARM_UP_ROWS)
-    directories, refused = exports(model_dir, root, decoder, vllm, calibration)
+    openvino = importlib.util.find_spec("openvino") is not None
+    directories, refused = exports(model_dir, root, decoder, vllm, calibration, openvino)
     native_bf16 = "bf16" in native_low_precision("cpu")
     rows: list[dict] = []
     for workload in ("short", "long"):
@@ -373,12 +383,22 @@ def measure_model(name: str, model_dir: Path, root: Path, scale: float, peaks: d
         if decoder and vllm:
             record("vLLM LLM.classify", "fp32", vllm_direct(directories["torch"], texts,
                                                             warm_up, max_length))
+        if openvino:
+            from openvino_peer import openvino_loop  # it imports this module
+
+            loop = openvino_loop(directories["openvino"] / "model.xml", model_dir, texts,
+                                 max_length, None, manifest["pad_token_id"], rounds=1)
+            record("OpenVINO loop", "bf16" if native_bf16 else "fp32",
+                   measurement(count, 0, count / loop["rows_per_s"], 0, loop["labels"]))
         variants = [("torch", "torch", "fp32"),
                     *((variant, "onnx", None) for variant in ONNX_VARIANTS)]
         if native_bf16:
             variants.insert(1, ("torch", "torch", "bf16"))
         if "vllm" in directories:
             variants.append(("vllm", "vllm", "fp32"))
+        if "openvino" in directories:
+            variants += [("openvino", "openvino", dtype)
+                         for dtype in ("fp32", *(["bf16"] if native_bf16 else []))]
         for variant, backend, dtype in variants:
             int8 = variant.startswith("onnx-int8")
             shown = dtype or ("int8" if int8 else "fp32")

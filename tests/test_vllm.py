@@ -181,7 +181,8 @@ def test_auto_formats_measures_vllm_for_a_decoder_and_runs_it(models, pipelines,
     assert ("backend vllm (fp32, cpu), vllm fp32 chosen by --backend auto: 2.00x torch fp32"
             in result.output)
     (choice,) = json.loads((tmp_path / "cache" / "auto-format.json").read_text()).values()
-    assert list(choice["measured"]) == ["torch fp32", "vllm fp32", "onnx", "onnx-int8"]
+    assert list(choice["measured"]) == ["torch fp32", "vllm fp32", "openvino fp32", "onnx",
+                                        "onnx-int8"]
     assert choice["measured"]["vllm fp32"]["qualifies"]  # within 2e-3, every label equal
     assert choice["measured"]["onnx"]["refused"] == "not exported in this test"
     torch_run = predict(source, tmp_path / "torch.parquet", "-m", model, "--backend", "torch")

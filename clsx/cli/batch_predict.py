@@ -53,7 +53,7 @@ def _batch_predict_options(command):
                      "Prefix for the prediction columns (label, score, probs, ...).")),
         click.option("--batch-tokens", type=click.IntRange(min=1),
                      help="Padded tokens per model call  [default: the backend's; 8192 for "
-                          "torch and onnx]"),
+                          "torch and onnx, 4096 for openvino]"),
         click.option("--window-rows", type=click.IntRange(min=1), **default("window_rows",
                      "Rows tokenised and length-sorted together; bounds memory.")),
         click.option("--max-length", type=click.IntRange(min=1),

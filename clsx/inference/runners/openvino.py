@@ -39,6 +39,9 @@ class OpenvinoRunner(Runner):
 
     formats = ("openvino", "onnx")
     engine_options = ("dtype",)
+    # Measured on the trained MiniLM (AVX-512 BF16 EPYC, bf16): 4,096 padded tokens per batch
+    # ran 3,000 short texts 5-8% faster than 8,192, and 512-token texts as fast.
+    batch_tokens = 4096
 
     def __init__(self, artifact: Artifact, options: RunnerOptions) -> None:
         super().__init__(artifact, options)
