@@ -27,8 +27,8 @@ DEFAULT = ParameterSource.DEFAULT
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), default="onnx",
               show_default=True, help="onnx: fp32 graph; onnx-int8: dynamic int8 weights; "
-                                      "openvino: the fp32 graph as OpenVINO IR (needs "
-                                      "clsx[openvino]); "
+                                      "openvino: the model converted to OpenVINO IR, fp32 "
+                                      "weights (needs clsx[openvino]); "
                                       "vllm: a directory vLLM's pooling runner loads; "
                                       "tensorrt: the fp32 graph, run as an fp16 TensorRT "
                                       "engine on NVIDIA GPUs.")
