@@ -86,12 +86,12 @@ def run_bench(config: BenchConfig, log: Log = silent) -> list[BenchRow]:
             else:
                 # int8 calibrates on the bench's first texts (decoders need real texts);
                 # the gate is off: the bench reports the agreement itself.
-                calibration = [t for t in texts[:CALIBRATION_ROWS] if t is not None]
-                int8 = {"min_agreement": 0.0, "calibration_texts": calibration}
+                gates = ({"min_agreement": 0.0, "calibration_texts":
+                          [t for t in texts[:CALIBRATION_ROWS] if t is not None]}
+                         if export_format == "onnx-int8" else {})
                 directory = cached_export(
                     model_dir, export_format, cache / export_format,
-                    lambda line: log(f"bench: {line}"),
-                    **(int8 if export_format == "onnx-int8" else {}))
+                    lambda line: log(f"bench: {line}"), **gates)
                 backend = "auto"
             log(f"bench: running {variant} on {len(texts)} rows")
             with _peak_rss() as peak, classifier_for(

@@ -29,16 +29,17 @@ def cached_export(model_dir: Path | Artifact, fmt: str, target: Path, log: Log =
     :func:`~clsx.export.openvino.export_openvino`'s ``tolerance``). Raises the export's
     :class:`~clsx.errors.ClsxError` when a gate refuses it.
     """
-    from clsx.export.onnx import export_onnx
-    from clsx.export.openvino import export_openvino
-
     opened = isinstance(model_dir, Artifact)
     current = model_dir.fingerprint if opened else fingerprint(model_dir)
     if is_current_export(target, current):
         return target
     log(f"exporting {model_dir.path if opened else model_dir} to {fmt} in {target}")
     if fmt == "openvino":
+        from clsx.export.openvino import export_openvino
+
         export_openvino(model_dir, target, overwrite=True, **gates)
     else:
+        from clsx.export.onnx import export_onnx
+
         export_onnx(model_dir, target, fmt=fmt, overwrite=True, **gates)
     return target
