@@ -1,24 +1,27 @@
 """OpenVINO: clsx's paths against a plain OpenVINO loop, side by side in one run.
 
     python benchmarks/openvino_peer.py --model minilm=DIR [--model smollm2=DIR] [--short 3000] \
-        [--long 300] [--rounds 2] [--peer-graph LABEL=NAME:PATH] [--onnx-graphs] \
+        [--long 300] [--rounds 2] [--peer-graph LABEL=NAME:PATH] [--onnx-graphs] [--quick] \
         [--report-only]
 
 For each trained clsx model directory and workload (short: SST-2 sentences + disaster
-tweets; long: BBC news cut at 512 tokens) it exports the model once (``openvino``; with
-``--onnx-graphs`` also ``onnx`` fused and ``--no-fusion``) and measures:
+tweets; long: BBC news cut at 512 tokens) it exports the model once (``openvino``, and
+``openvino-int8`` calibrated on 500 other short texts; with ``--onnx-graphs`` also ``onnx``
+fused and ``--no-fusion``) and measures:
 
 - the peer: OpenVINO used directly, as a user would write it: ``Core().compile_model(graph,
   "CPU")`` at OpenVINO's default precision (bf16 where the CPU has AVX-512 BF16 or AMX) and at
   f32, on length-sorted batches under an 8,192-token budget, tokenisation timed, texts in
   memory. Over each graph OpenVINO could read: clsx's IR (``openvino.convert_model`` of the
-  PyTorch model), with ``--onnx-graphs`` clsx's ONNX export fused (ONNX Runtime contrib ops)
-  and unfused, and any
+  PyTorch model), clsx's int8 IR (nncf; shown, but not the loop ``x loop`` compares with:
+  it changes labels), with ``--onnx-graphs`` clsx's ONNX export fused (ONNX Runtime contrib
+  ops) and unfused, and any
   ``--peer-graph`` (for example optimum-intel's IR, exported in a venv of its own: it pins
   transformers < 5.6, which cannot live beside clsx's);
 - ``clsx batch-predict`` Parquet to Parquet: torch fp32 (the reference every agreement is
   measured against), torch bf16 (re-checked, as by default), openvino fp32 and bf16
-  (re-checked) on the ``openvino`` export, and ``--backend auto --auto-formats``.
+  (re-checked) on the ``openvino`` export, the ``openvino-int8`` export (re-checked by the
+  fp32 IR it carries), and ``--backend auto --auto-formats``.
 
 clsx rows/s is the job's own figure from its summary line (reading, tokenising, classifying,
 re-checking and writing; not the interpreter's start or the model load), best of the rounds,
@@ -50,7 +53,7 @@ from backends import clsx as clsx_command  # noqa: E402
 from recheck import clsx as clsx_timed  # noqa: E402
 from recheck import run_once  # noqa: E402
 from report import RESULTS, save  # noqa: E402
-from throughput import LONG_TOKENS, workload_texts  # noqa: E402
+from throughput import LONG_TOKENS, WARM_UP_ROWS, calibration_data, workload_texts  # noqa: E402
 
 BATCH_TOKENS = 8192  # the loop's padded-token budget per batch, as clsx's default
 SHORT_TOKENS = 128
@@ -60,9 +63,14 @@ CLSX_RUNS = (
     ("clsx torch bf16 + re-check", "torch", "torch", ("--dtype", "bf16")),
     ("clsx openvino fp32", "openvino", "openvino", ("--dtype", "fp32")),
     ("clsx openvino bf16 + re-check", "openvino", "openvino", ("--dtype", "bf16")),
+    ("clsx openvino-int8 + re-check", "openvino", "openvino-int8", ()),
     ("clsx auto", "auto", "torch", ("--auto-formats",)),
 )
 REFERENCE = "clsx torch fp32"
+# --quick (a decoder's hours): the reference, clsx's fastest exact paths and the loop at its
+# default precision only.
+QUICK = (REFERENCE, "clsx openvino bf16 + re-check", "clsx openvino-int8 + re-check", "clsx auto")
+INT8_IR = "clsx int8 IR"  # the loop over it changes labels: not the loop clsx is compared with
 
 
 def openvino_loop(graph: Path, tokenizer_dir: Path, texts: list[str], max_length: int,
@@ -110,18 +118,19 @@ def openvino_loop(graph: Path, tokenizer_dir: Path, texts: list[str], max_length
     return {"rows_per_s": round(best, 1), "labels": labels.tolist()}
 
 
-def graphs(name: str, model_dir: Path, root: Path, peers: dict[str, Path], onnx_graphs: bool
-           ) -> dict[str, Path]:
-    """Every graph the loop runs, by label: clsx's IR, its ONNX exports (``onnx_graphs``)
-    and any ``--peer-graph``."""
+def graphs(name: str, model_dir: Path, root: Path, peers: dict[str, Path], onnx_graphs: bool,
+           calibration: Path) -> dict[str, Path]:
+    """Every graph the loop runs, by label: clsx's IR and int8 IR (calibrated on
+    ``calibration``), its ONNX exports (``onnx_graphs``) and any ``--peer-graph``."""
     made: dict[str, Path] = {}
     onnx = ((("clsx ONNX fused", "onnx", ()), ("clsx ONNX unfused", "onnx", ("--no-fusion",)))
             if onnx_graphs else ())
-    for label, fmt, extra in (("clsx IR", "openvino", ()), *onnx):
+    int8 = (INT8_IR, "openvino-int8", ("--calibration-data", calibration))
+    for label, fmt, extra in (("clsx IR", "openvino", ()), int8, *onnx):
         target = root / f"{name}-{label.replace(' ', '-')}"
         print(clsx_command("export", model_dir, "--format", fmt, "--output", target,
                            "--overwrite", *extra), flush=True)
-        made[label] = target / ("model.xml" if fmt == "openvino" else "model.onnx")
+        made[label] = target / ("model.onnx" if fmt == "onnx" else "model.xml")
     return {**made, **peers}
 
 
@@ -130,7 +139,9 @@ def measure(name: str, model_dir: Path, args: argparse.Namespace, root: Path,
     """Every system on both workloads for one model."""
     manifest = json.loads((model_dir / "clsx.json").read_text())
     labels, pad_id = manifest["labels"], manifest["pad_token_id"]
-    loop_graphs = graphs(name, model_dir, root, peers, args.onnx_graphs)
+    calibration = calibration_data(root / f"{name}-calibration.parquet",
+                                   args.short + WARM_UP_ROWS)
+    loop_graphs = graphs(name, model_dir, root, peers, args.onnx_graphs, calibration)
     ir_dir = loop_graphs["clsx IR"].parent
     env = {**os.environ, "CLSX_CACHE": str(root / f"{name}-cache")}
     rows: list[dict[str, Any]] = []
@@ -146,9 +157,11 @@ def measure(name: str, model_dir: Path, args: argparse.Namespace, root: Path,
                              "--auto-formats"], env)
         chose = next(line for line in log.splitlines() if "--backend auto chose" in line)
         results: dict[str, dict[str, Any]] = {}
-        directories = {"torch": model_dir, "openvino": ir_dir}
+        systems = [run for run in CLSX_RUNS if not args.quick or run[0] in QUICK]
+        directories = {"torch": model_dir, "openvino": ir_dir,
+                       "openvino-int8": loop_graphs[INT8_IR].parent}
         for round_index in range(args.rounds):
-            order = CLSX_RUNS if round_index % 2 == 0 else CLSX_RUNS[::-1]
+            order = systems if round_index % 2 == 0 else systems[::-1]
             for system, backend, key, extra in order:
                 run = run_once(directories[key], backend, extra, data, out, max_length, env)
                 previous = results.get(system)
@@ -162,7 +175,7 @@ def measure(name: str, model_dir: Path, args: argparse.Namespace, root: Path,
                             run["labels"], reference, rechecked=run["rechecked"],
                             chose=chose if system == "clsx auto" else None))
         for graph_label, graph in loop_graphs.items():
-            for precision in (None, "f32"):
+            for precision in (None,) if args.quick else (None, "f32"):
                 result = openvino_loop(graph, ir_dir, texts, max_length, precision, pad_id,
                                        args.rounds)
                 shown = [labels[i] for i in result["labels"]]
@@ -184,12 +197,14 @@ def row(model: str, workload: str, system: str, p2p: str, rows_per_s: float, lab
 
 
 def markdown(run: dict[str, Any]) -> str:
-    """The table, with each row's ratio to the fastest OpenVINO loop of its panel."""
+    """The table, with each row's ratio to the fastest OpenVINO loop of its panel over an
+    fp32 graph."""
     models = ", ".join(dict.fromkeys(r["model"] for r in run["rows"]))
     lines = [f"## {models}", "", f"Machine: {run['machine']}. Command: `{run['command']}`.", "",
              "`P2P` = `clsx batch-predict` Parquet to Parquet (the job's own rows/s from its "
              "summary line); otherwise texts in memory. `x loop` = rows/s over the fastest "
-             "OpenVINO loop of the same model and workload. `fp32 labels` = labels equal to "
+             "OpenVINO loop over an fp32 graph (not clsx's int8 IR) of the same model and "
+             "workload. `fp32 labels` = labels equal to "
              "clsx torch fp32's.", ""]
     chose = {(r["model"], r["workload"]): r["chose"] for r in run["rows"] if r["chose"]}
     lines += [f"- {model} {workload}: {line}" for (model, workload), line in chose.items()]
@@ -197,7 +212,8 @@ def markdown(run: dict[str, Any]) -> str:
               "| re-checked |", "|---|---|---|---|---|---|---|---|---|"]
     for r in run["rows"]:
         best_loop = max(o["rows_per_s"] for o in run["rows"] if o["model"] == r["model"]
-                        and o["workload"] == r["workload"] and not o["p2p"])
+                        and o["workload"] == r["workload"] and not o["p2p"]
+                        and INT8_IR not in o["system"])
         rechecked = "" if r["rechecked"] is None else f"{r['rechecked'] / r['rows']:.1%}"
         lines.append(f"| {r['model']} | {r['workload']} | {r['system']} | {r['p2p']} | "
                      f"{r['rows']} | {r['rows_per_s']} | {r['rows_per_s'] / best_loop:.2f} | "
@@ -221,6 +237,9 @@ def main() -> None:
                         help="another graph for the loop of MODEL (e.g. optimum-intel's IR)")
     parser.add_argument("--onnx-graphs", action="store_true",
                         help="also run the loop over clsx's ONNX exports (fused, unfused)")
+    parser.add_argument("--quick", action="store_true",
+                        help="only torch fp32, openvino bf16 and int8 (re-checked), auto, and "
+                             "the loop at its default precision")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     if args.report_only:

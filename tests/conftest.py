@@ -186,15 +186,15 @@ def fake_clsx_command(*args: object, delay_s: float = 0.0) -> list[str]:
 def fixed_format_clock(monkeypatch: pytest.MonkeyPatch, seconds: Mapping[str, float]) -> None:
     """Time ``--backend auto``'s format search on a fixed clock: every candidate still opens,
     classifies the probe texts and is gated, but takes ``seconds[name]`` (``torch fp32``,
-    ``vllm fp32``, ``openvino fp32``, ``onnx``, ``onnx-int8``, ...; a candidate not named
-    takes ten times the slowest named one), so that the choice is known in advance rather
-    than left to this CPU."""
+    ``vllm fp32``, ``openvino fp32``, ``onnx``, ``onnx-int8``, ``openvino-int8``, ...; a
+    candidate not named takes ten times the slowest named one), so that the choice is known
+    in advance rather than left to this CPU."""
     from clsx.auto import formats
 
     def timed(classifier, texts: list[str]) -> tuple[object, float]:
-        engine, detail = classifier.runner.description.rstrip(")").split(" (")
-        precision = detail.split(", ")[0]  # "onnx (onnx-int8, cpu)", "torch (fp32, cpu)"
-        name = precision if engine == "onnx" else f"{engine} {precision}"
+        fmt, precision = classifier.manifest.format, classifier.runner.precision
+        name = fmt if fmt in ("onnx", "onnx-int8", "openvino-int8") else (
+            f"{classifier.runner.description.split(' (')[0]} {precision}")
         return classifier.predict_all(texts).logits, seconds.get(name, 10 * max(seconds.values()))
 
     monkeypatch.setattr(formats, "_timed", timed)

@@ -17,7 +17,7 @@ def measured(**rates: float | None) -> dict[str, dict]:
     """Figures as ``_measure`` records them: rows/s per candidate, None for one its gate
     refused."""
     precision = {"torch fp32": "fp32", "torch bf16": "bf16", "onnx": "fp32", "onnx-int8": "int8",
-                 "openvino fp32": "fp32", "openvino bf16": "bf16"}
+                 "openvino fp32": "fp32", "openvino bf16": "bf16", "openvino-int8": "int8"}
     figures = {}
     for key, rate in rates.items():
         name = key.replace("_", " ").replace("onnx int8", "onnx-int8")
@@ -61,9 +61,10 @@ def big_enough(tiny_models, tmp_path, monkeypatch):
 def test_auto_formats_runs_the_fastest_gated_format_and_remembers_it(
         tiny_models, big_enough, tmp_path, monkeypatch):
     # int8 only 1.04x onnx fp32: below the margin, so onnx (2x torch) runs where OpenVINO
-    # is not installed; where it is, OpenVINO (2.5x) runs.
+    # is not installed; where it is with nncf, OpenVINO's int8 (10x, re-checked by OpenVINO
+    # fp32 on its own fp32 IR) runs.
     fixed_format_clock(monkeypatch, {"torch fp32": 1.0, "onnx": 0.5, "onnx-int8": 0.48,
-                                     "openvino fp32": 0.4})
+                                     "openvino fp32": 0.4, "openvino-int8": 0.1})
     monkeypatch.setattr(autoformat, "installed", lambda package: package != "openvino")
     out = tmp_path / "out.parquet"
     result = predict(big_enough, out, "-m", tiny_models["bert"], "--auto-formats")
@@ -77,21 +78,21 @@ def test_auto_formats_runs_the_fastest_gated_format_and_remembers_it(
     assert all(figures["qualifies"] for figures in choice["measured"].values())
     exports = next((tmp_path / "cache" / "exports").iterdir())
     assert (exports / "onnx" / "model.onnx").is_file()
-    # With OpenVINO: measured again (other candidates), on the exports already made and
-    # its own.
-    monkeypatch.setattr(autoformat, "installed", lambda package: package == "openvino")
+    # With OpenVINO and nncf: measured again (other candidates), on the exports already
+    # made and their own.
+    monkeypatch.setattr(autoformat, "installed", lambda package: package in ("openvino", "nncf"))
     with_openvino = predict(big_enough, out, "-m", tiny_models["bert"], "--auto-formats",
                             "--overwrite")
     assert with_openvino.exit_code == 0, with_openvino.output
-    assert ("backend openvino (fp32, openvino, cpu), openvino fp32 chosen by --backend auto: "
-            "2.50x torch fp32") in with_openvino.output
-    assert "to onnx in" not in with_openvino.output  # only the openvino export is new
-    assert (exports / "openvino" / "model.xml").is_file()
+    assert ("backend openvino (int8, fp32 elsewhere, openvino-int8, cpu), openvino-int8 chosen "
+            "by --backend auto: ") in with_openvino.output
+    assert "to onnx in" not in with_openvino.output  # only the openvino exports are new
+    assert (exports / "openvino-int8" / "fp32" / "model.xml").is_file()
     # The same model on the same machine: the remembered choice, without measuring again.
     monkeypatch.setattr(autoformat, "_measure", lambda *args: pytest.fail("measured again"))
     again = predict(big_enough, out, "-m", tiny_models["bert"], "--auto-formats", "--overwrite")
     assert again.exit_code == 0, again.output
-    assert "openvino fp32 chosen by --backend auto, remembered: " in again.output
+    assert "openvino-int8 chosen by --backend auto, remembered: " in again.output
     assert pq.read_table(out).num_rows == 400
 
 

@@ -249,7 +249,7 @@ BAD = {
                                           "--dtype applies to --format vllm only"),
     "export: --min-agreement of an fp32 export": (
         lambda e: e.export("--min-agreement", "0.5"),
-        "--min-agreement applies to --format onnx-int8 only"),
+        "--min-agreement applies to --format onnx-int8 and openvino-int8 only"),
     "export: --tolerance with --no-parity": (
         lambda e: e.export("--format", "vllm", "--no-parity", "--tolerance", "0.1"),
         "--tolerance does nothing with --no-parity"),

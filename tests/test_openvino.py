@@ -1,5 +1,6 @@
-"""The openvino backend and export: gated like the others, re-checked below fp32, resumable,
-and refused in one line where OpenVINO or the precision is missing.
+"""The openvino backend and exports (fp32 IR, nncf int8): gated like the others, re-checked
+below fp32 (int8 by the fp32 IR it carries), resumable, and refused in one line where
+OpenVINO, nncf or the precision is missing.
 
 Its parity with transformers for the three families is in tests/test_runners.py; its Ray
 actors in tests/test_ray.py; ``--backend auto``'s search with and without it in
@@ -8,7 +9,10 @@ tests/test_autoformat.py.
 
 from __future__ import annotations
 
+import json
+import shutil
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,3 +108,63 @@ def test_without_openvino_backend_and_export_are_refused_in_one_line(
                       tmp_path / "ov")
     assert export.exit_code == 1 and export.output.endswith(hint)
     assert not (tmp_path / "ov").exists()
+
+
+@pytest.fixture(scope="module")
+def orphan_int8(tiny_models, tmp_path_factory):
+    """A copy of the tiny Qwen2, its fp32 labels on 200 texts, and its openvino-int8 export
+    (calibrated on 300 other texts) made through the CLI; the copy is then deleted, so that
+    the export's re-check can only use the fp32 IR it carries."""
+    root = tmp_path_factory.mktemp("openvino-int8")
+    parent = Path(shutil.copytree(tiny_models["qwen2"], root / "qwen2"))
+    source = write_parquet(root / "in.parquet", random_texts(200, seed=7))
+    exact, _ = run_ok(source, root / "fp32.parquet", parent, "--backend", "torch",
+                      "--dtype", "fp32")
+    calibration = write_parquet(root / "calibration.parquet", random_texts(300, seed=1))
+    export = run_clsx("export", parent, "--format", "openvino-int8", "--output",
+                      root / "int8", "--calibration-data", calibration)
+    assert export.exit_code == 0, export.output
+    shutil.rmtree(parent)
+    return root / "int8", source, exact, export.output
+
+
+def test_openvino_int8_is_gated_on_calibration_texts_and_rechecked_by_its_own_fp32_ir(
+        orphan_int8, tmp_path):
+    int8, source, exact, export_output = orphan_int8
+    assert "parity int8_calibration: 300 rows" in export_output
+    assert "re-check: re-check below margin" in export_output
+    manifest = json.loads((int8 / "clsx.json").read_text())
+    assert manifest["format"] == "openvino-int8"
+    assert {"fp32", "int8_calibration", "recheck"} <= set(manifest["parity"])
+    with Classifier.open(int8) as fast:
+        assert fast.runner.description == "openvino (int8, fp32 elsewhere, openvino-int8, cpu)"
+        reference = reference_opener(fast)()  # the parent is gone: its own fp32 IR
+    assert isinstance(reference, OpenvinoRunner) and reference.precision == "fp32"
+    table, output = run_ok(source, tmp_path / "int8.parquet", int8)
+    assert "backend openvino (int8, fp32 elsewhere" in output
+    assert "rows re-checked in fp32" in output
+    assert table.column("label").equals(exact.column("label"))
+
+
+def test_openvino_int8_refusals_leave_nothing(tiny_models, tmp_path, monkeypatch):
+    out = tmp_path / "int8"
+    no_texts = run_clsx("export", tiny_models["bert"], "--format", "openvino-int8",
+                        "--output", out)
+    assert no_texts.exit_code == 1
+    assert "--format openvino-int8 needs --calibration-data" in no_texts.output
+    calibration = write_parquet(tmp_path / "calibration.parquet", random_texts(40, seed=1))
+    real = OpenvinoRunner.predict
+    monkeypatch.setattr(OpenvinoRunner, "predict", lambda self, *inputs: (
+        -real(self, *inputs) if self.precision == "int8" else real(self, *inputs)))
+    flipped = run_clsx("export", tiny_models["bert"], "--format", "openvino-int8", "--output",
+                       out, "--calibration-data", calibration)
+    assert flipped.exit_code == 1
+    assert "of the 40 calibration rows (< 98.00%); keep the fp32 export" in flipped.output
+    monkeypatch.setitem(sys.modules, "nncf", None)  # import nncf now raises
+    no_nncf = run_clsx("export", tiny_models["bert"], "--format", "openvino-int8", "--output",
+                       out, "--calibration-data", calibration)
+    assert no_nncf.exit_code == 1
+    assert no_nncf.output.endswith("Error: --format openvino-int8 quantizes with nncf, which is "
+                                   "not installed; install it with `pip install "
+                                   "'clsx[openvino]'`\n")
+    assert list(tmp_path.iterdir()) == [calibration]

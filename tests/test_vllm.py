@@ -182,7 +182,7 @@ def test_auto_formats_measures_vllm_for_a_decoder_and_runs_it(models, pipelines,
             in result.output)
     (choice,) = json.loads((tmp_path / "cache" / "auto-format.json").read_text()).values()
     assert list(choice["measured"]) == ["torch fp32", "vllm fp32", "openvino fp32", "onnx",
-                                        "onnx-int8"]
+                                        "onnx-int8", "openvino-int8"]
     assert choice["measured"]["vllm fp32"]["qualifies"]  # within 2e-3, every label equal
     assert choice["measured"]["onnx"]["refused"] == "not exported in this test"
     torch_run = predict(source, tmp_path / "torch.parquet", "-m", model, "--backend", "torch")

@@ -4,24 +4,25 @@ gates on this machine, chosen by measuring here.
 Before classifying IN (a PyTorch model directory, ``--backend auto`` without ``--dtype``, the
 CPU, and IN of at least :data:`FORMAT_SEARCH_MIN_ROWS` rows or ``--auto-formats``), clsx
 exports the model once to ``onnx`` (fp32, fused), ``onnx-int8`` and, where OpenVINO is
-installed, ``openvino`` through ``clsx export``'s gates (int8 calibrated and gated on IN's
-first :data:`CALIBRATION_TEXTS` texts), keeps the
+installed, ``openvino`` and ``openvino-int8`` through ``clsx export``'s gates (int8
+calibrated and gated on IN's first :data:`CALIBRATION_TEXTS` texts), keeps the
 exports in its cache, and classifies IN's first :data:`PROBE_TEXTS` texts with each candidate:
 torch fp32 and in the CPU's native lower precision (bf16 with AVX-512 BF16 or AMX), onnx,
-onnx-int8, for a decoder where vLLM is installed, vLLM on the model directory in the same
-dtypes as torch, and OpenVINO (``clsx[openvino]``) on the openvino export in the same
-dtypes. It runs the fastest candidate that passed its gate, except that
+onnx-int8, openvino-int8, for a decoder where vLLM is installed, vLLM on the model directory
+in the same dtypes as torch, and OpenVINO (``clsx[openvino]``) on the openvino export in the
+same dtypes. It runs the fastest candidate that passed its gate, except that
 a less exact number format (bf16 below fp32, int8 below both) must be at least
 :data:`LESS_EXACT_MARGIN` times as fast as the best more exact one: where int8 is about as
 fast as fp32 (CPUs without VNNI), fp32 stays. A job that re-checks
 (:mod:`clsx.auto.recheck`) times each lower-precision candidate with its re-check: the
 share of the probe rows under its cut, re-scored at its reference's measured speed (the
-same engine in fp32 for a dtype change, torch fp32 for int8).
+same engine in fp32 for a dtype change and for openvino-int8, torch fp32 for onnx-int8).
 
 Gates: the onnx and openvino exports: logits within 1e-4 of PyTorch (the export's);
-onnx-int8: the labels users get equal to fp32's on >= 98% of the calibration texts (the
-export's); torch bf16: probabilities within 5e-2 of fp32's and every label equal on the
-probe texts (:mod:`clsx.auto.dtype`'s); vLLM and OpenVINO: the same, within 2e-3 in fp32.
+onnx-int8 and openvino-int8: the labels users get equal to fp32's on >= 98% of the
+calibration texts (the export's); torch bf16: probabilities within 5e-2 of fp32's and every
+label equal on the probe texts (:mod:`clsx.auto.dtype`'s); vLLM and OpenVINO: the same,
+within 2e-3 in fp32.
 
 The choice is cached per model fingerprint, ``--max-length`` (the fastest format differs
 between short and long inputs), threads and machine (CPU model, cores, vector and int8
@@ -94,8 +95,9 @@ class FormatChoice:
 
 def candidates(decoder: bool) -> list[Candidate]:
     """torch fp32, vLLM fp32 (a decoder, where vLLM is installed), OpenVINO fp32 on the
-    openvino export (where OpenVINO is installed), onnx, onnx-int8, then torch, vLLM and
-    OpenVINO in the CPU's native lower precisions; the reference comes first."""
+    openvino export (where OpenVINO is installed), onnx, onnx-int8, openvino-int8 (where
+    OpenVINO and nncf are), then torch, vLLM and OpenVINO in the CPU's native lower
+    precisions; the reference comes first."""
     engines = ("torch", "vllm") if decoder and installed("vllm") else ("torch",)
     openvino = installed("openvino")
 
@@ -106,12 +108,15 @@ def candidates(decoder: bool) -> list[Candidate]:
 
     exported = [Candidate("onnx", "onnx", None, "fp32", "onnx"),
                 Candidate("onnx-int8", "onnx", None, "int8", "onnx-int8")]
+    if openvino and installed("nncf"):
+        exported.append(Candidate("openvino-int8", "openvino", None, "int8", "openvino-int8"))
     lower = [candidate for dtype in native_low_precision("cpu") for candidate in run(dtype)]
     return [*run("fp32"), *exported, *lower]
 
 
 def installed(package: str) -> bool:
-    """Whether ``package`` (an optional engine: vllm, openvino) can be imported here."""
+    """Whether ``package`` (an optional engine or tool: vllm, openvino, nncf) can be
+    imported here."""
     return importlib.util.find_spec(package) is not None
 
 
@@ -261,8 +266,9 @@ def _measure(artifact: Artifact, options: RunnerOptions, texts: Sequence[str],
         if recheck and candidate.precision in LOWER_PRECISIONS and rule.has_labels:
             share = choose_cut(rule, logits, reference).rechecked_share
             # Those rows again, at the speed of the reference that re-checks them: the
-            # same engine in fp32 for a dtype change, torch fp32 for int8.
-            rechecker = f"{candidate.backend} fp32" if candidate.dtype else REFERENCE
+            # same engine in fp32 for a dtype change and openvino-int8 (its own fp32 IR),
+            # torch fp32 for onnx-int8.
+            rechecker = REFERENCE if candidate.backend == "onnx" else f"{candidate.backend} fp32"
             seconds += share * seconds_of.get(rechecker, seconds_of[REFERENCE])
             figures["rechecked_share"] = round(share, 4)
         figures.update(rows=len(probe), rows_per_s=round(len(probe) / seconds, 1),

@@ -4,9 +4,10 @@ fallback model checked, and its cut chosen.
 A run re-checks (:mod:`clsx.inference.recheck`) when its runner computes below fp32 (torch,
 vLLM or OpenVINO in bf16/fp16, onnx-int8, TensorRT fp16), the model has labels, and
 ``--no-recheck`` is not given. The reference is fp32 of the same runner for a dtype change
-(a runner in bf16/fp16 on fp32 weights), and PyTorch fp32 of the export's parent model
-directory for an export stored or built below fp32 (onnx-int8, TensorRT); an export whose
-parent is gone is refused unless the run passes ``--no-recheck``.
+(a runner in bf16/fp16 on fp32 weights), OpenVINO fp32 on the fp32 IR an openvino-int8
+export carries (``fp32/``), and PyTorch fp32 of the export's parent model directory for
+another export stored or built below fp32 (onnx-int8, TensorRT); an export whose parent is
+gone is refused unless the run passes ``--no-recheck``.
 
 The cut δ (:mod:`clsx.quality.recheck`) comes from, in this order: the job a ``--resume``
 continues (every row of OUT re-checked alike), the export's ``clsx.json`` (measured at
@@ -20,8 +21,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from clsx.artifacts.artifact import Artifact, open_artifact
+from clsx.artifacts.artifact import FP32_REFERENCE, Artifact, open_artifact
 from clsx.artifacts.bundled import cache_dir
+from clsx.artifacts.manifest import MANIFEST_NAME
 from clsx.auto.dtype import read_choices, remember
 from clsx.errors import ClsxError
 from clsx.inference.classifier import Classifier
@@ -49,9 +51,12 @@ def reference_opener(classifier: Classifier) -> Callable[[], Runner]:
     """A loader of ``classifier``'s fp32 reference; an export whose parent model directory
     is gone is refused here, before any work."""
     artifact, runner = classifier.artifact, classifier.runner
+    fp32 = dataclasses.replace(runner.options, dtype="fp32")
     if artifact.manifest.format in FP32_FORMATS:  # a dtype change of the same runner
-        options = dataclasses.replace(runner.options, dtype="fp32")
-        return lambda: type(runner)(artifact, options)
+        return lambda: type(runner)(artifact, fp32)
+    own = artifact.path / FP32_REFERENCE
+    if (own / MANIFEST_NAME).is_file():  # the fp32 IR an openvino-int8 export carries
+        return lambda: type(runner)(open_artifact(own, check_parent=False), fp32)
     parent = export_parent(artifact)
     options = RunnerOptions(device=runner.options.device, threads=runner.options.threads,
                             max_length=runner.options.max_length, dtype="fp32")

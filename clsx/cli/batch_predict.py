@@ -36,13 +36,13 @@ def _batch_predict_options(command):
         click.option("--backend", type=click.Choice(BACKENDS), **default("backend",
                      "auto runs the model directory's own format (a PyTorch model in the "
                           "fastest dtype that keeps its labels here; on CPU, for big jobs, "
-                          "the fastest of torch, onnx, onnx-int8 and openvino: see "
+                          "the fastest of torch, onnx, onnx-int8 and openvino(-int8): see "
                           "--auto-formats).")),
         click.option("--auto-formats/--no-auto-formats", default=None,
                      help="With --backend auto, a PyTorch model and the CPU: export the model "
-                          "once to onnx and onnx-int8 (gated as clsx export gates them, int8 "
-                          "on IN's first 500 texts; cached), time each format, torch and "
-                          "OpenVINO (where clsx[openvino] is installed) on "
+                          "once to onnx and onnx-int8, and to openvino and openvino-int8 where "
+                          "clsx[openvino] is installed (gated as clsx export gates them, int8 "
+                          "on IN's first 500 texts; cached), time each format and torch on "
                           "IN's first 256 texts, and run the fastest that passed its gate (a "
                           "less exact one only when 10% faster). The choice is remembered per "
                           "model and machine.  [default: on for IN of 20,000 rows or more]"),
@@ -74,11 +74,12 @@ def _batch_predict_options(command):
                           "stay within 5e-2 of fp32 and whose labels agree on this machine "
                           "(bf16 where the CPU has AMX / AVX-512 BF16, or on a GPU); for vllm: "
                           "the weights' dtype; for openvino: fp32 (bf16 needs AMX / AVX-512 "
-                          "BF16); for tensorrt: the engine's (fp16 unless fp32). fp16 needs a "
-                          "GPU."),
+                          "BF16; on an openvino-int8 export, the ops left outside int8); for "
+                          "tensorrt: the engine's (fp16 unless fp32). fp16 needs a GPU."),
         click.option("--recheck/--no-recheck", default=None,
                      help="Re-score in fp32 the rows a lower-precision run (bf16, fp16, "
-                          "onnx-int8) is unsure of, so that they get fp32's labels; "
+                          "onnx-int8, openvino-int8) is unsure of, so that they get fp32's "
+                          "labels; "
                           "the cut is measured beside fp32 on the export's calibration data "
                           "or IN's first 512 texts, and remembered.  [default: on below fp32]"),
         click.option("--max-label-changes", type=click.FloatRange(0, 1, min_open=True,

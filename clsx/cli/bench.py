@@ -26,7 +26,8 @@ from clsx.inference.runners.base import DEVICES
               **with_default(BenchConfig, "backends", f"Comma-separated: {', '.join(VARIANTS)} "
                                "(torch-bf16 is fast only on CPUs with AMX "
                                "or AVX-512 BF16, and on GPUs; openvino-bf16 needs them; "
-                               "openvino needs clsx[openvino]; tensorrt needs an NVIDIA GPU "
+                               "openvino(-int8) needs clsx[openvino]; tensorrt needs an "
+                               "NVIDIA GPU "
                                "with TensorRT)."))
 @click.option("--exports-dir", type=click.Path(path_type=Path),
               help="Keep (and reuse) the ONNX exports here instead of a temporary directory.")
@@ -39,8 +40,9 @@ from clsx.inference.runners.base import DEVICES
               help="Compute threads  [default: one per physical core]")
 @click.option("--recheck/--no-recheck", default=True, show_default=True,
               help="Beside each backend below fp32 (torch-bf16, onnx-int8, openvino-bf16, "
-                   "tensorrt), a row 'X + re-check': the same run re-scoring in fp32 (the "
-                   "same engine for a dtype change, torch for an export) the rows under the "
+                   "openvino-int8, tensorrt), a row 'X + re-check': the same run re-scoring "
+                   "in fp32 (the same engine for a dtype change and openvino-int8, torch for "
+                   "another export) the rows under the "
                    "cut chosen on the first 512 rows (as batch-predict re-checks).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path),
               help="Also write the results as JSON to this file.")

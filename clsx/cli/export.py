@@ -28,7 +28,9 @@ DEFAULT = ParameterSource.DEFAULT
 @click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), default="onnx",
               show_default=True, help="onnx: fp32 graph; onnx-int8: dynamic int8 weights; "
                                       "openvino: the model converted to OpenVINO IR, fp32 "
-                                      "weights (needs clsx[openvino]); "
+                                      "weights (needs clsx[openvino]); openvino-int8: that "
+                                      "IR quantized by nncf on --calibration-data, with its "
+                                      "fp32 IR kept for the re-check; "
                                       "vllm: a directory vLLM's pooling runner loads; "
                                       "tensorrt: the fp32 graph, run as an fp16 TensorRT "
                                       "engine on NVIDIA GPUs.")
@@ -42,7 +44,8 @@ DEFAULT = ParameterSource.DEFAULT
                    "is not installed).")
 @click.option("--calibration-data",
               help="Parquet/CSV/JSONL sample whose int8 labels must agree with fp32 (a path "
-                   "or an s3://, gs://... URI); required for decoder (Qwen2, Llama) int8.")
+                   "or an s3://, gs://... URI); required for openvino-int8 (its activation "
+                   "ranges come from it) and for decoder (Qwen2, Llama) onnx-int8.")
 @click.option("--text-column", default=CALIBRATION_TEXT_COLUMN, show_default=True,
               help="Text column of --calibration-data.")
 @click.option("--calibration-rows", type=click.IntRange(min=1), default=CALIBRATION_ROWS,

@@ -20,6 +20,7 @@ from clsx.auto.resolve import classifier_for
 from clsx.errors import ClsxError
 from clsx.evaluation.config import VARIANT_RUNS, VARIANTS, BenchConfig
 from clsx.export.cache import cached_export
+from clsx.export.config import INT8_FORMATS
 from clsx.inference.classifier import Classifier, Prediction
 from clsx.inference.runners.tensorrt import require_tensorrt
 from clsx.io import durable
@@ -88,7 +89,7 @@ def run_bench(config: BenchConfig, log: Log = silent) -> list[BenchRow]:
                 # the gate is off: the bench reports the agreement itself.
                 gates = ({"min_agreement": 0.0, "calibration_texts":
                           [t for t in texts[:CALIBRATION_ROWS] if t is not None]}
-                         if export_format == "onnx-int8" else {})
+                         if export_format in INT8_FORMATS else {})
                 directory = cached_export(
                     model_dir, export_format, cache / export_format,
                     lambda line: log(f"bench: {line}"), **gates)

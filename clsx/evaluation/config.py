@@ -20,6 +20,7 @@ VARIANT_RUNS: dict[str, tuple[str | None, str | None]] = {
     "torch": (None, "fp32"), "torch-bf16": (None, "bf16"),
     "onnx": ("onnx", None), "onnx-int8": ("onnx-int8", None),
     "openvino": ("openvino", "fp32"), "openvino-bf16": ("openvino", "bf16"),
+    "openvino-int8": ("openvino-int8", None),
     "tensorrt": ("tensorrt", None),
 }
 VARIANTS = tuple(VARIANT_RUNS)

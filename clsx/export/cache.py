@@ -20,13 +20,13 @@ def is_current_export(target: Path, model_fingerprint: str) -> bool:
 def cached_export(model_dir: Path | Artifact, fmt: str, target: Path, log: Log = silent,
                   **gates: Any) -> Path:
     """``target``, holding ``model_dir`` (a directory, or one already opened) exported as
-    ``fmt`` (``onnx``, ``onnx-int8``, ``openvino`` or ``tensorrt``).
+    ``fmt`` (``onnx``, ``onnx-int8``, ``openvino``, ``openvino-int8`` or ``tensorrt``).
 
     An export already at ``target`` is reused when it was made from ``model_dir`` as it is
     now (same fingerprint); otherwise ``model_dir`` is exported there anew, through the
     export's gates. ``gates`` are the exporter's keyword arguments
     (:func:`~clsx.export.onnx.export_onnx`'s ``calibration_texts``, ``min_agreement``, ...;
-    :func:`~clsx.export.openvino.export_openvino`'s ``tolerance``). Raises the export's
+    :func:`~clsx.export.openvino.export_openvino`'s ``calibration_texts``, ...). Raises the export's
     :class:`~clsx.errors.ClsxError` when a gate refuses it.
     """
     opened = isinstance(model_dir, Artifact)
@@ -34,10 +34,10 @@ def cached_export(model_dir: Path | Artifact, fmt: str, target: Path, log: Log =
     if is_current_export(target, current):
         return target
     log(f"exporting {model_dir.path if opened else model_dir} to {fmt} in {target}")
-    if fmt == "openvino":
+    if fmt.startswith("openvino"):
         from clsx.export.openvino import export_openvino
 
-        export_openvino(model_dir, target, overwrite=True, **gates)
+        export_openvino(model_dir, target, fmt=fmt, overwrite=True, **gates)
     else:
         from clsx.export.onnx import export_onnx
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from clsx.errors import ClsxError
 
-EXPORT_FORMATS = ("onnx", "onnx-int8", "openvino", "vllm", "tensorrt")
+EXPORT_FORMATS = ("onnx", "onnx-int8", "openvino", "openvino-int8", "vllm", "tensorrt")
 ONNX_FORMATS = ("onnx", "onnx-int8")  # the formats whose graph ONNX Runtime's fusions apply to
+INT8_FORMATS = ("onnx-int8", "openvino-int8")  # gated on label agreement, calibrated
 # The export gates' defaults (the CLI shows them in --help and passes only what is given).
 FP32_TOLERANCE = 1e-4  # max |logit difference| of the fp32 ONNX graph from PyTorch
 INT8_MIN_AGREEMENT = 0.98  # min share of int8 labels equal to fp32's
@@ -28,7 +29,7 @@ class ExportConfig:
 
     A field that applies to some formats only (``dtype``: vllm; ``check``: vllm's parity
     load; ``fuse``: onnx and onnx-int8; ``calibration_data`` and ``min_agreement``:
-    onnx-int8) or only with another (``text_column``, ``calibration_rows`` and
+    onnx-int8 and openvino-int8) or only with another (``text_column``, ``calibration_rows`` and
     ``storage_options`` read ``calibration_data``; ``tolerance`` needs the parity check) is
     refused where it would do nothing. None is the format's default.
     """
@@ -52,8 +53,9 @@ class ExportConfig:
         if self.format not in EXPORT_FORMATS:
             raise ClsxError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, "
                             f"got {self.format!r}")
-        if self.calibration_data is not None and self.format != "onnx-int8":
-            raise ClsxError("--calibration-data applies to --format onnx-int8 only")
+        if self.calibration_data is not None and self.format not in INT8_FORMATS:
+            raise ClsxError("--calibration-data applies to --format onnx-int8 and "
+                            "openvino-int8 only")
         if not self.fuse and self.format not in ONNX_FORMATS:
             raise ClsxError("--no-fusion applies to --format onnx and onnx-int8 only")
         if not self.check and self.format != "vllm":
@@ -61,9 +63,9 @@ class ExportConfig:
                             "checked")
         if self.dtype is not None and self.format != "vllm":
             raise ClsxError(f"--dtype applies to --format vllm only, not to {self.format}")
-        if self.min_agreement is not None and self.format != "onnx-int8":
-            raise ClsxError(f"--min-agreement applies to --format onnx-int8 only, not to "
-                            f"{self.format}")
+        if self.min_agreement is not None and self.format not in INT8_FORMATS:
+            raise ClsxError(f"--min-agreement applies to --format onnx-int8 and openvino-int8 "
+                            f"only, not to {self.format}")
         if self.tolerance is not None and not self.check:
             raise ClsxError("--tolerance does nothing with --no-parity, which skips the "
                             "comparison it bounds")

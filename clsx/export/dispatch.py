@@ -28,14 +28,16 @@ def run(config: ExportConfig) -> ExportResult:
         return export_vllm(config.model_dir, config.output, dtype=config.dtype or VLLM_DTYPE,
                            tolerance=config.tolerance, check=config.check,
                            overwrite=config.overwrite, allow_pickle=config.allow_pickle)
-    # The gates given (None: the exporter's default; min_agreement is onnx-int8's only).
+    # The gates given (None: the exporter's default; min_agreement is int8's only).
     given = {"tolerance": config.tolerance, "min_agreement": config.min_agreement}
     gates = {name: value for name, value in given.items() if value is not None}
-    if config.format == "openvino":
+    if config.format.startswith("openvino"):
         from clsx.export.openvino import export_openvino
 
-        return export_openvino(config.model_dir, config.output, overwrite=config.overwrite,
-                               allow_pickle=config.allow_pickle, **gates)
+        return export_openvino(config.model_dir, config.output, fmt=config.format,
+                               calibration_texts=config.calibration_texts(),
+                               overwrite=config.overwrite, allow_pickle=config.allow_pickle,
+                               **gates)
     from clsx.export.onnx import export_onnx
 
     return export_onnx(config.model_dir, config.output, fmt=config.format,

@@ -79,8 +79,15 @@ def quantize_gated(
             return reports, notes, cut
         reports[f"{gated}_all_matmuls"] = measured[gated]
     kept_too = " even with the feed-forward outputs and head in fp32" if kept else ""
-    raise ClsxError(
-        f"int8 labels agree with fp32 on {agreement:.2%} of the {measured[gated].rows} "
+    raise int8_refusal(measured[gated], gated, min_agreement, kept_too)
+
+
+def int8_refusal(report: ParityReport, gated: str, min_agreement: float, kept_too: str = ""
+                 ) -> ClsxError:
+    """The error of an int8 export whose labels (``report`` on the ``gated`` rows) agree
+    with fp32's on less than ``min_agreement``."""
+    return ClsxError(
+        f"int8 labels agree with fp32 on {report.label_agreement:.2%} of the {report.rows} "
         f"{gated.removeprefix('int8_').replace('_', ' ')} rows{kept_too} "
         f"(< {min_agreement:.2%}); keep the fp32 export or lower --min-agreement"
     )
