@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 from pathlib import Path
@@ -11,6 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from clsx.batch.parts import open_store
+from clsx.io.storage import location
 from tests.conftest import TEXTS, fixed_format_clock, write_parquet
 from tests.test_batch_predict import predict
 from tests.test_recheck import int8_labelled, random_texts, run_ok
@@ -84,6 +87,23 @@ def test_ray_refuses_what_it_cannot_do(tiny_models, texts_parquet, tmp_path):
     assert local.exit_code == 1 and "apply to --engine ray only" in local.output
 
 
+def test_a_second_writer_is_refused_before_ray_starts(tiny_models, texts_parquet, tmp_path,
+                                                     monkeypatch):
+    """The driver takes the local engine's lock on OUT: held here (as a running job holds
+    it), a Ray run on the same OUT is refused in one line, before Ray starts."""
+    import ray
+
+    monkeypatch.setattr(ray, "init", lambda *args, **kwargs: pytest.fail("Ray started"))
+    out = tmp_path / "ray-out"
+    with open_store(location(out)).locked():
+        result = predict(texts_parquet, out, "-m", tiny_models["qwen2"], "--engine", "ray")
+    assert result.exit_code == 1
+    assert result.output.endswith(f"Error: {out} is being written by another clsx "
+                                  f"batch-predict (pid {os.getpid()}); wait for it or stop "
+                                  "it\n")
+    assert sorted(tmp_path.iterdir()) == [texts_parquet]
+
+
 def test_missing_ray_says_how_to_install(tiny_models, texts_parquet, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     result = predict(texts_parquet, tmp_path / "o", "-m", tiny_models["qwen2"], "--engine",
@@ -130,6 +150,8 @@ def test_ray_actors_recheck_at_the_drivers_cut(tiny_models, tiny_exports, tmp_pa
     on_ray, output = run_ok(source, tmp_path / "ray-out", model, "--engine", "ray",
                             "--num-workers", "2", "--preserve-order", "--window-rows", "64")
     assert "re-check below margin 1" in output
+    # The actors' counters, summed: the local engine's summary line.
+    assert "1 null texts, 0 truncated; 200 rows re-checked in fp32 (margin < 1)," in output
     assert on_ray.column("label").equals(exact.column("label"))
     probs = [np.array(t.column("probs").to_pylist()[:-1]) for t in (exact, alone, on_ray)]
     assert (probs[1] != probs[0]).any() and (probs[2] == probs[0]).all()

@@ -4,7 +4,9 @@
 model replica per actor, ``num_gpus`` each) -> ``write_parquet`` into a dataset directory.
 Each actor holds one :class:`~clsx.inference.classifier.Classifier`, the object the local
 engine uses, so the values are the same; Ray does the distribution, clsx adds no scheduler
-of its own.
+of its own. The driver holds the local engine's one-writer lock on OUT for the whole job,
+and the actors' counters (tokens, nulls, truncated, windows, re-checked) are summed in a
+:class:`Tally` actor into the local engine's summary line.
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from clsx.batch.local_engine import (
     pin_fallback,
     pin_recheck,
 )
+from clsx.batch.parts import open_store
 from clsx.batch.summary import Summary
 from clsx.errors import ClsxError, os_error
+from clsx.inference.classifier import Counts
 from clsx.inference.hardware import physical_cores
 from clsx.inference.runners import backend_for
 from clsx.io.parquet import ParquetInput, parquet_file, python_strings
@@ -39,20 +43,40 @@ from clsx.log import Log, silent
 ACTOR_THREADS = 1  # compute threads per actor unless --threads: replicas scale out, not up
 
 
-class Predictor:
-    """One model replica (a Ray actor): an Arrow batch in, its kept columns plus predictions out."""
+class Tally:
+    """The job's counters (a Ray actor): every :class:`Predictor` adds each batch's."""
 
-    def __init__(self, config: BatchPredictConfig, kept: list[str], schema: pa.Schema) -> None:
+    def __init__(self) -> None:
+        self.counts = Counts()
+
+    def add(self, counts: Counts) -> None:
+        self.counts.add(counts)
+
+    def total(self) -> Counts:
+        return self.counts
+
+
+class Predictor:
+    """One model replica (a Ray actor): an Arrow batch in, its kept columns plus predictions
+    out; its counters go to ``tally``."""
+
+    def __init__(self, config: BatchPredictConfig, kept: list[str], schema: pa.Schema,
+                 tally: object) -> None:
         artifact = open_artifact(config.model, allow_pickle=config.allow_pickle)
         self.classifier = open_classifier(config, artifact,
                                           threads=config.threads or ACTOR_THREADS)
         self.text_column = config.text_column
         self.kept = kept
         self.schema = schema
+        self.tally = tally
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        import ray
+
         texts = python_strings(batch.column(self.text_column), self.text_column)
         prediction = self.classifier.predict(texts)
+        # Waited for: the driver reads the total once the last batch is written.
+        ray.get(self.tally.add.remote(prediction.counts))
         arrays = [batch.column(name) for name in self.kept] + prediction.columns
         return pa.Table.from_arrays(arrays, schema=self.schema)
 
@@ -70,11 +94,18 @@ def ray_batch_predict(config: BatchPredictConfig, options: RayOptions,
         raise ClsxError("--engine ray writes OUT as a dataset directory of Parquet parts; drop "
                         "--output-format file")
     source = checked_input(config)
-    artifact = open_artifact(config.model, allow_pickle=config.allow_pickle)
-    schema = output_schema(config, source, artifact)
     output = config.output_location()
     if output.is_file():
         raise ClsxError(f"output {output} is a file; --engine ray writes a directory")
+    with open_store(output).locked():  # one writer per OUT, as the local engine
+        return _ray_batch_predict(ray, config, options, source, output, progress, log)
+
+
+def _ray_batch_predict(ray, config: BatchPredictConfig, options: RayOptions,
+                       source: ParquetInput, output: Location, progress: bool, log: Log
+                       ) -> Summary:
+    artifact = open_artifact(config.model, allow_pickle=config.allow_pickle)
+    schema = output_schema(config, source, artifact)
     refuse_existing(output, config.overwrite)  # before the format search and Ray's start-up
     backend_for(artifact, config.backend)  # a bad model or backend fails here, not in an actor
     check_fallback_model(config, artifact)
@@ -92,9 +123,11 @@ def ray_batch_predict(config: BatchPredictConfig, options: RayOptions,
     # Ray pickles the file system to its workers: credentials come from their environment.
     dataset = ray.data.read_parquet([path.path for path in source.files], columns=columns,
                                     filesystem=source.root.filesystem)
+    tally = ray.remote(Tally).options(num_cpus=0).remote()  # no CPU slot: it only adds
     predicted = dataset.map_batches(
         Predictor,
-        fn_constructor_kwargs={"config": config, "kept": source.schema.names, "schema": schema},
+        fn_constructor_kwargs={"config": config, "kept": source.schema.names, "schema": schema,
+                               "tally": tally},
         batch_size=config.window_rows,
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=options.num_workers),
@@ -117,10 +150,13 @@ def ray_batch_predict(config: BatchPredictConfig, options: RayOptions,
         if rows != source.num_rows:  # raised inside the stage: OUT is not published
             raise ClsxError(f"Ray wrote {rows} rows but read {source.num_rows} from "
                             f"{config.input}; {output} was not written")
+    counts = ray.get(tally.total.remote())
     backend = f"{config.backend} on ray ({options.num_workers} workers)"
     if pinned.because is not None:
         backend += f", {pinned.because}"
-    return Summary(rows, time.perf_counter() - started, backend, config.output)
+    return Summary(rows, time.perf_counter() - started, backend, config.output, counts,
+                   recheck_margin=config.recheck_margin,
+                   fallback_margin=config.fallback_margin)
 
 
 def _pin_cuts(config: BatchPredictConfig, source: ParquetInput, log: Log

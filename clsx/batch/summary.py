@@ -13,7 +13,7 @@ from clsx.inference.classifier import Counts
 class Summary:
     """What a batch-predict run did, for the final one-line report.
 
-    ``counts`` is None where rows were not counted one by one (Ray: only the total is known).
+    ``counts`` is None where rows were not counted one by one (an output already complete).
     """
 
     rows: int
