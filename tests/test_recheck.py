@@ -239,3 +239,19 @@ def test_a_fallback_model_with_other_labels_is_refused(tiny_models, qwen2_copy, 
                       "--fallback-model", qwen2_copy)
     assert refused.exit_code == 1 and len(refused.output.strip().splitlines()) == 1
     assert "must have the labels and problem type" in refused.output
+
+
+def test_vllm_rows_are_rechecked_by_torch_fp32_not_a_second_engine(tiny_models):
+    from clsx.auto.recheck import reference_opener
+    from clsx.inference.runners import Runner, RunnerOptions
+    from clsx.inference.runners.torch import TorchRunner
+    from clsx.inference.runners.vllm import VllmRunner
+
+    with Classifier.open(tiny_models["qwen2"], "torch") as classifier:
+        engine = VllmRunner.__new__(VllmRunner)  # its options, without starting vLLM
+        Runner.__init__(engine, classifier.artifact,
+                        RunnerOptions(device="cpu", dtype="bf16", max_num_seqs=8))
+        classifier.runner, torch_runner = engine, classifier.runner
+        reference = reference_opener(classifier)()
+        classifier.runner = torch_runner
+    assert isinstance(reference, TorchRunner) and reference.precision == "fp32"

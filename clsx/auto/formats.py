@@ -15,8 +15,8 @@ a less exact number format (bf16 below fp32, int8 below both) must be at least
 :data:`LESS_EXACT_MARGIN` times as fast as the best more exact one: where int8 is about as
 fast as fp32 (CPUs without VNNI), fp32 stays. A job that re-checks
 (:mod:`clsx.auto.recheck`) times each lower-precision candidate with its re-check: the
-share of the probe rows under its cut, re-scored at its reference's measured speed (the
-same engine in fp32 for a dtype change and for openvino-int8, torch fp32 for onnx-int8).
+share of the probe rows under its cut, re-scored at its reference's measured speed (OpenVINO
+fp32 for OpenVINO bf16 and openvino-int8, torch fp32 for torch and vLLM bf16 and onnx-int8).
 
 Gates: the onnx and openvino exports: logits within 1e-4 of PyTorch (the export's);
 onnx-int8 and openvino-int8: the labels users get equal to fp32's on >= 98% of the
@@ -265,10 +265,9 @@ def _measure(artifact: Artifact, options: RunnerOptions, texts: Sequence[str],
         parity = compare(reference, logits, rule)
         if recheck and candidate.precision in LOWER_PRECISIONS and rule.has_labels:
             share = choose_cut(rule, logits, reference).rechecked_share
-            # Those rows again, at the speed of the reference that re-checks them: the
-            # same engine in fp32 for a dtype change and openvino-int8 (its own fp32 IR),
-            # torch fp32 for onnx-int8.
-            rechecker = REFERENCE if candidate.backend == "onnx" else f"{candidate.backend} fp32"
+            # Those rows again, at the speed of the reference that re-checks them: OpenVINO
+            # fp32 for OpenVINO's bf16 and int8 (its own fp32 IR), torch fp32 for the rest.
+            rechecker = "openvino fp32" if candidate.backend == "openvino" else REFERENCE
             seconds += share * seconds_of.get(rechecker, seconds_of[REFERENCE])
             figures["rechecked_share"] = round(share, 4)
         figures.update(rows=len(probe), rows_per_s=round(len(probe) / seconds, 1),

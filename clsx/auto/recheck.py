@@ -4,10 +4,11 @@ fallback model checked, and its cut chosen.
 A run re-checks (:mod:`clsx.inference.recheck`) when its runner computes below fp32 (torch,
 vLLM or OpenVINO in bf16/fp16, onnx-int8, TensorRT fp16), the model has labels, and
 ``--no-recheck`` is not given. The reference is fp32 of the same runner for a dtype change
-(a runner in bf16/fp16 on fp32 weights), OpenVINO fp32 on the fp32 IR an openvino-int8
-export carries (``fp32/``), and PyTorch fp32 of the export's parent model directory for
-another export stored or built below fp32 (onnx-int8, TensorRT); an export whose parent is
-gone is refused unless the run passes ``--no-recheck``.
+(a runner in bf16/fp16 on fp32 weights; torch fp32 for vLLM, which would start a second
+engine: :attr:`~clsx.inference.runners.base.Runner.recheck_backend`), OpenVINO fp32 on the
+fp32 IR an openvino-int8 export carries (``fp32/``), and PyTorch fp32 of the export's parent
+model directory for another export stored or built below fp32 (onnx-int8, TensorRT); an
+export whose parent is gone is refused unless the run passes ``--no-recheck``.
 
 The cut δ (:mod:`clsx.quality.recheck`) comes from, in this order: the job a ``--resume``
 continues (every row of OUT re-checked alike), the export's ``clsx.json`` (measured at
@@ -52,15 +53,18 @@ def reference_opener(classifier: Classifier) -> Callable[[], Runner]:
     is gone is refused here, before any work."""
     artifact, runner = classifier.artifact, classifier.runner
     fp32 = dataclasses.replace(runner.options, dtype="fp32")
-    if artifact.manifest.format in FP32_FORMATS:  # a dtype change of the same runner
+    # Another backend's fp32 takes no engine options but the dtype.
+    plain = RunnerOptions(device=runner.options.device, threads=runner.options.threads,
+                          max_length=runner.options.max_length, dtype="fp32")
+    if artifact.manifest.format in FP32_FORMATS:  # a dtype change
+        if runner.recheck_backend is not None:
+            return lambda: load_runner(artifact, runner.recheck_backend, plain)
         return lambda: type(runner)(artifact, fp32)
     own = artifact.path / FP32_REFERENCE
     if (own / MANIFEST_NAME).is_file():  # the fp32 IR an openvino-int8 export carries
         return lambda: type(runner)(open_artifact(own, check_parent=False), fp32)
     parent = export_parent(artifact)
-    options = RunnerOptions(device=runner.options.device, threads=runner.options.threads,
-                            max_length=runner.options.max_length, dtype="fp32")
-    return lambda: load_runner(parent, "torch", options)
+    return lambda: load_runner(parent, "torch", plain)
 
 
 def export_parent(artifact: Artifact) -> Artifact:

@@ -105,10 +105,11 @@ def export_openvino(model_dir: Path | Artifact, output: Path, *, fmt: str = "ope
 
 def _quantize_gated(fp32: Classifier, parent: Artifact, output: Path, stage: Path,
                     texts: list[str], min_agreement: float) -> tuple[ParityReport, RecheckCut]:
-    """nncf int8 of ``fp32``'s IR into ``stage``, run as users run it (``--dtype`` fp32
-    elsewhere) against the fp32 IR on ``texts``, refused below ``min_agreement`` there; and
-    the re-check cut measured on them. (Not on the random-token parity batch: its
-    activations fall outside the ranges calibrated on real text.)"""
+    """nncf int8 of ``fp32``'s IR into ``stage``, run as users run it (the default precision
+    elsewhere: bf16 where native) against the fp32 IR on ``texts``, refused below
+    ``min_agreement`` there; and the re-check cut measured on them. (Not on the
+    random-token parity batch: its activations fall outside the ranges calibrated on real
+    text.)"""
     from clsx.export.openvino_int8 import quantize_openvino
 
     expected = fp32.predict_all(texts).logits

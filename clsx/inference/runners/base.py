@@ -45,7 +45,9 @@ class Runner(ABC):
     ``formats`` lists the artifact formats the backend can run; ``batch_tokens`` is the
     padded-token budget per batch that suits it when the user gives none;
     ``max_batch_rows`` caps the rows of one batch where the engine needs a bound (None: no
-    cap); ``engine_options`` names the :class:`RunnerOptions` engine options it honours.
+    cap); ``engine_options`` names the :class:`RunnerOptions` engine options it honours;
+    ``recheck_backend`` the backend whose fp32 re-checks its rows below fp32 on the same
+    directory (None: the same backend in fp32).
 
     The shared scheduler hands each batch to :meth:`predict_rows` as unpadded token-id
     lists. By default that pads them and calls :meth:`predict`, so a backend that runs
@@ -59,6 +61,7 @@ class Runner(ABC):
     batch_tokens: ClassVar[int] = 8192
     max_batch_rows: ClassVar[int | None] = None
     engine_options: ClassVar[tuple[str, ...]] = ()
+    recheck_backend: ClassVar[str | None] = None
 
     def __init__(self, artifact: Artifact, options: RunnerOptions) -> None:
         self.artifact = artifact

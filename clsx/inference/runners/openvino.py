@@ -5,7 +5,9 @@ natively, bf16 or fp16.
 OpenVINO's CPU plugin would pick bf16 by itself on CPUs with AVX-512 BF16 or AMX; clsx always
 states the precision (``--dtype``, fp32 by default), so that a run computes in what it says.
 In an ``openvino-int8`` export the quantized MatMuls compute in int8 and ``--dtype`` is the
-precision of every other op.
+precision of every other op: by default bf16 where the CPU computes it natively (on the
+trained MiniLM, AVX-512 BF16 EPYC, Parquet to Parquet with the re-check: 9% faster than fp32
+on 512-token texts, 5-8% on short ones), else fp32. Its re-check runs the fp32 IR either way.
 """
 
 from __future__ import annotations
@@ -52,11 +54,13 @@ class OpenvinoRunner(Runner):
         if options.device == "cuda":
             raise ClsxError("the openvino backend runs on the CPU; drop --device cuda or use "
                             "another backend")
-        self.dtype = options.dtype or "fp32"
         openvino = import_openvino()
         core = openvino.Core()
+        capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        int8 = artifact.manifest.format == "openvino-int8"
+        self.dtype = options.dtype or ("bf16" if int8 and "BF16" in capabilities else "fp32")
         hint, capability = PRECISIONS[self.dtype]
-        if capability not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        if capability not in capabilities:
             raise ClsxError(f"--dtype {self.dtype}: this CPU does not compute {self.dtype} "
                             "natively for OpenVINO; use --dtype fp32")
         path = graph_path(artifact)

@@ -66,6 +66,11 @@ class VllmRunner(Runner):
     # One call per window: vLLM schedules the rows itself.
     batch_tokens = 1 << 30
     engine_options = ENGINE_OPTIONS
+    # Its bf16 rows are re-checked by torch fp32 on the same weights: a second vLLM engine
+    # in fp32 took 20-40 s to start inside the job (SmolLM2 on 1,000 texts: the chosen vLLM
+    # bf16 ran at 1.1x torch fp32 instead of its probe's 3.8x), and would hold GPU memory
+    # of its own beside the first.
+    recheck_backend = "torch"
 
     def __init__(self, artifact: Artifact, options: RunnerOptions) -> None:
         super().__init__(artifact, options)
