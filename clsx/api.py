@@ -163,7 +163,8 @@ class Model:
 
 def load(model_dir: str | Path, backend: str = "auto", device: str = "cpu",
          **options: Any) -> Model:
-    """Open ``model_dir`` for classifying in memory, as batch-predict would open it.
+    """Open ``model_dir`` (a directory, or its URI on object storage, fetched once into the
+    clsx cache) for classifying in memory, as batch-predict would open it.
 
     ``backend`` ``auto`` runs the directory's own format and, for a PyTorch checkpoint
     without a ``dtype``, the fastest dtype that keeps its labels on this machine: batch-
@@ -177,8 +178,8 @@ def load(model_dir: str | Path, backend: str = "auto", device: str = "cpu",
     _check_names("load", options, LOAD_OPTIONS)
     # batch-predict's own config, so that options are checked, defaulted and resolved as
     # there; a job's input and output do not apply.
-    config = BatchPredictConfig(input="", output="", model=Path(model_dir), backend=backend,
-                                device=device, **_given(options))
+    config = BatchPredictConfig(input="", output="", model=str(model_dir), backend=backend,
+                                device=device, **_given(options)).with_local_model()
     artifact = open_artifact(config.model, allow_pickle=config.allow_pickle)
     return Model(open_classifier(config, artifact), config.window_rows, config.recheck)
 
@@ -199,13 +200,13 @@ def batch_predict(input: str | Path, output: str | Path, model: str | Path, *,
     _check_names("batch_predict", options,
                  [name for name in job_fields
                   if name not in ("input", "output", "model", "recheck_margin",
-                                  "fallback_margin")]
+                                  "fallback_margin", "model_source")]
                  + ray_fields)
     given = _given(options)
     for name in ("keep_columns", "storage_options"):
         if name in given:
             given[name] = _strings(given[name])
-    config = BatchPredictConfig(input=str(input), output=output, model=Path(model),
+    config = BatchPredictConfig(input=str(input), output=output, model=str(model),
                                 **{name: given[name] for name in job_fields if name in given})
     ray_options = {name: given[name] for name in ray_fields if name in given}
     ray = RayOptions(**ray_options) if ray_options else None

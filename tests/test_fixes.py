@@ -262,6 +262,22 @@ class _FakeDataset:
         pq.write_table(self.table, Path(path) / "part-000000.parquet")
 
 
+class _InProcessActor:
+    """``ray.remote(cls)`` for the fake: ``.options(...).remote()`` makes ``cls()`` here,
+    whose methods run at once through ``.method.remote(...)``."""
+
+    def __init__(self, cls) -> None:
+        self.cls = cls
+
+    def options(self, **resources) -> _InProcessActor:
+        return self
+
+    def remote(self, *args, **kwargs) -> SimpleNamespace:
+        instance = self.cls(*args, **kwargs)
+        return SimpleNamespace(**{name: SimpleNamespace(remote=getattr(instance, name))
+                                  for name in dir(instance) if not name.startswith("_")})
+
+
 def _fake_ray(monkeypatch, lost: int = 0) -> None:
     """Run ``--engine ray`` on :class:`_FakeDataset` instead of Ray."""
     from clsx.batch import ray_engine
@@ -273,7 +289,8 @@ def _fake_ray(monkeypatch, lost: int = 0) -> None:
             pq.read_table(paths[0], columns=columns), lost),
         ActorPoolStrategy=lambda size: None,
         SaveMode=SimpleNamespace(OVERWRITE="overwrite"))
-    monkeypatch.setattr(ray_engine, "_import_ray", lambda: SimpleNamespace(data=data))
+    fake = SimpleNamespace(data=data, remote=_InProcessActor, get=lambda result: result)
+    monkeypatch.setattr(ray_engine, "_import_ray", lambda: fake)
     monkeypatch.setattr(ray_engine, "_start_ray", lambda *args: None)
     monkeypatch.setattr(ray_engine, "_part_names", lambda: None)
 

@@ -263,6 +263,33 @@ def test_eval_reads_its_data_from_s3(s3, tiny_models, tmp_path, fake_runner):
     assert remote.output == local.output
 
 
+def test_a_model_on_s3_is_fetched_once_and_runs_as_the_local_one(
+        s3, tiny_models, many_texts, reference, tmp_path, fake_runner, monkeypatch):
+    monkeypatch.setenv("CLSX_CACHE", str(tmp_path / "cache"))
+    model = _upload(s3, tiny_models["bert"], "models/bert")
+    first = predict(many_texts, tmp_path / "out.parquet", "-m", model, *SMALL_PARTS,
+                    *s3.options)
+    assert first.exit_code == 0, first.output
+    assert f"fetching {model} (" in first.output
+    assert pq.read_table(tmp_path / "out.parquet").equals(reference)
+    (copy,) = (tmp_path / "cache" / "models").iterdir()
+    assert sorted(p.name for p in copy.iterdir()) == sorted(
+        p.name for p in tiny_models["bert"].iterdir())
+    labelled = tmp_path / "labelled.parquet"
+    pq.write_table(pa.table({"text": TEXTS, "label": ["negative", "positive"] * 4}), labelled)
+    evaluated = run_clsx("eval", "-m", model, "--data", labelled, *s3.options)
+    assert evaluated.exit_code == 0, evaluated.output
+    assert "fetching" not in evaluated.output  # this machine has it
+    assert evaluated.output == run_clsx("eval", "-m", tiny_models["bert"], "--data",
+                                        labelled).output
+    missing = predict(many_texts, tmp_path / "other.parquet", "-m", _uri(s3, "models/none"),
+                      *s3.options)
+    assert missing.exit_code == 1
+    assert missing.output.endswith(f"Error: {_uri(s3, 'models/none')} holds no files; give "
+                                   "the directory a clsx model was saved to (clsx.json, "
+                                   "config.json, the weights)\n")
+
+
 # Slow (30 s alone, 60-100 s beside the other xdist worker's engines): the default suite
 # has Ray on local files (test_ray.py) and every S3 path on the local engine (above); this
 # adds their combination: credentials from the environment in Ray's workers.

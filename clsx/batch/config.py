@@ -6,7 +6,7 @@ passes only the options a user gave (a flag left out is a field left at its defa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +15,7 @@ from clsx.evaluation.config import LongTextOverride
 from clsx.inference.runners import BACKENDS
 from clsx.inference.runners.base import DEVICES, DTYPES, RunnerOptions
 from clsx.inference.scheduler import WINDOW_ROWS
+from clsx.log import Log, silent
 from clsx.quality import MAX_LABEL_CHANGES
 
 if TYPE_CHECKING:
@@ -33,12 +34,15 @@ class BatchPredictConfig(LongTextOverride):
     ``threads`` None is one compute thread per physical core for the local engine, one per
     actor on Ray. ``threshold`` None is the model's tuned per-label thresholds, else 0.5.
     ``input`` and ``output`` are local paths or object-store URIs; ``storage_options``
-    (``key=value``) configure the URIs' file system (:mod:`clsx.io.storage`).
+    (``key=value``) configure the URIs' file system (:mod:`clsx.io.storage`). ``model`` is a
+    directory or its URI on object storage, which :func:`~clsx.batch.run.run_batch_predict`
+    fetches into the clsx cache (:mod:`clsx.artifacts.remote`), keeping the URI in
+    ``model_source`` for Ray's actors to fetch on their own nodes.
     """
 
     input: str
     output: str | Path
-    model: Path
+    model: Path | str
     backend: str = "auto"
     text_column: str = "text"
     keep_columns: tuple[str, ...] | None = None
@@ -68,9 +72,11 @@ class BatchPredictConfig(LongTextOverride):
     max_label_changes: float = MAX_LABEL_CHANGES
     fallback_model: Path | None = None
     fallback_agreement: float = 0.995
-    # Pinned by the driver, never flags: the cuts every replica runs with.
+    # Pinned by the driver, never flags: the cuts every replica runs with, and the model's
+    # URI where it came from object storage (``model`` is then the driver's copy).
     recheck_margin: float | None = None
     fallback_margin: float | None = None
+    model_source: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("batch_tokens", "window_rows", "max_length", "threads", "part_rows"):
@@ -101,6 +107,17 @@ class BatchPredictConfig(LongTextOverride):
                              max_num_seqs=self.max_num_seqs,
                              max_num_batched_tokens=self.max_num_batched_tokens,
                              memory_fraction=self.memory_fraction)
+
+    def with_local_model(self, log: Log = silent) -> BatchPredictConfig:
+        """This config with ``model`` a local directory: a URI's copy in the clsx cache
+        (fetched once per machine), the URI kept in ``model_source``."""
+        from clsx.artifacts.remote import local_model
+        from clsx.io.storage import is_uri
+
+        if self.model_source is not None or not is_uri(self.model):
+            return replace(self, model=Path(self.model))
+        return replace(self, model=local_model(self.model, self.storage_options, log),
+                       model_source=str(self.model))
 
     def output_location(self) -> Location:
         """Where OUT goes."""

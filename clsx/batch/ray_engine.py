@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -62,6 +63,10 @@ class Predictor:
 
     def __init__(self, config: BatchPredictConfig, kept: list[str], schema: pa.Schema,
                  tally: object) -> None:
+        if config.model_source is not None and not Path(config.model).is_dir():
+            # Another node than the driver's: the model's URI, fetched into its clsx cache.
+            config = replace(config, model=config.model_source,
+                             model_source=None).with_local_model()
         artifact = open_artifact(config.model, allow_pickle=config.allow_pickle)
         self.classifier = open_classifier(config, artifact,
                                           threads=config.threads or ACTOR_THREADS)
@@ -69,14 +74,13 @@ class Predictor:
         self.kept = kept
         self.schema = schema
         self.tally = tally
+        self.ray = _import_ray()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        import ray
-
         texts = python_strings(batch.column(self.text_column), self.text_column)
         prediction = self.classifier.predict(texts)
         # Waited for: the driver reads the total once the last batch is written.
-        ray.get(self.tally.add.remote(prediction.counts))
+        self.ray.get(self.tally.add.remote(prediction.counts))
         arrays = [batch.column(name) for name in self.kept] + prediction.columns
         return pa.Table.from_arrays(arrays, schema=self.schema)
 
@@ -111,7 +115,11 @@ def _ray_batch_predict(ray, config: BatchPredictConfig, options: RayOptions,
     check_fallback_model(config, artifact)
     pinned = pin_auto_format(config, source, artifact, threads=config.threads or ACTOR_THREADS,
                              log=log)
-    config = _pin_cuts(pinned.config, source, log)
+    if pinned.config.model != config.model:  # an export in the driver's cache: not the URI's
+        config = replace(pinned.config, model_source=None)
+    else:
+        config = pinned.config
+    config = _pin_cuts(config, source, log)
     started = time.perf_counter()
     _start_ray(ray, options.address,
                options.num_workers * (config.threads or ACTOR_THREADS))

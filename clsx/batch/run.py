@@ -17,13 +17,15 @@ def run_batch_predict(config: BatchPredictConfig, engine: str = "local",
 
     ``ray`` (None: Ray's defaults) applies to the Ray engine only, and giving it with the
     local engine is refused. ``progress`` is told the rows done (the local engine) or turns
-    on Ray Data's own progress bars; ``log`` gets status lines.
+    on Ray Data's own progress bars; ``log`` gets status lines. A model on object storage is
+    fetched into the clsx cache first (once per machine).
     """
     if engine not in ENGINES:
         raise ClsxError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     output = config.output_location()
     if output.is_local:  # before either engine reads IN or starts: OUT must be writable
         check_parent_directory(output.local_path, f"cannot write {output}")
+    config = config.with_local_model(log)
     if engine == "ray":
         from clsx.batch.ray_engine import ray_batch_predict
 

@@ -31,8 +31,10 @@ def _batch_predict_options(command):
         return with_default(config, name, help_text)
 
     options = [
-        click.option("--model", "-m", type=click.Path(path_type=Path), required=True,
-                     help="Model directory: merged PyTorch checkpoint or a clsx export."),
+        click.option("--model", "-m", required=True,
+                     help="Model directory: merged PyTorch checkpoint or a clsx export; or its "
+                          "URI on object storage (s3://, gs://, ...), fetched once per machine "
+                          "(each Ray node) into the clsx cache."),
         click.option("--backend", type=click.Choice(BACKENDS), **default("backend",
                      "auto runs the model directory's own format (a PyTorch model in the "
                           "fastest dtype that keeps its labels here; on CPU, for big jobs, "

@@ -9,14 +9,20 @@ import click
 
 from clsx.cli.console import echo_err
 from clsx.cli.group import report_context
-from clsx.cli.options import comma_list, given, report_option, with_default
+from clsx.cli.options import (
+    comma_list,
+    given,
+    local_model_of,
+    model_option,
+    report_option,
+    with_default,
+)
 from clsx.evaluation.config import VARIANTS, BenchConfig
 from clsx.inference.runners.base import DEVICES
 
 
 @click.command("bench")
-@click.option("--model", "-m", type=click.Path(path_type=Path), required=True,
-              help="Merged PyTorch model directory (the fp32 reference).")
+@model_option("Merged PyTorch model directory (the fp32 reference)")
 @click.option("--data", type=click.Path(path_type=Path), required=True,
               help="Parquet, CSV or JSONL file with a text column.")
 @click.option("--text-column", **with_default(BenchConfig, "text_column"))
@@ -57,6 +63,7 @@ def bench_command(json_path: Path | None, report_path: Path | None, **options) -
     from clsx.evaluation.bench import format_table, run_bench
     from clsx.reports.outputs import OutputFiles, write_bench_outputs
 
+    local_model_of(options)
     config = BenchConfig(**given(options))
     files = OutputFiles(json=json_path, report=report_path)
     files.check()

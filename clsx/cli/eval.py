@@ -13,7 +13,9 @@ from clsx.cli.options import (
     LABEL_SEPARATOR_HELP,
     allow_pickle_option,
     given,
+    local_model_of,
     long_text_options,
+    model_option,
     report_option,
     storage_option,
     threshold_option,
@@ -25,7 +27,7 @@ from clsx.inference.runners.base import DEVICES
 
 
 @click.command("eval")
-@click.option("--model", "-m", type=click.Path(path_type=Path), required=True)
+@model_option("Model directory: merged PyTorch checkpoint or a clsx export")
 @click.option("--data", required=True,
               help="Labelled data: Parquet, JSONL or CSV (a path or an s3://, gs://... URI).")
 @click.option("--text-column", **with_default(EvalConfig, "text_column"))
@@ -56,6 +58,7 @@ def eval_command(json_path: Path | None, errors_path: Path | None,
     from clsx.quality.metrics import format_report
     from clsx.reports.outputs import OutputFiles, write_eval_outputs
 
+    local_model_of(options)
     config = EvalConfig(**given(options))
     files = OutputFiles(json=json_path, errors=errors_path, predictions=predictions_path,
                         report=report_path)

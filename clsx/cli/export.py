@@ -24,7 +24,7 @@ DEFAULT = ParameterSource.DEFAULT
 
 
 @click.command("export")
-@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.argument("model_dir")
 @click.option("--format", "fmt", type=click.Choice(EXPORT_FORMATS), default="onnx",
               show_default=True, help="onnx: fp32 graph; onnx-int8: dynamic int8 weights; "
                                       "openvino: the model converted to OpenVINO IR, fp32 "
@@ -64,20 +64,24 @@ DEFAULT = ParameterSource.DEFAULT
 @click.option("--overwrite", is_flag=True, help="Replace --output if it exists.")
 @allow_pickle_option
 @storage_option
-def export_command(model_dir: Path, fmt: str, output: Path, dtype: str | None, no_parity: bool,
+def export_command(model_dir: str, fmt: str, output: Path, dtype: str | None, no_parity: bool,
                    calibration_data: str | None, text_column: str, calibration_rows: int,
                    tolerance: float | None, min_agreement: float | None, no_fusion: bool,
                    overwrite: bool, allow_pickle: bool, storage_options: tuple[str, ...]
                    ) -> None:
-    """Export a merged model directory to ONNX or for vLLM, checked against PyTorch.
+    """Export a merged model directory (or its URI on object storage, fetched once into the
+    clsx cache) to ONNX, OpenVINO or for vLLM, checked against PyTorch.
 
     The export is written only if it matches PyTorch fp32 within --tolerance on a batch of
     mixed lengths (1..max_length); the figures go into OUTPUT/clsx.json.
     """
     # Shown in --help with their defaults, but given only when typed: without
     # --calibration-data they would do nothing, and ExportConfig refuses them then.
+    from clsx.artifacts.remote import local_model
+
     typed = click.get_current_context().get_parameter_source
-    config = ExportConfig(model_dir, output, format=fmt, dtype=dtype, check=not no_parity,
+    model = local_model(model_dir, storage_options, echo_err)
+    config = ExportConfig(model, output, format=fmt, dtype=dtype, check=not no_parity,
                           calibration_data=calibration_data,
                           text_column=None if typed("text_column") is DEFAULT else text_column,
                           calibration_rows=(None if typed("calibration_rows") is DEFAULT

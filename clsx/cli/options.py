@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from clsx.cli.console import echo_err
 from clsx.train.config import PROBLEM_ALIASES, TrainConfig
 
 LABEL_SEPARATOR_HELP = "Multi-label: separator inside a string label column."
@@ -57,6 +58,25 @@ threshold_option = click.option(
     "--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True),
     help="Multi-label: one decision threshold for every label (default: the per-label "
          "thresholds clsx train tuned on its eval split, stored in clsx.json; else 0.5).")
+
+
+MODEL_URI_HELP = ("; or its URI on object storage (s3://, gs://, ...), fetched once per "
+                  "machine into the clsx cache")
+
+
+def model_option(what: str):
+    """``--model/-m``: ``what`` (a model directory), or its URI on object storage; the
+    command passes it through :func:`local_model_of`."""
+    return click.option("--model", "-m", required=True, help=what + MODEL_URI_HELP + ".")
+
+
+def local_model_of(options: dict[str, Any]) -> None:
+    """Make ``options["model"]`` a local directory: a URI's copy in the clsx cache, fetched
+    with ``options["storage_options"]`` unless this machine has it."""
+    from clsx.artifacts.remote import local_model
+
+    options["model"] = local_model(options["model"], options.get("storage_options", ()),
+                                   echo_err)
 
 
 storage_option = click.option(

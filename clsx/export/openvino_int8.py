@@ -15,15 +15,18 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
 from clsx.errors import ClsxError
+from clsx.export.quantize import SENSITIVE_MODULES
 from clsx.inference.classifier import Classifier
 from clsx.inference.runners.openvino import INSTALL_HINT, import_openvino
 from clsx.inference.scheduler import pad
 
 CALIBRATION_SUBSET = 300  # texts nncf collects activation statistics on (its own default)
+MODULE_NAME = re.compile(r"^__module\.([\w.]+)/")  # convert_model's op names start so
 
 
 def import_nncf() -> Any:
@@ -36,10 +39,25 @@ def import_nncf() -> Any:
     return nncf
 
 
-def quantize_openvino(fp32: Classifier, graph: Path, target: Path, texts: list[str]) -> None:
-    """nncf int8 of the IR at ``graph``, saved at ``target``; activation ranges from the
-    first :data:`CALIBRATION_SUBSET` of ``texts``, encoded as ``fp32`` encodes them (same
-    truncation or windows), one input per sample."""
+def sensitive_matmuls(graph: Path) -> list[str]:
+    """Names of the IR's MatMuls of the modules whose int8 error flips labels most
+    (:data:`~clsx.export.quantize.SENSITIVE_MODULES`: feed-forward output projections and
+    the head), read from the names ``openvino.convert_model`` gives them
+    (``__module.model.layers.3.mlp.down_proj/aten::linear/MatMul``)."""
+    openvino = import_openvino()
+    names = []
+    for op in openvino.Core().read_model(str(graph)).get_ops():
+        module = MODULE_NAME.match(op.get_friendly_name())
+        if op.get_type_name() == "MatMul" and module and SENSITIVE_MODULES.search(module[1]):
+            names.append(op.get_friendly_name())
+    return names
+
+
+def quantize_openvino(fp32: Classifier, graph: Path, target: Path, texts: list[str],
+                      fp32_matmuls: list[str]) -> None:
+    """nncf int8 of the IR at ``graph`` but ``fp32_matmuls``, saved at ``target``; activation
+    ranges from the first :data:`CALIBRATION_SUBSET` of ``texts``, encoded as ``fp32``
+    encodes them (same truncation or windows), one input per sample."""
     nncf = import_nncf()
     openvino = import_openvino()
     window = fp32.encoder.encode(texts[:CALIBRATION_SUBSET])
@@ -54,7 +72,8 @@ def quantize_openvino(fp32: Classifier, graph: Path, target: Path, texts: list[s
         with contextlib.redirect_stdout(io.StringIO()):
             quantized = nncf.quantize(model, nncf.Dataset(samples),
                                       model_type=nncf.ModelType.TRANSFORMER,
-                                      subset_size=len(samples))
+                                      subset_size=len(samples),
+                                      ignored_scope=nncf.IgnoredScope(names=fp32_matmuls))
     except Exception as exc:  # nncf raises many internal error types
         raise ClsxError(f"nncf cannot quantize the model: {str(exc).splitlines()[0]}") from exc
     finally:
