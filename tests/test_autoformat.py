@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -121,13 +122,23 @@ def test_a_formats_recheck_share_counts_in_its_time(tiny_models, big_enough, tmp
     """int8 takes 0.5 s where torch fp32 takes 1 s, but its re-check would send half the
     rows to fp32 (0.5 s more): onnx (0.9 s) wins. (Without a re-check share int8 wins at
     these times: test_ray.py's auto-chose test.)"""
-    from clsx.quality.recheck import RecheckCut
-
     fixed_format_clock(monkeypatch, {"torch fp32": 1.0, "onnx": 0.9, "onnx-int8": 0.5})
-    monkeypatch.setattr(autoformat, "choose_cut",
-                        lambda *args: RecheckCut(0.2, 256, 0, 0, 0.01, 0.5))
+    monkeypatch.setattr(autoformat, "rechecked_share", lambda *args: 0.5)
     result = predict(big_enough, tmp_path / "out.parquet", "-m", tiny_models["bert"],
                      "--auto-formats")
     assert result.exit_code == 0, result.output
     assert "onnx chosen by --backend auto: 1.11x torch fp32" in result.output
     assert "onnx-int8 256.0" in result.output  # 256 rows in 0.5 s + half of them again
+
+
+def test_an_exports_stored_cut_sets_its_recheck_share():
+    """An int8 export re-checks at the cut stored at its gate, not one chosen on the probe:
+    the share is timed at that cut (the job then re-checks the same rows)."""
+    from clsx.inference.decisions import SINGLE, DecisionRule
+    from clsx.quality.recheck import RecheckCut
+
+    rule = DecisionRule(SINGLE, ("a", "b"), (0.5, 0.5))
+    fast = np.log(np.array([[0.52, 0.48], [0.6, 0.4], [0.9, 0.1], [0.99, 0.01]], np.float32))
+    stored = RecheckCut(0.5, 500, 2, 0, 0.006, 0.05)  # margins 0.04, 0.2, 0.8, 0.98
+    assert autoformat.rechecked_share(rule, fast, fast, stored) == 0.5
+    assert autoformat.rechecked_share(rule, fast, fast, None) == 0.0  # no flips: no cut

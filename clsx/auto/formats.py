@@ -47,12 +47,13 @@ from clsx.artifacts.bundled import cache_dir
 from clsx.artifacts.manifest import Manifest
 from clsx.auto.dtype import best_time, read_choices, remember
 from clsx.errors import ClsxError
+from clsx.inference.decisions import DecisionRule
 from clsx.inference.hardware import machine_description, native_low_precision
-from clsx.inference.recheck import LOWER_PRECISIONS
+from clsx.inference.recheck import LOWER_PRECISIONS, margins
 from clsx.inference.runners import RunnerOptions
 from clsx.log import Log, silent
 from clsx.quality.parity import ParityReport, compare, passes_dtype_gate
-from clsx.quality.recheck import choose_cut
+from clsx.quality.recheck import STORED, RecheckCut, choose_cut
 
 FORMAT_SEARCH_MIN_ROWS = 20_000  # smaller jobs would not repay the exports' minutes
 CALIBRATION_TEXTS = 500
@@ -241,6 +242,7 @@ def _measure(artifact: Artifact, options: RunnerOptions, texts: Sequence[str],
     for candidate in tried:
         figures: dict[str, Any] = {"precision": candidate.precision}
         measured[candidate.name] = figures
+        stored_cut = None
         try:
             run_options = dataclasses.replace(options, dtype=candidate.dtype)
             if candidate.export_format is None:
@@ -253,6 +255,7 @@ def _measure(artifact: Artifact, options: RunnerOptions, texts: Sequence[str],
                 opened = Classifier.from_artifact(open_artifact(directory, check_parent=False),
                                                   candidate.backend, run_options, **settings)
                 figures["gate_agreement"] = _gate_agreement(directory)
+                stored_cut = _stored_cut(directory)
         except ClsxError as exc:  # a gate that refused, an engine that cannot start here
             figures.update(qualifies=False, refused=str(exc))
             log(f"{candidate.name} refused: {exc}")
@@ -264,7 +267,7 @@ def _measure(artifact: Artifact, options: RunnerOptions, texts: Sequence[str],
         seconds_of[candidate.name] = seconds
         parity = compare(reference, logits, rule)
         if recheck and candidate.precision in LOWER_PRECISIONS and rule.has_labels:
-            share = choose_cut(rule, logits, reference).rechecked_share
+            share = rechecked_share(rule, logits, reference, stored_cut)
             # Those rows again, at the speed of the reference that re-checks them: OpenVINO
             # fp32 for OpenVINO's bf16 and int8 (its own fp32 IR), torch fp32 for the rest.
             rechecker = "openvino fp32" if candidate.backend == "openvino" else REFERENCE
@@ -276,6 +279,16 @@ def _measure(artifact: Artifact, options: RunnerOptions, texts: Sequence[str],
                        qualifies=_passes(candidate, parity))
         log(f"{candidate.name}: {figures['rows_per_s']} rows/s on {len(probe)} rows")
     return measured
+
+
+def rechecked_share(rule: DecisionRule, fast: np.ndarray, reference: np.ndarray,
+                    stored_cut: RecheckCut | None) -> float:
+    """The share of the probe rows a job would re-check: under the cut it will re-check at,
+    an export's own (``stored_cut``, measured at its gate) or else one chosen here, on the
+    ``fast`` and ``reference`` logits, as the job would choose it on its first texts."""
+    if stored_cut is not None:
+        return float(np.mean(margins(rule, fast) < stored_cut.margin))
+    return choose_cut(rule, fast, reference).rechecked_share
 
 
 def _timed(classifier: Any, texts: list[str]) -> tuple[np.ndarray, float]:
@@ -297,9 +310,19 @@ def _passes(candidate: Candidate, parity: ParityReport) -> bool:
 
 def _gate_agreement(directory: Path) -> float | None:
     """The int8 export's label agreement with fp32 on its calibration texts (None: fp32)."""
+    return (_parity(directory).get("int8_calibration") or {}).get("label_agreement")
+
+
+def _stored_cut(directory: Path) -> RecheckCut | None:
+    """The re-check cut an int8 export stored at its gate (None: none), which a job running
+    it re-checks at."""
+    stored = _parity(directory).get(STORED)
+    return None if stored is None else RecheckCut.from_json(stored)
+
+
+def _parity(directory: Path) -> dict[str, Any]:
     manifest = Manifest.load(directory)
-    parity = (manifest.parity if manifest is not None else None) or {}
-    return (parity.get("int8_calibration") or {}).get("label_agreement")
+    return (manifest.parity if manifest is not None else None) or {}
 
 
 def _still_there(exports: Path, candidate: Candidate, model_fingerprint: str) -> bool:

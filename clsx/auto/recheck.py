@@ -33,13 +33,18 @@ from clsx.inference.recheck import LOWER_PRECISIONS, Recheck
 from clsx.inference.runners import load_runner
 from clsx.inference.runners.base import Runner, RunnerOptions
 from clsx.log import Log, silent
-from clsx.quality.recheck import FallbackCut, RecheckCut, choose_cut, choose_fallback_cut
+from clsx.quality.recheck import (
+    STORED,
+    FallbackCut,
+    RecheckCut,
+    choose_cut,
+    choose_fallback_cut,
+)
 
 SAMPLE_TEXTS = 512
 # Formats that hold fp32 weights: a run of one below fp32 is a dtype change (torch, vLLM and
 # OpenVINO in bf16/fp16), re-checked by the same runner in fp32.
 FP32_FORMATS = ("torch", "onnx", "openvino")
-STORED = "recheck"  # the key of an export's cut in its manifest's ``parity``
 
 
 def rechecks(classifier: Classifier, wanted: bool | None = None) -> bool:

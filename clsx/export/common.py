@@ -13,7 +13,7 @@ from clsx.artifacts.manifest import Manifest
 from clsx.errors import ClsxError
 from clsx.inference.runners import RunnerOptions
 from clsx.quality.parity import ParityReport
-from clsx.quality.recheck import RecheckCut
+from clsx.quality.recheck import STORED, RecheckCut
 
 if TYPE_CHECKING:
     from clsx.inference.classifier import Classifier
@@ -62,7 +62,7 @@ def export_manifest(parent: Artifact, output: Path, fmt: str,
         parent=os.path.relpath(parent.path.resolve(), Path(output).resolve()),
         parent_fingerprint=parent.fingerprint,
         parity={**{name: report.to_json() for name, report in parity.items()},
-                **({"recheck": recheck.to_json()} if recheck is not None else {})},
+                **({STORED: recheck.to_json()} if recheck is not None else {})},
         fusions=fusions,
     )
 

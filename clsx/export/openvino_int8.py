@@ -22,7 +22,7 @@ from typing import Any
 from clsx.errors import ClsxError
 from clsx.export.quantize import SENSITIVE_MODULES
 from clsx.inference.classifier import Classifier
-from clsx.inference.runners.openvino import INSTALL_HINT, import_openvino
+from clsx.inference.runners.openvino import import_openvino, import_openvino_extra
 from clsx.inference.scheduler import pad
 
 CALIBRATION_SUBSET = 300  # texts nncf collects activation statistics on (its own default)
@@ -31,12 +31,7 @@ MODULE_NAME = re.compile(r"^__module\.([\w.]+)/")  # convert_model's op names st
 
 def import_nncf() -> Any:
     """Import nncf, or fail in one line with the command that installs it."""
-    try:
-        import nncf
-    except ImportError as exc:
-        raise ClsxError(f"--format openvino-int8 quantizes with nncf, which is not installed; "
-                        f"{INSTALL_HINT}") from exc
-    return nncf
+    return import_openvino_extra("nncf", "--format openvino-int8 quantizes with nncf")
 
 
 def sensitive_matmuls(graph: Path) -> list[str]:

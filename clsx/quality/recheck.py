@@ -42,6 +42,7 @@ SAFETY = 1.5
 MAX_MARGIN = 0.5  # past this, most rows would be re-checked: the fast path is no use
 MOSTLY = 0.5  # a re-check of more rows than this is said to cost more than it saves
 CONFIDENCE = 0.95
+STORED = "recheck"  # the key of an export's cut in its manifest's ``parity``
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ on 512-token texts, 5-8% on short ones), else fp32. Its re-check runs the fp32 I
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +29,18 @@ INSTALL_HINT = "install it with `pip install 'clsx[openvino]'`"
 PRECISIONS = {"fp32": ("f32", "FP32"), "bf16": ("bf16", "BF16"), "fp16": ("f16", "FP16")}
 
 
+def import_openvino_extra(package: str, needed_by: str) -> Any:
+    """Import ``package`` of the ``openvino`` extra, or fail in one line: ``needed_by`` (what
+    needs it), and the command that installs it."""
+    try:
+        return importlib.import_module(package)
+    except ImportError as exc:
+        raise ClsxError(f"{needed_by}, which is not installed; {INSTALL_HINT}") from exc
+
+
 def import_openvino() -> Any:
     """Import openvino, or fail in one line with the command that installs it."""
-    try:
-        import openvino
-    except ImportError as exc:
-        raise ClsxError(f"the openvino backend needs OpenVINO, which is not installed; "
-                        f"{INSTALL_HINT}") from exc
-    return openvino
+    return import_openvino_extra("openvino", "the openvino backend needs OpenVINO")
 
 
 class OpenvinoRunner(Runner):
