@@ -124,6 +124,7 @@ def test_a_formats_recheck_share_counts_in_its_time(tiny_models, big_enough, tmp
     these times: test_ray.py's auto-chose test.)"""
     fixed_format_clock(monkeypatch, {"torch fp32": 1.0, "onnx": 0.9, "onnx-int8": 0.5})
     monkeypatch.setattr(autoformat, "rechecked_share", lambda *args: 0.5)
+    monkeypatch.setattr(autoformat, "installed", lambda package: False)  # torch and ONNX
     result = predict(big_enough, tmp_path / "out.parquet", "-m", tiny_models["bert"],
                      "--auto-formats")
     assert result.exit_code == 0, result.output

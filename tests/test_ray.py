@@ -115,8 +115,12 @@ def test_ray_actors_run_the_format_auto_chose_in_the_driver(tiny_models, tmp_pat
                                                              monkeypatch):
     """The driver searches once (on a fixed clock, int8 fastest by far) and every actor
     runs its choice: the output is the int8 export's, which torch fp32's is not."""
+    from clsx.auto import formats
+
     monkeypatch.setenv("CLSX_CACHE", str(tmp_path / "cache"))
     fixed_format_clock(monkeypatch, {"torch fp32": 1.0, "onnx": 0.9, "onnx-int8": 0.5})
+    # torch and ONNX only: OpenVINO's two exports would add 15 s and nothing to this test.
+    monkeypatch.setattr(formats, "installed", lambda package: False)
     source = write_parquet(tmp_path / "in.parquet", (TEXTS * 50)[:400])
     on_ray = tmp_path / "ray-out"
     result = predict(source, on_ray, "-m", tiny_models["bert"], "--auto-formats",
