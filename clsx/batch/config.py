@@ -114,7 +114,7 @@ class BatchPredictConfig(LongTextOverride):
         from clsx.artifacts.remote import local_model
         from clsx.io.storage import is_uri
 
-        if self.model_source is not None or not is_uri(self.model):
+        if not is_uri(self.model):  # a path (or the copy a URI was already fetched to)
             return replace(self, model=Path(self.model))
         return replace(self, model=local_model(self.model, self.storage_options, log),
                        model_source=str(self.model))

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from clsx.artifacts.artifact import open_artifact
+from clsx.artifacts.remote import local_model
 from clsx.batch.config import BatchPredictConfig, RayOptions
 from clsx.batch.local_engine import (
     check_fallback_model,
@@ -65,8 +66,8 @@ class Predictor:
                  tally: object) -> None:
         if config.model_source is not None and not Path(config.model).is_dir():
             # Another node than the driver's: the model's URI, fetched into its clsx cache.
-            config = replace(config, model=config.model_source,
-                             model_source=None).with_local_model()
+            config = replace(config, model=local_model(config.model_source,
+                                                       config.storage_options))
         artifact = open_artifact(config.model, allow_pickle=config.allow_pickle)
         self.classifier = open_classifier(config, artifact,
                                           threads=config.threads or ACTOR_THREADS)

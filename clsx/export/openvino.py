@@ -86,8 +86,8 @@ def export_openvino(model_dir: Path | Artifact, output: Path, *, fmt: str = "ope
         write_tokenizer_and_config(artifact, fp32_stage)
         export_manifest(artifact, fp32_output, "openvino", {}).save(fp32_stage)
         with open_export(fp32_stage, "openvino", CPU_FP32) as exported:
-            fp32_probe = exported.predict_encoded(probe).logits
-            parity = {"fp32": compare(reference, fp32_probe, exported.rule)}
+            parity = {"fp32": compare(reference, exported.predict_encoded(probe).logits,
+                                      exported.rule)}
             if parity["fp32"].max_abs_diff > tolerance:
                 raise ClsxError(f"the OpenVINO graph differs from PyTorch by "
                                 f"{parity['fp32'].max_abs_diff:.2e} (> {tolerance:.0e}) on "
