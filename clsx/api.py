@@ -191,8 +191,8 @@ def batch_predict(input: str | Path, output: str | Path, model: str | Path, *,
 
     ``options`` are the command's, by their :class:`BatchPredictConfig` and (with
     ``engine="ray"``) :class:`RayOptions` field names; ``storage_options`` may be a mapping.
-    ``progress(rows done, rows in total)`` is called after each window (Ray: turns on Ray
-    Data's progress bars); ``log`` gets the status lines the CLI prints (``log=print``).
+    ``progress(rows done, rows in total)`` is called after each window (Ray: each unit
+    committed); ``log`` gets the status lines the CLI prints (``log=print``).
     Returns the run's :class:`Summary` (``summary.line()`` is the CLI's last line).
     """
     job_fields = _field_names(BatchPredictConfig)

@@ -200,6 +200,31 @@ def fixed_format_clock(monkeypatch: pytest.MonkeyPatch, seconds: Mapping[str, fl
     monkeypatch.setattr(formats, "_timed", timed)
 
 
+def interrupted_then_resumed(source: Path, out: Path, model: Path, windows: int,
+                             monkeypatch: pytest.MonkeyPatch, *options: str,
+                             before_resume: Callable[[], None] = lambda: None) -> str:
+    """Run ``batch-predict`` until the machine "goes away" (an OSError) after ``windows``
+    windows, call ``before_resume``, then ``--resume``: the resumed run's output lines."""
+    from clsx.inference.classifier import Classifier
+
+    real, calls = Classifier.predict_encoded, []
+
+    def dies(self, window):
+        calls.append(1)
+        if len(calls) > windows:
+            raise OSError("the machine went away")
+        return real(self, window)
+
+    monkeypatch.setattr(Classifier, "predict_encoded", dies)
+    assert predict(source, out, "-m", model, *options).exit_code != 0
+    monkeypatch.setattr(Classifier, "predict_encoded", real)
+    before_resume()
+    resumed = predict(source, out, "-m", model, *options, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert "continued after" in resumed.output
+    return resumed.output
+
+
 @pytest.fixture
 def texts_parquet(tmp_path) -> Path:
     return write_parquet(tmp_path / "in.parquet", TEXTS * 5 + [None])
@@ -221,7 +246,8 @@ def fp32_when_auto():
 
 # The slowest files first. `make test` runs two pytest-xdist workers that each take a whole
 # file at a time (--dist loadfile); a long file started last would run alone at the end.
-SLOW_FILES_FIRST = ("test_vllm.py", "test_storage.py", "test_ray.py", "test_resume.py",
+SLOW_FILES_FIRST = ("test_vllm.py", "test_storage.py", "test_ray.py", "test_ray_cluster.py",
+                    "test_resume.py",
                     "test_sweep.py", "test_autoformat.py")
 
 

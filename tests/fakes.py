@@ -11,12 +11,15 @@ fraction of a second instead of loading and running a torch model.
 It stands in for the ``torch`` backend (:data:`FAKE_BACKEND`) through clsx's own backend
 registry, ``clsx.inference.runners.RUNNERS``: ``tests/conftest.py``'s ``fake_runner`` fixture
 swaps it in for one test, ``python -m tests.fake_clsx`` for a clsx subprocess.
+
+:func:`fake_ray` runs ``--engine ray``'s driver as it is, with its actors in this process.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import ClassVar
 
 import numpy as np
@@ -90,3 +93,42 @@ class FakeRunner(Runner):
     @property
     def description(self) -> str:
         return f"fake ({self.dtype}, cpu)"
+
+
+class InProcessPool:
+    """Just enough of ``ray.util.ActorPool`` for :func:`ray_batch_predict`: each submitted
+    unit runs at once on one in-process Predictor, which loses the last ``lost`` rows of
+    its predictions."""
+
+    def __init__(self, actors, lost: int) -> None:
+        self.actor, self.lost, self.results = actors[0], lost, []
+
+    def has_free(self) -> bool:
+        return True
+
+    def has_next(self) -> bool:
+        return bool(self.results)
+
+    def submit(self, call, args) -> None:
+        first, columns, counts = call(self.actor, args)
+        self.results.append((first, [c.slice(0, len(c) - self.lost) for c in columns], counts))
+
+    def get_next_unordered(self):
+        return self.results.pop()
+
+
+def fake_ray(monkeypatch, lost: int = 0) -> None:
+    """Run ``--engine ray`` in this process on :class:`InProcessPool` instead of Ray: the
+    driver's code as it is, its actors' code in this process."""
+    from clsx.batch import ray_engine
+
+    def remote(cls):
+        def make(*args):
+            instance = cls(*args)
+            return SimpleNamespace(predict=SimpleNamespace(remote=instance.predict))
+        return SimpleNamespace(options=lambda **resources: SimpleNamespace(remote=make))
+
+    fake = SimpleNamespace(remote=remote, kill=lambda actor: None, util=SimpleNamespace(
+        ActorPool=lambda actors: InProcessPool(actors, lost)))
+    monkeypatch.setattr(ray_engine, "_import_ray", lambda: fake)
+    monkeypatch.setattr(ray_engine, "_start_ray", lambda *args: None)

@@ -11,7 +11,6 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -26,7 +25,7 @@ from clsx.inference.classifier import Classifier
 from clsx.inference.runners import RunnerOptions
 from clsx.quality.parity import ParityReport, parity_inputs
 from tests.conftest import TEXTS, predict, write_parquet
-from tests.fakes import FakeRunner
+from tests.fakes import FakeRunner, fake_ray
 
 SMALL_PARTS = ("--window-rows", "16", "--part-rows", "16")
 
@@ -246,76 +245,50 @@ def test_the_torch_runner_leaves_the_callers_thread_count_alone(tiny_models, cal
     assert torch.get_num_threads() == callers_threads
 
 
-class _FakeDataset:
-    """Just enough of a Ray dataset for :func:`ray_batch_predict`: one block, mapped in
-    this process by one Predictor, that loses its last ``lost`` rows on the way."""
-
-    def __init__(self, table, lost: int = 0) -> None:
-        self.table, self.lost = table, lost
-
-    def map_batches(self, predictor, fn_constructor_kwargs, **options):
-        mapped = predictor(**fn_constructor_kwargs)(
-            self.table.slice(0, self.table.num_rows - self.lost))
-        return _FakeDataset(mapped)
-
-    def write_parquet(self, path, filesystem, filename_provider, mode) -> None:
-        pq.write_table(self.table, Path(path) / "part-000000.parquet")
-
-
-class _InProcessActor:
-    """``ray.remote(cls)`` for the fake: ``.options(...).remote()`` makes ``cls()`` here,
-    whose methods run at once through ``.method.remote(...)``."""
-
-    def __init__(self, cls) -> None:
-        self.cls = cls
-
-    def options(self, **resources) -> _InProcessActor:
-        return self
-
-    def remote(self, *args, **kwargs) -> SimpleNamespace:
-        instance = self.cls(*args, **kwargs)
-        return SimpleNamespace(**{name: SimpleNamespace(remote=getattr(instance, name))
-                                  for name in dir(instance) if not name.startswith("_")})
-
-
-def _fake_ray(monkeypatch, lost: int = 0) -> None:
-    """Run ``--engine ray`` on :class:`_FakeDataset` instead of Ray."""
-    from clsx.batch import ray_engine
-
-    context = SimpleNamespace(execution_options=SimpleNamespace())
-    data = SimpleNamespace(
-        DataContext=SimpleNamespace(get_current=lambda: context),
-        read_parquet=lambda paths, columns, filesystem: _FakeDataset(
-            pq.read_table(paths[0], columns=columns), lost),
-        ActorPoolStrategy=lambda size: None,
-        SaveMode=SimpleNamespace(OVERWRITE="overwrite"))
-    fake = SimpleNamespace(data=data, remote=_InProcessActor, get=lambda result: result)
-    monkeypatch.setattr(ray_engine, "_import_ray", lambda: fake)
-    monkeypatch.setattr(ray_engine, "_start_ray", lambda *args: None)
-    monkeypatch.setattr(ray_engine, "_part_names", lambda: None)
-
-
 @pytest.mark.parametrize("lost", [0, 1])
 def test_ray_output_must_hold_every_row_read(tiny_models, texts_parquet, tmp_path,
                                              fake_runner, monkeypatch, lost):
-    _fake_ray(monkeypatch, lost)
+    fake_ray(monkeypatch, lost)
     out = tmp_path / "out"
     result = predict(texts_parquet, out, "-m", tiny_models["bert"], "--engine", "ray")
     rows = pq.read_table(texts_parquet).num_rows
     if lost:
         assert result.exit_code == 1
-        assert f"Ray wrote {rows - lost} rows but read {rows} from " in result.output
+        assert (f"an actor returned {rows - lost} predictions for windows 0..0 of {rows} rows"
+                in result.output)
         assert not out.exists()
     else:
         assert result.exit_code == 0, result.output
         assert pq.read_table(out).num_rows == rows
 
 
+def test_parts_that_miss_rows_are_not_published(tiny_models, texts_parquet, tmp_path):
+    """The last check before OUT appears: the parts hold every row read."""
+    from clsx.batch.config import BatchPredictConfig
+    from clsx.batch.local_engine import publish
+    from clsx.batch.parts import open_store
+    from clsx.io.storage import location
+
+    out = tmp_path / "out.parquet"
+    store = open_store(location(out))
+    table = pq.read_table(texts_parquet)
+    with store.locked():
+        store.start({"job": 1})
+        writer = store.writer(0, table.schema)
+        writer.write(table.to_batches()[0].slice(1))
+        writer.commit(0)
+        config = BatchPredictConfig(input=str(texts_parquet), output=out, model="m")
+        with pytest.raises(ClsxError, match=f"the job's parts hold {table.num_rows - 1} rows "
+                           f"but {table.num_rows} were read from"):
+            publish(config, store, table.schema, table.num_rows)
+    assert not out.exists()
+
+
 def test_ray_refuses_an_existing_output_before_searching_or_starting(
         tiny_models, texts_parquet, tmp_path, fake_runner, monkeypatch):
     from clsx.batch import ray_engine
 
-    _fake_ray(monkeypatch)
+    fake_ray(monkeypatch)
     monkeypatch.setattr(ray_engine, "pin_auto_format", lambda *a, **k: pytest.fail("searched"))
     monkeypatch.setattr(ray_engine, "_start_ray", lambda *args: pytest.fail("started Ray"))
     out = tmp_path / "out"

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from clsx.auto.recheck import reference_opener
@@ -22,7 +23,7 @@ from clsx.errors import ClsxError
 from clsx.inference.classifier import Classifier
 from clsx.inference.runners import RunnerOptions
 from clsx.inference.runners.openvino import OpenvinoRunner
-from tests.conftest import TEXTS, predict, run_clsx, write_parquet
+from tests.conftest import TEXTS, interrupted_then_resumed, predict, run_clsx, write_parquet
 from tests.test_recheck import random_texts, run_ok
 
 openvino = pytest.importorskip("openvino", reason="install clsx[openvino]")
@@ -78,21 +79,9 @@ def test_a_killed_openvino_job_resumes_to_the_same_output(tiny_openvino, tmp_pat
     source = write_parquet(tmp_path / "in.parquet", random_texts(120, seed=5))
     options = ("--window-rows", "30", "--part-rows", "30")
     whole, _ = run_ok(source, tmp_path / "whole.parquet", tiny_openvino["bert"], *options)
-    real, calls = Classifier.predict_encoded, []
-
-    def dies_after_two_windows(self, window):
-        calls.append(1)
-        if len(calls) > 2:
-            raise OSError("the machine went away")
-        return real(self, window)
-
     out = tmp_path / "out.parquet"
-    monkeypatch.setattr(Classifier, "predict_encoded", dies_after_two_windows)
-    assert predict(source, out, "-m", tiny_openvino["bert"], *options).exit_code != 0
-    monkeypatch.setattr(Classifier, "predict_encoded", real)
-    resumed, output = run_ok(source, out, tiny_openvino["bert"], *options, "--resume")
-    assert "continued after" in output
-    assert resumed.equals(whole)
+    interrupted_then_resumed(source, out, tiny_openvino["bert"], 2, monkeypatch, *options)
+    assert pq.read_table(out).equals(whole)
 
 
 def test_without_openvino_backend_and_export_are_refused_in_one_line(

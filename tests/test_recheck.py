@@ -24,7 +24,7 @@ from clsx.inference.decisions import MULTI, SINGLE, DecisionRule
 from clsx.inference.recheck import Recheck, margins
 from clsx.quality.recheck import choose_cut, rows_to_show, upper_bound
 from clsx.testing.tiny_models import build_tiny_classifier
-from tests.conftest import TEXTS, predict, write_parquet
+from tests.conftest import TEXTS, interrupted_then_resumed, predict, write_parquet
 from tests.fakes import FakeRunner
 
 NEAR = 0.15  # rows under this fp32 margin are flipped by the fast fake
@@ -147,26 +147,17 @@ def test_a_resumed_job_keeps_its_cut(tiny_models, tmp_path, planted, monkeypatch
     options = ("--dtype", "bf16", "--window-rows", "50", "--part-rows", "50")
     whole, _ = run_ok(source, tmp_path / "whole.parquet", tiny_models["qwen2"], *options)
     out = tmp_path / "out.parquet"
-    real = Classifier.predict_encoded
-    calls = []
 
-    def dies_after_three_windows(self, window):
-        calls.append(1)
-        if len(calls) > 3:
-            raise OSError("the machine went away")
-        return real(self, window)
+    def forget_the_cut() -> None:
+        # This machine now remembers another cut (re-measured, or copied from elsewhere):
+        # 0, which re-checks nothing. The resume still re-checks at the job's own cut.
+        cache = planted / "auto-recheck.json"
+        entries = json.loads(cache.read_text())
+        cache.write_text(json.dumps({k: {**v, "margin": 0.0} for k, v in entries.items()}))
 
-    monkeypatch.setattr(Classifier, "predict_encoded", dies_after_three_windows)
-    assert predict(source, out, "-m", tiny_models["qwen2"], *options).exit_code != 0
-    monkeypatch.setattr(Classifier, "predict_encoded", real)
-    # This machine now remembers another cut (re-measured, or copied from elsewhere): 0, which
-    # re-checks nothing. The resume still re-checks at the job's own cut.
-    planted_cache = planted / "auto-recheck.json"
-    entries = json.loads(planted_cache.read_text())
-    planted_cache.write_text(json.dumps({k: {**v, "margin": 0.0} for k, v in entries.items()}))
-    resumed, output = run_ok(source, out, tiny_models["qwen2"], *options, "--resume")
-    assert "continued after" in output
-    assert resumed.equals(whole)
+    interrupted_then_resumed(source, out, tiny_models["qwen2"], 3, monkeypatch, *options,
+                             before_resume=forget_the_cut)
+    assert pq.read_table(out).equals(whole)
 
 
 def test_an_export_without_its_parent_is_refused_unless_no_recheck(tiny_exports, tmp_path,

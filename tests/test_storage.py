@@ -295,44 +295,51 @@ def test_a_model_on_s3_is_fetched_once_and_runs_as_the_local_one(
 # adds their combination: credentials from the environment in Ray's workers.
 @pytest.mark.slow
 @pytest.mark.ray
-def test_ray_workers_read_and_write_s3(s3, tiny_models, tmp_path):
-    """Two Ray workers read IN from S3; the driver writes the ordered parts
-    (``--preserve-order``), the workers themselves the unordered ones: both as the local
-    engine writes from and to local files."""
+def test_a_ray_job_on_s3_resumes_where_it_was_interrupted(s3, tiny_models, tmp_path,
+                                                          monkeypatch):
+    """Two Ray workers classify IN from S3 into a dataset on S3; interrupted after two
+    committed parts, ``--resume`` finishes it from its journal on S3: OUT equals the local
+    engine's output, in input order, and no store is left."""
     ray = pytest.importorskip("ray", reason="install clsx[ray]")
+    from clsx.batch import ray_engine
     from tests.test_ray import assert_same_predictions
 
     if ray.is_initialized():  # its workers would lack this module's credentials
         ray.shutdown()
     rng = random.Random(2)
     words = " ".join(TEXTS).split()
-    # Long enough that the input is several Ray blocks of at least 64 KiB: both workers work.
     texts = [" ".join(rng.choices(words, k=rng.randint(0, 300))) for _ in range(600)] + [None]
     source = write_parquet(tmp_path / "in.parquet", texts)
-    fp32 = ("-m", tiny_models["qwen2"], "--dtype", "fp32")
+    fp32 = ("-m", tiny_models["qwen2"], "--dtype", "fp32", "--window-rows", "64")
     assert predict(source, tmp_path / "local.parquet", *fp32).exit_code == 0
     expected = pq.read_table(tmp_path / "local.parquet")
-    table = pq.read_table(source)  # two files: a read task, and a block at least, per worker
+    table = pq.read_table(source)
     for index, half in enumerate((table.slice(0, 300), table.slice(300))):
         pq.write_table(half, tmp_path / f"{index}.parquet")
         _upload(s3, tmp_path / f"{index}.parquet", f"in/{index}.parquet")
-    remote = _uri(s3, "in/")
-    ray_options = ("--engine", "ray", "--num-workers", "2", "--window-rows", "64", *s3.options)
-    ordered = predict(remote, _uri(s3, "ordered"), *fp32, *ray_options, "--preserve-order",
-                      "--part-rows", "250")
-    assert ordered.exit_code == 0, ordered.output
-    unordered = predict(remote, _uri(s3, "unordered"), *fp32, *ray_options)
-    assert unordered.exit_code == 0, unordered.output
+    remote, out = _uri(s3, "in/"), _uri(s3, "out")
+    ray_options = ("--engine", "ray", "--num-workers", "2", *s3.options)
+    commit = ray_engine._commit
+
+    def interrupted(store, unit, *args):
+        if len([k for k in _keys(s3) if "part-" in k]) == 2:
+            raise KeyboardInterrupt
+        return commit(store, unit, *args)
+
+    monkeypatch.setattr(ray_engine, "_commit", interrupted)
+    stopped = predict(remote, out, *fp32, *ray_options)
+    assert stopped.exit_code != 0 and "--resume" in stopped.output
+    monkeypatch.setattr(ray_engine, "_commit", commit)
+    resumed = predict(remote, out, *fp32, *ray_options, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert "(continued after 128 rows)" in resumed.output
     keys = _keys(s3)
-    assert [k for k in keys if k.startswith("ordered/")] == [
-        f"ordered/part-{i:06d}.parquet" for i in range(3)]
-    assert len([k for k in keys if k.startswith("unordered/part-")]) > 1
-    assert not [k for k in keys if k.startswith(".")]  # no stage left
-    got = pq.read_table(f"{s3.bucket}/{s3.prefix}/ordered", filesystem=s3.filesystem())
+    assert [k for k in keys if k.startswith("out/")] == [
+        f"out/part-{i:08d}-{i:08d}.parquet" for i in range(10)]
+    assert not [k for k in keys if "parts" in k or k.startswith(".")]  # no store, no stage
+    got = pq.read_table(f"{s3.bucket}/{s3.prefix}/out", filesystem=s3.filesystem())
     assert got.column("id").to_pylist() == expected.column("id").to_pylist()
     assert_same_predictions(expected, got)
-    got = pq.read_table(f"{s3.bucket}/{s3.prefix}/unordered", filesystem=s3.filesystem())
-    assert_same_predictions(expected, got.sort_by("id"))
 
 
 def test_train_reads_train_and_eval_data_from_s3(s3, tiny_bases, tmp_path):

@@ -125,8 +125,10 @@ class BatchPredictConfig(LongTextOverride):
 
         return location(self.output, self.storage_options)
 
-    def job(self, source: ParquetInput, model_fingerprint: str) -> dict[str, Any]:
-        """Everything the options decide about OUT's content: a resume must match it exactly.
+    def job(self, source: ParquetInput, model_fingerprint: str, engine: str
+            ) -> dict[str, Any]:
+        """Everything the options and the ``engine`` decide about OUT's content (and its
+        journal): a resume must match it exactly.
 
         Inputs are recorded by path or URI (never with credentials, which no URI holds),
         size and modification time; storage options are not recorded. It is known before
@@ -145,7 +147,7 @@ class BatchPredictConfig(LongTextOverride):
                    "output_prefix", "threshold", "device", "threads", "output_format", "dtype",
                    "auto_formats", "recheck", "max_label_changes", "fallback_agreement")
         fallback = None if self.fallback_model is None else str(self.fallback_model.resolve())
-        return {"inputs": inputs, "model": str(self.model.resolve()),
+        return {"inputs": inputs, "engine": engine, "model": str(self.model.resolve()),
                 "model_fingerprint": model_fingerprint, "fallback_model": fallback,
                 **{name: _json_value(getattr(self, name)) for name in options}}
 
@@ -169,7 +171,6 @@ class RayOptions:
     address: str | None = None
     num_workers: int = 1
     gpus_per_worker: float = 0.0
-    preserve_order: bool = False
 
     def __post_init__(self) -> None:
         if self.num_workers < 1:

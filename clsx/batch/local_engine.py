@@ -13,7 +13,7 @@ from clsx.artifacts.artifact import Artifact, open_artifact
 from clsx.auto.resolve import classifier_for
 from clsx.batch.config import AUTO_FORMAT, FALLBACK_MARGIN, RECHECK_MARGIN, BatchPredictConfig
 from clsx.batch.parts import open_store
-from clsx.batch.parts.store import PartWriter, Store
+from clsx.batch.parts.store import Part, PartWriter, Store
 from clsx.batch.summary import Summary
 from clsx.errors import ClsxError
 from clsx.inference.classifier import Classifier, Counts, Fallback, output_fields
@@ -235,22 +235,44 @@ def batch_predict(config: BatchPredictConfig, progress: Progress | None = None,
                         "--resume once the storage answers)") from exc
 
 
+@dataclass(frozen=True)
+class Claim:
+    """A job that holds OUT: its model, output schema, job record, and the journal and
+    committed parts of the interrupted run it continues (None and none: a new job)."""
+
+    artifact: Artifact
+    schema: pa.Schema
+    job: dict[str, Any]
+    journal: dict[str, Any] | None
+    parts: list[Part]
+
+
+def claim_job(config: BatchPredictConfig, source: ParquetInput, store: Store, engine: str
+              ) -> Claim | None:
+    """Check the job against OUT and its store, under the store's lock, before the format
+    search and the model load (minutes): an existing OUT, a resume with other settings, a
+    bad fallback model or a damaged store fail here. None: OUT is already complete."""
+    if not _claim_output(config, config.output_location(), store):
+        return None
+    artifact = open_artifact(config.model, allow_pickle=config.allow_pickle)
+    schema = output_schema(config, source, artifact)
+    check_fallback_model(config, artifact)
+    job = config.job(source, artifact.fingerprint, engine)
+    journal = store.check_job(job, AUTO_FORMAT, RECHECK_MARGIN, FALLBACK_MARGIN)
+    # Ray commits parts out of order: its resume fills the gaps; the local engine's cannot.
+    parts = store.parts(contiguous=engine == "local") if journal is not None else []
+    return Claim(artifact, schema, job, journal, parts)
+
+
 def _batch_predict(config: BatchPredictConfig, progress: Progress | None, log: Log
                    ) -> Summary:
     source = checked_input(config)
-    output = config.output_location()
-    store = open_store(output)
+    store = open_store(config.output_location())
     with store.locked():  # one writer per OUT, from the job check to the clean-up
-        if not _claim_output(config, output, store):
+        claim = claim_job(config, source, store, "local")
+        if claim is None:
             return Summary(0, 0.0, config.backend, config.output, already_complete=True)
-        artifact = open_artifact(config.model, allow_pickle=config.allow_pickle)
-        schema = output_schema(config, source, artifact)
-        check_fallback_model(config, artifact)
-        job = config.job(source, artifact.fingerprint)
-        # A resume with other settings, or a damaged store, fails here: before the format
-        # search and the model load (minutes). A new job starts with no parts.
-        journal = store.check_job(job, AUTO_FORMAT, RECHECK_MARGIN, FALLBACK_MARGIN)
-        parts = store.parts() if journal is not None else []
+        artifact, job, journal, parts = claim.artifact, claim.job, claim.journal, claim.parts
         resumed_rows = sum(part.rows for part in parts)
         pinned = pin_auto_format(config, source, artifact, log=log, journal=journal)
         job[AUTO_FORMAT] = pinned.name
@@ -267,21 +289,33 @@ def _batch_predict(config: BatchPredictConfig, progress: Progress | None, log: L
             store.start(job)
             if not store.is_done():
                 next_window = parts[-1].last + 1 if parts else 0
-                _predict_into_parts(config, source, classifier, store, schema, next_window,
-                                    resumed_rows, counts, progress)
+                _predict_into_parts(config, source, classifier, store, claim.schema,
+                                    next_window, resumed_rows, counts, progress)
                 store.mark_done(resumed_rows + counts.rows)
         finally:
             classifier.close()
-        if config.output_format == "dataset":
-            store.publish_dataset()
-        else:
-            store.assemble(schema)
+        publish(config, store, claim.schema, source.num_rows)
         backend = classifier.description
         if pinned.because is not None:
             backend += f", {pinned.because}"
         return Summary(counts.rows, time.perf_counter() - started, backend, config.output,
                        counts, resumed_rows, recheck_margin=job[RECHECK_MARGIN],
                        fallback_margin=job[FALLBACK_MARGIN])
+
+
+def publish(config: BatchPredictConfig, store: Store, schema: pa.Schema, rows_read: int
+            ) -> None:
+    """Make OUT from the store's parts, a dataset directory or one file, then remove the
+    store; parts that hold other than the ``rows_read`` rows of IN are an error, and OUT
+    is then not written."""
+    written = sum(part.rows for part in store.parts())
+    if written != rows_read:
+        raise ClsxError(f"the job's parts hold {written} rows but {rows_read} were read from "
+                        f"{config.input}; {config.output} was not written")
+    if config.output_format == "dataset":
+        store.publish_dataset()
+    else:
+        store.assemble(schema)
 
 
 def _claim_output(config: BatchPredictConfig, output: Location, store: Store) -> bool:
@@ -341,14 +375,24 @@ def _predict_into_parts(config: BatchPredictConfig, source: ParquetInput, classi
     except BaseException as exc:
         if writer is not None:
             writer.discard()
-        saved = resumed_rows + counts.rows - (writer.rows if writer is not None else 0)
         if not isinstance(exc, (ClsxError, KeyboardInterrupt)):
             raise
-        if saved == 0:
-            store.remove()
+        saved = resumed_rows + counts.rows - (writer.rows if writer is not None else 0)
+        hinted = saved_work_hint(exc, store, saved)
+        if hinted is None:
             raise
-        hint = (f"{saved} classified rows are saved in {store.directory}; rerun the same "
-                "command with --resume to continue")
-        if isinstance(exc, KeyboardInterrupt):
-            raise KeyboardInterrupt(f"Interrupted; {hint}.") from exc
-        raise ClsxError(f"{exc}; {hint}") from exc
+        raise hinted from exc
+
+
+def saved_work_hint(exc: ClsxError | KeyboardInterrupt, store: Store, saved: int
+                    ) -> BaseException | None:
+    """A job stopped by ``exc`` with ``saved`` rows committed: the error to raise instead,
+    which says how to continue (None: nothing was saved, and the store is removed)."""
+    if saved == 0:
+        store.remove()
+        return None
+    hint = (f"{saved} classified rows are saved in {store.directory}; rerun the same "
+            "command with --resume to continue")
+    if isinstance(exc, KeyboardInterrupt):
+        return KeyboardInterrupt(f"Interrupted; {hint}.")
+    return ClsxError(f"{exc}; {hint}")

@@ -16,9 +16,8 @@ def run_batch_predict(config: BatchPredictConfig, engine: str = "local",
     """Classify ``config.input`` into ``config.output`` on ``engine``.
 
     ``ray`` (None: Ray's defaults) applies to the Ray engine only, and giving it with the
-    local engine is refused. ``progress`` is told the rows done (the local engine) or turns
-    on Ray Data's own progress bars; ``log`` gets status lines. A model on object storage is
-    fetched into the clsx cache first (once per machine).
+    local engine is refused. ``progress`` is told the rows done; ``log`` gets status lines.
+    A model on object storage is fetched into the clsx cache first (once per machine).
     """
     if engine not in ENGINES:
         raise ClsxError(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
@@ -29,9 +28,8 @@ def run_batch_predict(config: BatchPredictConfig, engine: str = "local",
     if engine == "ray":
         from clsx.batch.ray_engine import ray_batch_predict
 
-        return ray_batch_predict(config, ray or RayOptions(), progress=progress is not None,
-                                 log=log)
+        return ray_batch_predict(config, ray or RayOptions(), progress, log=log)
     if ray is not None:
-        raise ClsxError("--address, --num-workers, --gpus-per-worker and --preserve-order "
+        raise ClsxError("--address, --num-workers and --gpus-per-worker "
                         "apply to --engine ray only")
     return batch_predict(config, progress, log=log)

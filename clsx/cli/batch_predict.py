@@ -106,8 +106,8 @@ def _batch_predict_options(command):
                      help="vllm backend: share of GPU memory vLLM may take (default 0.9); on "
                           "CPU, share of host RAM for its KV cache (default 0.05)."),
         click.option("--output-format", type=click.Choice(OUTPUT_FORMATS),
-                     help="file (local default): one Parquet file; dataset (always with "
-                          "--engine ray): OUT is a directory of Parquet parts, for Spark, Ray, "
+                     help="file (local engine's default): one Parquet file; dataset (Ray's "
+                          "default): OUT is a directory of Parquet parts, for Spark, Ray, "
                           "DuckDB."),
         click.option("--resume", is_flag=True,
                      help="Continue a killed or interrupted run of the same command from its "
@@ -117,7 +117,8 @@ def _batch_predict_options(command):
         click.option("--overwrite", is_flag=True, help="Replace OUT (and any saved parts)."),
         allow_pickle_option,
         click.option("--engine", type=click.Choice(ENGINES), default="local",
-                     show_default=True, help="ray: run on Ray Data (pip install 'clsx[ray]')."),
+                     show_default=True,
+                     help="ray: classify on a pool of Ray actors (pip install 'clsx[ray]')."),
         click.option("--address", help="Ray: cluster address  [default: start a local Ray]"),
         click.option("--num-workers", type=click.IntRange(min=1),
                      **default("num_workers",
@@ -125,9 +126,8 @@ def _batch_predict_options(command):
         click.option("--gpus-per-worker", type=click.FloatRange(min=0),
                      **default("gpus_per_worker",
                      "Ray: GPUs per replica (1 = one replica per GPU).", RayOptions)),
-        click.option("--preserve-order", is_flag=True,
-                     help="Ray: keep input order (parts of --part-rows rows, written in order "
-                          "by the driver); slower."),
+        # Ray's OUT is always in input order now; the flag stays for scripts that pass it.
+        click.option("--preserve-order", is_flag=True, hidden=True),
         storage_option,
         click.option("--quiet", "-q", is_flag=True, help="No progress bar."),
     ]
@@ -168,16 +168,15 @@ def batch_predict_command(input_path: str, output: str, quiet: bool, engine: str
     OUT appears only when complete (assembled under a temporary name, then renamed).
 
     \b
-    --engine ray runs the same pipeline on Ray Data (one model per actor) and writes OUT
-    as a directory of Parquet parts; row order is kept only with --preserve-order.
+    --engine ray classifies the same windows on a pool of Ray actors (one model each)
+    and writes OUT as a directory of Parquet parts (in input order), resumable as above.
     """
     from clsx.batch.run import run_batch_predict
 
     config = BatchPredictConfig(input=input_path, output=output, **given(options))
     ray_options = given({"address": address, "num_workers": num_workers,
                          "gpus_per_worker": gpus_per_worker})
-    ray = (RayOptions(**ray_options, preserve_order=preserve_order)
-           if ray_options or preserve_order else None)
+    ray = RayOptions(**ray_options) if ray_options or preserve_order else None
     with ProgressBar(enabled=not quiet) as progress:
         summary = run_batch_predict(config, engine, ray, None if quiet else progress,
                                     log=echo_err)

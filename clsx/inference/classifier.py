@@ -286,7 +286,9 @@ def prefetch(items: Iterator[T], depth: int = 1) -> Iterator[T]:
             yield value
     finally:
         stop.set()
-        while thread.is_alive():
+        # An abandoned generator may be closed by the garbage collector in any thread,
+        # the producer's included, which stops at its next item and cannot join itself.
+        while thread.is_alive() and threading.current_thread() is not thread:
             try:
                 slots.get_nowait()
             except queue.Empty:

@@ -84,8 +84,9 @@ class Store(ABC):
         """Whether a job was started here (its journal is written), resumable or done."""
         return self._file(JOB_FILE).is_file()
 
-    def parts(self) -> list[Part]:
-        """Committed parts in window order; a gap (a damaged store) is an error."""
+    def parts(self, contiguous: bool = True) -> list[Part]:
+        """Committed parts in window order. Overlapping parts (a damaged store) are an
+        error, and so is a gap unless not ``contiguous`` (Ray commits out of order)."""
         found = []
         for path in self._files():
             match = _PART_NAME.match(path.name)
@@ -94,14 +95,18 @@ class Store(ABC):
         found.sort(key=lambda part: part.first)
         expected = 0
         for part in found:
-            if part.first != expected:
-                raise ClsxError(f"{self.directory} is missing windows {expected}..{part.first - 1}"
-                                "; delete it (or pass --overwrite) and start over")
+            if part.first < expected or (contiguous and part.first != expected):
+                raise ClsxError(f"{self.directory} is missing windows {expected}.."
+                                f"{part.first - 1}; delete it (or pass --overwrite) and start "
+                                "over" if part.first > expected else
+                                f"{self.directory} holds overlapping parts (windows "
+                                f"{part.first}..{expected - 1} twice); delete it (or pass "
+                                "--overwrite) and start over")
             expected = part.last + 1
         return found
 
     def committed_rows(self) -> int:
-        return sum(part.rows for part in self.parts())
+        return sum(part.rows for part in self.parts(contiguous=False))
 
     def recorded_job(self) -> dict[str, Any] | None:
         """The job recorded in the journal (None: no job was started here)."""
