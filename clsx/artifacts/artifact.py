@@ -27,6 +27,7 @@ from clsx.errors import ClsxError
 DEFAULT_MAX_LENGTH = 512
 ONNX_FILE = "model.onnx"
 OPENVINO_FILE = "model.xml"  # an openvino export's IR (its weights: model.bin beside it)
+STATIC_FILE = "static.safetensors"  # a static student's token vectors and head
 # An openvino-int8 export's own fp32 IR (an openvino export of the same parent), which its
 # re-check runs: no parent model needed, and OpenVINO fp32 starts and runs faster than torch.
 FP32_REFERENCE = "fp32"
@@ -191,7 +192,8 @@ def _check_weights(path: Path, manifest: Manifest, allow_pickle: bool) -> None:
                 "them, pass --allow-pickle"
             )
         raise ClsxError(f"{path} has no model weights (*.safetensors)")
-    graph = OPENVINO_FILE if manifest.format.startswith("openvino") else ONNX_FILE
+    graph = {"static": STATIC_FILE}.get(manifest.format, OPENVINO_FILE if manifest.format
+                                        .startswith("openvino") else ONNX_FILE)
     if not (path / graph).is_file():
         raise ClsxError(f"{path} is a {manifest.format} export without {graph}; re-export it")
 

@@ -23,7 +23,8 @@ from clsx.io import durable
 MANIFEST_NAME = "clsx.json"
 MANIFEST_VERSION = 1
 
-FORMATS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8", "vllm", "tensorrt")
+FORMATS = ("torch", "onnx", "onnx-int8", "openvino", "openvino-int8", "vllm", "tensorrt",
+           "static")
 # Formats that are Hugging Face weight directories (safetensors), loadable by transformers.
 HF_FORMATS = ("torch", "vllm")
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")

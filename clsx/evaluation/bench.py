@@ -30,6 +30,7 @@ from clsx.quality.parity import compare
 from clsx.quality.recheck import choose_cut
 
 REFERENCE = "torch"
+STATIC = "static"  # a static student's format and backend: its own reference
 # The bench's own texts an onnx-int8 export calibrates on.
 CALIBRATION_ROWS = 256
 
@@ -76,14 +77,18 @@ def run_bench(config: BenchConfig, log: Log = silent) -> list[BenchRow]:
     texts = read_texts(config.data, config.text_column, config.rows)
     model_dir, batch_tokens = config.model, config.batch_tokens
     ordered = [REFERENCE, *[v for v in dict.fromkeys(variants) if v != REFERENCE]]
+    static = open_artifact(model_dir).manifest.format == STATIC
+    if static:  # its numpy runner is its fp32 reference; it has no export or other dtype
+        log(f"bench: {model_dir} is a static model: it runs on the static backend only")
+        ordered = [STATIC]
     with _exports_dir(config.exports_dir) as cache:
         reference: np.ndarray | None = None
         rows: list[BenchRow] = []
         for variant in ordered:
-            export_format, dtype = VARIANT_RUNS[variant]
+            export_format, dtype = VARIANT_RUNS.get(variant, (None, None))
             variant_options = replace(options, dtype=dtype)
             if export_format is None:
-                directory, backend = model_dir, "torch"
+                directory, backend = model_dir, STATIC if static else "torch"
             else:
                 # int8 calibrates on the bench's first texts (decoders need real texts);
                 # the gate is off: the bench reports the agreement itself.

@@ -73,7 +73,7 @@ def calibrate(config: CalibrateConfig, log: Log = silent) -> CalibrateResult:
 
 def _check_calibratable(artifact: Artifact) -> None:
     manifest = artifact.manifest
-    if manifest.format != "torch":
+    if manifest.format not in ("torch", "static"):  # a static model is its own source
         parent = (f" ({(artifact.path / manifest.parent).resolve()})" if manifest.parent
                   else "")
         raise ClsxError(f"{artifact.path} is an export ({manifest.format}); calibrate the PyTorch "
@@ -92,9 +92,10 @@ def _fit(artifact: Artifact, config: CalibrateConfig, output: Path, log: Log
                              separator=config.label_separator,
                              storage_options=config.storage_options)
     log(f"Classifying {len(labelled.texts)} rows of {config.data} with {artifact.path} ...")
-    # The fp32 PyTorch reference: temperatures are fitted on the raw logits every backend
-    # reproduces, not on one machine's reduced-precision choice.
-    with Classifier.from_artifact(artifact, "torch",
+    # The fp32 PyTorch reference (a static model's own runner): temperatures are fitted on
+    # the raw logits every backend reproduces, not on one machine's reduced-precision choice.
+    reference = "static" if manifest.format == "static" else "torch"
+    with Classifier.from_artifact(artifact, reference,
                                   RunnerOptions(device=config.device)) as classifier:
         logits = classifier.predict_all(labelled.texts).logits
     fitted = calibrate_manifest(manifest, logits, labelled.targets, log=log)

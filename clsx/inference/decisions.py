@@ -48,7 +48,8 @@ def probabilities(logits: np.ndarray, problem_type: str,
         shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
         return shifted / shifted.sum(axis=1, keepdims=True)
     if problem_type == MULTI:
-        return 1.0 / (1.0 + np.exp(-logits))
+        with np.errstate(over="ignore"):  # exp overflows to inf for logits below -88: 0.0
+            return 1.0 / (1.0 + np.exp(-logits))
     return logits
 
 

