@@ -124,9 +124,10 @@ def run(dataset: str, work: Path, rows: int, cascade_rows: int) -> dict:
                                     "--fallback-model", teacher)
     share = FALLBACK_SHARE.search(line)
     # The cascade on the test split, against MiniLM alone on it: the agreement.
+    test_texts = ("--keep-columns", "text")
     rows_per_s(paths["test"], folder / "cascade-test.parquet", "-m", static,
-               "--fallback-model", teacher)
-    rows_per_s(paths["test"], folder / "minilm-test.parquet", "-m", teacher)
+               "--fallback-model", teacher, *test_texts)
+    rows_per_s(paths["test"], folder / "minilm-test.parquet", "-m", teacher, *test_texts)
     cascade = pq.read_table(folder / "cascade-test.parquet").column("label").to_pylist()
     alone = pq.read_table(folder / "minilm-test.parquet").column("label").to_pylist()
     gold = test.column("label").to_pylist()

@@ -8,6 +8,7 @@ import math
 import random
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -246,12 +247,13 @@ def test_a_static_student_learns_the_teachers_labels(problem_type, teachers, tmp
     assert got.schema.equals(expected.schema) and got.column("score").null_count == 1
 
 
-def hand_made_static(bert: Path, directory: Path) -> tuple[Path, np.ndarray, tuple]:
+def hand_made_static(bert: Path, directory: Path) -> tuple[Path, np.ndarray, Any]:
     """A static model from random vectors over ``bert``'s tokenizer (special tokens not
-    counted) and a random head: its directory, vectors and head."""
+    counted) and a random head (5 hidden units): its directory, vectors and head."""
     from transformers import AutoTokenizer
 
     from clsx.artifacts.manifest import Manifest
+    from clsx.inference.runners.static import Head
     from clsx.train.static_student import Embeddings, save_static_student
 
     tokenizer = AutoTokenizer.from_pretrained(bert)
@@ -260,7 +262,8 @@ def hand_made_static(bert: Path, directory: Path) -> tuple[Path, np.ndarray, tup
     counted = np.ones(size, np.float32)
     counted[tokenizer.all_special_ids] = 0.0
     vectors = rng.normal(size=(size, dims)).astype(np.float32) * counted[:, None]
-    head = (rng.normal(size=(3, dims)).astype(np.float32), rng.normal(size=3).astype(np.float32))
+    head = Head(*(rng.normal(size=shape).astype(np.float32) for shape in ((5, dims), (5,),
+                                                                          (3, 5), (3,))))
     manifest = Manifest(family="bert", labels=("a", "b", "c"), format="static",
                         problem_type="single_label_classification",
                         max_length=STATIC_MAX_LENGTH, pad_token_id=tokenizer.pad_token_id)
@@ -287,7 +290,9 @@ def test_the_static_runner_is_a_mean_of_token_vectors_then_the_head(tiny_models,
         ids = [i for i in tokenizer(text)["input_ids"] if i not in tokenizer.all_special_ids]
         mean = vectors[ids].mean(axis=0) if ids else np.zeros(dims, np.float32)
         mean = mean / max(np.linalg.norm(mean), 1e-12)
-        np.testing.assert_allclose(row, head[0] @ mean + head[1], rtol=1e-5, atol=1e-5)
+        hidden = np.maximum(head.hidden_weight @ mean + head.hidden_bias, 0.0)
+        np.testing.assert_allclose(row, head.weight @ hidden + head.bias, rtol=1e-5,
+                                   atol=1e-5)
 
 
 @pytest.mark.parametrize("case, expected", [
@@ -383,3 +388,19 @@ def test_a_decoder_teachers_static_student_takes_minilms_vectors(tiny_models, tm
     assert "the static vectors come from the bundled minilm-l6 instead" in result.output
     embeddings = json.loads((out / "clsx.json").read_text())["distillation"]["embeddings"]
     assert embeddings["source"] == "minilm-l6" and embeddings["vocabulary"] > 20_000
+
+
+def test_a_static_model_exports_to_a_small_onnx_graph(tiny_models, tmp_path):
+    model, _, _ = hand_made_static(tiny_models["bert"], tmp_path / "static")
+    out = tmp_path / "onnx"
+    result = run_clsx("export", model, "--format", "onnx", "--output", out)
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "clsx.json").read_text())["parity"]["fp32"]["label_agreement"] == 1
+    assert (out / "model.onnx").stat().st_size < 100_000  # vectors, head and a dozen nodes
+    texts = ["the movie was great", "", "bad", None, "great " * 50]
+    with Classifier.open(model) as static, Classifier.open(out) as graph:
+        assert graph.description == "onnx (onnx, cpu)"
+        np.testing.assert_allclose(graph.predict_all(texts).logits,
+                                   static.predict_all(texts).logits, atol=1e-5)
+    refused = run_clsx("export", model, "--format", "openvino", "--output", tmp_path / "ov")
+    assert refused.exit_code == 1 and "exports to onnx only" in refused.output

@@ -5,8 +5,11 @@ Light on purpose: the exporters (onnx, openvino, vllm) are imported only when on
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from clsx.artifacts.manifest import Manifest
+from clsx.errors import ClsxError
 from clsx.export.config import VLLM_DTYPE, ExportConfig
 from clsx.io.outputs import check_output_directory
 
@@ -22,6 +25,16 @@ def run(config: ExportConfig) -> ExportResult:
     the calibration texts are read before it too.
     """
     check_output_directory(config.output, config.overwrite)
+    source = Manifest.load(config.model_dir) if Path(config.model_dir).is_dir() else None
+    if source is not None and source.format == "static":
+        if config.format != "onnx":
+            raise ClsxError(f"{config.model_dir} is a static model, which exports to onnx "
+                            f"only (a small graph of its vectors and head), not {config.format}")
+        from clsx.export.static_onnx import export_static_onnx
+
+        return export_static_onnx(config.model_dir, config.output, overwrite=config.overwrite,
+                                  **({} if config.tolerance is None
+                                     else {"tolerance": config.tolerance}))
     if config.format == "vllm":
         from clsx.export.vllm import export_vllm
 

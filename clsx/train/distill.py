@@ -211,7 +211,7 @@ def _distill_static(config: DistillConfig, teacher: Artifact, student: TrainConf
     head = fit_head(embeddings.features(tokenizer, [labels.texts[i] for i in chosen]),
                     labels.probs[chosen], labels.targets[chosen], labels.has_gold[chosen],
                     manifest.problem_type, config.temperature, config.alpha, student.seed)
-    held_out = embeddings.features(tokenizer, list(eval_part.texts)) @ head[0].T + head[1]
+    held_out = head.logits(embeddings.features(tokenizer, list(eval_part.texts)))
     student_manifest = Manifest(
         family=manifest.family if embeddings.source == "teacher" else "bert",
         labels=manifest.labels, problem_type=manifest.problem_type,

@@ -1,8 +1,8 @@
 """Static backend: a static student (``clsx distill --student static``) in numpy.
 
-No attention and no layers: a row's features are the mean of its tokens' static vectors
-(special tokens left out), L2-normalised, and its logits one matrix product with the head.
-The vectors and the head live in ``static.safetensors``; see
+No attention: a row's features are the mean of its tokens' static vectors (special tokens
+left out), L2-normalised, and its logits come from a small head on them (one hidden ReLU
+layer, then the output layer). The vectors and the head live in ``static.safetensors``; see
 :mod:`clsx.train.static_student` for how they are made.
 """
 
@@ -18,35 +18,56 @@ from clsx.errors import ClsxError
 from clsx.inference.runners.base import Runner, RunnerOptions
 
 # Tensor names in static.safetensors.
-VECTORS, COUNTED, WEIGHT, BIAS = "vectors", "counted", "head.weight", "head.bias"
+VECTORS, COUNTED = "vectors", "counted"
+HIDDEN_WEIGHT, HIDDEN_BIAS, WEIGHT, BIAS = ("hidden.weight", "hidden.bias", "head.weight",
+                                            "head.bias")
+
+
+@dataclass(frozen=True)
+class Head:
+    """A static model's head: a hidden ReLU layer (``hidden_weight`` hidden x dims,
+    ``hidden_bias``), then the output layer (``weight`` labels x hidden, ``bias``)."""
+
+    hidden_weight: np.ndarray
+    hidden_bias: np.ndarray
+    weight: np.ndarray
+    bias: np.ndarray
+
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        """The logits of pooled ``features``."""
+        hidden = np.maximum(features @ self.hidden_weight.T + self.hidden_bias, 0.0)
+        return hidden @ self.weight.T + self.bias
 
 
 @dataclass(frozen=True)
 class StaticModel:
     """Token vectors (vocabulary x dims; special tokens' rows zero), which tokens count in
-    a row's mean (1.0) and which do not (0.0: special tokens), and the linear head."""
+    a row's mean (1.0) and which do not (0.0: special tokens), and the head."""
 
     vectors: np.ndarray
     counted: np.ndarray
-    weight: np.ndarray
-    bias: np.ndarray
+    head: Head
 
     @classmethod
     def load(cls, directory: Path) -> StaticModel:
         from safetensors.numpy import load_file
 
         tensors = load_file(str(Path(directory) / STATIC_FILE))
-        missing = {VECTORS, COUNTED, WEIGHT, BIAS} - set(tensors)
+        names = (VECTORS, COUNTED, HIDDEN_WEIGHT, HIDDEN_BIAS, WEIGHT, BIAS)
+        missing = [name for name in names if name not in tensors]
         if missing:
-            raise ClsxError(f"{directory / STATIC_FILE} lacks {', '.join(sorted(missing))}; "
-                            "distil the static student again")
-        return cls(tensors[VECTORS], tensors[COUNTED], tensors[WEIGHT], tensors[BIAS])
+            raise ClsxError(f"{directory / STATIC_FILE} lacks {', '.join(missing)}; distil "
+                            "the static student again")
+        return cls(tensors[VECTORS], tensors[COUNTED], Head(*(tensors[name]
+                                                               for name in names[2:])))
 
     def save(self, directory: Path) -> None:
         from safetensors.numpy import save_file
 
-        save_file({VECTORS: self.vectors, COUNTED: self.counted, WEIGHT: self.weight,
-                   BIAS: self.bias}, str(Path(directory) / STATIC_FILE))
+        head = self.head
+        save_file({VECTORS: self.vectors, COUNTED: self.counted,
+                   HIDDEN_WEIGHT: head.hidden_weight, HIDDEN_BIAS: head.hidden_bias,
+                   WEIGHT: head.weight, BIAS: head.bias}, str(Path(directory) / STATIC_FILE))
 
     def features(self, rows: list[list[int]]) -> np.ndarray:
         """Each row's mean token vector over its counted tokens, L2-normalised (a row of
@@ -54,7 +75,7 @@ class StaticModel:
         return pooled(self.vectors, self.counted, rows)
 
     def logits(self, rows: list[list[int]]) -> np.ndarray:
-        return self.features(rows) @ self.weight.T + self.bias
+        return self.head.logits(self.features(rows))
 
 
 def pooled(vectors: np.ndarray, counted: np.ndarray, rows: list[list[int]]) -> np.ndarray:

@@ -1,0 +1,109 @@
+"""``clsx export --format onnx`` of a static student: its mean-of-vectors and head as a
+small ONNX graph (Gather, ReduceSum, a division, two MatMuls), which the onnx backend runs.
+
+The graph takes the inputs every clsx ONNX graph takes (``input_ids``, ``attention_mask``)
+and gives ``logits``; it computes what :class:`~clsx.inference.runners.static.StaticModel`
+computes, and the export is gated on that (logits within the fp32 tolerance of the numpy
+runner on a mixed-length batch, every label equal).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from clsx.artifacts.artifact import ONNX_FILE, Artifact, open_artifact
+from clsx.errors import ClsxError
+from clsx.export.common import (
+    ExportResult,
+    export_manifest,
+    open_export,
+    write_tokenizer_and_config,
+)
+from clsx.export.config import FP32_TOLERANCE
+from clsx.inference.classifier import Classifier
+from clsx.inference.runners import RunnerOptions
+from clsx.inference.runners.static import StaticModel
+from clsx.io.staging import staged_directory
+from clsx.quality.parity import compare, parity_inputs
+
+OPSET = 17
+PROBE_LENGTH = 512  # the parity batch's longest row (the manifest allows 4,096 tokens)
+
+
+def static_graph(model: StaticModel):
+    """The ONNX model of ``model``: mean of the counted tokens' vectors, L2-normalised,
+    then the head (hidden ReLU layer, output layer)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def constant(name: str, value: np.ndarray):
+        return numpy_helper.from_array(np.ascontiguousarray(value), name)
+
+    initializers = [
+        constant("vectors", model.vectors), constant("counted", model.counted),
+        constant("hidden_t", np.ascontiguousarray(model.head.hidden_weight.T)),
+        constant("hidden_bias", model.head.hidden_bias),
+        constant("head_t", np.ascontiguousarray(model.head.weight.T)),
+        constant("bias", model.head.bias),
+        constant("axis1", np.array([1], np.int64)), constant("one", np.array(1.0, np.float32)),
+        constant("tiny", np.array(1e-12, np.float32)),
+        constant("last", np.array([-1], np.int64)),
+    ]
+    node = helper.make_node
+    nodes = [
+        node("Gather", ["vectors", "input_ids"], ["gathered"]),           # B x S x D
+        node("Gather", ["counted", "input_ids"], ["counts_of_ids"]),      # B x S
+        node("Cast", ["attention_mask"], ["mask"], to=TensorProto.FLOAT),
+        node("Mul", ["counts_of_ids", "mask"], ["weights"]),
+        node("Unsqueeze", ["weights", "last"], ["weights3"]),
+        node("Mul", ["gathered", "weights3"], ["weighted"]),
+        node("ReduceSum", ["weighted", "axis1"], ["sums"], keepdims=0),   # B x D
+        node("ReduceSum", ["weights", "axis1"], ["count"], keepdims=1),   # B x 1
+        node("Max", ["count", "one"], ["divisor"]),
+        node("Div", ["sums", "divisor"], ["means"]),
+        node("Mul", ["means", "means"], ["squares"]),
+        node("ReduceSum", ["squares", "axis1"], ["square_norm"], keepdims=1),
+        node("Sqrt", ["square_norm"], ["norm"]),
+        node("Max", ["norm", "tiny"], ["safe_norm"]),
+        node("Div", ["means", "safe_norm"], ["features"]),
+        node("MatMul", ["features", "hidden_t"], ["hidden_scores"]),
+        node("Add", ["hidden_scores", "hidden_bias"], ["hidden_in"]),
+        node("Relu", ["hidden_in"], ["hidden"]),
+        node("MatMul", ["hidden", "head_t"], ["scores"]),
+        node("Add", ["scores", "bias"], ["logits"]),
+    ]
+    inputs = [helper.make_tensor_value_info(name, TensorProto.INT64, ["batch", "sequence"])
+              for name in ("input_ids", "attention_mask")]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT,
+                                             ["batch", model.head.weight.shape[0]])]
+    graph = helper.make_graph(nodes, "clsx_static", inputs, outputs, initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
+def export_static_onnx(model_dir: Path, output: Path, tolerance: float = FP32_TOLERANCE,
+                       overwrite: bool = False) -> ExportResult:
+    """Write ``model_dir`` (a static student) as an ONNX export at ``output``, gated on
+    parity with the static runner; nothing is left at ``output`` on failure."""
+    import onnx
+
+    artifact: Artifact = open_artifact(model_dir)
+    probe = parity_inputs(artifact.manifest.replace(max_length=PROBE_LENGTH),
+                          artifact.tokenizer, rows=32)
+    options = RunnerOptions(device="cpu")
+    with Classifier.from_artifact(artifact, "static", options) as static:
+        reference = static.predict_encoded(probe).logits
+        rule = static.rule
+    with staged_directory(output, overwrite) as stage:
+        onnx.save(static_graph(StaticModel.load(artifact.path)), str(stage / ONNX_FILE))
+        write_tokenizer_and_config(artifact, stage)
+        export_manifest(artifact, output, "onnx", {}).save(stage)  # to be opened: gated next
+        with open_export(stage, "onnx", options) as graph:
+            report = compare(reference, graph.predict_encoded(probe).logits, rule)
+        if report.max_abs_diff > tolerance or report.label_agreement != 1.0:
+            raise ClsxError(f"the ONNX graph of {model_dir} misses the static runner's logits "
+                            f"(max |diff| {report.max_abs_diff:.2e} > {tolerance:g}, labels "
+                            f"{report.label_agreement:.2%} equal); nothing was written")
+        manifest = export_manifest(artifact, output, "onnx", {"fp32": report})
+        manifest.save(stage)
+    return ExportResult(output, manifest, {"fp32": report})
