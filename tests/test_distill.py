@@ -18,7 +18,8 @@ import torch
 
 from clsx.inference.classifier import Classifier
 from clsx.train import hf_trainer
-from clsx.train.distill import labels_directory, soft_label_loss
+from clsx.train.distill import labels_directory
+from clsx.train.soft_labels import soft_label_loss
 from clsx.train.static_student import STATIC_MAX_LENGTH
 from tests.conftest import run_clsx
 
@@ -249,7 +250,8 @@ def test_a_static_student_learns_the_teachers_labels(problem_type, teachers, tmp
 
 def hand_made_static(bert: Path, directory: Path) -> tuple[Path, np.ndarray, Any]:
     """A static model from random vectors over ``bert``'s tokenizer (special tokens not
-    counted) and a random head (5 hidden units): its directory, vectors and head."""
+    embedded: zero vectors) and a random head (5 hidden units): its directory, vectors and
+    head."""
     from transformers import AutoTokenizer
 
     from clsx.artifacts.manifest import Manifest
@@ -259,17 +261,17 @@ def hand_made_static(bert: Path, directory: Path) -> tuple[Path, np.ndarray, Any
     tokenizer = AutoTokenizer.from_pretrained(bert)
     rng = np.random.default_rng(0)
     size, dims = len(tokenizer), 6
-    counted = np.ones(size, np.float32)
-    counted[tokenizer.all_special_ids] = 0.0
-    vectors = rng.normal(size=(size, dims)).astype(np.float32) * counted[:, None]
+    ordinary = np.ones(size, np.float32)
+    ordinary[tokenizer.all_special_ids] = 0.0
+    vectors = rng.normal(size=(size, dims)).astype(np.float32) * ordinary[:, None]
     head = Head(*(rng.normal(size=shape).astype(np.float32) for shape in ((5, dims), (5,),
                                                                           (3, 5), (3,))))
     manifest = Manifest(family="bert", labels=("a", "b", "c"), format="static",
                         problem_type="single_label_classification",
                         max_length=STATIC_MAX_LENGTH, pad_token_id=tokenizer.pad_token_id)
     directory.mkdir()
-    save_static_student(directory, Embeddings(vectors, counted, bert, "teacher"), head,
-                        manifest)
+    save_static_student(directory, Embeddings(vectors, int(ordinary.sum()), bert, "teacher"),
+                        head, manifest)
     return directory, vectors, head
 
 

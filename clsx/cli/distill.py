@@ -22,7 +22,7 @@ from clsx.train.config import PROBLEM_ALIASES, DistillConfig
 @click.option("--student", required=True,
               help="The student's base model: a local HF directory, a hub id, or a bundled "
                    "alias (see `clsx models`); or static[:DIMS] (default 256): token vectors "
-                   "of the teacher's encoder and a linear head, no attention.")
+                   "of the teacher's encoder and a small head, no attention.")
 @click.option("--data", type=click.Path(path_type=Path), required=True,
               help="Unlabelled texts for the teacher to label: Parquet (a file, directory or "
                    "glob), JSONL or CSV; rows without text are dropped.")

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from clsx.artifacts.artifact import open_artifact
+from clsx.artifacts.manifest import Manifest
 from clsx.auto.recheck import SAMPLE_TEXTS, attach, rechecks
 from clsx.auto.resolve import classifier_for
 from clsx.errors import ClsxError
@@ -77,7 +78,8 @@ def run_bench(config: BenchConfig, log: Log = silent) -> list[BenchRow]:
     texts = read_texts(config.data, config.text_column, config.rows)
     model_dir, batch_tokens = config.model, config.batch_tokens
     ordered = [REFERENCE, *[v for v in dict.fromkeys(variants) if v != REFERENCE]]
-    static = open_artifact(model_dir).manifest.format == STATIC
+    manifest = Manifest.load(model_dir)  # the format only: the model is opened below
+    static = manifest is not None and manifest.format == STATIC
     if static:  # its numpy runner is its fp32 reference; it has no export or other dtype
         log(f"bench: {model_dir} is a static model: it runs on the static backend only")
         ordered = [STATIC]

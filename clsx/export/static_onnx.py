@@ -1,5 +1,6 @@
 """``clsx export --format onnx`` of a static student: its mean-of-vectors and head as a
-small ONNX graph (Gather, ReduceSum, a division, two MatMuls), which the onnx backend runs.
+small ONNX graph (Gather, ReduceSum, a normalisation, two MatMuls), which the onnx backend
+runs.
 
 The graph takes the inputs every clsx ONNX graph takes (``input_ids``, ``attention_mask``)
 and gives ``logits``; it computes what :class:`~clsx.inference.runners.static.StaticModel`
@@ -33,40 +34,36 @@ PROBE_LENGTH = 512  # the parity batch's longest row (the manifest allows 4,096 
 
 
 def static_graph(model: StaticModel):
-    """The ONNX model of ``model``: mean of the counted tokens' vectors, L2-normalised,
-    then the head (hidden ReLU layer, output layer)."""
+    """The ONNX model of ``model``: the sum of the (unpadded) tokens' vectors, L2-normalised
+    as :func:`~clsx.inference.runners.static.pooled` does, then the head (hidden ReLU
+    layer, output layer)."""
     from onnx import TensorProto, helper, numpy_helper
 
     def constant(name: str, value: np.ndarray):
         return numpy_helper.from_array(np.ascontiguousarray(value), name)
 
     initializers = [
-        constant("vectors", model.vectors), constant("counted", model.counted),
+        constant("vectors", model.vectors),
         constant("hidden_t", np.ascontiguousarray(model.head.hidden_weight.T)),
         constant("hidden_bias", model.head.hidden_bias),
         constant("head_t", np.ascontiguousarray(model.head.weight.T)),
         constant("bias", model.head.bias),
-        constant("axis1", np.array([1], np.int64)), constant("one", np.array(1.0, np.float32)),
+        constant("axis1", np.array([1], np.int64)),
         constant("tiny", np.array(1e-12, np.float32)),
         constant("last", np.array([-1], np.int64)),
     ]
     node = helper.make_node
     nodes = [
         node("Gather", ["vectors", "input_ids"], ["gathered"]),           # B x S x D
-        node("Gather", ["counted", "input_ids"], ["counts_of_ids"]),      # B x S
-        node("Cast", ["attention_mask"], ["mask"], to=TensorProto.FLOAT),
-        node("Mul", ["counts_of_ids", "mask"], ["weights"]),
-        node("Unsqueeze", ["weights", "last"], ["weights3"]),
-        node("Mul", ["gathered", "weights3"], ["weighted"]),
-        node("ReduceSum", ["weighted", "axis1"], ["sums"], keepdims=0),   # B x D
-        node("ReduceSum", ["weights", "axis1"], ["count"], keepdims=1),   # B x 1
-        node("Max", ["count", "one"], ["divisor"]),
-        node("Div", ["sums", "divisor"], ["means"]),
-        node("Mul", ["means", "means"], ["squares"]),
+        node("Cast", ["attention_mask"], ["mask"], to=TensorProto.FLOAT),   # padding: 0
+        node("Unsqueeze", ["mask", "last"], ["mask3"]),
+        node("Mul", ["gathered", "mask3"], ["unpadded"]),
+        node("ReduceSum", ["unpadded", "axis1"], ["sums"], keepdims=0),   # B x D
+        node("Mul", ["sums", "sums"], ["squares"]),
         node("ReduceSum", ["squares", "axis1"], ["square_norm"], keepdims=1),
         node("Sqrt", ["square_norm"], ["norm"]),
         node("Max", ["norm", "tiny"], ["safe_norm"]),
-        node("Div", ["means", "safe_norm"], ["features"]),
+        node("Div", ["sums", "safe_norm"], ["features"]),
         node("MatMul", ["features", "hidden_t"], ["hidden_scores"]),
         node("Add", ["hidden_scores", "hidden_bias"], ["hidden_in"]),
         node("Relu", ["hidden_in"], ["hidden"]),

@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 from clsx.artifacts.artifact import Artifact, open_artifact
 from clsx.artifacts.bundled import resolve_model
@@ -34,6 +33,7 @@ from clsx.evaluation.config import EvalConfig
 from clsx.evaluation.evaluate import EvalResult, evaluate, score
 from clsx.inference.decisions import MULTI, SINGLE, DecisionRule
 from clsx.io import durable
+from clsx.io.outputs import check_output_directory
 from clsx.io.parquet import python_strings
 from clsx.io.staging import staged_directory
 from clsx.io.tables import LabelledData, read_labelled, read_texts
@@ -41,6 +41,7 @@ from clsx.log import Log, silent
 from clsx.quality.calibration import calibrate_manifest
 from clsx.quality.metrics import scalar_metrics
 from clsx.train.config import DistillConfig, TrainConfig
+from clsx.train.soft_labels import soft_label_loss
 from clsx.train.static_student import (
     STATIC,
     STATIC_MAX_LENGTH,
@@ -53,7 +54,6 @@ from clsx.train.trainer import TrainResult, Variant, checkpoints, fit, split, st
 from clsx.train.trainer import work_directory as train_work_directory
 
 PREFIX = "teacher_"  # of the teacher's output columns in the work directory's files
-TINY = 1e-12  # floor of a teacher probability before its log (softmax outputs can be 0)
 TABULAR = (".csv", ".jsonl", ".json")  # --data formats copied to Parquet for batch-predict
 LABELLING_FILE = "labelling.json"  # in the work directory: which teacher labelled which data
 
@@ -67,40 +67,6 @@ class DistillResult:
     train: TrainResult
     rows: dict[str, int]
     evaluation: dict[str, Any]
-
-
-def soft_label_loss(logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor,
-                    gold: torch.Tensor, problem_type: str, temperature: float,
-                    alpha: float) -> torch.Tensor:
-    """The distillation loss of one batch: per row, ``alpha * hard + (1 - alpha) * soft``
-    where ``gold`` is 1 (a gold label in ``labels``), ``soft`` alone where it is 0; the mean
-    over the rows.
-
-    - single-label: soft = T^2 * KL(teacher_T || student_T), each distribution softened by
-      the temperature T (the teacher's from its probabilities: softmax(log p / T)); hard =
-      cross-entropy with the gold label id;
-    - multi-label: soft = binary cross-entropy with the teacher's sigmoid probabilities,
-      hard = with the gold multi-hot row (each averaged over the labels);
-    - regression: soft = squared error to the teacher's value, hard = to the gold value.
-    """
-    functional = torch.nn.functional
-    if problem_type == SINGLE:
-        teacher_log = functional.log_softmax(torch.log(teacher.clamp_min(TINY)) / temperature,
-                                             dim=-1)
-        student_log = functional.log_softmax(logits / temperature, dim=-1)
-        soft = (teacher_log.exp() * (teacher_log - student_log)).sum(dim=-1) * temperature ** 2
-        hard = functional.cross_entropy(logits, labels.long(), reduction="none")
-    elif problem_type == MULTI:
-        soft = functional.binary_cross_entropy_with_logits(logits, teacher,
-                                                           reduction="none").mean(dim=-1)
-        hard = functional.binary_cross_entropy_with_logits(logits, labels.float(),
-                                                           reduction="none").mean(dim=-1)
-    else:
-        values = logits.reshape(-1)
-        soft = (values - teacher.reshape(-1)) ** 2
-        hard = (values - labels.float().reshape(-1)) ** 2
-    weight = alpha * gold
-    return ((1 - weight) * soft + weight * hard).mean()
 
 
 @dataclass(frozen=True)
@@ -136,29 +102,15 @@ def distill(config: DistillConfig, log: Log = silent) -> DistillResult:
     student = replace(student, resume=student.resume and bool(
         checkpoints(train_work_directory(student.output))))
     checkpoint = start_run(student)
-    gold = _gold(student, manifest) if student.train is not None else None
-    eval_data = (read_labelled(student.eval, student.text_column, student.label_column,
-                               manifest.problem_type, labels=manifest.labels,
-                               separator=student.label_separator)
-                 if student.eval is not None else None)
+    gold, eval_data = _labelled_inputs(student, manifest)
     resolve_model(student.model, log)  # a wrong --student fails before the teacher runs
     teacher_fingerprint = teacher.fingerprint
     labels = _teacher_labels(config, manifest, student, gold, work, log,
                              _labelling(config, student, teacher_fingerprint))
-    everything = LabelledData(labels.texts, labels.decided, manifest.labels,
-                              pa.table({"row": np.arange(len(labels.texts))}))
-    if eval_data is None:  # held-out rows, judged by agreement with the teacher
-        train_part, eval_part = split(everything, student.eval_fraction, student.seed,
-                                      manifest.problem_type)
-    else:
-        train_part, eval_part = everything, eval_data
-    chosen = train_part.table.column("row").to_numpy()
-    train_data = LabelledData(train_part.texts, labels.targets[chosen], manifest.labels,
-                              train_part.table)
-    record = {"teacher": str(Path(config.teacher).resolve()),
-              "teacher_fingerprint": teacher_fingerprint,
-              "teacher_backend": config.teacher_backend, "temperature": config.temperature,
-              "alpha": config.alpha, **labels.counts}
+    chosen, eval_part = _held_out(labels, manifest, student, eval_data)
+    train_data = LabelledData([labels.texts[i] for i in chosen], labels.targets[chosen],
+                              manifest.labels, pa.table({"row": chosen}))
+    record = _record(config, teacher_fingerprint, labels.counts)
     teacher_eval = _evaluate_teacher(config, student) if eval_data is not None else None
     evaluation: dict[str, Any] = {}
 
@@ -181,32 +133,19 @@ def distill(config: DistillConfig, log: Log = silent) -> DistillResult:
 def _distill_static(config: DistillConfig, teacher: Artifact, student: TrainConfig, dims: int,
                     work: Path, log: Log) -> DistillResult:
     """:func:`distill` for ``--student static[:DIMS]`` (:mod:`clsx.train.static_student`):
-    the same teacher labels, split and evaluation; token vectors and a linear head instead
+    the same teacher labels, split and evaluation; token vectors and a small head instead
     of a fine-tuned transformer."""
     started = time.perf_counter()
     manifest = teacher.manifest
-    if config.output.exists() and not student.overwrite:
-        raise ClsxError(f"output {config.output} exists; pass --overwrite to replace it")
-    gold = _gold(student, manifest) if student.train is not None else None
-    eval_data = (read_labelled(student.eval, student.text_column, student.label_column,
-                               manifest.problem_type, labels=manifest.labels,
-                               separator=student.label_separator)
-                 if student.eval is not None else None)
-    embeddings = token_embeddings(teacher, dims, _work(work), log)
+    check_output_directory(config.output, student.overwrite)  # before minutes of labelling
+    gold, eval_data = _labelled_inputs(student, manifest)
+    embeddings = token_embeddings(teacher, dims, work, log)
     labels = _teacher_labels(config, manifest, student, gold, work, log,
                              _labelling(config, student, teacher.fingerprint))
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(embeddings.encoder)
-    rows = np.arange(len(labels.texts))
-    if eval_data is None:  # held-out rows, judged by agreement with the teacher
-        everything = LabelledData(labels.texts, labels.decided, manifest.labels,
-                                  pa.table({"row": rows}))
-        train_part, eval_part = split(everything, student.eval_fraction, student.seed,
-                                      manifest.problem_type)
-        chosen = train_part.table.column("row").to_numpy()
-    else:
-        chosen, eval_part = rows, eval_data
+    chosen, eval_part = _held_out(labels, manifest, student, eval_data)
     log(f"Training the static head on {len(chosen)} rows ...")
     head = fit_head(embeddings.features(tokenizer, [labels.texts[i] for i in chosen]),
                     labels.probs[chosen], labels.targets[chosen], labels.has_gold[chosen],
@@ -226,11 +165,8 @@ def _distill_static(config: DistillConfig, teacher: Artifact, student: TrainConf
         evaluation = _compare(student, student_manifest, eval_data, held_out,
                               _evaluate_teacher(config, student))
     student_manifest = student_manifest.replace(distillation={
-        "teacher": str(Path(config.teacher).resolve()),
-        "teacher_fingerprint": teacher.fingerprint, "teacher_backend": config.teacher_backend,
-        "temperature": config.temperature, "alpha": config.alpha,
-        "embeddings": embeddings.describe(), **labels.counts,
-        **({"eval": evaluation} if evaluation else {})})
+        **_record(config, teacher.fingerprint, labels.counts),
+        "embeddings": embeddings.describe(), **({"eval": evaluation} if evaluation else {})})
     with staged_directory(config.output, student.overwrite) as stage:
         save_static_student(stage, embeddings, head, student_manifest)
     shutil.rmtree(work, ignore_errors=True)
@@ -239,9 +175,40 @@ def _distill_static(config: DistillConfig, teacher: Artifact, student: TrainConf
     return DistillResult(result, labels.counts, evaluation)
 
 
-def _work(work: Path) -> Path:
-    durable.make_directory(work)
-    return work
+def _labelled_inputs(student: TrainConfig, teacher: Manifest
+                     ) -> tuple[LabelledData | None, LabelledData | None]:
+    """The ``--train`` rows (:func:`_gold`) and the ``--eval`` rows, in the teacher's label
+    order (None where not given)."""
+    gold = _gold(student, teacher) if student.train is not None else None
+    eval_data = (read_labelled(student.eval, student.text_column, student.label_column,
+                               teacher.problem_type, labels=teacher.labels,
+                               separator=student.label_separator)
+                 if student.eval is not None else None)
+    return gold, eval_data
+
+
+def _held_out(labels: TeacherLabels, teacher: Manifest, student: TrainConfig,
+              eval_data: LabelledData | None) -> tuple[np.ndarray, LabelledData]:
+    """The rows of ``labels`` the student trains on, and the rows it is calibrated and
+    judged on: ``--eval`` where given (then every row trains), else a split of the
+    teacher-labelled rows (``--eval-fraction``) whose targets are the teacher's decisions."""
+    rows = np.arange(len(labels.texts))
+    if eval_data is not None:
+        return rows, eval_data
+    everything = LabelledData(labels.texts, labels.decided, teacher.labels,
+                              pa.table({"row": rows}))
+    train_part, eval_part = split(everything, student.eval_fraction, student.seed,
+                                  teacher.problem_type)
+    return train_part.table.column("row").to_numpy(), eval_part
+
+
+def _record(config: DistillConfig, teacher_fingerprint: str, counts: dict[str, int]
+            ) -> dict[str, Any]:
+    """The manifest's ``distillation`` record: the teacher, the settings, the row counts."""
+    return {"teacher": str(Path(config.teacher).resolve()),
+            "teacher_fingerprint": teacher_fingerprint,
+            "teacher_backend": config.teacher_backend, "temperature": config.temperature,
+            "alpha": config.alpha, **counts}
 
 
 def _labelling(config: DistillConfig, student: TrainConfig, teacher_fingerprint: str

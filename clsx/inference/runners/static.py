@@ -1,7 +1,8 @@
 """Static backend: a static student (``clsx distill --student static``) in numpy.
 
 No attention: a row's features are the mean of its tokens' static vectors (special tokens
-left out), L2-normalised, and its logits come from a small head on them (one hidden ReLU
+have zero vectors, so they add nothing), L2-normalised, and its logits come from a small
+head on them (one hidden ReLU
 layer, then the output layer). The vectors and the head live in ``static.safetensors``; see
 :mod:`clsx.train.static_student` for how they are made.
 """
@@ -18,7 +19,7 @@ from clsx.errors import ClsxError
 from clsx.inference.runners.base import Runner, RunnerOptions
 
 # Tensor names in static.safetensors.
-VECTORS, COUNTED = "vectors", "counted"
+VECTORS = "vectors"
 HIDDEN_WEIGHT, HIDDEN_BIAS, WEIGHT, BIAS = ("hidden.weight", "hidden.bias", "head.weight",
                                             "head.bias")
 
@@ -41,11 +42,9 @@ class Head:
 
 @dataclass(frozen=True)
 class StaticModel:
-    """Token vectors (vocabulary x dims; special tokens' rows zero), which tokens count in
-    a row's mean (1.0) and which do not (0.0: special tokens), and the head."""
+    """Token vectors (vocabulary x dims; special tokens' rows zero) and the head."""
 
     vectors: np.ndarray
-    counted: np.ndarray
     head: Head
 
     @classmethod
@@ -53,43 +52,41 @@ class StaticModel:
         from safetensors.numpy import load_file
 
         tensors = load_file(str(Path(directory) / STATIC_FILE))
-        names = (VECTORS, COUNTED, HIDDEN_WEIGHT, HIDDEN_BIAS, WEIGHT, BIAS)
+        names = (VECTORS, HIDDEN_WEIGHT, HIDDEN_BIAS, WEIGHT, BIAS)
         missing = [name for name in names if name not in tensors]
         if missing:
             raise ClsxError(f"{directory / STATIC_FILE} lacks {', '.join(missing)}; distil "
                             "the static student again")
-        return cls(tensors[VECTORS], tensors[COUNTED], Head(*(tensors[name]
-                                                               for name in names[2:])))
+        return cls(tensors[VECTORS], Head(*(tensors[name] for name in names[1:])))
 
     def save(self, directory: Path) -> None:
         from safetensors.numpy import save_file
 
         head = self.head
-        save_file({VECTORS: self.vectors, COUNTED: self.counted,
-                   HIDDEN_WEIGHT: head.hidden_weight, HIDDEN_BIAS: head.hidden_bias,
-                   WEIGHT: head.weight, BIAS: head.bias}, str(Path(directory) / STATIC_FILE))
+        save_file({VECTORS: self.vectors, HIDDEN_WEIGHT: head.hidden_weight,
+                   HIDDEN_BIAS: head.hidden_bias, WEIGHT: head.weight, BIAS: head.bias},
+                  str(Path(directory) / STATIC_FILE))
 
     def features(self, rows: list[list[int]]) -> np.ndarray:
-        """Each row's mean token vector over its counted tokens, L2-normalised (a row of
-        special tokens only is all zeros)."""
-        return pooled(self.vectors, self.counted, rows)
+        """Each row's mean token vector, L2-normalised (:func:`pooled`)."""
+        return pooled(self.vectors, rows)
 
     def logits(self, rows: list[list[int]]) -> np.ndarray:
         return self.head.logits(self.features(rows))
 
 
-def pooled(vectors: np.ndarray, counted: np.ndarray, rows: list[list[int]]) -> np.ndarray:
-    """The L2-normalised mean of ``vectors`` over each row's counted token ids."""
+def pooled(vectors: np.ndarray, rows: list[list[int]]) -> np.ndarray:
+    """The L2-normalised mean of ``vectors`` over each row's token ids. The sum stands for
+    the mean: normalising removes the count, and special tokens, whose vectors are zero,
+    add nothing (a row of special tokens only is all zeros)."""
     if not rows:
         return np.zeros((0, vectors.shape[1]), np.float32)
     lengths = np.fromiter((len(row) for row in rows), np.int64, len(rows))
     ids = np.fromiter((token for row in rows for token in row), np.int64, int(lengths.sum()))
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     sums = np.add.reduceat(vectors[ids], starts, axis=0)
-    counts = np.add.reduceat(counted[ids], starts)
-    means = sums / np.maximum(counts, 1.0)[:, None]
-    norms = np.linalg.norm(means, axis=1, keepdims=True)
-    return (means / np.maximum(norms, 1e-12)).astype(np.float32)
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    return (sums / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
 class StaticRunner(Runner):
