@@ -200,7 +200,7 @@ def batch_predict(input: str | Path, output: str | Path, model: str | Path, *,
     _check_names("batch_predict", options,
                  [name for name in job_fields
                   if name not in ("input", "output", "model", "recheck_margin",
-                                  "fallback_margin", "model_source")]
+                                  "fallback_margin", "model_source", "fallback_config")]
                  + ray_fields)
     given = _given(options)
     for name in ("keep_columns", "storage_options"):

@@ -221,6 +221,44 @@ def test_a_cascade_sends_the_unsure_rows_to_the_fallback_model(tiny_models, qwen
     np.testing.assert_array_equal(probs[1][sent_rows[:-1]], probs[0][sent_rows[:-1]])
 
 
+def test_the_fallback_model_runs_as_auto_would_run_it_alone(tiny_models, tmp_path, planted,
+                                                            monkeypatch):
+    """The fallback model gets its own format search (here: torch bf16, the planted fast
+    path) and its own re-check, so the rows it takes get its fp32 labels; a resume runs
+    the format and cuts its journal records, without searching or measuring again."""
+    from clsx.auto import formats as autoformat
+
+    monkeypatch.setattr(autoformat, "FORMAT_SEARCH_MIN_ROWS", 1)
+    monkeypatch.setattr(autoformat, "installed", lambda package: False)
+    monkeypatch.setattr(autoformat, "native_low_precision", lambda device: ("bf16",))
+    monkeypatch.setattr(autoformat, "_measure", lambda *args: {
+        "torch fp32": {"precision": "fp32", "qualifies": True, "rows_per_s": 100.0, "rows": 256},
+        "torch bf16": {"precision": "bf16", "qualifies": True, "rows_per_s": 300.0, "rows": 256}})
+    source = write_parquet(tmp_path / "in.parquet", random_texts(400, seed=7))
+    alone, _ = run_ok(source, tmp_path / "alone.parquet", tiny_models["qwen2"], "--dtype", "fp32")
+    options = ("--dtype", "fp32", "--fallback-model", str(tiny_models["qwen2"]),
+               "--fallback-agreement", "1", "--window-rows", "50", "--part-rows", "50")
+    cascade, output = run_ok(source, tmp_path / "cascade.parquet", tiny_models["bert"], *options)
+    assert "--fallback-model: --backend auto chose torch bf16" in output
+    assert "--fallback-model: --recheck: " in output
+    assert "fallback model torch bf16 chosen by --backend auto" in output.splitlines()[-1]
+    # Every row the first model (another tokenizer: other logits) disagrees on is sent, and
+    # takes the fallback's re-checked labels: fp32's, none of the planted bf16 flips.
+    assert cascade.column("label").equals(alone.column("label"))
+
+    def forget_everything():  # the resume must follow its journal, not this machine's memory
+        monkeypatch.setattr(autoformat, "_measure", lambda *args: pytest.fail("searched"))
+        for remembered in planted.glob("auto-*.json"):
+            remembered.unlink()
+
+    out = tmp_path / "resumed.parquet"
+    resumed = interrupted_then_resumed(source, out, tiny_models["bert"], 8, monkeypatch,
+                                       *options, before_resume=forget_everything)
+    assert "the format this job ran before it was interrupted" in resumed  # no search
+    assert "--recheck:" not in resumed and "go to the fallback model" not in resumed
+    assert pq.read_table(out).column("label").equals(alone.column("label"))
+
+
 def test_a_fallback_model_with_other_labels_is_refused(tiny_models, qwen2_copy, texts_parquet,
                                                        tmp_path):
     manifest = json.loads((qwen2_copy / "clsx.json").read_text())

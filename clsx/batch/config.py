@@ -72,11 +72,14 @@ class BatchPredictConfig(LongTextOverride):
     max_label_changes: float = MAX_LABEL_CHANGES
     fallback_model: Path | None = None
     fallback_agreement: float = 0.995
-    # Pinned by the driver, never flags: the cuts every replica runs with, and the model's
-    # URI where it came from object storage (``model`` is then the driver's copy).
+    # Pinned by the driver, never flags: the cuts every replica runs with, the model's URI
+    # where it came from object storage (``model`` is then the driver's copy), and the
+    # fallback model's own config with its format and re-check cut pinned (None: plain
+    # --backend auto on the fallback model).
     recheck_margin: float | None = None
     fallback_margin: float | None = None
     model_source: str | None = None
+    fallback_config: BatchPredictConfig | None = None
 
     def __post_init__(self) -> None:
         for name in ("batch_tokens", "window_rows", "max_length", "threads", "part_rows"):
@@ -119,6 +122,18 @@ class BatchPredictConfig(LongTextOverride):
         return replace(self, model=local_model(self.model, self.storage_options, log),
                        model_source=str(self.model))
 
+    def fallback_alone(self) -> BatchPredictConfig:
+        """How ``--fallback-model`` runs: as ``batch-predict --model FALLBACK`` alone would
+        on this job's input and hardware (``--backend auto``: its own format search, dtype,
+        re-check and long-text settings; the job's threads, device, batches, threshold and
+        re-check options)."""
+        if self.fallback_model is None:
+            raise ValueError("the job has no --fallback-model")
+        return replace(self, model=self.fallback_model, backend="auto", dtype=None,
+                       max_length=None, long_text=None, window_stride=None, aggregate=None,
+                       fallback_model=None, recheck_margin=None, fallback_margin=None,
+                       model_source=None, fallback_config=None)
+
     def output_location(self) -> Location:
         """Where OUT goes."""
         from clsx.io.storage import location
@@ -132,10 +147,11 @@ class BatchPredictConfig(LongTextOverride):
 
         Inputs are recorded by path or URI (never with credentials, which no URI holds),
         size and modification time; storage options are not recorded. It is known before
-        the model loads, so that a resume with other settings is refused at once. Three more
+        the model loads, so that a resume with other settings is refused at once. Four more
         keys join it once known: :data:`RECHECK_MARGIN` and :data:`FALLBACK_MARGIN`, the
-        re-check's and the cascade's cuts, and
-        :data:`AUTO_FORMAT`, the format ``--backend auto``'s search chose. A resume does
+        re-check's and the cascade's cuts, :data:`AUTO_FORMAT`, the format
+        ``--backend auto``'s search chose, and :data:`FALLBACK`, the fallback model's own
+        format and re-check cut. A resume does
         not search again but runs the format its journal records (see
         :func:`clsx.batch.local_engine.pin_auto_format`), so that every row of OUT comes
         from one format even where this machine's remembered choice was lost or differs.
@@ -158,6 +174,9 @@ AUTO_FORMAT = "auto_format"
 RECHECK_MARGIN = "recheck_margin"
 # The job record's key for the cascade's cut (None: no --fallback-model).
 FALLBACK_MARGIN = "fallback_margin"
+# The job record's key for what was pinned for the fallback model alone: its own
+# AUTO_FORMAT and RECHECK_MARGIN (None: no --fallback-model).
+FALLBACK = "fallback"
 
 
 def _json_value(value: Any) -> Any:

@@ -11,13 +11,18 @@ import pyarrow as pa
 
 from clsx.artifacts.artifact import Artifact, open_artifact
 from clsx.auto.resolve import classifier_for
-from clsx.batch.config import AUTO_FORMAT, FALLBACK_MARGIN, RECHECK_MARGIN, BatchPredictConfig
+from clsx.batch.config import (
+    AUTO_FORMAT,
+    FALLBACK,
+    FALLBACK_MARGIN,
+    RECHECK_MARGIN,
+    BatchPredictConfig,
+)
 from clsx.batch.parts import open_store
 from clsx.batch.parts.store import Part, PartWriter, Store
 from clsx.batch.summary import Summary
 from clsx.errors import ClsxError
 from clsx.inference.classifier import Classifier, Counts, Fallback, output_fields
-from clsx.inference.runners import RunnerOptions
 from clsx.io.parquet import (
     ParquetInput,
     check_output_location,
@@ -124,34 +129,79 @@ def open_classifier(config: BatchPredictConfig, artifact: Artifact,
         if rechecks(classifier, config.recheck):
             attach(classifier, config.recheck_margin)
     if config.fallback_model is not None:
-        second = open_artifact(config.fallback_model, allow_pickle=config.allow_pickle)
-        # Another model: its own backend, dtype and max length, on the same hardware.
-        hardware = RunnerOptions(device=options.device, threads=options.threads)
-        classifier.fallback = Fallback(config.fallback_margin or 0.0, classifier_for(
-            second, "auto", hardware, batch_tokens=config.batch_tokens,
-            threshold=config.threshold, windows_column=config.windows_column))
+        alone = config.fallback_config or config.fallback_alone()
+        second = open_artifact(alone.model, allow_pickle=config.allow_pickle,
+                               check_parent=alone.model == config.fallback_model)
+        classifier.fallback = Fallback(config.fallback_margin or 0.0,
+                                       open_classifier(alone, second, threads))
     return classifier
 
 
+def pin_fallback_format(config: BatchPredictConfig, source: ParquetInput,
+                        threads: int | None = None, log: Log = silent,
+                        journal: dict[str, Any] | None = None) -> Pinned:
+    """``config`` with its fallback model's own config (``fallback_config``) pinned as
+    ``--backend auto`` would run the fallback model alone on IN: its format search's choice
+    (the one the job ``journal`` continues records, if any); ``config`` as it is without a
+    --fallback-model. The pinned name is the fallback model's format."""
+    if config.fallback_model is None:
+        return Pinned(config)
+    alone = config.fallback_alone()
+    artifact = open_artifact(alone.model, allow_pickle=config.allow_pickle)
+    if alone.auto_formats and _format_search_obstacle(alone, artifact) is not None:
+        alone = replace(alone, auto_formats=None)  # --auto-formats meant the first model
+    pinned = pin_auto_format(alone, source, artifact, threads, _fallback_log(log),
+                             _fallback_journal(journal))
+    because = None if pinned.name is None else f"fallback model {pinned.because}"
+    return Pinned(replace(config, fallback_config=pinned.config), pinned.name, because)
+
+
 def pin_fallback(config: BatchPredictConfig, source: ParquetInput, classifier: Classifier,
-                 journal: dict[str, Any] | None = None, log: Log = silent) -> float | None:
-    """The cascade's cut, set on ``classifier``'s fallback (None: no --fallback-model): the
-    cut of the job ``journal`` continues, else chosen on IN's first texts."""
+                 journal: dict[str, Any] | None = None, log: Log = silent
+                 ) -> BatchPredictConfig:
+    """``config`` with the cascade's cut and its fallback model's own re-check cut pinned,
+    both set on ``classifier``'s fallback (``config`` as it is without a
+    --fallback-model): those of the job ``journal`` continues, else chosen on IN's first
+    texts (the fallback's re-check first, so that the cut compares with the labels the
+    fallback model gives alone)."""
     from clsx.auto.recheck import SAMPLE_TEXTS, fallback_cut
 
     if classifier.fallback is None:
-        return None
+        return config
+    alone = config.fallback_config or config.fallback_alone()
+    recheck_margin = pin_recheck(alone, source, classifier.fallback.classifier,
+                                 _fallback_journal(journal), _fallback_log(log))
     if journal is not None and journal.get(FALLBACK_MARGIN) is not None:
         margin = journal[FALLBACK_MARGIN]
     else:
         cut = fallback_cut(classifier, first_texts(source, config, SAMPLE_TEXTS),
                            config.fallback_agreement)
         if cut is None:  # only null texts: nothing for either model to do
-            return None
+            return config
         log(f"--fallback-model: {cut.describe()}")
         margin = cut.margin
     classifier.fallback.margin = margin
-    return margin
+    return replace(config, fallback_margin=margin,
+                   fallback_config=replace(alone, recheck_margin=recheck_margin))
+
+
+def fallback_record(config: BatchPredictConfig, format_name: str | None
+                    ) -> dict[str, Any] | None:
+    """What the job record keeps of the fallback model alone (:data:`FALLBACK`): its format
+    (``format_name``, None: no search) and its re-check cut; None without a fallback."""
+    alone = config.fallback_config
+    if alone is None:
+        return None
+    return {AUTO_FORMAT: format_name, RECHECK_MARGIN: alone.recheck_margin}
+
+
+def _fallback_journal(journal: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The fallback model's part of a resumed job's journal (None: a new job)."""
+    return None if journal is None else journal.get(FALLBACK) or {}
+
+
+def _fallback_log(log: Log) -> Log:
+    return lambda line: log(f"--fallback-model: {line}")
 
 
 def pin_recheck(config: BatchPredictConfig, source: ParquetInput, classifier: Classifier,
@@ -258,7 +308,7 @@ def claim_job(config: BatchPredictConfig, source: ParquetInput, store: Store, en
     schema = output_schema(config, source, artifact)
     check_fallback_model(config, artifact)
     job = config.job(source, artifact.fingerprint, engine)
-    journal = store.check_job(job, AUTO_FORMAT, RECHECK_MARGIN, FALLBACK_MARGIN)
+    journal = store.check_job(job, AUTO_FORMAT, RECHECK_MARGIN, FALLBACK_MARGIN, FALLBACK)
     # Ray commits parts out of order: its resume fills the gaps; the local engine's cannot.
     parts = store.parts(contiguous=engine == "local") if journal is not None else []
     return Claim(artifact, schema, job, journal, parts)
@@ -278,15 +328,18 @@ def _batch_predict(config: BatchPredictConfig, progress: Progress | None, log: L
         job[AUTO_FORMAT] = pinned.name
         if pinned.config.model != config.model:  # a cached export, current (checked there)
             artifact = open_artifact(pinned.config.model, check_parent=False)
-        classifier = open_classifier(pinned.config, artifact)
-        started = time.perf_counter()
+        fallback = pin_fallback_format(pinned.config, source, log=log, journal=journal)
+        classifier = open_classifier(fallback.config, artifact)
         counts = Counts()
         try:
             # After the model loaded (one that fails to load leaves nothing), inside the
             # try: a refusal here must still close the classifier (vLLM's engine process).
             job[RECHECK_MARGIN] = pin_recheck(config, source, classifier, journal, log)
-            job[FALLBACK_MARGIN] = pin_fallback(config, source, classifier, journal, log)
+            cuts = pin_fallback(fallback.config, source, classifier, journal, log)
+            job[FALLBACK_MARGIN] = cuts.fallback_margin
+            job[FALLBACK] = fallback_record(cuts, fallback.name)
             store.start(job)
+            started = time.perf_counter()  # after the cuts' samples, as on Ray
             if not store.is_done():
                 next_window = parts[-1].last + 1 if parts else 0
                 _predict_into_parts(config, source, classifier, store, claim.schema,
@@ -295,9 +348,8 @@ def _batch_predict(config: BatchPredictConfig, progress: Progress | None, log: L
         finally:
             classifier.close()
         publish(config, store, claim.schema, source.num_rows)
-        backend = classifier.description
-        if pinned.because is not None:
-            backend += f", {pinned.because}"
+        backend = ", ".join(filter(None, (classifier.description, pinned.because,
+                                          fallback.because)))
         return Summary(counts.rows, time.perf_counter() - started, backend, config.output,
                        counts, resumed_rows, recheck_margin=job[RECHECK_MARGIN],
                        fallback_margin=job[FALLBACK_MARGIN])

@@ -31,6 +31,7 @@ from clsx.artifacts.artifact import open_artifact
 from clsx.artifacts.remote import local_model
 from clsx.batch.config import (
     AUTO_FORMAT,
+    FALLBACK,
     FALLBACK_MARGIN,
     RECHECK_MARGIN,
     BatchPredictConfig,
@@ -41,9 +42,11 @@ from clsx.batch.local_engine import (
     Progress,
     checked_input,
     claim_job,
+    fallback_record,
     open_classifier,
     pin_auto_format,
     pin_fallback,
+    pin_fallback_format,
     pin_recheck,
     publish,
     saved_work_hint,
@@ -132,8 +135,10 @@ def _ray_batch_predict(ray, config: BatchPredictConfig, options: RayOptions,
         config = replace(pinned.config, model_source=None)
     else:
         config = pinned.config
-    config = _pin_cuts(config, source, claim.journal, log)
+    fallback = pin_fallback_format(config, source, threads, log, claim.journal)
+    config = _pin_cuts(fallback.config, source, claim.journal, log)
     job[RECHECK_MARGIN], job[FALLBACK_MARGIN] = config.recheck_margin, config.fallback_margin
+    job[FALLBACK] = fallback_record(config, fallback.name)
     store.start(job)
     resumed_rows = sum(part.rows for part in claim.parts)
     counts = Counts()
@@ -162,9 +167,8 @@ def _ray_batch_predict(ray, config: BatchPredictConfig, options: RayOptions,
                 ray.kill(actor)
         store.mark_done(resumed_rows + counts.rows)
     publish(config, store, claim.schema, source.num_rows)
-    backend = f"{config.backend} on ray ({options.num_workers} workers)"
-    if pinned.because is not None:
-        backend += f", {pinned.because}"
+    backend = ", ".join(filter(None, (f"{config.backend} on ray ({options.num_workers} "
+                                      "workers)", pinned.because, fallback.because)))
     return Summary(counts.rows, time.perf_counter() - started, backend, config.output, counts,
                    resumed_rows, recheck_margin=config.recheck_margin,
                    fallback_margin=config.fallback_margin)
@@ -259,8 +263,8 @@ def _pin_cuts(config: BatchPredictConfig, source: ParquetInput,
         return config
     artifact = open_artifact(config.model, allow_pickle=config.allow_pickle)
     with open_classifier(config, artifact, threads=config.threads or ACTOR_THREADS) as model:
-        return replace(config, recheck_margin=pin_recheck(config, source, model, journal, log),
-                       fallback_margin=pin_fallback(config, source, model, journal, log))
+        config = replace(config, recheck_margin=pin_recheck(config, source, model, journal, log))
+        return pin_fallback(config, source, model, journal, log)
 
 
 def _start_ray(ray, address: str | None, actor_cpus: int) -> None:
