@@ -248,14 +248,15 @@ def test_a_static_student_learns_the_teachers_labels(problem_type, teachers, tmp
     assert got.schema.equals(expected.schema) and got.column("score").null_count == 1
 
 
-def hand_made_static(bert: Path, directory: Path) -> tuple[Path, np.ndarray, Any]:
+def hand_made_static(bert: Path, directory: Path, openings: tuple[int, ...] = (2,)
+                     ) -> tuple[Path, np.ndarray, Any]:
     """A static model from random vectors over ``bert``'s tokenizer (special tokens not
-    embedded: zero vectors) and a random head (5 hidden units): its directory, vectors and
-    head."""
+    embedded: zero vectors), a random head (5 hidden units) and ``openings``: its
+    directory, vectors and head."""
     from transformers import AutoTokenizer
 
     from clsx.artifacts.manifest import Manifest
-    from clsx.inference.runners.static import Head
+    from clsx.inference.runners.static import Head, StaticModel
     from clsx.train.static_student import Embeddings, save_static_student
 
     tokenizer = AutoTokenizer.from_pretrained(bert)
@@ -264,35 +265,46 @@ def hand_made_static(bert: Path, directory: Path) -> tuple[Path, np.ndarray, Any
     ordinary = np.ones(size, np.float32)
     ordinary[tokenizer.all_special_ids] = 0.0
     vectors = rng.normal(size=(size, dims)).astype(np.float32) * ordinary[:, None]
-    head = Head(*(rng.normal(size=shape).astype(np.float32) for shape in ((5, dims), (5,),
-                                                                          (3, 5), (3,))))
+    features = dims * (1 + len(openings))
+    head = Head(*(rng.normal(size=shape).astype(np.float32)
+                  for shape in ((5, features), (5,), (3, 5), (3,))))
     manifest = Manifest(family="bert", labels=("a", "b", "c"), format="static",
                         problem_type="single_label_classification",
                         max_length=STATIC_MAX_LENGTH, pad_token_id=tokenizer.pad_token_id)
     directory.mkdir()
     save_static_student(directory, Embeddings(vectors, int(ordinary.sum()), bert, "teacher"),
                         head, manifest)
+    StaticModel(vectors, head, openings).save(directory)  # these openings, not distill's
     return directory, vectors, head
 
 
-def test_the_static_runner_is_a_mean_of_token_vectors_then_the_head(tiny_models, tmp_path):
-    """The runner against numpy written out here: special tokens left out of the mean,
-    L2-normalised, one matrix product; a null text keeps its row."""
+@pytest.mark.parametrize("openings", [(), (2, 4)])
+def test_the_static_runner_is_a_mean_of_token_vectors_then_the_head(openings, tiny_models,
+                                                                    tmp_path):
+    """The runner against numpy written out here: special tokens left out of the means (of
+    the whole row and of its first 2 and 4 tokens), each L2-normalised, joined at unit norm,
+    then the head; a null text keeps its row. Without openings (a model saved before them),
+    the whole row's mean alone."""
     from transformers import AutoTokenizer
 
-    model, vectors, head = hand_made_static(tiny_models["bert"], tmp_path / "static")
+    model, vectors, head = hand_made_static(tiny_models["bert"], tmp_path / "static", openings)
     tokenizer, dims = AutoTokenizer.from_pretrained(model), vectors.shape[1]
     texts = ["the movie was great", "", "bad", None, "great " * 50]
     with Classifier.open(model) as classifier:
         logits = classifier.predict_all(texts, window_rows=2).logits
+
+    def normalised_mean(ids: list[int]) -> np.ndarray:
+        mean = vectors[ids].mean(axis=0) if ids else np.zeros(dims, np.float32)
+        return mean / max(np.linalg.norm(mean), 1e-12)
+
     for text, row in zip(texts, logits, strict=True):
         if text is None:
             assert np.isnan(row).all()
             continue
         ids = [i for i in tokenizer(text)["input_ids"] if i not in tokenizer.all_special_ids]
-        mean = vectors[ids].mean(axis=0) if ids else np.zeros(dims, np.float32)
-        mean = mean / max(np.linalg.norm(mean), 1e-12)
-        hidden = np.maximum(head.hidden_weight @ mean + head.hidden_bias, 0.0)
+        parts = [normalised_mean(ids)] + [normalised_mean(ids[:k]) for k in openings]
+        joined = np.concatenate(parts) / np.sqrt(len(parts))
+        hidden = np.maximum(head.hidden_weight @ joined + head.hidden_bias, 0.0)
         np.testing.assert_allclose(row, head.weight @ hidden + head.bias, rtol=1e-5,
                                    atol=1e-5)
 

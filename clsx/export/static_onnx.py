@@ -1,6 +1,6 @@
 """``clsx export --format onnx`` of a static student: its mean-of-vectors and head as a
-small ONNX graph (Gather, ReduceSum, a normalisation, two MatMuls), which the onnx backend
-runs.
+small ONNX graph (Gather, ReduceSum and a normalisation over the row and over its
+openings, two MatMuls), which the onnx backend runs.
 
 The graph takes the inputs every clsx ONNX graph takes (``input_ids``, ``attention_mask``)
 and gives ``logits``; it computes what :class:`~clsx.inference.runners.static.StaticModel`
@@ -35,13 +35,17 @@ PROBE_LENGTH = 512  # the parity batch's longest row (the manifest allows 4,096 
 
 def static_graph(model: StaticModel):
     """The ONNX model of ``model``: the sum of the (unpadded) tokens' vectors, L2-normalised
-    as :func:`~clsx.inference.runners.static.pooled` does, then the head (hidden ReLU
+    as :func:`~clsx.inference.runners.static.pooled` does, the same over each opening
+    (the first ``k + 1`` positions: [CLS] and ``k`` tokens), concatenated and scaled as
+    :func:`~clsx.inference.runners.static.features` does, then the head (hidden ReLU
     layer, output layer)."""
     from onnx import TensorProto, helper, numpy_helper
 
     def constant(name: str, value: np.ndarray):
         return numpy_helper.from_array(np.ascontiguousarray(value), name)
 
+    node = helper.make_node
+    pools = 1 + len(model.openings)
     initializers = [
         constant("vectors", model.vectors),
         constant("hidden_t", np.ascontiguousarray(model.head.hidden_weight.T)),
@@ -51,19 +55,27 @@ def static_graph(model: StaticModel):
         constant("axis1", np.array([1], np.int64)),
         constant("tiny", np.array(1e-12, np.float32)),
         constant("last", np.array([-1], np.int64)),
+        constant("start", np.array([0], np.int64)),
+        constant("unit", np.array(1 / np.sqrt(pools), np.float32)),
+        *(constant(f"end{k}", np.array([k + 1], np.int64)) for k in model.openings),
     ]
-    node = helper.make_node
     nodes = [
         node("Gather", ["vectors", "input_ids"], ["gathered"]),           # B x S x D
         node("Cast", ["attention_mask"], ["mask"], to=TensorProto.FLOAT),   # padding: 0
         node("Unsqueeze", ["mask", "last"], ["mask3"]),
         node("Mul", ["gathered", "mask3"], ["unpadded"]),
-        node("ReduceSum", ["unpadded", "axis1"], ["sums"], keepdims=0),   # B x D
-        node("Mul", ["sums", "sums"], ["squares"]),
-        node("ReduceSum", ["squares", "axis1"], ["square_norm"], keepdims=1),
-        node("Sqrt", ["square_norm"], ["norm"]),
-        node("Max", ["norm", "tiny"], ["safe_norm"]),
-        node("Div", ["sums", "safe_norm"], ["features"]),
+        *_normalised_sum("unpadded", "whole", node),
+    ]
+    for k in model.openings:  # the first k + 1 positions of every row
+        nodes += [node("Slice", ["unpadded", "start", f"end{k}", "axis1"], [f"opening{k}"]),
+                  *_normalised_sum(f"opening{k}", f"whole{k}", node)]
+    if model.openings:
+        parts = ["whole", *(f"whole{k}" for k in model.openings)]
+        nodes += [node("Concat", parts, ["joined"], axis=1),
+                  node("Mul", ["joined", "unit"], ["features"])]
+    else:
+        nodes.append(node("Identity", ["whole"], ["features"]))
+    nodes += [
         node("MatMul", ["features", "hidden_t"], ["hidden_scores"]),
         node("Add", ["hidden_scores", "hidden_bias"], ["hidden_in"]),
         node("Relu", ["hidden_in"], ["hidden"]),
@@ -76,6 +88,20 @@ def static_graph(model: StaticModel):
                                              ["batch", model.head.weight.shape[0]])]
     graph = helper.make_graph(nodes, "clsx_static", inputs, outputs, initializers)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
+def _normalised_sum(vectors: str, output: str, node) -> list:
+    """Nodes summing ``vectors`` (B x S x D) over the sequence and L2-normalising the sum
+    into ``output`` (B x D)."""
+    return [
+        node("ReduceSum", [vectors, "axis1"], [f"{output}_sums"], keepdims=0),
+        node("Mul", [f"{output}_sums", f"{output}_sums"], [f"{output}_squares"]),
+        node("ReduceSum", [f"{output}_squares", "axis1"], [f"{output}_square_norm"],
+             keepdims=1),
+        node("Sqrt", [f"{output}_square_norm"], [f"{output}_norm"]),
+        node("Max", [f"{output}_norm", "tiny"], [f"{output}_safe_norm"]),
+        node("Div", [f"{output}_sums", f"{output}_safe_norm"], [output]),
+    ]
 
 
 def export_static_onnx(model_dir: Path, output: Path, tolerance: float = FP32_TOLERANCE,

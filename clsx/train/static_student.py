@@ -1,8 +1,8 @@
 """``clsx distill --student static[:DIMS]``: a static-embedding student of a teacher.
 
 The student has no attention: one vector per token of a BERT-family encoder's vocabulary,
-and a small head (one hidden ReLU layer) on the mean of a row's token vectors
-(:mod:`clsx.inference.runners.static`).
+and a small head (one hidden ReLU layer) on the mean of a row's token vectors beside the
+means over its first :data:`OPENINGS` tokens (:mod:`clsx.inference.runners.static`).
 
 - The vectors come from the teacher's own encoder where the teacher is BERT-family with
   PyTorch weights, else from the bundled ``minilm-l6``; the manifest says which. As
@@ -16,7 +16,9 @@ and a small head (one hidden ReLU layer) on the mean of a row's token vectors
   ``--train``, mixed by ``--alpha``), with the loss every clsx student uses
   (:func:`clsx.train.soft_labels.soft_label_loss`), full-batch AdamW on the pooled features.
   One hidden layer beats a linear head by 8 points of accuracy on TREC (0.85 against 0.77,
-  MiniLM teacher 0.954) for one more small matrix product per row.
+  MiniLM teacher 0.954) for one more small matrix product per row, and the openings add
+  5 more (0.90, mean of 3 seeds; 0.897 with the first 2 tokens only): a bag of tokens
+  cannot tell "how many" at the start of a question from a "many" further on.
 - Temperatures and (multi-label) thresholds are fitted on the held-out split, as for
   every clsx model.
 """
@@ -37,7 +39,7 @@ from clsx.artifacts.bundled import resolve_model
 from clsx.artifacts.manifest import ENCODER_FAMILIES, Manifest
 from clsx.environment import quiet_loading
 from clsx.errors import ClsxError
-from clsx.inference.runners.static import Head, StaticModel, pooled
+from clsx.inference.runners.static import Head, StaticModel, features
 from clsx.io import durable
 from clsx.log import Log, silent
 from clsx.train.soft_labels import soft_label_loss
@@ -52,6 +54,7 @@ SIF_COEFFICIENT = 1e-4  # model2vec's default
 UNUSED_TOKEN = re.compile(r"\[unused\d+\]")
 ENCODER_BATCH = 1024  # vocabulary tokens per forward pass
 HIDDEN = 512  # units of the head's hidden layer
+OPENINGS = (2, 4)  # a row's first tokens pooled beside the whole row
 HEAD_STEPS = 400
 HEAD_LEARNING_RATE = 0.01
 HEAD_WEIGHT_DECAY = 0.01
@@ -84,11 +87,12 @@ class Embeddings:
         """The pooled features of ``texts`` (as the runner computes them)."""
         rows = tokenizer(texts, truncation=True, max_length=STATIC_MAX_LENGTH,
                          return_attention_mask=False, return_token_type_ids=False)["input_ids"]
-        return pooled(self.vectors, rows)
+        return features(self.vectors, rows, OPENINGS)
 
     def describe(self) -> dict[str, Any]:
         return {"source": self.source, "encoder": str(self.encoder),
-                "dims": int(self.vectors.shape[1]), "vocabulary": self.vocabulary}
+                "dims": int(self.vectors.shape[1]), "vocabulary": self.vocabulary,
+                "openings": list(OPENINGS)}
 
 
 def encoder_for(teacher: Artifact, log: Log = silent) -> tuple[Path, str]:
@@ -210,7 +214,7 @@ def save_static_student(directory: Path, embeddings: Embeddings, head: Head,
     tokenizer, ``static.safetensors`` and ``clsx.json``."""
     from transformers import AutoTokenizer
 
-    StaticModel(embeddings.vectors, head).save(directory)
+    StaticModel(embeddings.vectors, head, OPENINGS).save(directory)
     with quiet_loading():
         AutoTokenizer.from_pretrained(embeddings.encoder).save_pretrained(directory)
     labels = manifest.labels[:head.weight.shape[0]]

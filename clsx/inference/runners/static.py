@@ -1,9 +1,10 @@
 """Static backend: a static student (``clsx distill --student static``) in numpy.
 
 No attention: a row's features are the mean of its tokens' static vectors (special tokens
-have zero vectors, so they add nothing), L2-normalised, and its logits come from a small
-head on them (one hidden ReLU
-layer, then the output layer). The vectors and the head live in ``static.safetensors``; see
+have zero vectors, so they add nothing), L2-normalised, beside the same mean over the row's
+first few tokens (its *opening*, where a question's "how many" or a request's verb sits),
+and its logits come from a small head on them (one hidden ReLU layer, then the output
+layer). The vectors, the head and the opening lengths live in ``static.safetensors``; see
 :mod:`clsx.train.static_student` for how they are made.
 """
 
@@ -18,8 +19,9 @@ from clsx.artifacts.artifact import STATIC_FILE, Artifact
 from clsx.errors import ClsxError
 from clsx.inference.runners.base import Runner, RunnerOptions
 
-# Tensor names in static.safetensors.
+# Tensor names in static.safetensors, and the metadata key of the opening lengths.
 VECTORS = "vectors"
+OPENINGS_KEY = "openings"
 HIDDEN_WEIGHT, HIDDEN_BIAS, WEIGHT, BIAS = ("hidden.weight", "hidden.bias", "head.weight",
                                             "head.bias")
 
@@ -42,22 +44,30 @@ class Head:
 
 @dataclass(frozen=True)
 class StaticModel:
-    """Token vectors (vocabulary x dims; special tokens' rows zero) and the head."""
+    """Token vectors (vocabulary x dims; special tokens' rows zero), the head, and the
+    opening lengths pooled beside the whole row (:func:`features`; none in a model saved
+    before openings existed)."""
 
     vectors: np.ndarray
     head: Head
+    openings: tuple[int, ...] = ()
 
     @classmethod
     def load(cls, directory: Path) -> StaticModel:
+        from safetensors import safe_open
         from safetensors.numpy import load_file
 
-        tensors = load_file(str(Path(directory) / STATIC_FILE))
+        path = str(Path(directory) / STATIC_FILE)
+        tensors = load_file(path)
+        with safe_open(path, "numpy") as stored:
+            openings = (stored.metadata() or {}).get(OPENINGS_KEY, "")
         names = (VECTORS, HIDDEN_WEIGHT, HIDDEN_BIAS, WEIGHT, BIAS)
         missing = [name for name in names if name not in tensors]
         if missing:
             raise ClsxError(f"{directory / STATIC_FILE} lacks {', '.join(missing)}; distil "
                             "the static student again")
-        return cls(tensors[VECTORS], Head(*(tensors[name] for name in names[1:])))
+        return cls(tensors[VECTORS], Head(*(tensors[name] for name in names[1:])),
+                   tuple(int(length) for length in openings.split(",") if length))
 
     def save(self, directory: Path) -> None:
         from safetensors.numpy import save_file
@@ -65,14 +75,27 @@ class StaticModel:
         head = self.head
         save_file({VECTORS: self.vectors, HIDDEN_WEIGHT: head.hidden_weight,
                    HIDDEN_BIAS: head.hidden_bias, WEIGHT: head.weight, BIAS: head.bias},
-                  str(Path(directory) / STATIC_FILE))
+                  str(Path(directory) / STATIC_FILE),
+                  metadata={OPENINGS_KEY: ",".join(map(str, self.openings))})
 
     def features(self, rows: list[list[int]]) -> np.ndarray:
-        """Each row's mean token vector, L2-normalised (:func:`pooled`)."""
-        return pooled(self.vectors, rows)
+        """Each row's features (:func:`features`)."""
+        return features(self.vectors, rows, self.openings)
 
     def logits(self, rows: list[list[int]]) -> np.ndarray:
         return self.head.logits(self.features(rows))
+
+
+def features(vectors: np.ndarray, rows: list[list[int]], openings: tuple[int, ...]
+             ) -> np.ndarray:
+    """Each row's mean token vector (:func:`pooled`), then for each length ``k`` of
+    ``openings`` the mean over its first ``k`` tokens after the leading [CLS] (row[:k + 1]:
+    [CLS] has a zero vector), concatenated and scaled to unit norm."""
+    if not openings:
+        return pooled(vectors, rows)
+    parts = [pooled(vectors, rows)] + [pooled(vectors, [row[:k + 1] for row in rows])
+                                       for k in openings]
+    return (np.hstack(parts) / np.sqrt(len(parts))).astype(np.float32)
 
 
 def pooled(vectors: np.ndarray, rows: list[list[int]]) -> np.ndarray:
