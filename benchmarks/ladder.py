@@ -2,6 +2,7 @@
 per dataset, accuracy against rows/s.
 
     python benchmarks/ladder.py [--datasets trec,bbc,sst2] [--work DIR] [--rows 50000]
+                                [--cascade-rows 20000]
 
 Per dataset, as a user would type the commands:
 1. the teacher: `clsx train` MiniLM-L6 on the training split (TREC 3 epochs, BBC 2 epochs
@@ -13,8 +14,10 @@ Per dataset, as a user would type the commands:
 4. Parquet to Parquet rows/s, one after the other in this run: the static student on
    `--rows` texts (the test texts repeated), MiniLM alone (`--backend auto`) and the
    cascade (`--fallback-model` MiniLM, its cut chosen for `--fallback-agreement` 0.99 with
-   it, the issue's target) on the test texts repeated to `--cascade-rows`; the cascade's
-   agreement with MiniLM alone on the test split.
+   it) on the test texts repeated to `--cascade-rows` (20,000 by
+   default: enough rows for `--backend auto`'s format search, which MiniLM alone and the
+   cascade's fallback then both run); the cascade's agreement with MiniLM alone on the
+   test split.
 
 Models stay in --work (default: a folder under /tmp), so a rerun skips the training done.
 Results: benchmarks/results/ladder.{json,md} and the plot benchmarks/results/ladder.png.
@@ -183,11 +186,13 @@ def main() -> None:
     parser.add_argument("--work", type=Path,
                         default=Path(tempfile.gettempdir()) / "clsx-ladder")
     parser.add_argument("--rows", type=int, default=50_000)
-    parser.add_argument("--cascade-rows", type=int, default=3_000)
+    parser.add_argument("--cascade-rows", type=int, default=20_000)
     args = parser.parse_args()
     results = {name: run(name, args.work, args.rows, args.cascade_rows)
                for name in args.datasets.split(",")}
     table = markdown(results)
+    table += "\n\nMiniLM ran as: " + "; ".join(
+        f"{name} {result['minilm']['backend']}" for name, result in results.items())
     print(table)
     plot(results, HERE / "results" / "ladder.png")
     report = {"machine": machine_description(), "results": results}
