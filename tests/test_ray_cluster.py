@@ -22,7 +22,9 @@ from tests.test_ray import assert_same_predictions
 from tests.test_recheck import random_texts
 
 ray = pytest.importorskip("ray", reason="install clsx[ray]")
-pytestmark = pytest.mark.ray
+# Slow (-m slow, `make test-all`): 50 s for a three-node cluster; the default suite covers
+# the same engine on one node (test_ray.py).
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 ROWS = 3000
 FP32 = ("--dtype", "fp32", "--window-rows", "32")
