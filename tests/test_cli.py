@@ -82,3 +82,44 @@ def test_bench_rejects_unknown_backend(tiny_models, tmp_path):
     result = CliRunner().invoke(main, ["bench", "-m", str(tiny_models["bert"]), "--data",
                                        str(data), "--backends", "torch,tflite"])
     assert result.exit_code == 1 and "unknown backend 'tflite'" in result.output
+
+
+def test_bench_compares_other_models_and_plots_accuracy_against_speed(tiny_models, tiny_exports,
+                                                                      tmp_path):
+    """--compare-model runs another model with the same labels on the same rows (here the
+    fp32 ONNX export: the torch reference's labels, so its agreement is 100%);
+    --label-column adds accuracy, and the report plots it against rows/s."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    labels = ["negative", "neutral", "positive"]
+    rows = 30
+    data = tmp_path / "data.parquet"
+    pq.write_table(pa.table({"text": (TEXTS * 10)[:rows],
+                             "label": [labels[i % 3] for i in range(rows)]}), data)
+    report, page = tmp_path / "bench.json", tmp_path / "bench.html"
+    result = run_clsx("bench", "-m", tiny_models["bert"], "--data", data, "--backends", "torch",
+                      "--compare-model", tiny_exports["bert"], "--label-column", "label",
+                      "--json", report, "--report", page)
+    assert result.exit_code == 0, result.output
+    reference, compared = json.loads(report.read_text())["results"]
+    assert compared["variant"] == f"{tiny_exports['bert'].name} (auto)" and compared["compared"]
+    assert compared["backend"].startswith("onnx") and compared["label_agreement"] == 1.0
+    assert reference["accuracy"] == compared["accuracy"] and 0 <= reference["accuracy"] <= 1
+    header = next(line for line in result.output.splitlines() if line.startswith("variant"))
+    assert header.rstrip().endswith("accuracy")
+    assert "Accuracy against speed" in page.read_text()
+    # Another label set, or a gold label the model does not have: one line each.
+    other = tmp_path / "other"
+    shutil.copytree(tiny_exports["bert"], other)
+    manifest = json.loads((other / "clsx.json").read_text())
+    manifest["labels"] = ["a", "b", "c"]
+    (other / "clsx.json").write_text(json.dumps(manifest))
+    refused = run_clsx("bench", "-m", tiny_models["bert"], "--data", data, "--compare-model",
+                       other)
+    assert refused.exit_code == 1 and "must have the labels and problem type" in refused.output
+    pq.write_table(pa.table({"text": TEXTS, "label": ["happy"] * len(TEXTS)}), data)
+    unknown = run_clsx("bench", "-m", tiny_models["bert"], "--data", data, "--backends", "torch",
+                       "--label-column", "label")
+    assert unknown.exit_code == 1 and "holds labels the model does not have: happy" in (
+        unknown.output)

@@ -50,6 +50,15 @@ from clsx.inference.runners.base import DEVICES
                    "in fp32 (the same engine for a dtype change and openvino-int8, torch for "
                    "another export) the rows under the "
                    "cut chosen on the first 512 rows (as batch-predict re-checks).")
+@click.option("--compare-model", "compare_models", multiple=True,
+              type=click.Path(path_type=Path),
+              help="Another model with the same labels (a student, a static model, an export) "
+                   "to run on the same rows after the backends, in its own format with "
+                   "--backend auto; its agreement is with the model's torch fp32 labels. "
+                   "Repeatable.")
+@click.option("--label-column",
+              help="A column of --data with gold labels (multi-label: comma-separated): "
+                   "adds each row's accuracy, and the report plots accuracy against rows/s.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path),
               help="Also write the results as JSON to this file.")
 @report_option("rows/s and tokens/s bars, agreement and max |logit diff| versus torch fp32, "

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clsx.artifacts.artifact import open_artifact
+from clsx.artifacts.artifact import Artifact, open_artifact
 from clsx.artifacts.manifest import Manifest
 from clsx.auto.recheck import SAMPLE_TEXTS, attach, rechecks
 from clsx.auto.resolve import classifier_for
@@ -23,6 +23,7 @@ from clsx.evaluation.config import VARIANT_RUNS, VARIANTS, BenchConfig
 from clsx.export.cache import cached_export
 from clsx.export.config import INT8_FORMATS
 from clsx.inference.classifier import Classifier, Prediction
+from clsx.inference.decisions import MULTI, MULTI_LABEL_SEPARATOR, DecisionRule
 from clsx.inference.runners.tensorrt import require_tensorrt
 from clsx.io import durable
 from clsx.io.tables import read_texts
@@ -52,6 +53,8 @@ class BenchRow:
     max_abs_diff: float
     speedup: float
     rechecked: float | None = None  # "X + re-check" rows: the share of rows re-checked
+    accuracy: float | None = None  # against --label-column's gold labels (None: not given)
+    compared: bool = False  # another model (--compare-model), not a backend of the model
 
 
 def run_bench(config: BenchConfig, log: Log = silent) -> list[BenchRow]:
@@ -77,6 +80,9 @@ def run_bench(config: BenchConfig, log: Log = silent) -> list[BenchRow]:
         require_tensorrt("--backends tensorrt", options.device)
     texts = read_texts(config.data, config.text_column, config.rows)
     model_dir, batch_tokens = config.model, config.batch_tokens
+    compared = [_comparable(model_dir, other) for other in config.compare_models]
+    first_rule = DecisionRule.of(open_artifact(model_dir).manifest)
+    gold = _gold(config, first_rule, len(texts))
     ordered = [REFERENCE, *[v for v in dict.fromkeys(variants) if v != REFERENCE]]
     manifest = Manifest.load(model_dir)  # the format only: the model is opened below
     static = manifest is not None and manifest.format == STATIC
@@ -108,7 +114,7 @@ def run_bench(config: BenchConfig, log: Log = silent) -> list[BenchRow]:
                 prediction, seconds = _timed(classifier, texts)
                 reference = prediction.logits if reference is None else reference
                 rows.append(_row(variant, classifier, texts, prediction, seconds, reference,
-                                 peak(), rows))
+                                 peak(), rows, gold))
                 if config.recheck and rechecks(classifier):
                     sample = slice(0, SAMPLE_TEXTS)
                     cut = choose_cut(classifier.rule, prediction.logits[sample],
@@ -117,8 +123,17 @@ def run_bench(config: BenchConfig, log: Log = silent) -> list[BenchRow]:
                     log(f"bench: running {variant} + re-check (margin < {cut.margin:.3g})")
                     prediction, seconds = _timed(classifier, texts)
                     rows.append(_row(f"{variant} + re-check", classifier, texts, prediction,
-                                     seconds, reference, peak(), rows))
+                                     seconds, reference, peak(), rows, gold))
             del classifier, prediction
+            gc.collect()
+        for artifact in compared:
+            log(f"bench: running {artifact.path} (--backend auto) on {len(texts)} rows")
+            with _peak_rss() as peak, classifier_for(artifact, "auto", options,
+                                                     batch_tokens=batch_tokens) as classifier:
+                prediction, seconds = _timed(classifier, texts)
+                rows.append(replace(_row(f"{artifact.path.name} (auto)", classifier, texts,
+                                         prediction, seconds, reference, peak(), rows, gold,
+                                         first_rule), compared=True))
             gc.collect()
     return rows
 
@@ -134,9 +149,17 @@ def _timed(classifier: Classifier, texts: list[str | None]) -> tuple[Prediction,
 
 def _row(variant: str, classifier: Classifier, texts: list[str | None],
          prediction: Prediction, seconds: float, reference: np.ndarray, peak_rss: int,
-         before: Sequence[BenchRow]) -> BenchRow:
-    """One row of the table: ``prediction`` against the reference logits."""
+         before: Sequence[BenchRow], gold: np.ndarray | None = None,
+         reference_rule: DecisionRule | None = None) -> BenchRow:
+    """One row of the table: ``prediction`` against the reference logits (those of another
+    model, decided by its ``reference_rule``, for a compared model) and the ``gold``
+    decisions (None: no labels)."""
     parity = compare(reference, prediction.logits, classifier.rule)
+    texted = ~np.isnan(reference).any(axis=1)  # null texts' rows are left out
+    decided = classifier.rule.decide(prediction.logits)
+    if reference_rule is not None:  # another model: its own thresholds decide its rows
+        parity = replace(parity, **_agreement(reference_rule.decide(reference), decided,
+                                              texted, reference_rule.problem_type == MULTI))
     baseline = before[0].rows_per_s if before else len(texts) / seconds
     present = max(prediction.counts.rows - prediction.counts.nulls, 1)
     return BenchRow(
@@ -153,7 +176,55 @@ def _row(variant: str, classifier: Classifier, texts: list[str | None],
         speedup=round(len(texts) / seconds / baseline, 2),
         rechecked=(round(prediction.counts.rechecked / present, 4)
                    if classifier.recheck is not None else None),
+        accuracy=(None if gold is None
+                  else _agreement(gold, decided, texted, False)["label_agreement"]),
     )
+
+
+def _agreement(expected: np.ndarray, decided: np.ndarray, present: np.ndarray, multi: bool
+               ) -> dict[str, float]:
+    """The share of ``present`` rows whose decisions equal ``expected`` (a multi-label row:
+    every label); multi-label adds the share of equal (row, label) pairs."""
+    same = (expected == decided).reshape(len(expected), -1)[present]
+    figures = {"label_agreement": float(same.all(axis=1).mean()) if len(same) else 1.0}
+    if multi:
+        figures["per_label_agreement"] = float(same.mean()) if len(same) else 1.0
+    return figures
+
+
+def _comparable(model_dir: Path, other: Path) -> Artifact:
+    """``--compare-model other``, opened; refused in one line unless its labels and problem
+    type are the benched model's (its rows must mean the same)."""
+    ours, theirs = Manifest.load(model_dir), open_artifact(other)
+    if ours is not None and (ours.labels != theirs.manifest.labels
+                             or ours.problem_type != theirs.manifest.problem_type):
+        raise ClsxError(f"--compare-model {other} must have the labels and problem type of "
+                        f"{model_dir}: it has {theirs.manifest.problem_type} "
+                        f"[{', '.join(theirs.manifest.labels)}], the model "
+                        f"{ours.problem_type} [{', '.join(ours.labels)}]")
+    return theirs
+
+
+def _gold(config: BenchConfig, rule: DecisionRule, rows: int) -> np.ndarray | None:
+    """The decisions ``--label-column`` holds for the benched rows, in ``rule``'s form
+    (label ids; multi-hot rows for multi-label, labels joined by commas); None without
+    the option or for a regression model."""
+    if config.label_column is None or not rule.has_labels:
+        return None
+    values = read_texts(config.data, config.label_column, rows)
+    if None in values:
+        raise ClsxError(f"--label-column {config.label_column} is empty in "
+                        f"{values.count(None)} of the {rows} benched rows; fill or drop them")
+    labels = list(rule.labels)
+    names = [[n.strip() for n in v.split(MULTI_LABEL_SEPARATOR)] if rule.problem_type == MULTI
+             else [v] for v in values]
+    unknown = sorted({n for row in names for n in row if n not in labels})
+    if unknown:
+        raise ClsxError(f"--label-column {config.label_column} holds labels the model does not "
+                        f"have: {', '.join(unknown[:5])} (the model's: {', '.join(labels)})")
+    if rule.problem_type == MULTI:
+        return np.array([[label in row for label in labels] for row in names])
+    return np.array([labels.index(row[0]) for row in names])
 
 
 def format_table(rows: Sequence[BenchRow]) -> str:
@@ -167,6 +238,10 @@ def format_table(rows: Sequence[BenchRow]) -> str:
          f"{r.max_abs_diff:.2e}", f"{r.speedup:.2f}")
         for r in rows
     ]
+    if any(r.accuracy is not None for r in rows):
+        header += ("accuracy",)
+        body = [(*line, "n/a" if r.accuracy is None else f"{r.accuracy:.2%}")
+                for line, r in zip(body, rows, strict=True)]
     widths = [max(len(str(line[i])) for line in [header, *body]) for i in range(len(header))]
     lines = ["  ".join(str(cell).ljust(w) for cell, w in zip(line, widths, strict=True))
              for line in [header, *body]]

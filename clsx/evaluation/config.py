@@ -113,6 +113,8 @@ class BenchConfig:
     device: str = "auto"
     threads: int | None = None
     recheck: bool = True  # an "X + re-check" row beside each backend below fp32
+    compare_models: tuple[Path, ...] = ()  # more models on the same rows (--compare-model)
+    label_column: str | None = None  # gold labels in data: an accuracy per row
 
     def __post_init__(self) -> None:
         exports = [VARIANT_RUNS.get(name, (name, None))[0] for name in self.backends]

@@ -55,12 +55,14 @@ def bench_report(rows: Sequence[BenchRow], context: Mapping[str, str],
                 note(f"Max |logit difference| versus {base} (log scale; the reference itself "
                      "is 0) and the process's peak resident memory while each backend ran."),
                 figures(_difference(rows), memory)),
+        *_tradeoff_section(rows),
         section("All figures", table(
             ("variant", "backend", "rows", "seconds", "rows/s", "tokens/s", f"x {base}",
-             "peak RSS MB", f"labels = {base}", "max |Δlogit|"),
+             "peak RSS MB", f"labels = {base}", "max |Δlogit|", "accuracy"),
             [(row.variant, row.backend, row.rows, row.seconds, row.rows_per_s,
               row.tokens_per_s, row.speedup, row.peak_rss_mb, agreement_text(row),
-              f"{row.max_abs_diff:.2e}") for row in rows])),
+              f"{row.max_abs_diff:.2e}",
+              "n/a" if row.accuracy is None else f"{row.accuracy:.2%}") for row in rows])),
         section("Run", key_values({**context, "clsx": __version__})),
         section("Machine", key_values(machine)),
     ]
@@ -105,6 +107,34 @@ def _difference(rows: Sequence[BenchRow]) -> str:
     axis.set_title(f"max |logit diff| vs {rows[0].variant}")
     axis.grid(axis="x", alpha=0.3)
     return image(figure, "max absolute logit difference per backend")
+
+
+def _tradeoff_section(rows: Sequence[BenchRow]) -> list[str]:
+    """Accuracy (with ``--label-column``; else agreement with the reference) against rows/s,
+    each backend and compared model a point: the picture that tells which rung to run.
+    Empty where there is nothing to plot (no labels, no compared model, no agreement)."""
+    accuracy = all(row.accuracy is not None for row in rows)
+    compared = any(row.compared for row in rows)
+    points = [(row.rows_per_s, row.accuracy if accuracy else row.label_agreement, row.variant)
+              for row in rows]
+    if not (accuracy or compared) or any(y is None for _, y, _ in points):
+        return []
+    measure = "accuracy on --label-column" if accuracy else f"labels = {rows[0].variant}"
+    figure, axis = new_figure(6.4, 4.2)
+    for i, (x, y, name) in enumerate(points):
+        axis.scatter([x], [y], color=COLOURS[i % len(COLOURS)], zorder=3)
+        # Neighbours (a backend and its re-check) overlap: labels step up in turn.
+        axis.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4 + 10 * (i % 3)),
+                      fontsize=8)
+    axis.set_xscale("log")
+    axis.set_xlabel("rows/s (log)")
+    axis.set_ylabel(measure)
+    axis.grid(True, which="both", alpha=0.3)
+    return [section("Accuracy against speed",
+                    note(f"Each backend and compared model on the same rows: {measure} "
+                         "against rows/s. Up and to the right is better; a point that another "
+                         "beats on both axes is never the one to run."),
+                    figures(image(figure, f"{measure} against rows/s")))]
 
 
 def _colours(names: Sequence[str]) -> list[str]:
