@@ -149,11 +149,17 @@ def test_a_store_with_gaps_is_resumable_but_not_publishable(tmp_path):
             store.parts()
 
 
+# In this process by default (the pinned config reaching the actors); on Ray (actors in
+# their own processes, 20 s more) in the slow suite.
+@pytest.mark.parametrize("actors", ["in-process", pytest.param("ray", marks=pytest.mark.slow)])
 def test_ray_actors_run_the_format_auto_chose_in_the_driver(tiny_models, tmp_path,
-                                                             monkeypatch):
+                                                             monkeypatch, actors):
     """The driver searches once (on a fixed clock, int8 fastest by far) and every actor
     runs its choice: the output is the int8 export's, which torch fp32's is not."""
     from clsx.auto import formats
+
+    if actors == "in-process":
+        fake_ray(monkeypatch)
 
     monkeypatch.setenv("CLSX_CACHE", str(tmp_path / "cache"))
     fixed_format_clock(monkeypatch, {"torch fp32": 1.0, "onnx": 0.9, "onnx-int8": 0.5})
