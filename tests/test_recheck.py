@@ -242,6 +242,7 @@ def test_the_fallback_model_runs_as_auto_would_run_it_alone(tiny_models, tmp_pat
     assert "--fallback-model: --backend auto chose torch bf16" in output
     assert "--fallback-model: --recheck: " in output
     assert "fallback model torch bf16 chosen by --backend auto" in output.splitlines()[-1]
+    assert "of them re-checked in fp32 by it (margin < " in output.splitlines()[-1]
     # Every row the first model (another tokenizer: other logits) disagrees on is sent, and
     # takes the fallback's re-checked labels: fp32's, none of the planted bf16 flips.
     assert cascade.column("label").equals(alone.column("label"))

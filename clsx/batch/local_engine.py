@@ -352,7 +352,8 @@ def _batch_predict(config: BatchPredictConfig, progress: Progress | None, log: L
                                           fallback.because)))
         return Summary(counts.rows, time.perf_counter() - started, backend, config.output,
                        counts, resumed_rows, recheck_margin=job[RECHECK_MARGIN],
-                       fallback_margin=job[FALLBACK_MARGIN])
+                       fallback_margin=job[FALLBACK_MARGIN],
+                       fallback_recheck_margin=(job[FALLBACK] or {}).get(RECHECK_MARGIN))
 
 
 def publish(config: BatchPredictConfig, store: Store, schema: pa.Schema, rows_read: int

@@ -171,7 +171,8 @@ def _ray_batch_predict(ray, config: BatchPredictConfig, options: RayOptions,
                                       "workers)", pinned.because, fallback.because)))
     return Summary(counts.rows, time.perf_counter() - started, backend, config.output, counts,
                    resumed_rows, recheck_margin=config.recheck_margin,
-                   fallback_margin=config.fallback_margin)
+                   fallback_margin=config.fallback_margin,
+                   fallback_recheck_margin=(job[FALLBACK] or {}).get(RECHECK_MARGIN))
 
 
 def _run_units(ray, pool, units: Iterator[Unit], text_column: str, kept: list[str],

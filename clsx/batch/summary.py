@@ -25,6 +25,7 @@ class Summary:
     already_complete: bool = False
     recheck_margin: float | None = None  # None: the run did not re-check
     fallback_margin: float | None = None  # None: no fallback model
+    fallback_recheck_margin: float | None = None  # None: the fallback model does not re-check
 
     def line(self) -> str:
         if self.already_complete:
@@ -52,5 +53,10 @@ class Summary:
         if self.fallback_margin is not None:
             share = self.counts.fallback / max(self.counts.rows - self.counts.nulls, 1)
             line += (f"{self.counts.fallback} rows ({share:.1%}) sent to the fallback model "
-                     f"(margin < {self.fallback_margin:.3g}); ")
+                     f"(margin < {self.fallback_margin:.3g})")
+            if self.fallback_recheck_margin is not None:
+                line += (f", {self.counts.fallback_rechecked} of them re-checked in fp32 by it "
+                         f"(margin < {self.fallback_recheck_margin:.6g}), "
+                         f"{self.counts.fallback_recheck_changed} labels changed")
+            line += "; "
         return line

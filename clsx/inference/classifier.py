@@ -40,8 +40,9 @@ class Counts:
     """What classifying some rows took: rows, tokens seen by the model, null texts, texts
     cut to fit, model inputs (``windows``: more than rows with ``--long-text window``), rows
     re-scored by the fp32 reference (``rechecked``, see :mod:`clsx.inference.recheck`) and
-    those whose decision the re-check changed (``recheck_changed``), and rows sent to a
-    cascade's fallback model (``fallback``)."""
+    those whose decision the re-check changed (``recheck_changed``), rows sent to a
+    cascade's fallback model (``fallback``) and those of them its own re-check re-scored
+    and changed (``fallback_rechecked``, ``fallback_recheck_changed``)."""
 
     rows: int = 0
     tokens: int = 0
@@ -51,6 +52,8 @@ class Counts:
     rechecked: int = 0
     recheck_changed: int = 0
     fallback: int = 0
+    fallback_rechecked: int = 0
+    fallback_recheck_changed: int = 0
 
     def add(self, other: Counts) -> None:
         for field in dataclasses.fields(self):
@@ -192,6 +195,8 @@ class Classifier:
                     raise ValueError("a fallback model needs the window's texts")
                 other = self.fallback.classifier.predict([window.texts[i] for i in unsure])
                 counts.fallback += len(unsure)
+                counts.fallback_rechecked += other.counts.rechecked
+                counts.fallback_recheck_changed += other.counts.recheck_changed
                 logits = logits.copy()
                 logits[unsure] = other.logits
                 columns = take_rows(columns, other.columns, unsure)
