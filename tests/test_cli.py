@@ -121,5 +121,5 @@ def test_bench_compares_other_models_and_plots_accuracy_against_speed(tiny_model
     pq.write_table(pa.table({"text": TEXTS, "label": ["happy"] * len(TEXTS)}), data)
     unknown = run_clsx("bench", "-m", tiny_models["bert"], "--data", data, "--backends", "torch",
                        "--label-column", "label")
-    assert unknown.exit_code == 1 and "holds labels the model does not have: happy" in (
+    assert unknown.exit_code == 1 and "has labels the model does not know: 'happy'" in (
         unknown.output)

@@ -124,13 +124,19 @@ def _cache():
 def check_fallback(first: Artifact, fallback: Artifact) -> None:
     """Refuse a fallback model whose labels or problem type differ from the first model's:
     its rows must mean what the first model's mean."""
-    ours, theirs = first.manifest, fallback.manifest
-    if ours.problem_type == "regression":
+    if first.manifest.problem_type == "regression":
         raise ClsxError("--fallback-model needs a classifier: a regression model has no "
                         "confidence to send rows on")
+    check_same_labels(first, fallback, "--fallback-model")
+
+
+def check_same_labels(first: Artifact, other: Artifact, option: str) -> None:
+    """Refuse ``other`` (given as ``option``) unless its labels, in order, and problem type
+    are ``first``'s."""
+    ours, theirs = first.manifest, other.manifest
     if ours.problem_type != theirs.problem_type or ours.labels != theirs.labels:
         raise ClsxError(
-            f"--fallback-model {fallback.path} must have the labels and problem type of "
+            f"{option} {other.path} must have the labels and problem type of "
             f"{first.path}: it has {theirs.problem_type} [{', '.join(theirs.labels)}], the "
             f"model {ours.problem_type} [{', '.join(ours.labels)}]")
 

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from clsx.artifacts.artifact import Artifact, open_artifact
-from clsx.artifacts.manifest import Manifest
-from clsx.auto.recheck import SAMPLE_TEXTS, attach, rechecks
+from clsx.artifacts.artifact import open_artifact
+from clsx.auto.recheck import SAMPLE_TEXTS, attach, check_same_labels, rechecks
 from clsx.auto.resolve import classifier_for
 from clsx.errors import ClsxError
 from clsx.evaluation.config import VARIANT_RUNS, VARIANTS, BenchConfig
@@ -26,9 +25,9 @@ from clsx.inference.classifier import Classifier, Prediction
 from clsx.inference.decisions import MULTI, MULTI_LABEL_SEPARATOR, DecisionRule
 from clsx.inference.runners.tensorrt import require_tensorrt
 from clsx.io import durable
-from clsx.io.tables import read_texts
+from clsx.io.tables import encode_targets, read_table, read_texts
 from clsx.log import Log, silent
-from clsx.quality.parity import compare
+from clsx.quality.parity import compare, decision_agreement
 from clsx.quality.recheck import choose_cut
 
 REFERENCE = "torch"
@@ -80,12 +79,14 @@ def run_bench(config: BenchConfig, log: Log = silent) -> list[BenchRow]:
         require_tensorrt("--backends tensorrt", options.device)
     texts = read_texts(config.data, config.text_column, config.rows)
     model_dir, batch_tokens = config.model, config.batch_tokens
-    compared = [_comparable(model_dir, other) for other in config.compare_models]
-    first_rule = DecisionRule.of(open_artifact(model_dir).manifest)
+    first = open_artifact(model_dir)
+    compared = [open_artifact(other) for other in config.compare_models]
+    for other in compared:
+        check_same_labels(first, other, "--compare-model")
+    first_rule = DecisionRule.of(first.manifest)
     gold = _gold(config, first_rule, len(texts))
     ordered = [REFERENCE, *[v for v in dict.fromkeys(variants) if v != REFERENCE]]
-    manifest = Manifest.load(model_dir)  # the format only: the model is opened below
-    static = manifest is not None and manifest.format == STATIC
+    static = first.manifest.format == STATIC
     if static:  # its numpy runner is its fp32 reference; it has no export or other dtype
         log(f"bench: {model_dir} is a static model: it runs on the static backend only")
         ordered = [STATIC]
@@ -158,8 +159,10 @@ def _row(variant: str, classifier: Classifier, texts: list[str | None],
     texted = ~np.isnan(reference).any(axis=1)  # null texts' rows are left out
     decided = classifier.rule.decide(prediction.logits)
     if reference_rule is not None:  # another model: its own thresholds decide its rows
-        parity = replace(parity, **_agreement(reference_rule.decide(reference), decided,
-                                              texted, reference_rule.problem_type == MULTI))
+        agreement, per_label = decision_agreement(reference_rule.decide(reference)[texted],
+                                                  decided[texted],
+                                                  reference_rule.problem_type == MULTI)
+        parity = replace(parity, label_agreement=agreement, per_label_agreement=per_label)
     baseline = before[0].rows_per_s if before else len(texts) / seconds
     present = max(prediction.counts.rows - prediction.counts.nulls, 1)
     return BenchRow(
@@ -177,54 +180,21 @@ def _row(variant: str, classifier: Classifier, texts: list[str | None],
         rechecked=(round(prediction.counts.rechecked / present, 4)
                    if classifier.recheck is not None else None),
         accuracy=(None if gold is None
-                  else _agreement(gold, decided, texted, False)["label_agreement"]),
+                  else decision_agreement(gold[texted], decided[texted], False)[0]),
     )
 
 
-def _agreement(expected: np.ndarray, decided: np.ndarray, present: np.ndarray, multi: bool
-               ) -> dict[str, float]:
-    """The share of ``present`` rows whose decisions equal ``expected`` (a multi-label row:
-    every label); multi-label adds the share of equal (row, label) pairs."""
-    same = (expected == decided).reshape(len(expected), -1)[present]
-    figures = {"label_agreement": float(same.all(axis=1).mean()) if len(same) else 1.0}
-    if multi:
-        figures["per_label_agreement"] = float(same.mean()) if len(same) else 1.0
-    return figures
-
-
-def _comparable(model_dir: Path, other: Path) -> Artifact:
-    """``--compare-model other``, opened; refused in one line unless its labels and problem
-    type are the benched model's (its rows must mean the same)."""
-    ours, theirs = Manifest.load(model_dir), open_artifact(other)
-    if ours is not None and (ours.labels != theirs.manifest.labels
-                             or ours.problem_type != theirs.manifest.problem_type):
-        raise ClsxError(f"--compare-model {other} must have the labels and problem type of "
-                        f"{model_dir}: it has {theirs.manifest.problem_type} "
-                        f"[{', '.join(theirs.manifest.labels)}], the model "
-                        f"{ours.problem_type} [{', '.join(ours.labels)}]")
-    return theirs
-
-
 def _gold(config: BenchConfig, rule: DecisionRule, rows: int) -> np.ndarray | None:
-    """The decisions ``--label-column`` holds for the benched rows, in ``rule``'s form
-    (label ids; multi-hot rows for multi-label, labels joined by commas); None without
-    the option or for a regression model."""
+    """The decisions ``--label-column`` holds for the first ``rows`` rows (label ids;
+    multi-hot rows for multi-label, labels joined by commas), encoded as training reads
+    labels; None without the option or for a regression model."""
     if config.label_column is None or not rule.has_labels:
         return None
-    values = read_texts(config.data, config.label_column, rows)
-    if None in values:
-        raise ClsxError(f"--label-column {config.label_column} is empty in "
-                        f"{values.count(None)} of the {rows} benched rows; fill or drop them")
-    labels = list(rule.labels)
-    names = [[n.strip() for n in v.split(MULTI_LABEL_SEPARATOR)] if rule.problem_type == MULTI
-             else [v] for v in values]
-    unknown = sorted({n for row in names for n in row if n not in labels})
-    if unknown:
-        raise ClsxError(f"--label-column {config.label_column} holds labels the model does not "
-                        f"have: {', '.join(unknown[:5])} (the model's: {', '.join(labels)})")
-    if rule.problem_type == MULTI:
-        return np.array([[label in row for label in labels] for row in names])
-    return np.array([labels.index(row[0]) for row in names])
+    values = read_table(config.data, [config.label_column], rows).column(
+        config.label_column).to_pylist()
+    targets, _ = encode_targets(values, rule.problem_type, config.data, config.label_column,
+                                labels=rule.labels, separator=MULTI_LABEL_SEPARATOR)
+    return targets
 
 
 def format_table(rows: Sequence[BenchRow]) -> str:

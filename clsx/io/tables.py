@@ -196,7 +196,17 @@ def read_labelled(
     if table.num_rows == 0:
         raise ClsxError(f"{path} has 0 rows; it needs labelled examples")
     texts = _non_null_texts(table, text_column, path)
-    values = table.column(label_column).to_pylist()
+    targets, known = encode_targets(table.column(label_column).to_pylist(), problem_type,
+                                    path, label_column, labels, separator)
+    return LabelledData(texts, targets, known, table)
+
+
+def encode_targets(values: list[Any], problem_type: str, path: str | Path, label_column: str,
+                   labels: Sequence[str] | None = None, separator: str = ","
+                   ) -> tuple[np.ndarray, tuple[str, ...]]:
+    """A label column's ``values`` as targets (label ids, multi-hot rows or float values)
+    and the label set (``labels`` where given, else derived); an empty value, a
+    non-numeric regression value or a label outside ``labels`` is refused in one line."""
     nulls = [i for i, v in enumerate(values) if v is None or (isinstance(v, float) and v != v)]
     if nulls:
         raise ClsxError(
@@ -208,7 +218,7 @@ def read_labelled(
             targets = np.array(values, dtype=np.float32)
         except (TypeError, ValueError) as exc:
             raise ClsxError(f"{path}: regression column {label_column!r} is not numeric") from exc
-        return LabelledData(texts, targets, tuple(labels or ("value",)), table)
+        return targets, tuple(labels or ("value",))
     if problem_type == "multi_label_classification":
         rows = [_split_labels(v, separator) for v in values]
         known = tuple(labels) if labels else tuple(sorted({x for row in rows for x in row}))
@@ -217,7 +227,7 @@ def read_labelled(
         targets = np.zeros((len(rows), len(known)), dtype=np.float32)
         for r, row in enumerate(rows):
             targets[r, [index[x] for x in row]] = 1.0
-        return LabelledData(texts, targets, known, table)
+        return targets, known
     strings = [str(v) for v in values]
     if labels:
         known = tuple(labels)
@@ -228,7 +238,7 @@ def read_labelled(
         known = tuple(str(v) for v in ordered)
     _check_known(path, label_column, set(strings), known)
     index = {label: i for i, label in enumerate(known)}
-    return LabelledData(texts, np.array([index[s] for s in strings], dtype=np.int64), known, table)
+    return np.array([index[s] for s in strings], dtype=np.int64), known
 
 
 def _non_null_texts(table: pa.Table, text_column: str, path: str | Path) -> list[str]:

@@ -49,10 +49,8 @@ def compare(reference: np.ndarray, logits: np.ndarray, rule: DecisionRule) -> Pa
     reference, logits = reference[present], logits[present]
     agreement = per_label = None
     if rule.has_labels:
-        same = (rule.decide(reference) == rule.decide(logits)).reshape(len(reference), -1)
-        agreement = float(same.all(axis=1).mean()) if len(same) else 1.0
-        if rule.problem_type == MULTI:
-            per_label = float(same.mean()) if len(same) else 1.0
+        agreement, per_label = decision_agreement(rule.decide(reference), rule.decide(logits),
+                                                  rule.problem_type == MULTI)
     return ParityReport(
         rows=len(reference),
         max_abs_diff=float(np.abs(reference - logits).max(initial=0.0)),
@@ -61,6 +59,16 @@ def compare(reference: np.ndarray, logits: np.ndarray, rule: DecisionRule) -> Pa
                                    - rule.probabilities(logits)).max(initial=0.0)),
         per_label_agreement=per_label,
     )
+
+
+def decision_agreement(expected: np.ndarray, decided: np.ndarray, multi: bool
+                       ) -> tuple[float, float | None]:
+    """The share of rows whose decisions equal ``expected``'s (a multi-label row: every
+    label) and, for ``multi``, the share of equal (row, label) decisions; 1.0 for no rows."""
+    same = (expected == decided).reshape(len(expected), -1)
+    if not len(same):
+        return 1.0, 1.0 if multi else None
+    return float(same.all(axis=1).mean()), float(same.mean()) if multi else None
 
 
 def dtype_gate_failure(dtype: str, parity: ParityReport, tolerance: float | None = None
