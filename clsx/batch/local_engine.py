@@ -138,22 +138,50 @@ def open_classifier(config: BatchPredictConfig, artifact: Artifact,
 
 
 def pin_fallback_format(config: BatchPredictConfig, source: ParquetInput,
-                        threads: int | None = None, log: Log = silent,
-                        journal: dict[str, Any] | None = None) -> Pinned:
+                        artifact: Artifact | None, threads: int | None = None,
+                        log: Log = silent, journal: dict[str, Any] | None = None) -> Pinned:
     """``config`` with its fallback model's own config (``fallback_config``) pinned as
-    ``--backend auto`` would run the fallback model alone on IN: its format search's choice
-    (the one the job ``journal`` continues records, if any); ``config`` as it is without a
-    --fallback-model. The pinned name is the fallback model's format."""
-    if config.fallback_model is None:
+    ``--backend auto`` would run the fallback model (``artifact``, as the job's claim
+    opened it) alone on IN: its format search's choice (the one the job ``journal``
+    continues records, if any); ``config`` as it is without a --fallback-model. The
+    pinned name is the fallback model's format."""
+    if artifact is None:
         return Pinned(config)
     alone = config.fallback_alone()
-    artifact = open_artifact(alone.model, allow_pickle=config.allow_pickle)
     if alone.auto_formats and _format_search_obstacle(alone, artifact) is not None:
         alone = replace(alone, auto_formats=None)  # --auto-formats meant the first model
     pinned = pin_auto_format(alone, source, artifact, threads, _fallback_log(log),
                              _fallback_journal(journal))
     because = None if pinned.name is None else f"fallback model {pinned.because}"
     return Pinned(replace(config, fallback_config=pinned.config), pinned.name, because)
+
+
+def pin_cuts(config: BatchPredictConfig, source: ParquetInput, classifier: Classifier,
+             journal: dict[str, Any] | None = None, log: Log = silent) -> BatchPredictConfig:
+    """``config`` with the re-check's cut, the cascade's cut and the fallback model's own
+    re-check cut pinned, each set on ``classifier`` (:func:`pin_recheck`,
+    :func:`pin_fallback`): what every replica of the job runs with."""
+    config = replace(config, recheck_margin=pin_recheck(config, source, classifier, journal,
+                                                        log))
+    return pin_fallback(config, source, classifier, journal, log)
+
+
+def record_pins(job: dict[str, Any], pinned: BatchPredictConfig,
+                fallback_format: str | None) -> None:
+    """Write the cuts of ``pinned`` (:func:`pin_cuts`) into the job record, and what was
+    pinned for the fallback model alone (:data:`FALLBACK`: its format ``fallback_format``,
+    None where no search ran, and its re-check cut; None without a fallback)."""
+    alone = pinned.fallback_config
+    job[RECHECK_MARGIN], job[FALLBACK_MARGIN] = pinned.recheck_margin, pinned.fallback_margin
+    job[FALLBACK] = (None if alone is None else
+                     {AUTO_FORMAT: fallback_format, RECHECK_MARGIN: alone.recheck_margin})
+
+
+def pinned_margins(pinned: BatchPredictConfig) -> dict[str, float | None]:
+    """The cuts of ``pinned`` (:func:`pin_cuts`) as :class:`Summary` reports them."""
+    alone = pinned.fallback_config
+    return {"recheck_margin": pinned.recheck_margin, "fallback_margin": pinned.fallback_margin,
+            "fallback_recheck_margin": None if alone is None else alone.recheck_margin}
 
 
 def pin_fallback(config: BatchPredictConfig, source: ParquetInput, classifier: Classifier,
@@ -183,16 +211,6 @@ def pin_fallback(config: BatchPredictConfig, source: ParquetInput, classifier: C
     classifier.fallback.margin = margin
     return replace(config, fallback_margin=margin,
                    fallback_config=replace(alone, recheck_margin=recheck_margin))
-
-
-def fallback_record(config: BatchPredictConfig, format_name: str | None
-                    ) -> dict[str, Any] | None:
-    """What the job record keeps of the fallback model alone (:data:`FALLBACK`): its format
-    (``format_name``, None: no search) and its re-check cut; None without a fallback."""
-    alone = config.fallback_config
-    if alone is None:
-        return None
-    return {AUTO_FORMAT: format_name, RECHECK_MARGIN: alone.recheck_margin}
 
 
 def _fallback_journal(journal: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -233,16 +251,19 @@ def pin_recheck(config: BatchPredictConfig, source: ParquetInput, classifier: Cl
     return cut.margin
 
 
-def check_fallback_model(config: BatchPredictConfig, artifact: Artifact) -> None:
-    """Refuse a --fallback-model whose labels or problem type differ from the model's."""
-    if config.fallback_model is not None:
-        from clsx.auto.recheck import check_fallback
+def check_fallback_model(config: BatchPredictConfig, artifact: Artifact) -> Artifact | None:
+    """The --fallback-model, opened (None: none given); refused where its labels or
+    problem type differ from the model's."""
+    if config.fallback_model is None:
+        return None
+    from clsx.auto.recheck import check_fallback
 
-        try:
-            fallback = open_artifact(config.fallback_model, allow_pickle=config.allow_pickle)
-        except ClsxError as exc:
-            raise ClsxError(f"--fallback-model: {exc}") from None
-        check_fallback(artifact, fallback)
+    try:
+        fallback = open_artifact(config.fallback_model, allow_pickle=config.allow_pickle)
+    except ClsxError as exc:
+        raise ClsxError(f"--fallback-model: {exc}") from None
+    check_fallback(artifact, fallback)
+    return fallback
 
 
 def checked_input(config: BatchPredictConfig) -> ParquetInput:
@@ -287,14 +308,16 @@ def batch_predict(config: BatchPredictConfig, progress: Progress | None = None,
 
 @dataclass(frozen=True)
 class Claim:
-    """A job that holds OUT: its model, output schema, job record, and the journal and
-    committed parts of the interrupted run it continues (None and none: a new job)."""
+    """A job that holds OUT: its model, output schema, job record, the journal and
+    committed parts of the interrupted run it continues (None and none: a new job), and
+    its --fallback-model (None: none)."""
 
     artifact: Artifact
     schema: pa.Schema
     job: dict[str, Any]
     journal: dict[str, Any] | None
     parts: list[Part]
+    fallback: Artifact | None
 
 
 def claim_job(config: BatchPredictConfig, source: ParquetInput, store: Store, engine: str
@@ -306,12 +329,12 @@ def claim_job(config: BatchPredictConfig, source: ParquetInput, store: Store, en
         return None
     artifact = open_artifact(config.model, allow_pickle=config.allow_pickle)
     schema = output_schema(config, source, artifact)
-    check_fallback_model(config, artifact)
+    fallback = check_fallback_model(config, artifact)
     job = config.job(source, artifact.fingerprint, engine)
     journal = store.check_job(job, AUTO_FORMAT, RECHECK_MARGIN, FALLBACK_MARGIN, FALLBACK)
     # Ray commits parts out of order: its resume fills the gaps; the local engine's cannot.
     parts = store.parts(contiguous=engine == "local") if journal is not None else []
-    return Claim(artifact, schema, job, journal, parts)
+    return Claim(artifact, schema, job, journal, parts, fallback)
 
 
 def _batch_predict(config: BatchPredictConfig, progress: Progress | None, log: Log
@@ -328,16 +351,15 @@ def _batch_predict(config: BatchPredictConfig, progress: Progress | None, log: L
         job[AUTO_FORMAT] = pinned.name
         if pinned.config.model != config.model:  # a cached export, current (checked there)
             artifact = open_artifact(pinned.config.model, check_parent=False)
-        fallback = pin_fallback_format(pinned.config, source, log=log, journal=journal)
+        fallback = pin_fallback_format(pinned.config, source, claim.fallback, log=log,
+                                       journal=journal)
         classifier = open_classifier(fallback.config, artifact)
         counts = Counts()
         try:
             # After the model loaded (one that fails to load leaves nothing), inside the
             # try: a refusal here must still close the classifier (vLLM's engine process).
-            job[RECHECK_MARGIN] = pin_recheck(config, source, classifier, journal, log)
-            cuts = pin_fallback(fallback.config, source, classifier, journal, log)
-            job[FALLBACK_MARGIN] = cuts.fallback_margin
-            job[FALLBACK] = fallback_record(cuts, fallback.name)
+            cuts = pin_cuts(fallback.config, source, classifier, journal, log)
+            record_pins(job, cuts, fallback.name)
             store.start(job)
             started = time.perf_counter()  # after the cuts' samples, as on Ray
             if not store.is_done():
@@ -351,9 +373,7 @@ def _batch_predict(config: BatchPredictConfig, progress: Progress | None, log: L
         backend = ", ".join(filter(None, (classifier.description, pinned.because,
                                           fallback.because)))
         return Summary(counts.rows, time.perf_counter() - started, backend, config.output,
-                       counts, resumed_rows, recheck_margin=job[RECHECK_MARGIN],
-                       fallback_margin=job[FALLBACK_MARGIN],
-                       fallback_recheck_margin=(job[FALLBACK] or {}).get(RECHECK_MARGIN))
+                       counts, resumed_rows, **pinned_margins(cuts))
 
 
 def publish(config: BatchPredictConfig, store: Store, schema: pa.Schema, rows_read: int

@@ -29,26 +29,19 @@ import pyarrow as pa
 
 from clsx.artifacts.artifact import open_artifact
 from clsx.artifacts.remote import local_model
-from clsx.batch.config import (
-    AUTO_FORMAT,
-    FALLBACK,
-    FALLBACK_MARGIN,
-    RECHECK_MARGIN,
-    BatchPredictConfig,
-    RayOptions,
-)
+from clsx.batch.config import AUTO_FORMAT, BatchPredictConfig, RayOptions
 from clsx.batch.local_engine import (
     Claim,
     Progress,
     checked_input,
     claim_job,
-    fallback_record,
     open_classifier,
     pin_auto_format,
-    pin_fallback,
+    pin_cuts,
     pin_fallback_format,
-    pin_recheck,
+    pinned_margins,
     publish,
+    record_pins,
     saved_work_hint,
 )
 from clsx.batch.parts import open_store
@@ -135,10 +128,9 @@ def _ray_batch_predict(ray, config: BatchPredictConfig, options: RayOptions,
         config = replace(pinned.config, model_source=None)
     else:
         config = pinned.config
-    fallback = pin_fallback_format(config, source, threads, log, claim.journal)
+    fallback = pin_fallback_format(config, source, claim.fallback, threads, log, claim.journal)
     config = _pin_cuts(fallback.config, source, claim.journal, log)
-    job[RECHECK_MARGIN], job[FALLBACK_MARGIN] = config.recheck_margin, config.fallback_margin
-    job[FALLBACK] = fallback_record(config, fallback.name)
+    record_pins(job, config, fallback.name)
     store.start(job)
     resumed_rows = sum(part.rows for part in claim.parts)
     counts = Counts()
@@ -170,9 +162,7 @@ def _ray_batch_predict(ray, config: BatchPredictConfig, options: RayOptions,
     backend = ", ".join(filter(None, (f"{config.backend} on ray ({options.num_workers} "
                                       "workers)", pinned.because, fallback.because)))
     return Summary(counts.rows, time.perf_counter() - started, backend, config.output, counts,
-                   resumed_rows, recheck_margin=config.recheck_margin,
-                   fallback_margin=config.fallback_margin,
-                   fallback_recheck_margin=(job[FALLBACK] or {}).get(RECHECK_MARGIN))
+                   resumed_rows, **pinned_margins(config))
 
 
 def _run_units(ray, pool, units: Iterator[Unit], text_column: str, kept: list[str],
@@ -264,8 +254,7 @@ def _pin_cuts(config: BatchPredictConfig, source: ParquetInput,
         return config
     artifact = open_artifact(config.model, allow_pickle=config.allow_pickle)
     with open_classifier(config, artifact, threads=config.threads or ACTOR_THREADS) as model:
-        config = replace(config, recheck_margin=pin_recheck(config, source, model, journal, log))
-        return pin_fallback(config, source, model, journal, log)
+        return pin_cuts(config, source, model, journal, log)
 
 
 def _start_ray(ray, address: str | None, actor_cpus: int) -> None:
