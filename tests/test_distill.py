@@ -110,6 +110,7 @@ def test_a_student_learns_the_teachers_labels(problem_type, student, extra, teac
     record = manifest["distillation"]
     assert record["teacher"] == str(teacher) and len(record["teacher_fingerprint"]) == 16
     assert record["unlabelled_rows"] == len(texts) and record["dropped_rows"] == 2
+    assert record["augmented_rows"] == 0  # --augment auto: no copies for such a student
     assert record["gold_rows"] == (len(MEANING[problem_type]) * 12 if "with-train" in extra
                                    else 0)
     assert not list(tmp_path.glob(".*"))  # no labels or checkpoints left behind
@@ -224,10 +225,14 @@ def test_a_static_student_learns_the_teachers_labels(problem_type, teachers, tmp
     texts = [row["text"] for row in keyword_rows(problem_type, 40, seed=1)]
     data = texts_parquet(tmp_path / "unlabelled.parquet", texts + [None])
     out = tmp_path / "static"
+    # --augment auto makes 10 copies per text (so few texts); regression asks for 3.
+    copies = 3 if problem_type == "regression" else 10
+    augment = ("--augment", "3") if problem_type == "regression" else ()
     result = run_clsx("distill", "--teacher", teacher, "--student", "static:8", "--data", data,
-                      "--output", out)
+                      "--output", out, *augment)
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "clsx.json").read_text())
+    assert manifest["distillation"]["augmented_rows"] == copies * len(texts)
     assert manifest["format"] == "static" and manifest["max_length"] == STATIC_MAX_LENGTH
     embeddings = manifest["distillation"]["embeddings"]
     assert embeddings["source"] == "teacher" and embeddings["dims"] == 8
@@ -345,6 +350,14 @@ def test_a_static_student_refuses_bad_input_in_one_line(case, expected, teachers
     assert result.exit_code == 1 and result.output.endswith(expected), result.output
     assert len(result.output.strip().splitlines()) <= 2  # the refusal (after a status line)
     assert not (tmp_path / "out").exists()
+
+
+def test_augment_takes_a_whole_number_or_auto(tmp_path):
+    result = run_clsx("distill", "--teacher", tmp_path, "--student", "static", "--data",
+                      tmp_path, "--output", tmp_path / "out", "--augment", "some")
+    assert result.exit_code == 2 and result.output.endswith(
+        "Error: Invalid value for '--augment': 'some' is neither a whole number >= 0 nor "
+        "auto\n"), result.output
 
 
 def test_an_interrupted_static_distillation_resumes(teachers, tmp_path, monkeypatch):

@@ -12,7 +12,17 @@ from clsx.cli.console import echo_decisions, echo_err
 from clsx.cli.options import given, with_default
 from clsx.cli.train import train_options
 from clsx.inference.runners import BACKENDS
+from clsx.train.augment import MOST_COPIES, TRANSFER_ROWS
 from clsx.train.config import PROBLEM_ALIASES, DistillConfig
+
+
+def _copies(context: click.Context, parameter: click.Parameter, value: str) -> int | None:
+    """``--augment``: a whole number of copies, or None for auto."""
+    if value == "auto":
+        return None
+    if not value.isdigit():
+        raise click.BadParameter(f"{value!r} is neither a whole number >= 0 nor auto")
+    return int(value)
 
 
 @click.command("distill")
@@ -47,11 +57,18 @@ from clsx.train.config import PROBLEM_ALIASES, DistillConfig
                              "Backend the teacher labels with (auto: its own format's)."))
 @click.option("--problem-type", type=click.Choice(tuple(PROBLEM_ALIASES)),
               help="Must be the teacher's  [default: the teacher's]")
+@click.option("--augment", default="auto", show_default=True, callback=_copies,
+              metavar="COPIES|auto",
+              help="Perturbed copies of each --data text (words dropped or swapped, short "
+                   "windows) that the teacher labels too: the student learns more of the "
+                   "teacher's function from the same data. auto: for a static student, "
+                   f"enough for {TRANSFER_ROWS:,} rows in all (at most {MOST_COPIES} per "
+                   "text); none for other students, whose training time grows with rows.")
 @train_options()
 def distill_command(teacher: Path, student: str, data: Path, train_path: Path | None,
                     eval_path: Path | None, output: Path, temperature: float | None,
                     alpha: float | None, teacher_backend: str | None,
-                    problem_type: str | None, **options) -> None:
+                    problem_type: str | None, augment: int | None, **options) -> None:
     """Train a small student on a teacher's soft labels over unlabelled texts.
 
     The teacher labels --data (and --train) through batch-predict, keeping its probabilities;
@@ -66,7 +83,8 @@ def distill_command(teacher: Path, student: str, data: Path, train_path: Path | 
     from clsx.train.distill import distill
 
     config = DistillConfig(teacher=teacher, data=data, student=student, output=output,
-                           train=train_path, eval=eval_path, training=given(options),
+                           train=train_path, eval=eval_path, augment=augment,
+                           training=given(options),
                            **given({"problem_type": problem_type, "temperature": temperature,
                                     "alpha": alpha, "teacher_backend": teacher_backend}))
     result = distill(config, log=echo_err)
@@ -76,7 +94,8 @@ def distill_command(teacher: Path, student: str, data: Path, train_path: Path | 
         click.echo(_format_comparison(result.evaluation, eval_path), err=True)
     click.echo(f"Distilled in {result.train.seconds / 60:.1f} min from "
                f"{result.rows['unlabelled_rows']} unlabelled and {result.rows['gold_rows']} "
-               f"gold rows; wrote {result.train.output}")
+               f"gold rows (and {result.rows['augmented_rows']} --augment copies); wrote "
+               f"{result.train.output}")
 
 
 def _format_comparison(evaluation: dict[str, Any], source: Path) -> str:

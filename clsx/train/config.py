@@ -142,7 +142,10 @@ class DistillConfig:
     ``temperature`` softens both models' single-label distributions in the KL term (scaled
     by its square, as in Hinton et al.); ``alpha`` is the weight of the gold-label loss on
     the rows ``train`` labels (the teacher's soft labels get 1 - alpha there, and everything
-    on the other rows). ``problem_type`` None is the teacher's.
+    on the other rows). ``problem_type`` None is the teacher's. ``augment`` is the perturbed
+    copies of each ``data`` text the teacher labels too (:mod:`clsx.train.augment`); None
+    (auto) is :func:`~clsx.train.augment.auto_copies` for a static student, none for the
+    others (their training time grows with the rows).
     """
 
     teacher: Path
@@ -155,9 +158,12 @@ class DistillConfig:
     temperature: float = 2.0
     alpha: float = 0.5
     teacher_backend: str = "auto"
+    augment: int | None = None
     training: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.augment is not None and self.augment < 0:
+            raise ClsxError(f"--augment must be a whole number >= 0 or auto, got {self.augment}")
         if not self.temperature > 0:
             raise ClsxError(f"--temperature must be > 0, got {self.temperature}")
         if not 0 <= self.alpha <= 1:

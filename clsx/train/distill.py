@@ -1,7 +1,8 @@
 """``clsx distill``: a teacher's soft labels on unlabelled texts train a smaller student.
 
 The teacher (any clsx model directory or export, any backend) labels the texts of ``--data``
-(and of ``--train``, where gold labels exist too) through
+(and of ``--train``, where gold labels exist too, and the ``--augment`` copies of the
+``--data`` texts, :mod:`clsx.train.augment`) through
 :func:`clsx.batch.local_engine.batch_predict`, keeping its probability vectors. Its outputs are
 committed in parts in a hidden work directory beside the output (``.NAME.clsx-distill``), so a
 killed run continues the labelling with ``--resume``, and the student's training continues from
@@ -40,6 +41,7 @@ from clsx.io.tables import LabelledData, read_labelled, read_texts
 from clsx.log import Log, silent
 from clsx.quality.calibration import calibrate_manifest
 from clsx.quality.metrics import scalar_metrics
+from clsx.train.augment import auto_copies, perturbed
 from clsx.train.config import DistillConfig, TrainConfig
 from clsx.train.soft_labels import soft_label_loss
 from clsx.train.static_student import (
@@ -73,7 +75,8 @@ class DistillResult:
 class TeacherLabels:
     """The rows the student learns from, with text: the teacher's probabilities, whether a
     gold label exists (1.0) and the hard targets (the gold label there, else the teacher's
-    decision); ``decided`` holds the teacher's decisions alone."""
+    decision); ``decided`` holds the teacher's decisions alone; ``copies`` the perturbed
+    copies of the ``--data`` rows."""
 
     texts: list[str]
     probs: np.ndarray
@@ -81,6 +84,23 @@ class TeacherLabels:
     targets: np.ndarray
     decided: np.ndarray
     counts: dict[str, int]
+    copies: Copies
+
+
+@dataclass(frozen=True)
+class Copies:
+    """The ``--augment`` copies the teacher labelled (:mod:`clsx.train.augment`): texts, the
+    teacher's probabilities and decisions, and the row of :class:`TeacherLabels` each copies.
+    A copy trains the student only where the row it copies does."""
+
+    texts: list[str]
+    probs: np.ndarray
+    decided: np.ndarray
+    origins: np.ndarray
+
+    def of(self, rows: np.ndarray) -> np.ndarray:
+        """The copies of ``rows``."""
+        return np.flatnonzero(np.isin(self.origins, rows))
 
 
 def distill(config: DistillConfig, log: Log = silent) -> DistillResult:
@@ -108,8 +128,9 @@ def distill(config: DistillConfig, log: Log = silent) -> DistillResult:
     labels = _teacher_labels(config, manifest, student, gold, work, log,
                              _labelling(config, student, teacher_fingerprint))
     chosen, eval_part = _held_out(labels, manifest, student, eval_data)
-    train_data = LabelledData([labels.texts[i] for i in chosen], labels.targets[chosen],
-                              manifest.labels, pa.table({"row": chosen}))
+    rows = _transfer_rows(labels, chosen)
+    train_data = LabelledData(rows.texts, rows.targets, manifest.labels,
+                              pa.table({"row": rows.origins}))
     record = _record(config, teacher_fingerprint, labels.counts)
     teacher_eval = _evaluate_teacher(config, student) if eval_data is not None else None
     evaluation: dict[str, Any] = {}
@@ -121,7 +142,7 @@ def distill(config: DistillConfig, log: Log = silent) -> DistillResult:
         return student_manifest.replace(distillation={
             **record, **({"eval": evaluation} if evaluation else {})})
 
-    variant = Variant(extras={"teacher": labels.probs[chosen], "gold": labels.has_gold[chosen]},
+    variant = Variant(extras={"teacher": rows.probs, "gold": rows.has_gold},
                       trainer_class=_trainer_class(manifest.problem_type, config.temperature,
                                                    config.alpha),
                       finish=finish)
@@ -146,10 +167,11 @@ def _distill_static(config: DistillConfig, teacher: Artifact, student: TrainConf
 
     tokenizer = AutoTokenizer.from_pretrained(embeddings.encoder)
     chosen, eval_part = _held_out(labels, manifest, student, eval_data)
-    log(f"Training the static head on {len(chosen)} rows ...")
-    head = fit_head(embeddings.features(tokenizer, [labels.texts[i] for i in chosen]),
-                    labels.probs[chosen], labels.targets[chosen], labels.has_gold[chosen],
-                    manifest.problem_type, config.temperature, config.alpha, student.seed)
+    rows = _transfer_rows(labels, chosen)
+    log(f"Training the static head on {len(rows.texts)} rows ...")
+    head = fit_head(embeddings.features(tokenizer, rows.texts), rows.probs, rows.targets,
+                    rows.has_gold, manifest.problem_type, config.temperature, config.alpha,
+                    student.seed)
     held_out = head.logits(embeddings.features(tokenizer, list(eval_part.texts)))
     student_manifest = Manifest(
         family=manifest.family if embeddings.source == "teacher" else "bert",
@@ -271,10 +293,58 @@ def _teacher_labels(config: DistillConfig, teacher: Manifest, student: TrainConf
     if gold is not None:
         targets[unlabelled:] = gold.targets
     rows = np.flatnonzero(kept)
+    texts = [texts[i] for i in rows]
+    copies = _copies(config, teacher, student, texts[:int(kept[:unlabelled].sum())], work, log)
     counts = {"unlabelled_rows": int(kept[:unlabelled].sum()),
-              "gold_rows": int(kept[unlabelled:].sum()), "dropped_rows": dropped}
-    return TeacherLabels([texts[i] for i in rows], probs[rows], has_gold[rows], targets[rows],
-                         decided[rows], counts)
+              "gold_rows": int(kept[unlabelled:].sum()), "dropped_rows": dropped,
+              "augmented_rows": len(copies.texts)}
+    return TeacherLabels(texts, probs[rows], has_gold[rows], targets[rows], decided[rows],
+                         counts, copies)
+
+
+def _copies(config: DistillConfig, teacher: Manifest, student: TrainConfig, texts: list[str],
+            work: Path, log: Log) -> Copies:
+    """The ``--augment`` copies of the ``--data`` ``texts``, labelled by the teacher (their
+    files are named by the copies and seed, so a resume with other settings labels anew)."""
+    count = config.augment
+    if count is None:
+        count = auto_copies(len(texts)) if static_dims(config.student) is not None else 0
+    made, origins = perturbed(texts, count, student.seed) if count else ([], [])
+    if not made:
+        return Copies([], np.zeros((0, teacher.num_labels), np.float32),
+                      _decisions(teacher, np.zeros((0, teacher.num_labels), np.float32)),
+                      np.zeros(0, np.int64))
+    name = f"augmented-{count}-{student.seed}"
+    source = work / f"{name}-texts.parquet"
+    if not source.exists():
+        _write_texts(pa.table({"text": pa.array(made, pa.string())}), source)
+    log(f"The teacher labels {len(made)} perturbed copies of the {len(texts)} --data texts "
+        f"({count} each; --augment) ...")
+    _, probs = _teacher_outputs(config, teacher, source, name, "text", work, log)
+    return Copies(made, probs, _decisions(teacher, probs), np.array(origins, np.int64))
+
+
+@dataclass(frozen=True)
+class TransferRows:
+    """What the student trains on: the chosen rows, then the copies of them."""
+
+    texts: list[str]
+    probs: np.ndarray
+    targets: np.ndarray
+    has_gold: np.ndarray
+    origins: np.ndarray  # the row of TeacherLabels each comes from
+
+
+def _transfer_rows(labels: TeacherLabels, chosen: np.ndarray) -> TransferRows:
+    """The rows ``chosen`` for training and the ``--augment`` copies of them (a copy of a
+    held-out row would leak it into training)."""
+    copies = labels.copies.of(chosen)
+    return TransferRows(
+        [labels.texts[i] for i in chosen] + [labels.copies.texts[i] for i in copies],
+        np.concatenate([labels.probs[chosen], labels.copies.probs[copies]]),
+        np.concatenate([labels.targets[chosen], labels.copies.decided[copies]]),
+        np.concatenate([labels.has_gold[chosen], np.zeros(len(copies), np.float32)]),
+        np.concatenate([chosen, labels.copies.origins[copies]]))
 
 
 def labels_directory(output: Path) -> Path:

@@ -12,9 +12,10 @@ means over its first :data:`OPENINGS` tokens (:mod:`clsx.inference.runners.stati
   SIF on a Zipf estimate of token frequency from the token's rank. (model2vec's own
   ``distill`` needs ``transformers<5.4``, which cannot live beside clsx's, so these few
   lines are clsx's.)
-- The head learns the teacher's soft labels on ``--data`` (and the gold labels of
-  ``--train``, mixed by ``--alpha``), with the loss every clsx student uses
-  (:func:`clsx.train.soft_labels.soft_label_loss`), full-batch AdamW on the pooled features.
+- The head learns the teacher's soft labels on ``--data`` and its ``--augment`` copies
+  (:mod:`clsx.train.augment`; and the gold labels of ``--train``, mixed by ``--alpha``),
+  with the loss every clsx student uses (:func:`clsx.train.soft_labels.soft_label_loss`),
+  AdamW on mini-batches of the pooled features.
   One hidden layer beats a linear head by 8 points of accuracy on TREC (0.85 against 0.77,
   MiniLM teacher 0.954) for one more small matrix product per row, and the openings add
   5 more (0.90, mean of 3 seeds; 0.897 with the first 2 tokens only): a bag of tokens
@@ -55,8 +56,10 @@ UNUSED_TOKEN = re.compile(r"\[unused\d+\]")
 ENCODER_BATCH = 1024  # vocabulary tokens per forward pass
 HIDDEN = 512  # units of the head's hidden layer
 OPENINGS = (2, 4)  # a row's first tokens pooled beside the whole row
-HEAD_STEPS = 400
-HEAD_LEARNING_RATE = 0.01
+HEAD_BATCH = 128  # rows per optimiser step
+HEAD_STEPS = 4000  # at most; and at most HEAD_EPOCHS passes over the rows
+HEAD_EPOCHS = 30
+HEAD_LEARNING_RATE = 3e-3
 HEAD_WEIGHT_DECAY = 0.01
 VECTORS_FILE = "static-vectors.npz"  # in distill's work directory: kept for a resume
 
@@ -186,8 +189,12 @@ def fit_head(features: np.ndarray, teacher: np.ndarray, targets: np.ndarray,
              gold: np.ndarray, problem_type: str, temperature: float, alpha: float,
              seed: int) -> Head:
     """A head (one hidden ReLU layer) on ``features`` trained with the students' loss on
-    the teacher's probabilities (``gold`` rows mix in ``targets`` by ``alpha``)."""
+    the teacher's probabilities (``gold`` rows mix in ``targets`` by ``alpha``):
+    AdamW on shuffled mini-batches of :data:`HEAD_BATCH` rows, :data:`HEAD_EPOCHS` passes
+    or :data:`HEAD_STEPS` steps, whichever ends first (on TREC: 0.913 test accuracy after
+    30 passes over 5,452 rows where 400 full-batch steps gave 0.902)."""
     torch.manual_seed(seed)
+    order = np.random.default_rng(seed)
     outputs = 1 if problem_type == "regression" else teacher.shape[1]
     # Unit-norm features give tiny activations: the head learns on features scaled to unit
     # variance per dimension, and the scale is folded into its first layer afterwards.
@@ -198,9 +205,15 @@ def fit_head(features: np.ndarray, teacher: np.ndarray, targets: np.ndarray,
     optimizer = torch.optim.AdamW(network.parameters(), lr=HEAD_LEARNING_RATE,
                                   weight_decay=HEAD_WEIGHT_DECAY)
     tensors = [torch.from_numpy(np.asarray(a)) for a in (targets, teacher, gold)]
-    for _ in range(HEAD_STEPS):
+    per_pass = max(1, len(inputs) // HEAD_BATCH)
+    batches: list[np.ndarray] = []
+    for _ in range(min(HEAD_STEPS, HEAD_EPOCHS * per_pass)):
+        if not batches:
+            batches = np.array_split(order.permutation(len(inputs)), per_pass)[::-1]
+        rows = torch.from_numpy(batches.pop())
         optimizer.zero_grad()
-        loss = soft_label_loss(network(inputs), *tensors, problem_type, temperature, alpha)
+        loss = soft_label_loss(network(inputs[rows]), *(t[rows] for t in tensors),
+                               problem_type, temperature, alpha)
         loss.backward()
         optimizer.step()
     with torch.no_grad():
