@@ -84,6 +84,38 @@ def test_bench_rejects_unknown_backend(tiny_models, tmp_path):
     assert result.exit_code == 1 and "unknown backend 'tflite'" in result.output
 
 
+def test_bench_runs_a_cascade_of_a_compared_model_into_the_benched_one(tiny_models, tmp_path):
+    """--cascade-agreement: the compared model (a random static model, which disagrees with
+    the benched one on a third of the rows here) sends its unsure rows to the benched model,
+    at the cut that keeps 99% of its labels on the bench's rows (all of them: fewer than
+    512)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.test_distill import hand_made_static
+
+    static, _, _ = hand_made_static(tiny_models["bert"], tmp_path / "static")
+    manifest = json.loads((static / "clsx.json").read_text())
+    manifest["labels"] = json.loads((tiny_models["bert"] / "clsx.json").read_text())["labels"]
+    (static / "clsx.json").write_text(json.dumps(manifest))
+    data = tmp_path / "data.parquet"
+    pq.write_table(pa.table({"text": [f"{t} {i}" for i in range(40) for t in TEXTS]}), data)
+    report = tmp_path / "bench.json"
+    result = run_clsx("bench", "-m", tiny_models["bert"], "--data", data, "--backends", "torch",
+                      "--compare-model", static, "--cascade-agreement", "0.99", "--json",
+                      report)
+    assert result.exit_code == 0, result.output
+    _, alone, cascade = json.loads(report.read_text())["results"]
+    assert cascade["variant"] == f"static -> {tiny_models['bert'].name} (cascade)"
+    assert cascade["compared"] and cascade["backend"].startswith("static")
+    assert alone["label_agreement"] < 0.99 <= cascade["label_agreement"]
+    assert 0 < cascade["sent"] < 1 and alone["sent"] is None
+    assert f"({cascade['sent']:.1%} sent)" in result.output
+    alone_only = run_clsx("bench", "-m", tiny_models["bert"], "--data", data,
+                          "--cascade-agreement", "0.99")
+    assert alone_only.exit_code == 1 and "add --compare-model" in alone_only.output
+
+
 def test_bench_compares_other_models_and_plots_accuracy_against_speed(tiny_models, tiny_exports,
                                                                       tmp_path):
     """--compare-model runs another model with the same labels on the same rows (here the

@@ -56,6 +56,11 @@ from clsx.inference.runners.base import DEVICES
                    "to run on the same rows after the backends, in its own format with "
                    "--backend auto; its agreement is with the model's torch fp32 labels. "
                    "Repeatable.")
+@click.option("--cascade-agreement", type=click.FloatRange(0, 1, min_open=True),
+              help="Also run each --compare-model as a cascade's first model that sends its "
+                   "unsure rows to this model (both --backend auto), at the cut that keeps "
+                   "this share of this model's labels on the first 512 rows, as "
+                   "batch-predict --fallback-model --fallback-agreement does (e.g. 0.99).")
 @click.option("--label-column",
               help="A column of --data with gold labels (multi-label: comma-separated): "
                    "adds each row's accuracy, and the report plots accuracy against rows/s.")

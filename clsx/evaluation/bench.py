@@ -14,14 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from clsx.artifacts.artifact import open_artifact
-from clsx.auto.recheck import SAMPLE_TEXTS, attach, check_same_labels, rechecks
+from clsx.artifacts.artifact import Artifact, open_artifact
+from clsx.auto.recheck import SAMPLE_TEXTS, attach, check_same_labels, fallback_cut, rechecks
 from clsx.auto.resolve import classifier_for
 from clsx.errors import ClsxError
 from clsx.evaluation.config import VARIANT_RUNS, VARIANTS, BenchConfig
 from clsx.export.cache import cached_export
 from clsx.export.config import INT8_FORMATS
-from clsx.inference.classifier import Classifier, Prediction
+from clsx.inference.classifier import Classifier, Fallback, Prediction
 from clsx.inference.decisions import MULTI, MULTI_LABEL_SEPARATOR, DecisionRule
 from clsx.inference.runners.tensorrt import require_tensorrt
 from clsx.io import durable
@@ -54,6 +54,7 @@ class BenchRow:
     rechecked: float | None = None  # "X + re-check" rows: the share of rows re-checked
     accuracy: float | None = None  # against --label-column's gold labels (None: not given)
     compared: bool = False  # another model (--compare-model), not a backend of the model
+    sent: float | None = None  # a cascade row: the share of rows sent to the benched model
 
 
 def run_bench(config: BenchConfig, log: Log = silent) -> list[BenchRow]:
@@ -83,6 +84,9 @@ def run_bench(config: BenchConfig, log: Log = silent) -> list[BenchRow]:
     compared = [open_artifact(other) for other in config.compare_models]
     for other in compared:
         check_same_labels(first, other, "--compare-model")
+    if config.cascade_agreement is not None and first.manifest.problem_type == "regression":
+        raise ClsxError("--cascade-agreement needs a classifier: a regression model has no "
+                        "confidence to send rows on")
     first_rule = DecisionRule.of(first.manifest)
     gold = _gold(config, first_rule, len(texts))
     ordered = [REFERENCE, *[v for v in dict.fromkeys(variants) if v != REFERENCE]]
@@ -136,7 +140,36 @@ def run_bench(config: BenchConfig, log: Log = silent) -> list[BenchRow]:
                                          prediction, seconds, reference, peak(), rows, gold,
                                          first_rule), compared=True))
             gc.collect()
+        if config.cascade_agreement is not None:
+            for artifact in compared:
+                rows.append(_cascade_row(artifact, first, config, texts, reference, rows,
+                                         gold, log))
+                gc.collect()
     return rows
+
+
+def _cascade_row(artifact: Artifact, fallback: Artifact, config: BenchConfig,
+                 texts: list[str | None], reference: np.ndarray, before: Sequence[BenchRow],
+                 gold: np.ndarray | None, log: Log) -> BenchRow:
+    """``artifact`` as a cascade's first model sending its unsure rows to ``fallback`` (the
+    benched model), both with ``--backend auto``, at the cut that agrees with ``fallback``
+    alone on ``config.cascade_agreement`` of the first
+    :data:`~clsx.auto.recheck.SAMPLE_TEXTS` rows (as ``batch-predict --fallback-model``)."""
+    options, batch_tokens = config.runner_options(), config.batch_tokens
+    sample = [text for text in texts[:SAMPLE_TEXTS] if text is not None]
+    with _peak_rss() as peak, classifier_for(artifact, "auto", options,
+                                             batch_tokens=batch_tokens) as classifier:
+        classifier.fallback = Fallback(0.0, classifier_for(fallback, "auto", options,
+                                                           batch_tokens=batch_tokens))
+        cut = fallback_cut(classifier, sample, config.cascade_agreement)
+        classifier.fallback.margin = 0.0 if cut is None else cut.margin
+        name = f"{artifact.path.name} -> {fallback.path.name} (cascade)"
+        log(f"bench: running {name} (margin < {classifier.fallback.margin:.3g})")
+        prediction, seconds = _timed(classifier, texts)
+        present = max(prediction.counts.rows - prediction.counts.nulls, 1)
+        return replace(_row(name, classifier, texts, prediction, seconds, reference, peak(),
+                            before, gold, DecisionRule.of(fallback.manifest)),
+                       compared=True, sent=round(prediction.counts.fallback / present, 4))
 
 
 def _timed(classifier: Classifier, texts: list[str | None]) -> tuple[Prediction, float]:
@@ -229,6 +262,8 @@ def agreement_text(row: BenchRow) -> str:
         text += f" sets, {row.per_label_agreement:.2%} labels"
     if row.rechecked is not None:
         text += f" ({row.rechecked:.1%} re-checked)"
+    if row.sent is not None:
+        text += f" ({row.sent:.1%} sent)"
     return text
 
 

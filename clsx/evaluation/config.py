@@ -115,8 +115,15 @@ class BenchConfig:
     recheck: bool = True  # an "X + re-check" row beside each backend below fp32
     compare_models: tuple[Path, ...] = ()  # more models on the same rows (--compare-model)
     label_column: str | None = None  # gold labels in data: an accuracy per row
+    # Each compared model as a cascade's first model, this model its fallback, at the cut
+    # that keeps this share of the fallback's labels (None: no cascade rows).
+    cascade_agreement: float | None = None
 
     def __post_init__(self) -> None:
+        if self.cascade_agreement is not None and not self.compare_models:
+            raise ClsxError("--cascade-agreement runs each --compare-model as a cascade's "
+                            "first model: add --compare-model (a cheaper model, e.g. a "
+                            "static student)")
         exports = [VARIANT_RUNS.get(name, (name, None))[0] for name in self.backends]
         if self.exports_dir is not None and all(export is None for export in exports):
             raise ClsxError("--exports-dir does nothing when --backends lists no export "
