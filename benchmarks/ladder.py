@@ -1,8 +1,9 @@
 """The student ladder: a MiniLM teacher, its static student and the static -> MiniLM cascade,
-per dataset, accuracy against rows/s.
+per dataset, and (with --llm-datasets) a SmolLM2 teacher and the MiniLM -> SmolLM2 cascade;
+accuracy against rows/s.
 
     python benchmarks/ladder.py [--datasets trec,bbc,sst2] [--work DIR] [--rows 50000]
-                                [--cascade-rows 20000]
+                                [--cascade-rows 20000] [--llm-datasets trec] [--llm-rows 2000]
 
 Per dataset, as a user would type the commands:
 1. the teacher: `clsx train` MiniLM-L6 on the training split (TREC 3 epochs, BBC 2 epochs
@@ -18,6 +19,13 @@ Per dataset, as a user would type the commands:
    default: enough rows for `--backend auto`'s format search, which MiniLM alone and the
    cascade's fallback then both run); the cascade's agreement with MiniLM alone on the
    test split.
+5. on the --llm-datasets: SmolLM2-135M LoRA-trained on 3,000 training rows (the settings
+   of benchmarks/experiments.py: 1 epoch, 128 tokens), its test accuracy and agreement
+   with MiniLM, its rows/s alone and that of the MiniLM -> SmolLM2 cascade
+   (`--fallback-model` SmolLM2) on `--llm-rows` texts with `--auto-formats` (the format
+   search a 20,000-row job gets, on fewer rows: SmolLM2 runs some 40 rows/s here), and
+   the cascade's agreement with SmolLM2 alone on the test split. BBC's long texts are too
+   slow for SmolLM2 on 2 cores (a few rows/s).
 
 Models stay in --work (default: a folder under /tmp), so a rerun skips the training done.
 Results: benchmarks/results/ladder.{json,md} and the plot benchmarks/results/ladder.png.
@@ -41,7 +49,7 @@ from clsx.inference.hardware import machine_description
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import realdata  # noqa: E402
 from backends import clsx  # noqa: E402
-from experiments import MINILM  # noqa: E402
+from experiments import MINILM, SMOLLM2  # noqa: E402
 from report import save  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -58,6 +66,10 @@ TEACHER_ARGS = {
 SUMMARY = re.compile(r"([\d.]+) rows/s")
 FALLBACK_SHARE = re.compile(r"\((\d+\.\d)%\) sent to the fallback model")
 CASCADE = ("--fallback-agreement", "0.99")
+LLM_TRAIN_ROWS = 3000
+LLM_ARGS = (*SMOLLM2, "--max-length", "128")
+RUNGS = {"smollm2": "smollm2", "minilm_smollm2": "minilm -> smollm2 cascade", "minilm": "minilm",
+         "cascade": "static -> minilm cascade", "static": "static"}
 
 
 def accuracy(model: Path, test: Path, folder: Path, name: str) -> tuple[dict, list]:
@@ -79,12 +91,60 @@ def rows_per_s(*args: object) -> tuple[float, str]:
     return float(SUMMARY.search(line).group(1)), line
 
 
+def backend_of(summary: str) -> str:
+    """The backend a batch-predict summary line names."""
+    return summary.split("backend ", 1)[1].split(";")[0]
+
+
 def repeated_texts(test: pa.Table, rows: int, path: Path) -> Path:
     realdata.write(realdata.repeated(test.select(["text"]), rows), path)
     return path
 
 
-def run(dataset: str, work: Path, rows: int, cascade_rows: int) -> dict:
+def agreement(first: list, second: list) -> float:
+    return round(sum(a == b for a, b in zip(first, second, strict=True)) / len(first), 4)
+
+
+def cascade_on_test(test: Path, folder: Path, name: str, first: Path, fallback: Path,
+                    gold: list) -> dict:
+    """The cascade ``first`` -> ``fallback`` and ``fallback`` alone on the test split: the
+    cascade's accuracy (95% interval) and its agreement with the fallback alone."""
+    texts = ("--keep-columns", "text")
+    rows_per_s(test, folder / f"{name}-test.parquet", "-m", first, "--fallback-model", fallback,
+               *CASCADE, *texts)
+    rows_per_s(test, folder / f"{fallback.name}-test.parquet", "-m", fallback, *texts)
+    cascade = pq.read_table(folder / f"{name}-test.parquet").column("label").to_pylist()
+    alone = pq.read_table(folder / f"{fallback.name}-test.parquet").column("label").to_pylist()
+    score = agreement(cascade, gold)
+    half = 1.96 * math.sqrt(score * (1 - score) / len(gold))
+    return {"accuracy": score, "ci95": [round(score - half, 4), round(score + half, 4)],
+            "agreement": agreement(cascade, alone)}
+
+
+def llm_rungs(folder: Path, paths: dict[str, Path], train: pa.Table, test: pa.Table,
+              teacher: Path, teacher_labels: list, rows: int) -> dict:
+    """SmolLM2 alone and the MiniLM -> SmolLM2 cascade (step 5 of the docstring)."""
+    llm = folder / "smollm2"
+    if not llm.exists():
+        subset = folder / "llm-train.parquet"
+        pq.write_table(realdata.sample(train, LLM_TRAIN_ROWS), subset)
+        clsx("train", "--model", "smollm2-135m", "--train", subset, "--output", llm, *LLM_ARGS)
+    score, labels = accuracy(llm, paths["test"], folder, "smollm2")
+    few = repeated_texts(test, rows, folder / "few.parquet")
+    rate, line = rows_per_s(few, folder / "smollm2-out.parquet", "-m", llm, "--auto-formats")
+    alone = {**score, "agreement": agreement(labels, teacher_labels), "with": "minilm",
+             "rows_per_s": rate, "rows": rows, "backend": backend_of(line)}
+    rate, line = rows_per_s(few, folder / "llm-cascade-out.parquet", "-m", teacher,
+                            "--fallback-model", llm, *CASCADE, "--auto-formats")
+    share = FALLBACK_SHARE.search(line)
+    cascade = {**cascade_on_test(paths["test"], folder, "llm-cascade", teacher, llm,
+                                 test.column("label").to_pylist()),
+               "with": "smollm2", "rows_per_s": rate, "rows": rows,
+               "fallback_share": float(share.group(1)) / 100 if share else None}
+    return {"smollm2": alone, "minilm_smollm2": cascade}
+
+
+def run(dataset: str, work: Path, rows: int, cascade_rows: int, llm_rows: int | None) -> dict:
     folder = work / dataset
     folder.mkdir(parents=True, exist_ok=True)
     train, test = READERS[dataset]()
@@ -102,58 +162,49 @@ def run(dataset: str, work: Path, rows: int, cascade_rows: int) -> dict:
     result: dict = {"train_rows": train.num_rows, "test_rows": test.num_rows}
     teacher_score, teacher_labels = accuracy(teacher, paths["test"], folder, "minilm")
     static_score, static_labels = accuracy(static, paths["test"], folder, "static")
-    agreement = sum(a == b for a, b in zip(static_labels, teacher_labels, strict=True))
-    result["minilm"] = teacher_score
-    result["static"] = {**static_score, "agreement_with_minilm":
-                        round(agreement / len(teacher_labels), 4)}
     many = repeated_texts(test, rows, folder / "many.parquet")
     some = repeated_texts(test, cascade_rows, folder / "some.parquet")
-    result["static"]["rows_per_s"], _ = rows_per_s(many, folder / "static-out.parquet",
-                                                   "-m", static)
-    result["static"]["rows"] = rows
-    result["minilm"]["rows_per_s"], line = rows_per_s(some, folder / "minilm-out.parquet",
-                                                      "-m", teacher)
-    result["minilm"]["backend"] = line.split("backend ", 1)[1].split(";")[0]
-    cascade_rate, line = rows_per_s(some, folder / "cascade-out.parquet", "-m", static,
-                                    "--fallback-model", teacher, *CASCADE)
+    rate, line = rows_per_s(some, folder / "minilm-out.parquet", "-m", teacher)
+    result["minilm"] = {**teacher_score, "rows_per_s": rate, "rows": cascade_rows,
+                        "backend": backend_of(line)}
+    rate, _ = rows_per_s(many, folder / "static-out.parquet", "-m", static)
+    result["static"] = {**static_score, "agreement": agreement(static_labels, teacher_labels),
+                        "with": "minilm", "rows_per_s": rate, "rows": rows}
+    rate, line = rows_per_s(some, folder / "cascade-out.parquet", "-m", static,
+                            "--fallback-model", teacher, *CASCADE)
     share = FALLBACK_SHARE.search(line)
-    # The cascade on the test split, against MiniLM alone on it: the agreement.
-    test_texts = ("--keep-columns", "text")
-    rows_per_s(paths["test"], folder / "cascade-test.parquet", "-m", static,
-               "--fallback-model", teacher, *CASCADE, *test_texts)
-    rows_per_s(paths["test"], folder / "minilm-test.parquet", "-m", teacher, *test_texts)
-    cascade = pq.read_table(folder / "cascade-test.parquet").column("label").to_pylist()
-    alone = pq.read_table(folder / "minilm-test.parquet").column("label").to_pylist()
-    gold = test.column("label").to_pylist()
-    cascade_accuracy = sum(a == b for a, b in zip(cascade, gold, strict=True)) / len(gold)
-    half = 1.96 * math.sqrt(cascade_accuracy * (1 - cascade_accuracy) / len(gold))
     result["cascade"] = {
-        "accuracy": round(cascade_accuracy, 4),
-        "ci95": [round(cascade_accuracy - half, 4), round(cascade_accuracy + half, 4)],
-        "agreement_with_minilm": round(sum(a == b for a, b in zip(cascade, alone, strict=True))
-                                       / len(alone), 4),
-        "rows_per_s": cascade_rate, "rows": cascade_rows,
-        "fallback_share": float(share.group(1)) / 100 if share else None,
-        "x_minilm": round(cascade_rate / result["minilm"]["rows_per_s"], 2)}
-    result["minilm"]["rows"] = cascade_rows
-    result["static"]["x_minilm"] = round(result["static"]["rows_per_s"]
-                                         / result["minilm"]["rows_per_s"], 1)
+        **cascade_on_test(paths["test"], folder, "cascade", static, teacher,
+                          test.column("label").to_pylist()),
+        "with": "minilm", "rows_per_s": rate, "rows": cascade_rows,
+        "fallback_share": float(share.group(1)) / 100 if share else None}
+    if llm_rows is not None:
+        result.update(llm_rungs(folder, paths, train, test, teacher, teacher_labels, llm_rows))
+    for rung in RUNGS:
+        if rung in result:
+            result[rung]["x_minilm"] = round(result[rung]["rows_per_s"]
+                                             / result["minilm"]["rows_per_s"], 2)
+    for cascade in ("cascade", "minilm_smollm2"):  # against its fallback model alone
+        if cascade in result:
+            fallback = result[result[cascade]["with"]]["rows_per_s"]
+            result[cascade]["x_fallback"] = round(result[cascade]["rows_per_s"] / fallback, 2)
     return result
 
 
 def markdown(results: dict[str, dict]) -> str:
-    lines = ["| dataset | rung | test accuracy (95% CI) | agreement with MiniLM | rows/s | "
-             "x MiniLM |", "|---|---|---|---|---|---|"]
+    lines = ["| dataset | rung | test accuracy (95% CI) | agreement | rows/s (rows) | "
+             "x MiniLM | x its fallback alone |", "|---|---|---|---|---|---|---|"]
     for dataset, result in results.items():
-        for rung in ("minilm", "static", "cascade"):
+        for rung in (r for r in RUNGS if r in result):
             r = result[rung]
-            agree = r.get("agreement_with_minilm")
-            extra = (f" ({r['fallback_share']:.1%} to MiniLM)" if rung == "cascade"
-                     and r.get("fallback_share") is not None else "")
+            agree = "-" if "agreement" not in r else f"{r['agreement']:.2%} with {r['with']}"
+            share = r.get("fallback_share")
+            extra = "" if share is None else f" ({share:.1%} to {r['with']})"
+            over_fallback = f"{r['x_fallback']}x" if "x_fallback" in r else "-"
             lines.append(
-                f"| {dataset} | {rung}{extra} | {r['accuracy']:.4f} ({r['ci95'][0]:.3f}-"
-                f"{r['ci95'][1]:.3f}) | {'-' if agree is None else f'{agree:.2%}'} | "
-                f"{r['rows_per_s']:,.0f} | {r.get('x_minilm', 1.0)}x |")
+                f"| {dataset} | {RUNGS[rung]}{extra} | {r['accuracy']:.4f} ({r['ci95'][0]:.3f}-"
+                f"{r['ci95'][1]:.3f}) | {agree} | {r['rows_per_s']:,.0f} ({r['rows']:,}) | "
+                f"{r['x_minilm']}x | {over_fallback} |")
     return "\n".join(lines)
 
 
@@ -165,15 +216,15 @@ def plot(results: dict[str, dict], path: Path) -> None:
 
     figure, axes = plt.subplots(figsize=(7, 4.5))
     for dataset, result in results.items():
-        points = [(result[r]["rows_per_s"], result[r]["accuracy"], r)
-                  for r in ("minilm", "cascade", "static")]
+        points = sorted((result[r]["rows_per_s"], result[r]["accuracy"], RUNGS[r])
+                        for r in RUNGS if r in result)
         axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=dataset)
         for x, y, name in points:
             axes.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     axes.set_xscale("log")
     axes.set_xlabel("rows/s, Parquet to Parquet, 2 cores (log)")
     axes.set_ylabel("test accuracy")
-    axes.set_title("clsx student ladder: MiniLM, static -> MiniLM cascade, static")
+    axes.set_title("clsx student ladder: accuracy against rows/s")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend()
     figure.tight_layout()
@@ -187,17 +238,24 @@ def main() -> None:
                         default=Path(tempfile.gettempdir()) / "clsx-ladder")
     parser.add_argument("--rows", type=int, default=50_000)
     parser.add_argument("--cascade-rows", type=int, default=20_000)
+    parser.add_argument("--llm-datasets", default="trec,sst2",
+                        help="datasets that also get the SmolLM2 rungs ('' for none)")
+    parser.add_argument("--llm-rows", type=int, default=2_000)
     args = parser.parse_args()
-    results = {name: run(name, args.work, args.rows, args.cascade_rows)
+    llm = set(filter(None, args.llm_datasets.split(",")))
+    results = {name: run(name, args.work, args.rows, args.cascade_rows,
+                         args.llm_rows if name in llm else None)
                for name in args.datasets.split(",")}
     table = markdown(results)
-    table += "\n\nMiniLM ran as: " + "; ".join(
-        f"{name} {result['minilm']['backend']}" for name, result in results.items())
+    table += "\n\nRan as: " + "; ".join(
+        f"{name} {rung} {result[rung]['backend']}" for name, result in results.items()
+        for rung in ("minilm", "smollm2") if rung in result)
     print(table)
     plot(results, HERE / "results" / "ladder.png")
     report = {"machine": machine_description(), "results": results}
     save("ladder", report, f"# The student ladder\n\nMade with `python benchmarks/ladder.py "
-         f"--datasets {args.datasets} --rows {args.rows} --cascade-rows {args.cascade_rows}` "
+         f"--datasets {args.datasets} --rows {args.rows} --cascade-rows {args.cascade_rows} "
+         f"--llm-datasets '{args.llm_datasets}' --llm-rows {args.llm_rows}` "
          f"on {report['machine']}.\n\n{table}\n\n![ladder](ladder.png)\n")
 
 
