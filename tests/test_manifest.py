@@ -83,3 +83,15 @@ def test_per_label_thresholds_need_enough_positives_of_their_own():
     assert 0.52 < thresholds[0] <= 0.9
     assert gold[:, 2].sum() < MIN_POSITIVES_PER_LABEL
     assert thresholds[2] == tune_threshold(logits, gold)
+
+
+def test_a_tie_between_thresholds_takes_the_middle_one():
+    """Rows that separate cleanly (negatives at 0.1, positives at 0.9) tie every threshold
+    from 0.15 to 0.85 (0.9 in float32 is just under 0.9): the cut-off is the middle one, away
+    from both edges."""
+    from clsx.quality.metrics import tune_threshold, tune_thresholds
+
+    gold = np.array([[1], [1], [0], [0], [0], [1]] * 5)
+    probs = np.where(gold == 1, 0.9, 0.1)
+    logits = np.log(probs / (1 - probs))
+    assert tune_threshold(logits, gold) == tune_thresholds(logits, gold)[0] == 0.5

@@ -110,18 +110,29 @@ def _f1_per_label(probs: np.ndarray, gold: np.ndarray) -> np.ndarray:
     return 2 * true_pos / np.maximum(2 * true_pos + false_pos + false_neg, 1)
 
 
+def _best(f1: np.ndarray) -> float:
+    """The grid threshold with the highest F1 (``f1``: one value per grid threshold); where
+    several tie, the middle one. Where the rows separate cleanly, every threshold between
+    the negatives and the positives ties, and the lowest of them (0.05) would put the cut-off
+    against the negatives' edge: a few unseen rows, or a retrained model, would cross it."""
+    tied = np.flatnonzero(f1 >= f1.max() - 1e-12)
+    return float(THRESHOLD_GRID[tied[len(tied) // 2]])
+
+
 def tune_threshold(logits: np.ndarray, gold: np.ndarray) -> float:
-    """The multi-label threshold in 0.05..0.95 that maximises macro-F1 on these rows."""
+    """The multi-label threshold in 0.05..0.95 that maximises macro-F1 on these rows (the
+    middle of a tie, :func:`_best`)."""
     f1 = _f1_per_label(probabilities(logits, "multi_label_classification"), gold)
-    return float(THRESHOLD_GRID[int(np.argmax(f1.mean(axis=1)))])
+    return _best(f1.mean(axis=1))
 
 
 def tune_thresholds(logits: np.ndarray, gold: np.ndarray) -> tuple[float, ...]:
-    """One threshold per label (0.05..0.95), each maximising that label's F1 on these rows;
-    labels with fewer than ``MIN_POSITIVES_PER_LABEL`` positives keep the best global one."""
+    """One threshold per label (0.05..0.95), each maximising that label's F1 on these rows
+    (the middle of a tie, :func:`_best`); labels with fewer than
+    ``MIN_POSITIVES_PER_LABEL`` positives keep the best global one."""
     f1 = _f1_per_label(probabilities(logits, "multi_label_classification"), gold)
-    best_global = THRESHOLD_GRID[int(np.argmax(f1.mean(axis=1)))]
-    own = THRESHOLD_GRID[f1.argmax(axis=0)]
+    best_global = _best(f1.mean(axis=1))
+    own = np.array([_best(column) for column in f1.T])
     enough = gold.astype(bool).sum(axis=0) >= MIN_POSITIVES_PER_LABEL
     return tuple(float(t) for t in np.where(enough, own, best_global))
 
