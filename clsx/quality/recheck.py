@@ -148,15 +148,24 @@ class FallbackCut:
 
 def choose_fallback_cut(rule: DecisionRule, first: np.ndarray, first_decisions: np.ndarray,
                         fallback_decisions: np.ndarray, target: float) -> FallbackCut:
-    """The smallest cut at which the cascade agrees with the fallback model on at least
-    ``target`` of the sample: ``first`` are the first model's logits, the decisions each
-    model's own (its thresholds); rows null in ``first`` are left out."""
+    """The smallest cut at which the cascade is expected to agree with the fallback model on
+    at least ``target`` of new rows, not only of the sample: ``first`` are the first model's
+    logits, the decisions each model's own (its thresholds); rows null in ``first`` are
+    left out.
+
+    A cut that leaves the sample's k surest disagreements above it leaves, on a new row
+    drawn as the sample's were, a disagreement above it with probability at most
+    (k + 1) / (n + 1) (the new row would have to rank among the k + 1 surest disagreements
+    of the n + 1 rows), so k is the largest with (k + 1) / (n + 1) <= 1 - ``target``
+    (at least 0). Keeping the sample's own agreement at ``target`` instead (k = (1 -
+    target) n) left 98.4% agreement on SST-2's test split for a 0.99 target.
+    """
     present = ~np.isnan(first).any(axis=1)
     margin = margins(rule, first[present])
     rows = len(margin)
     differ = (first_decisions[present] != fallback_decisions[present]).reshape(rows, -1)
     differ = differ.any(axis=1)
-    allowed = int(np.floor((1 - target) * rows + 1e-9))
+    allowed = max(int(np.floor((1 - target) * (rows + 1) + 1e-9)) - 1, 0)
     kept = np.sort(margin[differ])[::-1]  # the disagreements, surest first
     cut = 0.0 if len(kept) <= allowed else float(np.nextafter(kept[allowed], np.inf))
     sent = margin < cut
