@@ -79,10 +79,14 @@ def accuracy(model: Path, test: Path, folder: Path, name: str) -> tuple[dict, li
     clsx("eval", "--model", model, "--data", test, "--json", metrics, "--predictions",
          predictions)
     labels = pq.read_table(predictions).column("predicted_label").to_pylist()
-    value = json.loads(metrics.read_text())["accuracy"]
-    half = 1.96 * math.sqrt(value * (1 - value) / len(labels))
-    return {"accuracy": round(value, 4), "ci95": [round(value - half, 4),
-                                                  round(value + half, 4)]}, labels
+    return scored(json.loads(metrics.read_text())["accuracy"], len(labels)), labels
+
+
+def scored(accuracy: float, rows: int) -> dict:
+    """``accuracy`` on ``rows`` test rows with its 95% interval (normal approximation)."""
+    half = 1.96 * math.sqrt(accuracy * (1 - accuracy) / rows)
+    return {"accuracy": round(accuracy, 4),
+            "ci95": [round(accuracy - half, 4), round(accuracy + half, 4)]}
 
 
 def rows_per_s(*args: object) -> tuple[float, str]:
@@ -105,20 +109,22 @@ def agreement(first: list, second: list) -> float:
     return round(sum(a == b for a, b in zip(first, second, strict=True)) / len(first), 4)
 
 
-def cascade_on_test(test: Path, folder: Path, name: str, first: Path, fallback: Path,
-                    gold: list) -> dict:
-    """The cascade ``first`` -> ``fallback`` and ``fallback`` alone on the test split: the
-    cascade's accuracy (95% interval) and its agreement with the fallback alone."""
+def cascade_rung(folder: Path, test: Path, gold: list, name: str, first: Path,
+                 fallback: Path, source: Path, rows: int, *options: str) -> dict:
+    """The cascade ``first`` -> ``fallback``: its rows/s on ``source`` (``rows`` rows) and
+    the share sent; on the test split its accuracy (95% interval) and its agreement with
+    ``fallback`` alone."""
+    cascade = ("-m", first, "--fallback-model", fallback, *CASCADE)
+    rate, line = rows_per_s(source, folder / f"{name}-out.parquet", *cascade, *options)
+    share = FALLBACK_SHARE.search(line)
     texts = ("--keep-columns", "text")
-    rows_per_s(test, folder / f"{name}-test.parquet", "-m", first, "--fallback-model", fallback,
-               *CASCADE, *texts)
+    rows_per_s(test, folder / f"{name}-test.parquet", *cascade, *texts)
     rows_per_s(test, folder / f"{fallback.name}-test.parquet", "-m", fallback, *texts)
-    cascade = pq.read_table(folder / f"{name}-test.parquet").column("label").to_pylist()
+    labels = pq.read_table(folder / f"{name}-test.parquet").column("label").to_pylist()
     alone = pq.read_table(folder / f"{fallback.name}-test.parquet").column("label").to_pylist()
-    score = agreement(cascade, gold)
-    half = 1.96 * math.sqrt(score * (1 - score) / len(gold))
-    return {"accuracy": score, "ci95": [round(score - half, 4), round(score + half, 4)],
-            "agreement": agreement(cascade, alone)}
+    return {**scored(agreement(labels, gold), len(gold)), "agreement": agreement(labels, alone),
+            "with": fallback.name, "rows_per_s": rate, "rows": rows,
+            "fallback_share": float(share.group(1)) / 100 if share else None}
 
 
 def llm_rungs(folder: Path, paths: dict[str, Path], train: pa.Table, test: pa.Table,
@@ -134,13 +140,8 @@ def llm_rungs(folder: Path, paths: dict[str, Path], train: pa.Table, test: pa.Ta
     rate, line = rows_per_s(few, folder / "smollm2-out.parquet", "-m", llm, "--auto-formats")
     alone = {**score, "agreement": agreement(labels, teacher_labels), "with": "minilm",
              "rows_per_s": rate, "rows": rows, "backend": backend_of(line)}
-    rate, line = rows_per_s(few, folder / "llm-cascade-out.parquet", "-m", teacher,
-                            "--fallback-model", llm, *CASCADE, "--auto-formats")
-    share = FALLBACK_SHARE.search(line)
-    cascade = {**cascade_on_test(paths["test"], folder, "llm-cascade", teacher, llm,
-                                 test.column("label").to_pylist()),
-               "with": "smollm2", "rows_per_s": rate, "rows": rows,
-               "fallback_share": float(share.group(1)) / 100 if share else None}
+    cascade = cascade_rung(folder, paths["test"], test.column("label").to_pylist(),
+                           "llm-cascade", teacher, llm, few, rows, "--auto-formats")
     return {"smollm2": alone, "minilm_smollm2": cascade}
 
 
@@ -170,14 +171,8 @@ def run(dataset: str, work: Path, rows: int, cascade_rows: int, llm_rows: int | 
     rate, _ = rows_per_s(many, folder / "static-out.parquet", "-m", static)
     result["static"] = {**static_score, "agreement": agreement(static_labels, teacher_labels),
                         "with": "minilm", "rows_per_s": rate, "rows": rows}
-    rate, line = rows_per_s(some, folder / "cascade-out.parquet", "-m", static,
-                            "--fallback-model", teacher, *CASCADE)
-    share = FALLBACK_SHARE.search(line)
-    result["cascade"] = {
-        **cascade_on_test(paths["test"], folder, "cascade", static, teacher,
-                          test.column("label").to_pylist()),
-        "with": "minilm", "rows_per_s": rate, "rows": cascade_rows,
-        "fallback_share": float(share.group(1)) / 100 if share else None}
+    result["cascade"] = cascade_rung(folder, paths["test"], test.column("label").to_pylist(),
+                                     "cascade", static, teacher, some, cascade_rows)
     if llm_rows is not None:
         result.update(llm_rungs(folder, paths, train, test, teacher, teacher_labels, llm_rows))
     for rung in RUNGS:

@@ -124,10 +124,16 @@ def _cache():
 def check_fallback(first: Artifact, fallback: Artifact) -> None:
     """Refuse a fallback model whose labels or problem type differ from the first model's:
     its rows must mean what the first model's mean."""
-    if first.manifest.problem_type == "regression":
-        raise ClsxError("--fallback-model needs a classifier: a regression model has no "
-                        "confidence to send rows on")
+    check_cascade(first, "--fallback-model")
     check_same_labels(first, fallback, "--fallback-model")
+
+
+def check_cascade(first: Artifact, option: str) -> None:
+    """Refuse a cascade (asked for by ``option``) whose first model is a regression model:
+    it has no confidence to send rows on."""
+    if first.manifest.problem_type == "regression":
+        raise ClsxError(f"{option} needs a classifier: a regression model has no "
+                        "confidence to send rows on")
 
 
 def check_same_labels(first: Artifact, other: Artifact, option: str) -> None:

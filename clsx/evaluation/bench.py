@@ -15,7 +15,14 @@ from pathlib import Path
 import numpy as np
 
 from clsx.artifacts.artifact import Artifact, open_artifact
-from clsx.auto.recheck import SAMPLE_TEXTS, attach, check_same_labels, fallback_cut, rechecks
+from clsx.auto.recheck import (
+    SAMPLE_TEXTS,
+    attach,
+    check_cascade,
+    check_same_labels,
+    fallback_cut,
+    rechecks,
+)
 from clsx.auto.resolve import classifier_for
 from clsx.errors import ClsxError
 from clsx.evaluation.config import VARIANT_RUNS, VARIANTS, BenchConfig
@@ -84,9 +91,8 @@ def run_bench(config: BenchConfig, log: Log = silent) -> list[BenchRow]:
     compared = [open_artifact(other) for other in config.compare_models]
     for other in compared:
         check_same_labels(first, other, "--compare-model")
-    if config.cascade_agreement is not None and first.manifest.problem_type == "regression":
-        raise ClsxError("--cascade-agreement needs a classifier: a regression model has no "
-                        "confidence to send rows on")
+    if config.cascade_agreement is not None:
+        check_cascade(first, "--cascade-agreement")
     first_rule = DecisionRule.of(first.manifest)
     gold = _gold(config, first_rule, len(texts))
     ordered = [REFERENCE, *[v for v in dict.fromkeys(variants) if v != REFERENCE]]
@@ -166,10 +172,8 @@ def _cascade_row(artifact: Artifact, fallback: Artifact, config: BenchConfig,
         name = f"{artifact.path.name} -> {fallback.path.name} (cascade)"
         log(f"bench: running {name} (margin < {classifier.fallback.margin:.3g})")
         prediction, seconds = _timed(classifier, texts)
-        present = max(prediction.counts.rows - prediction.counts.nulls, 1)
         return replace(_row(name, classifier, texts, prediction, seconds, reference, peak(),
-                            before, gold, DecisionRule.of(fallback.manifest)),
-                       compared=True, sent=round(prediction.counts.fallback / present, 4))
+                            before, gold, DecisionRule.of(fallback.manifest)), compared=True)
 
 
 def _timed(classifier: Classifier, texts: list[str | None]) -> tuple[Prediction, float]:
@@ -212,6 +216,8 @@ def _row(variant: str, classifier: Classifier, texts: list[str | None],
         speedup=round(len(texts) / seconds / baseline, 2),
         rechecked=(round(prediction.counts.rechecked / present, 4)
                    if classifier.recheck is not None else None),
+        sent=(round(prediction.counts.fallback / present, 4)
+              if classifier.fallback is not None else None),
         accuracy=(None if gold is None
                   else decision_agreement(gold[texted], decided[texted], False)[0]),
     )

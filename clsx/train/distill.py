@@ -310,17 +310,15 @@ def _copies(config: DistillConfig, teacher: Manifest, student: TrainConfig, text
     if count is None:
         count = auto_copies(len(texts)) if static_dims(config.student) is not None else 0
     made, origins = perturbed(texts, count, student.seed) if count else ([], [])
-    if not made:
-        return Copies([], np.zeros((0, teacher.num_labels), np.float32),
-                      _decisions(teacher, np.zeros((0, teacher.num_labels), np.float32)),
-                      np.zeros(0, np.int64))
-    name = f"augmented-{count}-{student.seed}"
-    source = work / f"{name}-texts.parquet"
-    if not source.exists():
-        _write_texts(pa.table({"text": pa.array(made, pa.string())}), source)
-    log(f"The teacher labels {len(made)} perturbed copies of the {len(texts)} --data texts "
-        f"({count} each; --augment) ...")
-    _, probs = _teacher_outputs(config, teacher, source, name, "text", work, log)
+    probs = np.zeros((0, teacher.num_labels), np.float32)
+    if made:
+        name = f"augmented-{count}-{student.seed}"
+        source = work / f"{name}-texts.parquet"
+        if not source.exists():
+            _write_texts(pa.table({"text": pa.array(made, pa.string())}), source)
+        log(f"The teacher labels {len(made)} perturbed copies of the {len(texts)} --data "
+            f"texts ({count} each; --augment) ...")
+        _, probs = _teacher_outputs(config, teacher, source, name, "text", work, log)
     return Copies(made, probs, _decisions(teacher, probs), np.array(origins, np.int64))
 
 
