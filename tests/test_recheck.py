@@ -293,21 +293,53 @@ def test_the_cascade_cut_keeps_its_agreement_on_new_rows_not_only_on_the_sample(
     average over 300 samples (leaving the sample's own agreement at 0.99 gave 0.988)."""
     from clsx.quality.recheck import choose_fallback_cut
 
-    rule = DecisionRule(SINGLE, ("a", "b"), (0.5, 0.5))
     rng = np.random.default_rng(0)
-
-    def rows(count: int) -> tuple[np.ndarray, np.ndarray]:
-        top = rng.uniform(0.5, 1.0, count)  # margin = 2 top - 1
-        differ = rng.uniform(size=count) < 0.3 * (1 - top) / 0.5
-        return np.log(np.column_stack([top, 1 - top])), differ
-
-    fresh, fresh_differ = rows(200_000)
-    fresh_margin = margins(rule, fresh)
+    fresh, fresh_differ = _cascade_rows(rng, 200_000)
+    fresh_margin = margins(TWO_LABELS, fresh)
     agreement = []
     for _ in range(300):
-        logits, differ = rows(512)
+        logits, differ = _cascade_rows(rng, 512)
         first = np.zeros(512, np.int64)
-        cut = choose_fallback_cut(rule, logits, first, first + differ, 0.99)
+        cut = choose_fallback_cut(TWO_LABELS, logits, first, first + differ, 0.99)
         assert cut.agreement >= 0.99
         agreement.append(1 - (fresh_differ & (fresh_margin >= cut.margin)).mean())
     assert np.mean(agreement) >= 0.99, np.mean(agreement)
+
+
+def test_a_big_jobs_cascade_samples_enough_rows_to_send_no_more_than_its_target_needs():
+    """At 0.995 a 512-row sample may leave one disagreement above the cut, so it sends rows
+    that a 1,999-row sample (nine left) keeps: a big job samples that many, a small one 512,
+    and the sample is at most a fiftieth of the job. Both sizes keep the agreement on fresh
+    rows; the bigger one sends fewer of them."""
+    from clsx.auto.recheck import cascade_sample_size
+    from clsx.quality.recheck import choose_fallback_cut
+
+    assert cascade_sample_size(0.995, 1_000_000) == 1999
+    assert cascade_sample_size(0.995, 50_000) == 1000
+    assert cascade_sample_size(0.995, 10_000) == 512
+    assert cascade_sample_size(0.999, 10**8) == 8192
+    assert cascade_sample_size(1.0, 10**8) == 512
+    rng = np.random.default_rng(1)
+    fresh, fresh_differ = _cascade_rows(rng, 200_000)
+    fresh_margin = margins(TWO_LABELS, fresh)
+    agreement, sent = {512: [], 1999: []}, {512: [], 1999: []}
+    for _ in range(100):
+        for size in agreement:
+            logits, differ = _cascade_rows(rng, size)
+            first = np.zeros(size, np.int64)
+            cut = choose_fallback_cut(TWO_LABELS, logits, first, first + differ, 0.995)
+            agreement[size].append(1 - (fresh_differ & (fresh_margin >= cut.margin)).mean())
+            sent[size].append((fresh_margin < cut.margin).mean())
+    assert min(np.mean(values) for values in agreement.values()) >= 0.995, agreement
+    assert np.mean(sent[1999]) < np.mean(sent[512]) - 0.02, sent
+
+
+TWO_LABELS = DecisionRule(SINGLE, ("a", "b"), (0.5, 0.5))
+
+
+def _cascade_rows(rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` rows of a first model (two labels, logits) and whether the fallback model
+    disagrees with each: disagreements thin out as the first model's margin grows."""
+    top = rng.uniform(0.5, 1.0, count)  # margin = 2 top - 1
+    differ = rng.uniform(size=count) < 0.3 * (1 - top) / 0.5
+    return np.log(np.column_stack([top, 1 - top])), differ

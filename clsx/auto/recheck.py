@@ -20,6 +20,7 @@ in the clsx cache, keyed like the dtype choice), or a measurement on IN's first
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 
 from clsx.artifacts.artifact import FP32_REFERENCE, Artifact, open_artifact
@@ -42,6 +43,11 @@ from clsx.quality.recheck import (
 )
 
 SAMPLE_TEXTS = 512
+# A cascade's sample: enough rows that its cut may leave this many of the sample's
+# disagreements above it; at most a fiftieth of the job, and of this many rows.
+CASCADE_LEFT_ABOVE = 9
+CASCADE_JOB_SHARE = 50
+CASCADE_MOST_TEXTS = 8192
 # Formats that hold fp32 weights: a run of one below fp32 is a dtype change (torch, vLLM and
 # OpenVINO in bf16/fp16), re-checked by the same runner in fp32.
 FP32_FORMATS = ("torch", "onnx", "openvino")
@@ -145,6 +151,24 @@ def check_same_labels(first: Artifact, other: Artifact, option: str) -> None:
             f"{option} {other.path} must have the labels and problem type of "
             f"{first.path}: it has {theirs.problem_type} [{', '.join(theirs.labels)}], the "
             f"model {ours.problem_type} [{', '.join(ours.labels)}]")
+
+
+def cascade_sample_size(target: float, rows: int) -> int:
+    """How many of IN's first texts a cascade's cut is chosen on, for a job of ``rows`` rows
+    and a ``target`` agreement.
+
+    The cut leaves k of the sample's disagreements above it, the largest k with
+    (k + 1) / (n + 1) <= 1 - target (:func:`~clsx.quality.recheck.choose_fallback_cut`),
+    so a small sample sends more rows than the target needs: at 0.995, 512 rows may leave
+    one disagreement (the sample must agree on 99.8%), 1,999 rows leave
+    :data:`CASCADE_LEFT_ABOVE` (99.55%). Both models classify every sample row, so the
+    sample is at most a :data:`CASCADE_JOB_SHARE`-th of the job (2% of what the fallback
+    model alone would cost), and never under :data:`SAMPLE_TEXTS`.
+    """
+    if target >= 1.0:
+        return SAMPLE_TEXTS  # no disagreement may be left, whatever the sample's size
+    wanted = math.ceil((CASCADE_LEFT_ABOVE + 1) / (1 - target) - 1e-9) - 1
+    return max(SAMPLE_TEXTS, min(wanted, rows // CASCADE_JOB_SHARE, CASCADE_MOST_TEXTS))
 
 
 def fallback_cut(classifier: Classifier, texts: list[str], target: float

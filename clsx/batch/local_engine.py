@@ -190,9 +190,10 @@ def pin_fallback(config: BatchPredictConfig, source: ParquetInput, classifier: C
     """``config`` with the cascade's cut and its fallback model's own re-check cut pinned,
     both set on ``classifier``'s fallback (``config`` as it is without a
     --fallback-model): those of the job ``journal`` continues, else chosen on IN's first
-    texts (the fallback's re-check first, so that the cut compares with the labels the
-    fallback model gives alone)."""
-    from clsx.auto.recheck import SAMPLE_TEXTS, fallback_cut
+    texts (as many as :func:`~clsx.auto.recheck.cascade_sample_size` says; the fallback's
+    re-check first, so that the cut compares with the labels the fallback model gives
+    alone)."""
+    from clsx.auto.recheck import cascade_sample_size, fallback_cut
 
     if classifier.fallback is None:
         return config
@@ -202,8 +203,9 @@ def pin_fallback(config: BatchPredictConfig, source: ParquetInput, classifier: C
     if journal is not None and journal.get(FALLBACK_MARGIN) is not None:
         margin = journal[FALLBACK_MARGIN]
     else:
-        cut = fallback_cut(classifier, first_texts(source, config, SAMPLE_TEXTS),
-                           config.fallback_agreement)
+        target = config.fallback_agreement
+        sample = first_texts(source, config, cascade_sample_size(target, source.num_rows))
+        cut = fallback_cut(classifier, sample, target)
         if cut is None:  # only null texts: nothing for either model to do
             return config
         log(f"--fallback-model: {cut.describe()}")

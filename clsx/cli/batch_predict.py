@@ -92,8 +92,9 @@ def _batch_predict_options(command):
         click.option("--fallback-model", type=click.Path(path_type=Path),
                      help="A cascade: rows --model is unsure of are classified again by this "
                           "model (same labels), e.g. the teacher behind a distilled student; "
-                          "the cut is chosen on IN's first 512 texts for "
-                          "--fallback-agreement."),
+                          "the cut is chosen for --fallback-agreement on IN's first 512 "
+                          "texts (a big job: up to a fiftieth of its rows, enough that "
+                          "the cut sends no more rows than the agreement needs)."),
         click.option("--fallback-agreement", type=click.FloatRange(0, 1, min_open=True),
                      **default("fallback_agreement",
                      "Cascade: the share of IN's first texts on which the cascade must give "

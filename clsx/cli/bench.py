@@ -59,8 +59,9 @@ from clsx.inference.runners.base import DEVICES
 @click.option("--cascade-agreement", type=click.FloatRange(0, 1, min_open=True),
               help="Also run each --compare-model as a cascade's first model that sends its "
                    "unsure rows to this model (both --backend auto), at the cut that keeps "
-                   "this share of this model's labels on the first 512 rows, as "
-                   "batch-predict --fallback-model --fallback-agreement does (e.g. 0.99).")
+                   "this share of this model's labels on the first rows, as "
+                   "batch-predict --fallback-model --fallback-agreement chooses it "
+                   "(e.g. 0.99).")
 @click.option("--label-column",
               help="A column of --data with gold labels (multi-label: comma-separated): "
                    "adds each row's accuracy, and the report plots accuracy against rows/s.")

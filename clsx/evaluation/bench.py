@@ -18,6 +18,7 @@ from clsx.artifacts.artifact import Artifact, open_artifact
 from clsx.auto.recheck import (
     SAMPLE_TEXTS,
     attach,
+    cascade_sample_size,
     check_cascade,
     check_same_labels,
     fallback_cut,
@@ -159,10 +160,11 @@ def _cascade_row(artifact: Artifact, fallback: Artifact, config: BenchConfig,
                  gold: np.ndarray | None, log: Log) -> BenchRow:
     """``artifact`` as a cascade's first model sending its unsure rows to ``fallback`` (the
     benched model), both with ``--backend auto``, at the cut that agrees with ``fallback``
-    alone on ``config.cascade_agreement`` of the first
-    :data:`~clsx.auto.recheck.SAMPLE_TEXTS` rows (as ``batch-predict --fallback-model``)."""
+    alone on ``config.cascade_agreement`` of the first rows (as many as ``batch-predict
+    --fallback-model`` samples: :func:`~clsx.auto.recheck.cascade_sample_size`)."""
     options, batch_tokens = config.runner_options(), config.batch_tokens
-    sample = [text for text in texts[:SAMPLE_TEXTS] if text is not None]
+    size = cascade_sample_size(config.cascade_agreement, len(texts))
+    sample = [text for text in texts[:size] if text is not None]
     with _peak_rss() as peak, classifier_for(artifact, "auto", options,
                                              batch_tokens=batch_tokens) as classifier:
         classifier.fallback = Fallback(0.0, classifier_for(fallback, "auto", options,
