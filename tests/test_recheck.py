@@ -221,6 +221,27 @@ def test_a_cascade_sends_the_unsure_rows_to_the_fallback_model(tiny_models, qwen
     np.testing.assert_array_equal(probs[1][sent_rows[:-1]], probs[0][sent_rows[:-1]])
 
 
+def test_a_cascade_leaves_unchecked_the_rows_it_sends_whatever_fp32_says(tiny_models,
+                                                                          qwen2_copy):
+    """Rows under the fallback's cut by more than δ go to the fallback model whichever
+    logits the first model ends with: only the rows between are re-checked."""
+    from clsx.inference.classifier import Fallback
+
+    texts = random_texts(300, seed=3)[:-1]
+    with Classifier.open(tiny_models["qwen2"], "torch") as classifier:
+        margin = margins(classifier.rule, classifier.predict_all(texts).logits)
+        delta, below = np.quantile(margin, 0.6), np.quantile(margin, 0.2)
+        classifier.recheck = Recheck(float(delta), lambda: classifier.runner)
+        alone = classifier.predict_all(texts)
+        classifier.fallback = Fallback(float(delta + below), Classifier.open(qwen2_copy,
+                                                                             "torch"))
+        cascade = classifier.predict_all(texts)
+        classifier.recheck = None  # its reference is the classifier's own runner
+    assert alone.counts.rechecked == (margin < delta).sum()
+    assert cascade.counts.rechecked == ((margin >= below) & (margin < delta)).sum() > 0
+    assert cascade.counts.fallback == (margin < delta + below).sum()
+
+
 def test_the_fallback_model_runs_as_auto_would_run_it_alone(tiny_models, tmp_path, planted,
                                                             monkeypatch):
     """The fallback model gets its own format search (here: torch bf16, the planted fast

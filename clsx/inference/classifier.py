@@ -25,7 +25,7 @@ from clsx.artifacts.artifact import Artifact, open_artifact
 from clsx.artifacts.manifest import Manifest
 from clsx.inference.decisions import DecisionRule
 from clsx.inference.encoding import EncodedWindow, TextEncoder
-from clsx.inference.recheck import Recheck, take_rows, unsure_rows
+from clsx.inference.recheck import Recheck, margins, take_rows, unsure_rows
 from clsx.inference.runners import RunnerOptions, load_runner
 from clsx.inference.runners.base import Runner
 from clsx.inference.scheduler import WINDOW_ROWS, predict_window_rows
@@ -217,8 +217,15 @@ class Classifier:
 
     def _recheck(self, window: EncodedWindow, logits: np.ndarray, recheck: Recheck,
                  counts: Counts) -> np.ndarray:
-        """``logits`` with the unsure rows re-scored by the reference; counts them."""
-        unsure = unsure_rows(self.rule, logits, recheck.margin)
+        """``logits`` with the unsure rows re-scored by the reference; counts them. In a
+        cascade, rows under the fallback's cut by more than δ go to the fallback model
+        whatever the reference would say (the re-check trusts the fast path to within δ),
+        so they are left as they are."""
+        margin = margins(self.rule, logits)
+        unsure = margin < recheck.margin
+        if self.fallback is not None:
+            unsure &= margin >= self.fallback.margin - recheck.margin
+        unsure = np.flatnonzero(unsure)
         if not len(unsure):
             return logits
         exact = self.logits(window.select(unsure), recheck.reference())
