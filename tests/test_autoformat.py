@@ -123,7 +123,8 @@ def test_a_formats_recheck_share_counts_in_its_time(tiny_models, big_enough, tmp
     rows to fp32 (0.5 s more): onnx (0.9 s) wins. (Without a re-check share int8 wins at
     these times: test_ray.py's auto-chose test.)"""
     fixed_format_clock(monkeypatch, {"torch fp32": 1.0, "onnx": 0.9, "onnx-int8": 0.5})
-    monkeypatch.setattr(autoformat, "rechecked_share", lambda *args: 0.5)
+    monkeypatch.setattr(autoformat, "rechecked_rows",
+                        lambda rule, fast, *args: np.arange(len(fast)) % 2 == 0)
     monkeypatch.setattr(autoformat, "installed", lambda package: False)  # torch and ONNX
     result = predict(big_enough, tmp_path / "out.parquet", "-m", tiny_models["bert"],
                      "--auto-formats")
@@ -141,5 +142,6 @@ def test_an_exports_stored_cut_sets_its_recheck_share():
     rule = DecisionRule(SINGLE, ("a", "b"), (0.5, 0.5))
     fast = np.log(np.array([[0.52, 0.48], [0.6, 0.4], [0.9, 0.1], [0.99, 0.01]], np.float32))
     stored = RecheckCut(0.5, 500, 2, 0, 0.006, 0.05)  # margins 0.04, 0.2, 0.8, 0.98
-    assert autoformat.rechecked_share(rule, fast, fast, stored) == 0.5
-    assert autoformat.rechecked_share(rule, fast, fast, None) == 0.0  # no flips: no cut
+    assert autoformat.rechecked_rows(rule, fast, fast, stored).tolist() == [True, True,
+                                                                            False, False]
+    assert not autoformat.rechecked_rows(rule, fast, fast, None).any()  # no flips: no cut

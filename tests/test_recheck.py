@@ -245,17 +245,23 @@ def test_a_cascade_leaves_unchecked_the_rows_it_sends_whatever_fp32_says(tiny_mo
 def test_the_fallback_model_runs_as_auto_would_run_it_alone(tiny_models, tmp_path, planted,
                                                             monkeypatch):
     """The fallback model gets its own format search (here: torch bf16, the planted fast
-    path) and its own re-check, so the rows it takes get its fp32 labels; a resume runs
-    the format and cuts its journal records, without searching or measuring again."""
+    path), timed on the quarter of the sample the first model is least sure of (the rows
+    it will get), and its own re-check, so the rows it takes get its fp32 labels; a resume
+    runs the format and cuts its journal records, without searching or measuring again."""
     from clsx.auto import formats as autoformat
 
+    probes = []
     monkeypatch.setattr(autoformat, "FORMAT_SEARCH_MIN_ROWS", 1)
     monkeypatch.setattr(autoformat, "installed", lambda package: False)
     monkeypatch.setattr(autoformat, "native_low_precision", lambda device: ("bf16",))
-    monkeypatch.setattr(autoformat, "_measure", lambda *args: {
-        "torch fp32": {"precision": "fp32", "qualifies": True, "rows_per_s": 100.0, "rows": 256},
-        "torch bf16": {"precision": "bf16", "qualifies": True, "rows_per_s": 300.0, "rows": 256}})
-    source = write_parquet(tmp_path / "in.parquet", random_texts(400, seed=7))
+    monkeypatch.setattr(autoformat, "_measure", lambda artifact, options, texts, probe, *rest: (
+        probes.append(probe) or {
+            "torch fp32": {"precision": "fp32", "qualifies": True, "rows_per_s": 100.0,
+                           "rows": 256},
+            "torch bf16": {"precision": "bf16", "qualifies": True, "rows_per_s": 300.0,
+                           "rows": 256}}))
+    texts = random_texts(400, seed=7)
+    source = write_parquet(tmp_path / "in.parquet", texts)
     alone, _ = run_ok(source, tmp_path / "alone.parquet", tiny_models["qwen2"], "--dtype", "fp32")
     options = ("--dtype", "fp32", "--fallback-model", str(tiny_models["qwen2"]),
                "--fallback-agreement", "1", "--window-rows", "50", "--part-rows", "50")
@@ -267,6 +273,12 @@ def test_the_fallback_model_runs_as_auto_would_run_it_alone(tiny_models, tmp_pat
     # Every row the first model (another tokenizer: other logits) disagrees on is sent, and
     # takes the fallback's re-checked labels: fp32's, none of the planted bf16 flips.
     assert cascade.column("label").equals(alone.column("label"))
+    with Classifier.open(tiny_models["bert"], "torch") as first:
+        margin = margins(first.rule, first.predict_all(texts[:-1]).logits)
+    [probe] = probes
+    assert len(probe) == 100 and "on 256 rows of IN the cascade's first model is least" in output
+    least_sure = np.isin(texts[:-1], probe)
+    assert margin[least_sure].max() <= margin[~least_sure].min()
 
     def forget_everything():  # the resume must follow its journal, not this machine's memory
         monkeypatch.setattr(autoformat, "_measure", lambda *args: pytest.fail("searched"))

@@ -21,8 +21,9 @@ fp32 for OpenVINO bf16 and openvino-int8, torch fp32 for torch and vLLM bf16 and
 Gates: the onnx and openvino exports: logits within 1e-4 of PyTorch (the export's);
 onnx-int8 and openvino-int8: the labels users get equal to fp32's on >= 98% of the
 calibration texts (the export's); torch bf16: probabilities within 5e-2 of fp32's and every
-label equal on the probe texts (:mod:`clsx.auto.dtype`'s); vLLM and OpenVINO: the same,
-within 2e-3 in fp32.
+label equal on the probe texts (:mod:`clsx.auto.dtype`'s; in a job that re-checks, the
+labels it gives: the rows under the cut take fp32's); vLLM and OpenVINO: the same, within
+2e-3 in fp32.
 
 The choice is cached per model fingerprint, ``--max-length`` (the fastest format differs
 between short and long inputs), threads and machine (CPU model, cores, vector and int8
@@ -35,7 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,7 @@ LESS_EXACT_MARGIN = 1.10
 # by LESS_EXACT_MARGIN than the best one closer to fp32.
 EXACTNESS = {"fp32": 0, "bf16": 1, "int8": 2}
 REFERENCE = "torch fp32"
+UNSURE_PROBE = "rows of IN the cascade's first model is least sure of"
 
 
 @dataclass(frozen=True)
@@ -123,7 +125,8 @@ def installed(package: str) -> bool:
 
 def choose_format(artifact: Artifact, options: RunnerOptions, texts: Sequence[str], *,
                   cache: Path | None = None, log: Log = silent, recorded: str | None = None,
-                  recheck: bool = True, **settings: Any) -> FormatChoice:
+                  recheck: bool = True, unsure: Callable[[], list[str]] | None = None,
+                  **settings: Any) -> FormatChoice:
     """The candidate ``--backend auto`` runs ``artifact`` with on this CPU, measured on
     ``texts`` (the job's first texts: :data:`CALIBRATION_TEXTS` of them gate int8, the first
     :data:`PROBE_TEXTS` are timed) or remembered from an earlier run.
@@ -136,6 +139,10 @@ def choose_format(artifact: Artifact, options: RunnerOptions, texts: Sequence[st
     re-scored at torch fp32's measured speed.
     ``settings`` are the job's :class:`~clsx.inference.classifier.Classifier` settings
     (``max_length``, ``long_text``, ``batch_tokens``, ...), so that the probe runs as the job will.
+    ``unsure`` (a cascade's fallback model) gives the texts the cascade's first model is
+    least sure of: those are timed instead of the first texts, since they are the rows the
+    fallback model gets (and the rows a lower precision's re-check re-scores most), and
+    the choice is remembered apart from the model's choice alone.
     """
     if not texts:
         raise ValueError("choose_format needs texts to measure on")
@@ -146,7 +153,7 @@ def choose_format(artifact: Artifact, options: RunnerOptions, texts: Sequence[st
     max_length = settings.get("max_length") or artifact.manifest.max_length
     key = "|".join([model_fingerprint, f"max_length={max_length}", str(options.threads),
                     machine_description(), ",".join(c.name for c in tried),
-                    f"recheck={recheck}"])
+                    f"recheck={recheck}"] + (["for=unsure rows"] if unsure else []))
     choices = cache / "auto-format.json"
     by_name = {candidate.name: candidate for candidate in tried}
     remembered = read_choices(choices).get(key)
@@ -156,7 +163,12 @@ def choose_format(artifact: Artifact, options: RunnerOptions, texts: Sequence[st
                        cached=True)
     if recorded is not None:
         return _recorded(artifact, exports, by_name, recorded, texts, log)
-    measured = _measure(artifact, options, texts, tried, exports, log, settings, recheck)
+    probe = (unsure() if unsure else list(texts))[:PROBE_TEXTS]
+    measured = _measure(artifact, options, texts, probe, tried, exports, log, settings,
+                        recheck)
+    if unsure:
+        for figures in measured.values():
+            figures["probe"] = UNSURE_PROBE
     name = pick(measured)
     remember(choices, key, {"name": name, "measured": measured})
     return _choice(artifact, exports, by_name[name], measured)
@@ -210,7 +222,7 @@ def explain(name: str, measured: dict[str, dict[str, Any]]) -> str:
     if name == REFERENCE:
         return f"nothing that passed its gate was {LESS_EXACT_MARGIN:.2f}x as fast"
     why = (f"{chosen['rows_per_s'] / measured[REFERENCE]['rows_per_s']:.2f}x torch fp32 on "
-           f"{chosen['rows']} rows of IN")
+           f"{chosen['rows']} {chosen.get('probe', 'rows of IN')}")
     if chosen.get("rechecked_share") is not None:
         why += f" with {chosen['rechecked_share']:.1%} of them re-checked in fp32"
     if chosen.get("gate_agreement") is not None:
@@ -231,11 +243,11 @@ def rates(measured: dict[str, dict[str, Any]]) -> str:
 
 
 def _measure(artifact: Artifact, options: RunnerOptions, texts: Sequence[str],
-             tried: list[Candidate], exports: Path, log: Log, settings: dict[str, Any],
-             recheck: bool) -> dict[str, dict[str, Any]]:
+             probe: list[str], tried: list[Candidate], exports: Path, log: Log,
+             settings: dict[str, Any], recheck: bool) -> dict[str, dict[str, Any]]:
+    """Each candidate's figures, timed on ``probe`` (int8 exports calibrated on ``texts``)."""
     from clsx.inference.classifier import Classifier
 
-    probe = list(texts[:PROBE_TEXTS])
     measured: dict[str, dict[str, Any]] = {}
     reference: np.ndarray | None = None
     seconds_of: dict[str, float] = {}
@@ -267,12 +279,17 @@ def _measure(artifact: Artifact, options: RunnerOptions, texts: Sequence[str],
         seconds_of[candidate.name] = seconds
         parity = compare(reference, logits, rule)
         if recheck and candidate.precision in LOWER_PRECISIONS and rule.has_labels:
-            share = rechecked_share(rule, logits, reference, stored_cut)
+            rechecked = rechecked_rows(rule, logits, reference, stored_cut)
+            share = float(rechecked.mean())
             # Those rows again, at the speed of the reference that re-checks them: OpenVINO
             # fp32 for OpenVINO's bf16 and int8 (its own fp32 IR), torch fp32 for the rest.
             rechecker = "openvino fp32" if candidate.backend == "openvino" else REFERENCE
             seconds += share * seconds_of.get(rechecker, seconds_of[REFERENCE])
             figures["rechecked_share"] = round(share, 4)
+            # The labels the job gives are the gate's: re-checked rows take fp32's.
+            checked = np.where(rechecked[:, None], reference, logits)
+            parity = dataclasses.replace(
+                parity, label_agreement=compare(reference, checked, rule).label_agreement)
         figures.update(rows=len(probe), rows_per_s=round(len(probe) / seconds, 1),
                        label_agreement=parity.label_agreement,
                        max_prob_diff=parity.max_prob_diff,
@@ -281,14 +298,13 @@ def _measure(artifact: Artifact, options: RunnerOptions, texts: Sequence[str],
     return measured
 
 
-def rechecked_share(rule: DecisionRule, fast: np.ndarray, reference: np.ndarray,
-                    stored_cut: RecheckCut | None) -> float:
-    """The share of the probe rows a job would re-check: under the cut it will re-check at,
-    an export's own (``stored_cut``, measured at its gate) or else one chosen here, on the
+def rechecked_rows(rule: DecisionRule, fast: np.ndarray, reference: np.ndarray,
+                   stored_cut: RecheckCut | None) -> np.ndarray:
+    """Which probe rows a job would re-check: those under the cut it will re-check at, an
+    export's own (``stored_cut``, measured at its gate) or else one chosen here, on the
     ``fast`` and ``reference`` logits, as the job would choose it on its first texts."""
-    if stored_cut is not None:
-        return float(np.mean(margins(rule, fast) < stored_cut.margin))
-    return choose_cut(rule, fast, reference).rechecked_share
+    cut = stored_cut or choose_cut(rule, fast, reference)
+    return margins(rule, fast) < cut.margin
 
 
 def _timed(classifier: Any, texts: list[str]) -> tuple[np.ndarray, float]:

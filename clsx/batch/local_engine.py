@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from clsx.artifacts.artifact import Artifact, open_artifact
@@ -50,12 +51,15 @@ class Pinned:
 
 def pin_auto_format(config: BatchPredictConfig, source: ParquetInput, artifact: Artifact,
                     threads: int | None = None, log: Log = silent,
-                    journal: dict[str, Any] | None = None) -> Pinned:
+                    journal: dict[str, Any] | None = None,
+                    unsure: Callable[[], list[str]] | None = None) -> Pinned:
     """``config`` with ``--backend auto``'s format choice (:mod:`clsx.auto.formats`) pinned
     as its model directory, backend and dtype, and why it was chosen; ``config`` as it is
     where no format search applies. ``threads`` is what each model replica runs with
     (``config.threads`` when None). ``journal`` (the job a resume continues) decides
-    instead of a search: the format it records, or none where it ran without one."""
+    instead of a search: the format it records, or none where it ran without one.
+    ``unsure`` (a cascade's fallback model) gives the texts the search times instead of
+    IN's first ones."""
     from clsx.auto.formats import CALIBRATION_TEXTS, FORMAT_SEARCH_MIN_ROWS, choose_format, rates
 
     wanted = config.auto_formats
@@ -80,7 +84,7 @@ def pin_auto_format(config: BatchPredictConfig, source: ParquetInput, artifact: 
         log=lambda line: log(f"--backend auto: {line}"), recorded=recorded,
         max_length=config.max_length, long_text=config.long_text_override(),
         batch_tokens=config.batch_tokens, threshold=config.threshold,
-        recheck=config.recheck is not False)
+        recheck=config.recheck is not False, unsure=unsure)
     remembered = ", remembered" if choice.cached else ""
     measured = f" ({rates(choice.measured)})" if choice.measured else ""
     log(f"--backend auto chose {choice.name}{remembered}: {choice.reason}{measured}")
@@ -138,22 +142,44 @@ def open_classifier(config: BatchPredictConfig, artifact: Artifact,
 
 
 def pin_fallback_format(config: BatchPredictConfig, source: ParquetInput,
-                        artifact: Artifact | None, threads: int | None = None,
+                        artifact: Artifact | None, first: Artifact, threads: int | None = None,
                         log: Log = silent, journal: dict[str, Any] | None = None) -> Pinned:
     """``config`` with its fallback model's own config (``fallback_config``) pinned as
     ``--backend auto`` would run the fallback model (``artifact``, as the job's claim
-    opened it) alone on IN: its format search's choice (the one the job ``journal``
-    continues records, if any); ``config`` as it is without a --fallback-model. The
-    pinned name is the fallback model's format."""
+    opened it) alone on IN, but with its format search timed on the rows it will get: the
+    texts the first model (``first``, as ``config`` runs it) is least sure of
+    (:func:`unsure_texts`); the choice the job ``journal`` continues records, if any.
+    ``config`` as it is without a --fallback-model. The pinned name is the fallback
+    model's format."""
     if artifact is None:
         return Pinned(config)
     alone = config.fallback_alone()
     if alone.auto_formats and _format_search_obstacle(alone, artifact) is not None:
         alone = replace(alone, auto_formats=None)  # --auto-formats meant the first model
     pinned = pin_auto_format(alone, source, artifact, threads, _fallback_log(log),
-                             _fallback_journal(journal))
+                             _fallback_journal(journal),
+                             unsure=lambda: unsure_texts(config, source, first, threads))
     because = None if pinned.name is None else f"fallback model {pinned.because}"
     return Pinned(replace(config, fallback_config=pinned.config), pinned.name, because)
+
+
+def unsure_texts(config: BatchPredictConfig, source: ParquetInput, first: Artifact,
+                 threads: int | None = None) -> list[str]:
+    """The texts of a cascade's sample (IN's first, as many as
+    :func:`~clsx.auto.recheck.cascade_sample_size` says) that its first model (``first``,
+    as ``config`` runs it, without a re-check) is least sure of: a quarter of them, at most
+    as many as the format search times."""
+    from clsx.auto.formats import PROBE_TEXTS
+    from clsx.auto.recheck import cascade_sample_size
+    from clsx.inference.recheck import margins
+
+    size = cascade_sample_size(config.fallback_agreement, source.num_rows)
+    sample = first_texts(source, config, size)
+    alone = replace(config, fallback_model=None, fallback_config=None, recheck_margin=None)
+    with open_classifier(alone, first, threads) as classifier:
+        margin = margins(classifier.rule, classifier.predict_all(sample).logits)
+    least_sure = np.argsort(margin, kind="stable")[:min(PROBE_TEXTS, max(len(sample) // 4, 1))]
+    return [sample[i] for i in least_sure]
 
 
 def pin_cuts(config: BatchPredictConfig, source: ParquetInput, classifier: Classifier,
@@ -353,8 +379,8 @@ def _batch_predict(config: BatchPredictConfig, progress: Progress | None, log: L
         job[AUTO_FORMAT] = pinned.name
         if pinned.config.model != config.model:  # a cached export, current (checked there)
             artifact = open_artifact(pinned.config.model, check_parent=False)
-        fallback = pin_fallback_format(pinned.config, source, claim.fallback, log=log,
-                                       journal=journal)
+        fallback = pin_fallback_format(pinned.config, source, claim.fallback, artifact,
+                                       log=log, journal=journal)
         classifier = open_classifier(fallback.config, artifact)
         counts = Counts()
         try:

@@ -124,11 +124,14 @@ def _ray_batch_predict(ray, config: BatchPredictConfig, options: RayOptions,
     pinned = pin_auto_format(config, source, claim.artifact, threads=threads, log=log,
                              journal=claim.journal)
     job[AUTO_FORMAT] = pinned.name
+    first = claim.artifact
     if pinned.config.model != config.model:  # an export in the driver's cache: not the URI's
         config = replace(pinned.config, model_source=None)
+        first = open_artifact(config.model, check_parent=False)
     else:
         config = pinned.config
-    fallback = pin_fallback_format(config, source, claim.fallback, threads, log, claim.journal)
+    fallback = pin_fallback_format(config, source, claim.fallback, first, threads, log,
+                                   claim.journal)
     config = _pin_cuts(fallback.config, source, claim.journal, log)
     record_pins(job, config, fallback.name)
     store.start(job)
