@@ -124,13 +124,32 @@ def test_a_formats_recheck_share_counts_in_its_time(tiny_models, big_enough, tmp
     these times: test_ray.py's auto-chose test.)"""
     fixed_format_clock(monkeypatch, {"torch fp32": 1.0, "onnx": 0.9, "onnx-int8": 0.5})
     monkeypatch.setattr(autoformat, "rechecked_rows",
-                        lambda rule, fast, *args: np.arange(len(fast)) % 2 == 0)
+                        lambda rule, fast, cut: np.arange(len(fast)) % 2 == 0)
     monkeypatch.setattr(autoformat, "installed", lambda package: False)  # torch and ONNX
     result = predict(big_enough, tmp_path / "out.parquet", "-m", tiny_models["bert"],
                      "--auto-formats")
     assert result.exit_code == 0, result.output
     assert "onnx chosen by --backend auto: 1.11x torch fp32" in result.output
     assert "onnx-int8 256.0" in result.output  # 256 rows in 0.5 s + half of them again
+
+
+def test_a_format_whose_recheck_cannot_cover_it_is_not_chosen(tiny_models, big_enough,
+                                                              tmp_path, monkeypatch):
+    """int8 is the fastest, but the sample shows it moving rows further than a re-check
+    cut may reach (the cut is capped): its labels would not all be fp32's, so onnx runs."""
+    from clsx.quality.recheck import MAX_MARGIN, RecheckCut
+
+    fixed_format_clock(monkeypatch, {"torch fp32": 1.0, "onnx": 0.9, "onnx-int8": 0.5})
+    capped = RecheckCut(MAX_MARGIN, 256, 3, 0, 0.01, 0.04)
+    monkeypatch.setattr(autoformat, "recheck_cut", lambda *args: capped)
+    # None of the probe rows under the cut: int8 would win on time alone.
+    monkeypatch.setattr(autoformat, "rechecked_rows", lambda rule, fast, cut: fast[:, 0] > 1e9)
+    monkeypatch.setattr(autoformat, "installed", lambda package: False)  # torch and ONNX
+    result = predict(big_enough, tmp_path / "out.parquet", "-m", tiny_models["bert"],
+                     "--auto-formats")
+    assert result.exit_code == 0, result.output
+    assert "onnx chosen by --backend auto" in result.output
+    assert "onnx-int8 " in result.output and "(its re-check cannot cover it)" in result.output
 
 
 def test_an_exports_stored_cut_sets_its_recheck_share():
@@ -142,6 +161,8 @@ def test_an_exports_stored_cut_sets_its_recheck_share():
     rule = DecisionRule(SINGLE, ("a", "b"), (0.5, 0.5))
     fast = np.log(np.array([[0.52, 0.48], [0.6, 0.4], [0.9, 0.1], [0.99, 0.01]], np.float32))
     stored = RecheckCut(0.5, 500, 2, 0, 0.006, 0.05)  # margins 0.04, 0.2, 0.8, 0.98
-    assert autoformat.rechecked_rows(rule, fast, fast, stored).tolist() == [True, True,
-                                                                            False, False]
-    assert not autoformat.rechecked_rows(rule, fast, fast, None).any()  # no flips: no cut
+    cut = autoformat.recheck_cut(rule, fast, fast, stored)
+    assert cut == stored and not cut.covers  # capped at 0.5: it may miss changes
+    assert autoformat.rechecked_rows(rule, fast, cut).tolist() == [True, True, False, False]
+    chosen = autoformat.recheck_cut(rule, fast, fast, None)
+    assert chosen.covers and not autoformat.rechecked_rows(rule, fast, chosen).any()

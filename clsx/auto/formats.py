@@ -23,7 +23,10 @@ onnx-int8 and openvino-int8: the labels users get equal to fp32's on >= 98% of t
 calibration texts (the export's); torch bf16: probabilities within 5e-2 of fp32's and every
 label equal on the probe texts (:mod:`clsx.auto.dtype`'s; in a job that re-checks, the
 labels it gives: the rows under the cut take fp32's); vLLM and OpenVINO: the same, within
-2e-3 in fp32.
+2e-3 in fp32. In a job that re-checks, a lower precision whose re-check cannot cover the
+changes the probe shows it making (:attr:`~clsx.quality.recheck.RecheckCut.covers`: its
+cut capped, or rows at risk above it) does not qualify: some of its labels would not be
+fp32's.
 
 The choice is cached per model fingerprint, ``--max-length`` (the fastest format differs
 between short and long inputs), threads and machine (CPU model, cores, vector and int8
@@ -66,6 +69,9 @@ LESS_EXACT_MARGIN = 1.10
 # by LESS_EXACT_MARGIN than the best one closer to fp32.
 EXACTNESS = {"fp32": 0, "bf16": 1, "int8": 2}
 REFERENCE = "torch fp32"
+# Raised when what qualifies changes, so that choices remembered under older rules are
+# measured again (2: a re-check must cover its format's changes).
+SEARCH_RULES = 2
 UNSURE_PROBE = "rows of IN the cascade's first model is least sure of"
 
 
@@ -153,7 +159,8 @@ def choose_format(artifact: Artifact, options: RunnerOptions, texts: Sequence[st
     max_length = settings.get("max_length") or artifact.manifest.max_length
     key = "|".join([model_fingerprint, f"max_length={max_length}", str(options.threads),
                     machine_description(), ",".join(c.name for c in tried),
-                    f"recheck={recheck}"] + (["for=unsure rows"] if unsure else []))
+                    f"recheck={recheck}", f"rules={SEARCH_RULES}"]
+                   + (["for=unsure rows"] if unsure else []))
     choices = cache / "auto-format.json"
     by_name = {candidate.name: candidate for candidate in tried}
     remembered = read_choices(choices).get(key)
@@ -237,7 +244,8 @@ def rates(measured: dict[str, dict[str, Any]]) -> str:
         if figures.get("refused"):
             parts.append(f"{name} refused by its gate")
         else:
-            outside = "" if figures["qualifies"] else " (outside its gate)"
+            outside = ("" if figures["qualifies"] else " (its re-check cannot cover it)"
+                       if figures.get("uncovered") else " (outside its gate)")
             parts.append(f"{name} {figures['rows_per_s']:.1f}{outside}")
     return "rows/s: " + ", ".join(parts)
 
@@ -278,8 +286,11 @@ def _measure(artifact: Artifact, options: RunnerOptions, texts: Sequence[str],
         reference = logits if reference is None else reference
         seconds_of[candidate.name] = seconds
         parity = compare(reference, logits, rule)
+        covered = True
         if recheck and candidate.precision in LOWER_PRECISIONS and rule.has_labels:
-            rechecked = rechecked_rows(rule, logits, reference, stored_cut)
+            cut = recheck_cut(rule, logits, reference, stored_cut)
+            covered = cut.covers
+            rechecked = rechecked_rows(rule, logits, cut)
             share = float(rechecked.mean())
             # Those rows again, at the speed of the reference that re-checks them: OpenVINO
             # fp32 for OpenVINO's bf16 and int8 (its own fp32 IR), torch fp32 for the rest.
@@ -293,17 +304,23 @@ def _measure(artifact: Artifact, options: RunnerOptions, texts: Sequence[str],
         figures.update(rows=len(probe), rows_per_s=round(len(probe) / seconds, 1),
                        label_agreement=parity.label_agreement,
                        max_prob_diff=parity.max_prob_diff,
-                       qualifies=_passes(candidate, parity))
+                       qualifies=covered and _passes(candidate, parity))
+        if not covered:  # its labels would not be fp32's: the re-check misses some
+            figures["uncovered"] = True
         log(f"{candidate.name}: {figures['rows_per_s']} rows/s on {len(probe)} rows")
     return measured
 
 
-def rechecked_rows(rule: DecisionRule, fast: np.ndarray, reference: np.ndarray,
-                   stored_cut: RecheckCut | None) -> np.ndarray:
-    """Which probe rows a job would re-check: those under the cut it will re-check at, an
-    export's own (``stored_cut``, measured at its gate) or else one chosen here, on the
-    ``fast`` and ``reference`` logits, as the job would choose it on its first texts."""
-    cut = stored_cut or choose_cut(rule, fast, reference)
+def recheck_cut(rule: DecisionRule, fast: np.ndarray, reference: np.ndarray,
+                stored_cut: RecheckCut | None) -> RecheckCut:
+    """The cut a job would re-check at: an export's own (``stored_cut``, measured at its
+    gate), or else one chosen here on the ``fast`` and ``reference`` logits of the probe,
+    as the job would choose it on its first texts."""
+    return stored_cut or choose_cut(rule, fast, reference)
+
+
+def rechecked_rows(rule: DecisionRule, fast: np.ndarray, cut: RecheckCut) -> np.ndarray:
+    """Which probe rows a job re-checking at ``cut`` would re-check."""
     return margins(rule, fast) < cut.margin
 
 
