@@ -135,13 +135,16 @@ def test_a_formats_recheck_share_counts_in_its_time(tiny_models, big_enough, tmp
 
 def test_a_format_whose_recheck_cannot_cover_it_is_not_chosen(tiny_models, big_enough,
                                                               tmp_path, monkeypatch):
-    """int8 is the fastest, but the sample shows it moving rows further than a re-check
-    cut may reach (the cut is capped): its labels would not all be fp32's, so onnx runs."""
+    """int8 is the fastest, but the probe shows it moving a row further than its re-check
+    cut reaches (capped at 0.5): its labels would not all be fp32's, so onnx runs."""
     from clsx.quality.recheck import MAX_MARGIN, RecheckCut
 
     fixed_format_clock(monkeypatch, {"torch fp32": 1.0, "onnx": 0.9, "onnx-int8": 0.5})
     capped = RecheckCut(MAX_MARGIN, 256, 3, 0, 0.01, 0.04)
     monkeypatch.setattr(autoformat, "recheck_cut", lambda *args: capped)
+    monkeypatch.setattr(autoformat, "perturbations",
+                        lambda rule, fast, reference: np.where(np.arange(len(fast)) == 7,
+                                                               0.6, 0.01))
     # None of the probe rows under the cut: int8 would win on time alone.
     monkeypatch.setattr(autoformat, "rechecked_rows", lambda rule, fast, cut: fast[:, 0] > 1e9)
     monkeypatch.setattr(autoformat, "installed", lambda package: False)  # torch and ONNX
@@ -162,7 +165,10 @@ def test_an_exports_stored_cut_sets_its_recheck_share():
     fast = np.log(np.array([[0.52, 0.48], [0.6, 0.4], [0.9, 0.1], [0.99, 0.01]], np.float32))
     stored = RecheckCut(0.5, 500, 2, 0, 0.006, 0.05)  # margins 0.04, 0.2, 0.8, 0.98
     cut = autoformat.recheck_cut(rule, fast, fast, stored)
-    assert cut == stored and not cut.covers  # capped at 0.5: it may miss changes
+    assert cut == stored
     assert autoformat.rechecked_rows(rule, fast, cut).tolist() == [True, True, False, False]
+    # Capped at 0.5, it still covers moves up to 0.5, not beyond.
+    assert autoformat.covers(cut, np.float32([0.01, 0.38])) and not autoformat.covers(
+        cut, np.float32([0.01, 0.6]))
     chosen = autoformat.recheck_cut(rule, fast, fast, None)
-    assert chosen.covers and not autoformat.rechecked_rows(rule, fast, chosen).any()
+    assert not autoformat.rechecked_rows(rule, fast, chosen).any()  # no flips: no cut

@@ -62,13 +62,6 @@ class RecheckCut:
     upper_bound: float
     rechecked_share: float
 
-    @property
-    def covers(self) -> bool:
-        """Whether the cut covers every change the sample shows the fast path could make:
-        no row at risk, and under :data:`MAX_MARGIN` (a capped cut is narrower than
-        ``SAFETY`` times what the fast path moved)."""
-        return self.at_risk == 0 and self.margin < MAX_MARGIN
-
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
