@@ -228,3 +228,22 @@ def test_an_actors_failure_is_one_line():
     crashed = ray.exceptions.ActorDiedError()
     assert str(_clsx_error(crashed)) == ("a Ray actor failed: The actor died unexpectedly "
                                          "before finishing this task.")
+
+
+def test_ray_actors_run_the_cascade_the_driver_cut(tiny_models, qwen2_copy, tmp_path,
+                                                   monkeypatch):
+    """A cascade on Ray: the driver chooses the cut, every actor sends its unsure rows to
+    its own copy of the fallback model, and OUT is the local engine's. In this process
+    only: the fallback runs --backend auto, which the tests pin to fp32 here, while actors
+    in their own processes would choose bf16 where the CPU has it."""
+    fake_ray(monkeypatch)
+    source = write_parquet(tmp_path / "in.parquet", random_texts(200, seed=5))
+    cascade = ("--dtype", "fp32", "--threads", "1", "--window-rows", "64",
+               "--fallback-model", str(qwen2_copy), "--fallback-agreement", "0.9")
+    local, _ = run_ok(source, tmp_path / "local.parquet", tiny_models["bert"], *cascade)
+    on_ray, output = run_ok(source, tmp_path / "ray-out", tiny_models["bert"], *cascade,
+                            "--engine", "ray", "--num-workers", "2")
+    assert "go to the fallback model" in output and "sent to the fallback model" in output
+    sent = int(output.split(" rows (")[0].rsplit(" ", 1)[1])
+    assert 0 < sent < 200
+    assert on_ray.column("label").equals(local.column("label"))
