@@ -242,10 +242,13 @@ def rates(measured: dict[str, dict[str, Any]]) -> str:
     for name, figures in measured.items():
         if figures.get("refused"):
             parts.append(f"{name} refused by its gate")
-        else:
-            outside = ("" if figures["qualifies"] else " (its re-check cannot cover it)"
-                       if figures.get("uncovered") else " (outside its gate)")
-            parts.append(f"{name} {figures['rows_per_s']:.1f}{outside}")
+            continue
+        why_not = ""
+        if figures.get("uncovered"):
+            why_not = " (its re-check cannot cover it)"
+        elif not figures["qualifies"]:
+            why_not = " (outside its gate)"
+        parts.append(f"{name} {figures['rows_per_s']:.1f}{why_not}")
     return "rows/s: " + ", ".join(parts)
 
 

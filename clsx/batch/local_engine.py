@@ -175,8 +175,7 @@ def unsure_texts(config: BatchPredictConfig, source: ParquetInput, first: Artifa
 
     size = cascade_sample_size(config.fallback_agreement, source.num_rows)
     sample = first_texts(source, config, size)
-    alone = replace(config, fallback_model=None, fallback_config=None, recheck_margin=None)
-    with open_classifier(alone, first, threads) as classifier:
+    with open_classifier(replace(config, fallback_model=None), first, threads) as classifier:
         margin = margins(classifier.rule, classifier.predict_all(sample).logits)
     least_sure = np.argsort(margin, kind="stable")[:min(PROBE_TEXTS, max(len(sample) // 4, 1))]
     return [sample[i] for i in least_sure]
